@@ -1,0 +1,100 @@
+"""The packed-ternary format: the one Python reference every other piece follows.
+
+docs/FORMAT.md is the prose version of this file; custom_ops/core/include/bonsai/ternary_format.h mirrors the
+constants below and a test checks that they agree.
+
+Layout ("t2", 2 bits per weight):
+- A ternary matrix T[N, K] with values in {-1, 0, +1} is stored row by row as uint8 [N, row_bytes(K)].
+- Each row is cut along K into blocks of BLOCK_K = 128 weights; the last block is padded with zero weights.
+- A block is 32 bytes. Bits 2i..2i+1 of byte j hold the code of weight k = 32*i + j of the block (i = 0..3),
+  code = t + 1 (0 -> -1, 1 -> 0, 2 -> +1; 3 is invalid). One 32-byte load, a shift by 2i and a mask by 3 yield
+  the 32 codes of K-range [32i, 32i+32) in K order, so SIMD unpacking needs no shuffles on AVX2, AVX-512 or NEON.
+- One float32 scale per output channel n, applied after the matmul. N is never padded.
+
+Activations:
+- act_bits = 0 ("none"): float32 activations, y[m, n] = scale[n] * sum_k T[n, k] * x[m, k] (exact Bonsai).
+- act_bits = 8 ("int8"): per-token (per row m) absmax quantization, all in float32 arithmetic:
+      amax = max_k |x[m, k]|;  if amax == 0: q = 0, d = 0
+      else: inv = 127 / amax;  q = clamp(rint(x * inv), -127, 127)   (rint: round half to even)
+            d = amax / 127
+      acc[m, n] = sum_k q[m, k] * T[n, k]   (exact int32)
+      y[m, n] = (float(acc) * d) * scale[n]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK_K = 128  # weights per block along K
+BLOCK_BYTES = BLOCK_K // 4  # 2 bits per weight
+LANES = BLOCK_K // 4  # weights per 2-bit plane of a block (= bytes per block)
+CODE_OFFSET = 1  # code = t + 1
+ACT_MODES = {"none": 0, "int8": 8}  # CLI name -> act_bits
+INT8_QMAX = 127
+
+
+def row_bytes(k: int) -> int:
+    """Bytes of one packed row of K weights (K rounded up to whole blocks)."""
+    return -(-k // BLOCK_K) * BLOCK_BYTES
+
+
+def pack(t: np.ndarray) -> np.ndarray:
+    """Pack an int8 ternary matrix [N, K] into uint8 [N, row_bytes(K)]."""
+    t = np.asarray(t)
+    if t.ndim != 2:
+        raise ValueError(f"expected a 2-D ternary matrix [N, K], got shape {t.shape}")
+    if not np.isin(t, (-1, 0, 1)).all():
+        raise ValueError("expected ternary values in {-1, 0, +1}")
+    n, k = t.shape
+    kp = -(-k // BLOCK_K) * BLOCK_K
+    codes = np.full((n, kp), CODE_OFFSET, dtype=np.uint8)
+    codes[:, :k] = (t + CODE_OFFSET).astype(np.uint8)
+    planes = codes.reshape(n, kp // BLOCK_K, 4, LANES)  # [N, blocks, i, j]
+    packed = planes[:, :, 0] | (planes[:, :, 1] << 2) | (planes[:, :, 2] << 4) | (planes[:, :, 3] << 6)
+    return packed.reshape(n, row_bytes(k))
+
+
+def unpack(packed: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of pack: uint8 [N, row_bytes(K)] -> int8 ternary [N, K]."""
+    packed = np.asarray(packed)
+    if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != row_bytes(k):
+        raise ValueError(
+            f"expected uint8 [N, {row_bytes(k)}] for K={k}, got {packed.dtype} {list(packed.shape)}"
+        )
+    n = packed.shape[0]
+    blocks = packed.reshape(n, -1, 1, LANES)
+    codes = (blocks >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 3
+    if (codes == 3).any():
+        raise ValueError("invalid 2-bit code 3 in packed ternary weights")
+    return (codes.reshape(n, -1)[:, :k].astype(np.int8) - CODE_OFFSET).astype(np.int8)
+
+
+def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token absmax int8: x float32 [M, K] -> (q int8 [M, K], d float32 [M])."""
+    x = np.asarray(x, dtype=np.float32)
+    amax = np.abs(x).max(axis=1)
+    safe = np.where(amax > 0, amax, np.float32(1))
+    inv = (np.float32(INT8_QMAX) / safe).astype(np.float32)
+    q = np.clip(np.rint(x * inv[:, None]), -INT8_QMAX, INT8_QMAX).astype(np.int8)
+    q[amax == 0] = 0
+    d = np.where(amax > 0, amax / np.float32(INT8_QMAX), np.float32(0)).astype(np.float32)
+    return q, d
+
+
+def int8_accumulate(q: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Exact int32 accumulators acc[m, n] = sum_k q[m, k] * t[n, k]."""
+    return q.astype(np.int32) @ t.astype(np.int32).T
+
+
+def matmul(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, k: int, act_bits: int) -> np.ndarray:
+    """Reference ternary linear: x float32 [M, K] -> y float32 [M, N]."""
+    x = np.asarray(x, dtype=np.float32)
+    t = unpack(packed, k)
+    scales = np.asarray(scales, dtype=np.float32)
+    if act_bits == 0:
+        return (x @ t.T.astype(np.float32)) * scales
+    if act_bits == 8:
+        q, d = quantize_activations(x)
+        acc = int8_accumulate(q, t)
+        return (acc.astype(np.float32) * d[:, None]) * scales
+    raise ValueError(f"expected act_bits 0 (none) or 8 (int8), got {act_bits}")
