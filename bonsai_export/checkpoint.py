@@ -1,0 +1,219 @@
+"""Read a checkpoint (hub id or local folder) into one canonical in-memory form.
+
+Canonical form: ModelArgs, the dense tensors (embeddings, norms, head) and, for every ternary linear, an int8
+matrix T [out, in] in {-1, 0, +1} plus float32 per-output-channel scales, so that y = (x @ T^T) * scales.
+Formats understood:
+- "qlinear": Bonsai's own (QLinear): `X.weight` latent or exact 16-bit values, `X.scales` [out].
+- "bitnet-bitlinear" / "bitnet-autobitlinear": transformers' packed BitNet format (see bitnet.py).
+The checkpoint's remote code is never imported.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from tqdm import tqdm
+
+from . import bitnet
+from .config import ModelArgs, from_hf_config
+from .errors import BonsaiError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+                *TOKENIZER_FILES]
+NORMS = ("input_layernorm", "post_attention_layernorm")
+
+
+@dataclass
+class TernaryWeight:
+    values: torch.Tensor  # int8 [out, in], values in {-1, 0, +1}
+    scales: torch.Tensor  # float32 [out]
+
+
+@dataclass
+class Checkpoint:
+    args: ModelArgs
+    source: str
+    folder: Path
+    format: str
+    dense: dict[str, torch.Tensor]  # HF names -> tensors in the checkpoint's dtype
+    ternary: dict[str, TernaryWeight]  # HF module name ("model.layers.0.self_attn.q_proj") -> weight
+    generation_config: dict = field(default_factory=dict)
+
+    @property
+    def tokenizer_files(self) -> list[Path]:
+        return [self.folder / f for f in TOKENIZER_FILES if (self.folder / f).is_file()]
+
+
+def resolve(source: str | Path) -> Path:
+    """A local folder as is; anything else is taken as a hub id and downloaded (only the files we read)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise BonsaiError(f"{source}: expected a checkpoint folder or a hub id, got a file")
+    if str(source).count("/") != 1 or str(source).startswith((".", "/", "~")):
+        raise BonsaiError(f"{source}: no such folder, and not a hub id of the form 'org/name'")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=str(source), allow_patterns=HUB_PATTERNS))
+    except Exception as exc:  # the hub client raises many types; all mean "could not fetch"
+        raise BonsaiError(
+            f"{source}: could not download from the Hugging Face hub ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); check the id and network, "
+            f"or pass a local folder"
+        ) from None
+
+
+def _read_json(path: Path, required: bool = True) -> dict:
+    if not path.is_file():
+        if required:
+            raise BonsaiError(f"{path.name}: missing from {path.parent}; a checkpoint folder needs it")
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BonsaiError(f"{path.name}: not valid JSON ({exc})") from None
+
+
+def _shard_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise BonsaiError(f"{index.name}: missing 'weight_map'")
+        shards = [folder / name for name in sorted(set(weight_map.values()))]
+    elif (folder / "model.safetensors").is_file():
+        shards = [folder / "model.safetensors"]
+    else:
+        raise BonsaiError(f"{folder}: no model.safetensors or model.safetensors.index.json; "
+                          f"only safetensors checkpoints are supported")
+    for shard in shards:
+        if not shard.is_file():
+            raise BonsaiError(f"{shard.name}: shard listed in the index is missing from {folder}")
+    return shards
+
+
+def _load_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for shard in _shard_files(folder):
+        try:
+            with safe_open(str(shard), framework="pt") as f:
+                for name in f.keys():
+                    tensors[name] = f.get_tensor(name)
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise BonsaiError(f"{shard.name}: not a readable safetensors file ({exc})") from None
+    return tensors
+
+
+def _take(tensors: dict, name: str, shape: tuple, floating: bool = True) -> torch.Tensor:
+    """Pop one tensor, checking presence, shape, dtype and finiteness; every failure names the tensor."""
+    if name not in tensors:
+        raise BonsaiError(f"{name}: missing from the checkpoint")
+    t = tensors.pop(name)
+    if tuple(t.shape) != tuple(shape):
+        raise BonsaiError(f"{name}: expected shape {list(shape)}, got {list(t.shape)}")
+    if floating != t.dtype.is_floating_point:
+        kind = "a floating-point" if floating else "an integer"
+        raise BonsaiError(f"{name}: expected {kind} dtype, got {t.dtype}")
+    if floating and not torch.isfinite(t).all():
+        raise BonsaiError(f"{name}: contains NaN or Inf")
+    return t
+
+
+def ternarize(w: torch.Tensor) -> torch.Tensor:
+    """QLinear's round(clamp(w, -1, 1)) with torch's round-half-to-even: |w| > 0.5 -> sign(w), else 0."""
+    w = w.float()
+    return ((w > 0.5).to(torch.int8) - (w < -0.5).to(torch.int8)).to(torch.int8)
+
+
+def _read_qlinear(tensors: dict, name: str, shape: tuple) -> TernaryWeight:
+    if f"{name}.scales" not in tensors:
+        raise BonsaiError(f"{name}.scales: missing; Bonsai's QLinear format stores one scale per output "
+                          f"channel beside every ternary weight")
+    weight = _take(tensors, f"{name}.weight", shape)
+    scales = _take(tensors, f"{name}.scales", shape[:1])
+    return TernaryWeight(ternarize(weight), scales.float())
+
+
+def _read_bitnet(tensors: dict, name: str, shape: tuple, linear_class: str) -> TernaryWeight:
+    out, cols = shape
+    packed = _take(tensors, f"{name}.weight", (-(-out // 4), cols), floating=False)
+    if packed.dtype != torch.uint8:
+        raise BonsaiError(f"{name}.weight: expected uint8 packed BitNet weights, got {packed.dtype}")
+    scale = _take(tensors, f"{name}.weight_scale", (1,))
+    if (scale == 0).any():
+        raise BonsaiError(f"{name}.weight_scale: is zero")
+    try:
+        values = bitnet.unpack(packed, out)
+    except ValueError as exc:
+        raise BonsaiError(f"{name}.weight: {exc}") from None
+    return TernaryWeight(values, bitnet.channel_scales(scale, out, linear_class))
+
+
+def detect_format(cfg: dict, tensors: dict) -> str:
+    if cfg.get("model_type") == "bitnet":
+        raise BonsaiError(
+            "model_type 'bitnet' (BitNet b1.58 2B4T architecture): needs the attn_sub_norm/ffn_sub_norm "
+            "sub-layer norms and the ReLU^2 MLP, which bonsai-export's Llama model does not implement"
+        )
+    quant = cfg.get("quantization_config") or {}
+    if quant:
+        if quant.get("quant_method") != "bitnet":
+            raise BonsaiError(f"config.json: unsupported quantization_config.quant_method "
+                              f"{quant.get('quant_method')!r}; supported: 'bitnet'")
+        linear_class = quant.get("linear_class", "bitlinear")
+        if linear_class not in bitnet.LINEAR_CLASSES:
+            raise BonsaiError(f"config.json: unsupported quantization_config.linear_class {linear_class!r}; "
+                              f"supported: {', '.join(bitnet.LINEAR_CLASSES)}")
+        return f"bitnet-{linear_class}"
+    return "qlinear"
+
+
+def _reject_leftovers(tensors: dict) -> None:
+    leftovers = sorted(n for n in tensors if not n.endswith("rotary_emb.inv_freq"))
+    if not leftovers:
+        return
+    bias = [n for n in leftovers if n.endswith(".bias")]
+    if bias:
+        raise BonsaiError(f"{bias[0]}: biases are not supported (Bonsai's linears have none)")
+    raise BonsaiError(f"{leftovers[0]}: unexpected tensor ({len(leftovers)} in all); this architecture "
+                      f"has parts bonsai-export's Llama model does not implement")
+
+
+def load(source: str | Path, progress: bool = True) -> Checkpoint:
+    """Read and validate a checkpoint into the canonical form."""
+    folder = resolve(source)
+    cfg = _read_json(folder / "config.json")
+    args = from_hf_config(cfg)
+    tensors = _load_tensors(folder)
+    fmt = detect_format(cfg, tensors)
+    d = args.dim
+    dense = {
+        "model.embed_tokens.weight": _take(tensors, "model.embed_tokens.weight", (args.vocab_size, d)),
+        "model.norm.weight": _take(tensors, "model.norm.weight", (d,)),
+    }
+    if not args.tie_embeddings:
+        dense["lm_head.weight"] = _take(tensors, "lm_head.weight", (args.vocab_size, d))
+    ternary = {}
+    names = [f"model.layers.{i}.{sub}" for i in range(args.n_layers) for sub in args.linear_shapes]
+    for name in tqdm(names, desc="ternarize", unit="linear", disable=not progress, leave=False):
+        shape = args.linear_shapes[name.split(".", 3)[3]]
+        ternary[name] = (_read_qlinear(tensors, name, shape) if fmt == "qlinear"
+                         else _read_bitnet(tensors, name, shape, fmt.split("-", 1)[1]))
+        if not torch.isfinite(ternary[name].scales).all():
+            raise BonsaiError(f"{name}: scales contain NaN or Inf")
+    for i in range(args.n_layers):
+        for norm in NORMS:
+            key = f"model.layers.{i}.{norm}.weight"
+            dense[key] = _take(tensors, key, (d,))
+    _reject_leftovers(tensors)
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        raise BonsaiError(f"{folder}: no tokenizer.json or tokenizer.model; copy the model's tokenizer files in")
+    generation = _read_json(folder / "generation_config.json", required=False)
+    return Checkpoint(args, str(source), folder, fmt, dense, ternary, generation)

@@ -1,0 +1,151 @@
+"""ModelArgs: the shape of a Bonsai-style Llama, read from (and written to) a Hugging Face config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import BonsaiError
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    vocab_size: int = 32000
+    dim: int = 1536  # hidden_size
+    n_layers: int = 16
+    n_heads: int = 16
+    n_kv_heads: int = 8
+    head_dim: int = 96
+    hidden_dim: int = 4096  # intermediate_size of the SwiGLU MLP
+    norm_eps: float = 1e-5
+    rope_theta: float = 100000.0
+    max_seq_len: int = 2048  # max_position_embeddings
+    tie_embeddings: bool = False
+    bos_id: int = 1
+    eos_ids: tuple[int, ...] = (2,)
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if self.n_heads % self.n_kv_heads:
+            raise BonsaiError(
+                f"config: num_attention_heads ({self.n_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.n_kv_heads})"
+            )
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "head_dim", "hidden_dim", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise BonsaiError(f"config: {name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """[out, in] of every ternary projection of one layer, keyed by its HF module name."""
+        q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        return {
+            "self_attn.q_proj": (q, self.dim),
+            "self_attn.k_proj": (kv, self.dim),
+            "self_attn.v_proj": (kv, self.dim),
+            "self_attn.o_proj": (self.dim, q),
+            "mlp.gate_proj": (self.hidden_dim, self.dim),
+            "mlp.up_proj": (self.hidden_dim, self.dim),
+            "mlp.down_proj": (self.dim, self.hidden_dim),
+        }
+
+    def replace(self, **changes) -> "ModelArgs":
+        return dataclasses.replace(self, **changes)
+
+
+# Fields of a Llama config.json that change the computation and that this model definition does not implement.
+# Each maps to a predicate saying whether the value is the harmless default.
+_UNSUPPORTED = {
+    "rope_scaling": lambda v: v is None or (isinstance(v, dict) and v.get("rope_type", v.get("type")) == "default"),
+    "sliding_window": lambda v: v is None,
+    "attention_bias": lambda v: not v,
+    "mlp_bias": lambda v: not v,
+    "pretraining_tp": lambda v: v in (None, 1),
+    "hidden_act": lambda v: v in (None, "silu"),
+}
+
+PRESETS = {
+    # The real deepgrove/Bonsai shape.
+    "bonsai-500m": ModelArgs(),
+    # A tiny model of the same family (head_dim 96, GQA 2:1, real vocabulary) for tests and the offline demo.
+    "tiny": ModelArgs(dim=192, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=512, max_seq_len=256),
+}
+
+
+def _require(cfg: dict, key: str, types):
+    if key not in cfg:
+        raise BonsaiError(f"config.json: missing required field '{key}'")
+    value = cfg[key]
+    if not isinstance(value, types) or isinstance(value, bool):
+        raise BonsaiError(f"config.json: field '{key}' has unexpected value {value!r}")
+    return value
+
+
+def _eos_ids(value) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    raise BonsaiError(f"config.json: eos_token_id must be an int or a list of ints, got {value!r}")
+
+
+def from_hf_config(cfg: dict) -> ModelArgs:
+    """Validate a Llama-family config.json dict and convert it. Unsupported features raise BonsaiError."""
+    for key, is_default in _UNSUPPORTED.items():
+        if key in cfg and not is_default(cfg[key]):
+            raise BonsaiError(
+                f"config.json: unsupported {key}={cfg[key]!r}; bonsai-export implements plain Llama "
+                f"(default RoPE, full attention, no biases, SiLU MLP)"
+            )
+    dim = _require(cfg, "hidden_size", int)
+    n_heads = _require(cfg, "num_attention_heads", int)
+    head_dim = cfg.get("head_dim") or dim // n_heads
+    return ModelArgs(
+        vocab_size=_require(cfg, "vocab_size", int),
+        dim=dim,
+        n_layers=_require(cfg, "num_hidden_layers", int),
+        n_heads=n_heads,
+        n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+        head_dim=head_dim,
+        hidden_dim=_require(cfg, "intermediate_size", int),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        max_seq_len=_require(cfg, "max_position_embeddings", int),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        bos_id=cfg.get("bos_token_id", 1) if cfg.get("bos_token_id") is not None else 1,
+        eos_ids=_eos_ids(cfg.get("eos_token_id", 2)),
+        pad_id=cfg.get("pad_token_id") if cfg.get("pad_token_id") is not None else 0,
+    )
+
+
+def to_hf_config(args: ModelArgs) -> dict:
+    """config.json in Bonsai's own form: every field of the published config, remote-code auto_map included."""
+    return {
+        "architectures": ["QLlamaForCausalLM"],
+        "auto_map": {"AutoModelForCausalLM": "modeling_qllama.QLlamaForCausalLM"},
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": args.bos_id,
+        "eos_token_id": args.eos_ids[0] if len(args.eos_ids) == 1 else list(args.eos_ids),
+        "head_dim": args.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": args.dim,
+        "initializer_range": 0.02,
+        "intermediate_size": args.hidden_dim,
+        "max_position_embeddings": args.max_seq_len,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": args.n_heads,
+        "num_hidden_layers": args.n_layers,
+        "num_key_value_heads": args.n_kv_heads,
+        "pad_token_id": args.pad_id,
+        "pretraining_tp": 1,
+        "rms_norm_eps": args.norm_eps,
+        "rope_scaling": None,
+        "rope_theta": args.rope_theta,
+        "tie_word_embeddings": args.tie_embeddings,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.48.0",
+        "use_cache": True,
+        "vocab_size": args.vocab_size,
+    }

@@ -1,0 +1,175 @@
+"""A compact, export-ready Llama for Bonsai-shaped models.
+
+GQA attention with HF's rotate-half RoPE, fp32 RMSNorm, SwiGLU MLP, a static KV cache of max_seq_len, and every
+ternary projection through `bonsai::ternary_linear`. ExecuTorch's LLM contract: forward(tokens[1, T],
+input_pos[1]) -> logits[1, T, vocab]; the caches are buffers updated in place at input_pos.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import formats, ops  # noqa: F401  (ops registers torch.ops.bonsai.ternary_linear)
+from .checkpoint import NORMS, Checkpoint
+from .config import ModelArgs
+from .errors import BonsaiError
+
+
+class TernaryLinear(nn.Module):
+    """y = (x @ T^T) * scales with T packed in the t2 format and the activation mode fixed at build time."""
+
+    def __init__(self, in_features: int, out_features: int, act_bits: int):
+        super().__init__()
+        self.in_features, self.out_features, self.act_bits = in_features, out_features, act_bits
+        self.register_buffer("packed", torch.zeros(out_features, formats.row_bytes(in_features), dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features))
+
+    def load(self, values: torch.Tensor, scales: torch.Tensor) -> None:
+        self.packed.copy_(torch.from_numpy(formats.pack(values.numpy())))
+        self.scales.copy_(scales)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.bonsai.ternary_linear(x, self.packed, self.scales, self.in_features, self.act_bits)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()  # Bonsai computes the norm in fp32 whatever the activation dtype
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+class KVCache(nn.Module):
+    def __init__(self, n_kv_heads: int, max_seq_len: int, head_dim: int):
+        super().__init__()
+        shape = (1, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape), persistent=False)
+        self.register_buffer("v", torch.zeros(shape), persistent=False)
+
+    def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        # pos: [T] absolute positions; k, v: [1, n_kv, T, head_dim]
+        self.k.index_copy_(2, pos, k)
+        self.v.index_copy_(2, pos, v)
+        return self.k, self.v
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, act_bits: int, max_seq_len: int):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        q_dim, kv_dim = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
+        self.q_proj = TernaryLinear(args.dim, q_dim, act_bits)
+        self.k_proj = TernaryLinear(args.dim, kv_dim, act_bits)
+        self.v_proj = TernaryLinear(args.dim, kv_dim, act_bits)
+        self.o_proj = TernaryLinear(q_dim, args.dim, act_bits)
+        self.cache = KVCache(args.n_kv_heads, max_seq_len, args.head_dim)
+
+    def forward(self, x, cos, sin, pos, mask):
+        b, t, _ = x.shape  # x: [1, T, dim]; cos, sin: [T, head_dim]; mask: [T, max_seq_len]
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [1, H, T, hd]
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [1, Hkv, T, hd]
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k, v = self.cache.update(pos, k, v)  # [1, Hkv, S, hd], S = max_seq_len
+        rep = self.n_heads // self.n_kv_heads
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [1, H, T, hd]
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs, act_bits: int):
+        super().__init__()
+        self.gate_proj = TernaryLinear(args.dim, args.hidden_dim, act_bits)
+        self.up_proj = TernaryLinear(args.dim, args.hidden_dim, act_bits)
+        self.down_proj = TernaryLinear(args.hidden_dim, args.dim, act_bits)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs, act_bits: int, max_seq_len: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.self_attn = Attention(args, act_bits, max_seq_len)
+        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.mlp = FeedForward(args, act_bits)
+
+    def forward(self, x, cos, sin, pos, mask):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, pos, mask)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs, act_quant: str = "none", max_seq_len: int | None = None):
+        super().__init__()
+        if act_quant not in formats.ACT_MODES:
+            raise BonsaiError(f"act_quant: expected one of {', '.join(formats.ACT_MODES)}, got {act_quant!r}")
+        max_seq_len = max_seq_len or args.max_seq_len
+        if not 1 <= max_seq_len <= args.max_seq_len:
+            raise BonsaiError(f"max_seq_len: expected 1..{args.max_seq_len} (the model's limit), got {max_seq_len}")
+        self.args, self.act_quant, self.max_seq_len = args, act_quant, max_seq_len
+        act_bits = formats.ACT_MODES[act_quant]
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args, act_bits, max_seq_len) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, args.head_dim, 2, dtype=torch.float64) / args.head_dim))
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)  # rotate-half layout: [S, head_dim]
+        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        t = tokens.shape[1]  # tokens: [1, T]; input_pos: [1], position of tokens[:, 0]
+        pos = input_pos + torch.arange(t, device=tokens.device)  # [T]
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+        allowed = torch.arange(self.max_seq_len, device=tokens.device)[None, :] <= pos[:, None]
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))  # [T, S]
+        h = self.embed_tokens(tokens)
+        for layer in self.layers:
+            h = layer(h, cos, sin, pos, mask)
+        return self.lm_head(self.norm(h)).float()
+
+    def reset_cache(self) -> None:
+        for layer in self.layers:
+            layer.self_attn.cache.k.zero_()
+            layer.self_attn.cache.v.zero_()
+
+
+def from_checkpoint(ckpt: Checkpoint, act_quant: str = "none", max_seq_len: int | None = None) -> Transformer:
+    """Build the model (fp32 dense parts, packed ternary linears) from a canonical checkpoint."""
+    model = Transformer(ckpt.args, act_quant, max_seq_len)
+    dense = ckpt.dense
+    with torch.no_grad():
+        model.embed_tokens.weight.copy_(dense["model.embed_tokens.weight"].float())
+        model.norm.weight.copy_(dense["model.norm.weight"].float())
+        head = dense.get("lm_head.weight", dense["model.embed_tokens.weight"])
+        model.lm_head.weight.copy_(head.float())
+        for i, layer in enumerate(model.layers):
+            for norm in NORMS:
+                getattr(layer, norm).weight.copy_(dense[f"model.layers.{i}.{norm}.weight"].float())
+            for sub in ckpt.args.linear_shapes:
+                w = ckpt.ternary[f"model.layers.{i}.{sub}"]
+                layer.get_submodule(sub).load(w.values, w.scales)
+    return model.eval()
+
+
+def ternary_values(model: Transformer) -> dict[str, np.ndarray]:
+    """Unpacked int8 ternary matrices of every TernaryLinear, keyed by module name (for tests and reports)."""
+    return {name: formats.unpack(m.packed.numpy(), m.in_features)
+            for name, m in model.named_modules() if isinstance(m, TernaryLinear)}
