@@ -1,0 +1,205 @@
+"""ctypes binding of the native packed-ternary kernels (libbonsai_kernels.so, built from custom_ops/).
+
+The library is looked up at $BONSAI_KERNELS_LIB (the .so file or the folder holding it), else at
+bonsai_export/_native/libbonsai_kernels.so, where `pip install .` puts it. Layout and semantics are those of
+bonsai_export.formats (docs/FORMAT.md); the C ABI is custom_ops/core/include/bonsai/kernels.h.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from bonsai_export import formats
+
+LIB_NAME = "libbonsai_kernels.so"
+ENV_LIB = "BONSAI_KERNELS_LIB"
+ENV_FORCE_ISA = "BONSAI_FORCE_ISA"
+
+# bonsai_status codes (kernels.h) that mean the caller passed bad arguments.
+_ARGUMENT_ERRORS = {1, 2, 3}
+
+_lib: ctypes.CDLL | None = None
+_lib_lock = threading.Lock()
+_pools: dict[int, tuple[ctypes.c_void_p, threading.Lock]] = {}
+
+
+class _Parallel(ctypes.Structure):
+    """bonsai_parallel (parallel.h)."""
+
+    _fields_ = [("parallel_for", ctypes.c_void_p), ("runtime_ctx", ctypes.c_void_p), ("num_threads", ctypes.c_int32)]
+
+
+def library_path() -> Path:
+    """Where the native library is expected (it may not exist)."""
+    env = os.environ.get(ENV_LIB)
+    if env:
+        path = Path(env)
+        return path / LIB_NAME if path.is_dir() else path
+    return Path(__file__).resolve().parent / "_native" / LIB_NAME
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, i32, vp = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
+    par = ctypes.POINTER(_Parallel)
+    signatures = {
+        "bonsai_last_error": (ctypes.c_char_p, []),
+        "bonsai_isa_name": (ctypes.c_char_p, []),
+        "bonsai_set_isa": (ctypes.c_int, [ctypes.c_char_p]),
+        "bonsai_isa_supported": (ctypes.c_int, [ctypes.c_char_p]),
+        "bonsai_row_bytes": (i64, [i64]),
+        "bonsai_ternary_linear": (ctypes.c_int, [vp, i64, i64, vp, i64, vp, i64, i32, vp, par]),
+        "bonsai_int8_accumulate": (ctypes.c_int, [vp, i64, i64, vp, i64, i64, vp, par]),
+        "bonsai_quantize_activations": (ctypes.c_int, [vp, i64, i64, vp, vp]),
+        "bonsai_threadpool_create": (vp, [i32]),
+        "bonsai_threadpool_destroy": (None, [vp]),
+        "bonsai_threadpool_parallel": (_Parallel, [vp]),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+
+
+def _load() -> ctypes.CDLL:
+    global _lib
+    with _lib_lock:
+        if _lib is None:
+            path = library_path()
+            if not path.is_file():
+                raise OSError(
+                    f"native kernels not found at {path}; build them with `pip install .` or "
+                    f"`cmake -S . -B build && cmake --build build` and set {ENV_LIB}=build/custom_ops"
+                )
+            lib = ctypes.CDLL(str(path))
+            _declare(lib)
+            _lib = lib
+        return _lib
+
+
+def available() -> bool:
+    """Whether the native library can be loaded."""
+    try:
+        _load()
+    except OSError:
+        return False
+    return True
+
+
+def isa() -> str:
+    """Name of the kernel table in use: ref, avx2, avx512, neon, dotprod (or 'unavailable' if forced wrongly)."""
+    return _load().bonsai_isa_name().decode()
+
+
+def isa_supported(name: str) -> bool:
+    """Whether this CPU can run the named kernel table."""
+    return bool(_load().bonsai_isa_supported(name.encode()))
+
+
+def set_isa(name: str) -> None:
+    """Switch the kernel table for this process ('auto' = best supported); raises ValueError if unusable."""
+    lib = _load()
+    if lib.bonsai_set_isa(name.encode()) != 0:
+        raise ValueError(lib.bonsai_last_error().decode())
+
+
+def _check(status: int) -> None:
+    if status == 0:
+        return
+    message = _load().bonsai_last_error().decode()
+    raise (ValueError if status in _ARGUMENT_ERRORS else RuntimeError)(message)
+
+
+def _pool(threads: int | None) -> tuple[_Parallel | None, threading.Lock | None]:
+    """A cached thread pool of `threads` threads (None: all usable cores), with the lock that serialises it."""
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"expected threads >= 1 or None, got {threads!r}")
+    if threads == 1:
+        return None, None
+    lib = _load()
+    with _lib_lock:
+        if threads not in _pools:
+            handle = lib.bonsai_threadpool_create(threads)
+            if not handle:
+                raise RuntimeError(lib.bonsai_last_error().decode())
+            _pools[threads] = (handle, threading.Lock())
+        handle, lock = _pools[threads]
+    return lib.bonsai_threadpool_parallel(handle), lock
+
+
+def _require(array: np.ndarray, name: str, dtype: type, ndim: int) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"expected {name} to be a numpy array, got {type(array).__name__}")
+    if array.dtype != dtype or array.ndim != ndim:
+        raise ValueError(f"expected {name} {np.dtype(dtype).name} with {ndim} dims, got {array.dtype} {list(array.shape)}")
+    return np.ascontiguousarray(array)
+
+
+def _check_weights(packed: np.ndarray, k: int) -> np.ndarray:
+    if not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"expected K > 0, got {k!r}")
+    packed = _require(packed, "packed", np.uint8, 2)
+    if packed.shape[1] != formats.row_bytes(int(k)) or packed.shape[0] == 0:
+        raise ValueError(f"expected packed uint8 [N>0, {formats.row_bytes(int(k))}] for K={k}, got {list(packed.shape)}")
+    return packed
+
+
+def _call(fn, args: list, threads: int | None) -> None:
+    parallel, lock = _pool(threads)
+    if parallel is None:
+        _check(fn(*args, None))
+        return
+    with lock:
+        _check(fn(*args, ctypes.byref(parallel)))
+
+
+def ternary_linear(
+    x: np.ndarray, packed: np.ndarray, scales: np.ndarray, k: int, act_bits: int, threads: int | None = None
+) -> np.ndarray:
+    """y float32 [M, N] = ternary linear of x float32 [M, K] (see formats.matmul; act_bits 8 is bit-exact)."""
+    packed = _check_weights(packed, k)
+    x = _require(x, "x", np.float32, 2)
+    scales = _require(scales, "scales", np.float32, 1)
+    n = packed.shape[0]
+    if x.shape[1] != k or x.shape[0] == 0:
+        raise ValueError(f"expected x float32 [M>0, {k}], got {list(x.shape)}")
+    if scales.shape[0] != n:
+        raise ValueError(f"expected scales float32 [{n}], got {list(scales.shape)}")
+    if act_bits not in formats.ACT_MODES.values():
+        raise ValueError(f"expected act_bits in {sorted(formats.ACT_MODES.values())}, got {act_bits!r}")
+    m = x.shape[0]
+    y = np.empty((m, n), dtype=np.float32)
+    lib = _load()
+    args = [x.ctypes.data, m, int(k), packed.ctypes.data, packed.shape[1], scales.ctypes.data, n, act_bits, y.ctypes.data]
+    _call(lib.bonsai_ternary_linear, args, threads)
+    return y
+
+
+def int8_accumulate(q: np.ndarray, packed: np.ndarray, k: int, threads: int | None = None) -> np.ndarray:
+    """Exact int32 acc [M, N] = q int8 [M, K] @ T.T, the integer core of act_bits=8."""
+    packed = _check_weights(packed, k)
+    q = _require(q, "q", np.int8, 2)
+    if q.shape[1] != k or q.shape[0] == 0:
+        raise ValueError(f"expected q int8 [M>0, {k}], got {list(q.shape)}")
+    m, n = q.shape[0], packed.shape[0]
+    acc = np.empty((m, n), dtype=np.int32)
+    lib = _load()
+    args = [q.ctypes.data, m, int(k), packed.ctypes.data, packed.shape[1], n, acc.ctypes.data]
+    _call(lib.bonsai_int8_accumulate, args, threads)
+    return acc
+
+
+def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Native per-token absmax int8 quantization: x float32 [M, K] -> (q int8 [M, K], d float32 [M])."""
+    x = _require(x, "x", np.float32, 2)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"expected x float32 [M>0, K>0], got {list(x.shape)}")
+    q = np.empty(x.shape, dtype=np.int8)
+    d = np.empty(x.shape[0], dtype=np.float32)
+    _check(_load().bonsai_quantize_activations(x.ctypes.data, x.shape[0], x.shape[1], q.ctypes.data, d.ctypes.data))
+    return q, d

@@ -1,0 +1,67 @@
+// Public C ABI of the packed-ternary kernel core (libbonsai_kernels). Framework-free: raw pointers and sizes.
+// Layout of the packed weights: ternary_format.h / docs/FORMAT.md.
+//
+// Every entry point validates its arguments before touching memory and returns a bonsai_status; on failure
+// bonsai_last_error() (thread-local) says what was wrong. Kernels never read or write outside the ranges the
+// sizes describe. Code 3 in the packed weights is invalid but not checked per call (it is read as +2).
+#ifndef BONSAI_KERNELS_H
+#define BONSAI_KERNELS_H
+
+#include <stdint.h>
+
+#include "bonsai/parallel.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum bonsai_status {
+  BONSAI_OK = 0,
+  BONSAI_ERR_NULL = 1,      // a required pointer is null
+  BONSAI_ERR_SHAPE = 2,     // M, N or K <= 0, or packed_row_bytes != row_bytes(K)
+  BONSAI_ERR_ACT_BITS = 3,  // act_bits not in {0, 8}
+  BONSAI_ERR_ISA = 4,       // unknown ISA name, or the ISA is not supported by this CPU
+  BONSAI_ERR_ALLOC = 5,     // scratch memory or threads could not be allocated
+} bonsai_status;
+
+// Message of the last failed call on this thread ("" if none).
+BONSAI_API const char* bonsai_last_error(void);
+
+// Name of the kernel table in use: "ref", "avx2", "avx512", "neon" or "dotprod". Chosen once from the CPU's
+// features, or from the environment variable BONSAI_FORCE_ISA (an unsupported or unknown name makes every
+// kernel call fail with BONSAI_ERR_ISA, so a forced test never silently runs another path).
+BONSAI_API const char* bonsai_isa_name(void);
+
+// Switches the kernel table at run time (tests). Same names as BONSAI_FORCE_ISA; "auto" picks the best.
+BONSAI_API int bonsai_set_isa(const char* name);
+
+// Whether this CPU can run the named table (1) or not (0, also for unknown names).
+BONSAI_API int bonsai_isa_supported(const char* name);
+
+// Bytes of one packed row of K weights, or -1 if K <= 0.
+BONSAI_API int64_t bonsai_row_bytes(int64_t k);
+
+// y[M, N] = ternary linear of x[M, K] (row-major float32) with packed weights [N, packed_row_bytes] and
+// per-channel scales[N]:
+//   act_bits = 0: y[m, n] = scale[n] * sum_k T[n, k] * x[m, k]          (float32, Bonsai exact up to rounding)
+//   act_bits = 8: per-token absmax int8 quantization of x, exact int32 accumulation,
+//                 y[m, n] = (float(acc[m, n]) * d[m]) * scale[n]        (bit-exact with formats.matmul)
+// M = 1 runs the GEMV kernel (decode); M > 1 the blocked GEMM (prefill). `parallel` may be null.
+BONSAI_API int bonsai_ternary_linear(const float* x, int64_t m, int64_t k, const uint8_t* packed,
+                                     int64_t packed_row_bytes, const float* scales, int64_t n, int32_t act_bits,
+                                     float* y, const bonsai_parallel* parallel);
+
+// acc[M, N] = sum_k q[m, k] * T[n, k] with int8 activations q[M, K] (row-major), exact int32: the integer core
+// of act_bits = 8, exported so tests compare integers, not floats. Any int8 value is accepted.
+BONSAI_API int bonsai_int8_accumulate(const int8_t* q, int64_t m, int64_t k, const uint8_t* packed,
+                                      int64_t packed_row_bytes, int64_t n, int32_t* acc,
+                                      const bonsai_parallel* parallel);
+
+// Per-token absmax int8 quantization of x[M, K] as done inside bonsai_ternary_linear: q[M, K], d[M].
+BONSAI_API int bonsai_quantize_activations(const float* x, int64_t m, int64_t k, int8_t* q, float* d);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif
+
+#endif  // BONSAI_KERNELS_H

@@ -1,0 +1,77 @@
+// Scalar reference kernels: plain C++, no intrinsics, the oracle that every ISA table is tested against and the
+// fallback for CPUs without a faster table. Written for clarity, not speed.
+#include <math.h>
+#include <string.h>
+
+#include "../kernel_table.h"
+
+namespace bonsai {
+namespace {
+
+// Ternary value of weight k of a packed row (formats.py: bits 2i..2i+1 of byte j = weight 32i + j of a block).
+inline int weight_at(const uint8_t* row, int64_t k) {
+  const uint8_t byte = row[(k / kBlockK) * kBlockBytes + (k % kBlockK) % kLanes];
+  const int plane = int((k % kBlockK) / kLanes);
+  return int((byte >> (2 * plane)) & kCodeMask) - kCodeOffset;
+}
+
+void quantize_row_i8_ref(const float* x, int64_t k, int8_t* q, float* d) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < k; ++i) amax = fmaxf(amax, fabsf(x[i]));
+  const int64_t kp = padded_k(k);
+  if (amax == 0.0f) {  // an all-zero token quantizes to zeros with d = 0 (no division by zero)
+    memset(q, 0, size_t(kp));
+    *d = 0.0f;
+    return;
+  }
+  const float inv = float(kInt8QMax) / amax;
+  for (int64_t i = 0; i < k; ++i) {
+    // nearbyintf rounds half to even in the default rounding mode, like numpy's rint.
+    const float r = nearbyintf(x[i] * inv);
+    q[i] = int8_t(fminf(fmaxf(r, -float(kInt8QMax)), float(kInt8QMax)));
+  }
+  memset(q + k, 0, size_t(kp - k));
+  *d = amax / float(kInt8QMax);
+}
+
+void gemm_t2_i8_ref(const int8_t* q, int64_t q_stride, int64_t m_count, int64_t nblocks, const uint8_t* w,
+                    int64_t w_stride, int64_t n0, int64_t n1, int32_t* acc, int64_t acc_stride) {
+  const int64_t kp = nblocks * kBlockK;
+  for (int64_t m = 0; m < m_count; ++m) {
+    for (int64_t n = n0; n < n1; ++n) {
+      int32_t sum = 0;
+      for (int64_t k = 0; k < kp; ++k) sum += int32_t(q[m * q_stride + k]) * weight_at(w + n * w_stride, k);
+      acc[m * acc_stride + n] = sum;
+    }
+  }
+}
+
+void gemv_t2_i8_ref(const int8_t* q, int64_t nblocks, const uint8_t* w, int64_t w_stride, int64_t n0, int64_t n1,
+                    int32_t* acc) {
+  gemm_t2_i8_ref(q, 0, 1, nblocks, w, w_stride, n0, n1, acc, 0);
+}
+
+void gemm_t2_f32_ref(const float* x, int64_t x_stride, int64_t m_count, int64_t nblocks, const uint8_t* w,
+                     int64_t w_stride, const float* scales, int64_t n0, int64_t n1, float* y, int64_t y_stride) {
+  const int64_t kp = nblocks * kBlockK;
+  for (int64_t m = 0; m < m_count; ++m) {
+    for (int64_t n = n0; n < n1; ++n) {
+      float sum = 0.0f;
+      for (int64_t k = 0; k < kp; ++k) sum += float(weight_at(w + n * w_stride, k)) * x[m * x_stride + k];
+      y[m * y_stride + n] = scales[n] * sum;
+    }
+  }
+}
+
+void gemv_t2_f32_ref(const float* x, int64_t nblocks, const uint8_t* w, int64_t w_stride, const float* scales,
+                     int64_t n0, int64_t n1, float* y) {
+  gemm_t2_f32_ref(x, 0, 1, nblocks, w, w_stride, scales, n0, n1, y, 0);
+}
+
+}  // namespace
+
+const KernelTable kRefTable = {
+    "ref", quantize_row_i8_ref, gemv_t2_i8_ref, gemm_t2_i8_ref, gemv_t2_f32_ref, gemm_t2_f32_ref,
+};
+
+}  // namespace bonsai
