@@ -69,7 +69,7 @@ def _tensor(name: str, shape, inv: dict, gen) -> torch.Tensor:
     if name.endswith("norm.weight"):
         return (1 + 0.1 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
     if name == "lm_head.weight":
-        return (torch.randn(shape, generator=gen) * (3 / math.sqrt(shape[1]))).to(torch.bfloat16)
+        return (torch.randn(shape, generator=gen) / math.sqrt(shape[1])).to(torch.bfloat16)
     return torch.randn(shape, generator=gen).to(torch.bfloat16)  # embeddings
 
 

@@ -1,0 +1,116 @@
+"""The export-ready model against an independent reference (stock transformers Llama) and against itself."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from bonsai_export import checkpoint, formats, ops
+from bonsai_export.config import to_hf_config
+from bonsai_export.generate import SamplingConfig, generate
+from bonsai_export.model import from_checkpoint, ternary_values
+from bonsai_export.tokenizer import Tokenizer
+
+PROMPT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest."
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_ckpt):
+    return checkpoint.load(tiny_ckpt, progress=False)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(ckpt):
+    ids = Tokenizer(ckpt.folder).encode(PROMPT, bos_id=ckpt.args.bos_id)
+    assert len(ids) >= 16
+    return ids
+
+
+def stock_llama(ckpt) -> LlamaForCausalLM:
+    """transformers' own Llama with T * scales folded into plain fp32 weights."""
+    cfg = {k: v for k, v in to_hf_config(ckpt.args).items() if k not in ("auto_map", "architectures", "torch_dtype")}
+    model = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation="eager")).float().eval()
+    state = {k: v.float() for k, v in ckpt.dense.items()}
+    for name, w in ckpt.ternary.items():
+        state[f"{name}.weight"] = w.values.float() * w.scales[:, None]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing)
+    return model
+
+
+def test_logits_match_stock_transformers_llama(ckpt, prompt_ids):
+    ours = from_checkpoint(ckpt, act_quant="none")
+    with torch.no_grad():
+        got = ours(torch.tensor([prompt_ids]), torch.tensor([0]))
+        want = stock_llama(ckpt)(torch.tensor([prompt_ids])).logits
+    assert got.shape == want.shape == (1, len(prompt_ids), ckpt.args.vocab_size)
+    assert want.abs().max() > 1  # not a degenerate comparison
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+def test_model_holds_exactly_the_checkpoint_ternary_values(ckpt):
+    values = ternary_values(from_checkpoint(ckpt))
+    assert len(values) == len(ckpt.ternary)
+    for name, t in values.items():
+        np.testing.assert_array_equal(t, ckpt.ternary[f"model.{name}"].values.numpy())
+
+
+@pytest.mark.parametrize("act_quant", ["none", "int8"])
+def test_incremental_decoding_matches_full_recompute(ckpt, prompt_ids, act_quant):
+    model = from_checkpoint(ckpt, act_quant=act_quant, max_seq_len=96)
+    steps = []
+    res = generate(lambda t, p: steps.append(model(t, p)) or steps[-1], prompt_ids, SamplingConfig(max_new_tokens=32),
+                   eos_ids=(), max_seq_len=model.max_seq_len)
+    assert len(res.tokens) == 32
+    seq = list(prompt_ids)
+    with torch.no_grad():
+        for i, token in enumerate(res.tokens):
+            model.reset_cache()
+            full = model(torch.tensor([seq]), torch.tensor([0]))[0, -1]
+            torch.testing.assert_close(steps[i][0, -1], full, rtol=0, atol=1e-5)
+            assert int(full.argmax()) == token
+            seq.append(token)
+
+
+def test_int8_activations_stay_close_to_float(ckpt, prompt_ids):
+    with torch.no_grad():
+        exact = from_checkpoint(ckpt, "none")(torch.tensor([prompt_ids]), torch.tensor([0]))
+        int8 = from_checkpoint(ckpt, "int8")(torch.tensor([prompt_ids]), torch.tensor([0]))
+    rel = (int8 - exact).norm() / exact.norm()
+    assert 0 < rel < 0.05
+    agree = (int8.argmax(-1) == exact.argmax(-1)).float().mean()
+    assert agree >= 0.8
+
+
+@pytest.mark.parametrize("act_bits", [0, 8])
+@pytest.mark.parametrize("m,n,k", [(1, 5, 3), (7, 33, 130), (3, 64, 256)])
+def test_torch_reference_op_equals_numpy_format_reference(m, n, k, act_bits):
+    rng = np.random.default_rng(m * 1000 + n + k)
+    t = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    x[0, : k // 2] = 0 if m > 1 else x[0, : k // 2]
+    scales = rng.uniform(0.01, 0.1, n).astype(np.float32)
+    packed = formats.pack(t)
+    want = formats.matmul(x, packed, scales, k, act_bits)
+    got = ops.reference(torch.from_numpy(x), torch.from_numpy(packed), torch.from_numpy(scales), k, act_bits)
+    if act_bits == 8:
+        np.testing.assert_array_equal(got.numpy(), want)  # every step is exactly specified
+    else:
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_op_rejects_mismatched_shapes():
+    x, packed, scales = torch.zeros(2, 100), torch.zeros(4, 32, dtype=torch.uint8), torch.ones(4)
+    with pytest.raises(ValueError, match="do not fit in_features=128"):
+        torch.ops.bonsai.ternary_linear(x, packed, scales, 128, 0)
+
+
+def test_sampling_is_reproducible_and_respects_top_k(ckpt, prompt_ids):
+    model = from_checkpoint(ckpt, max_seq_len=64)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=1.0, top_k=5, top_p=0.9, seed=3)
+    runs = [generate(model, prompt_ids[:8], cfg, (), 64).tokens for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 12
+    with torch.no_grad():
+        model.reset_cache()
+        top5 = model(torch.tensor([prompt_ids[:8]]), torch.tensor([0]))[0, -1].topk(5).indices.tolist()
+    assert runs[0][0] in top5
