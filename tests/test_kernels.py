@@ -28,7 +28,7 @@ ALL_ISAS = ("ref", "avx2", "avx512", "neon", "dotprod")
 TOKENS = (1, 2, 7, 64)  # decode, tiny batches, a prefill chunk
 # act_bits=0 sums in float32 in a kernel-specific order: error bound relative to sum_k |x| * |scale|.
 FLOAT_REL_TOL = 1e-5
-EXAMPLES_PER_ISA = 25
+EXAMPLES_PER_ISA = 60
 
 SUPPORTED = [isa for isa in ALL_ISAS if K.isa_supported(isa)]
 

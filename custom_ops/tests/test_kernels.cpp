@@ -1,1 +1,232 @@
-int main(){return 0;}
+// C++ tests of the kernel core through its C ABI: every ISA table this CPU supports against an independent
+// scalar oracle written here (bit-exact integers, float within rounding), over awkward shapes, unaligned
+// buffers and thread counts, plus invalid-argument checks. Run natively (also under ASan) and under qemu-aarch64.
+//
+// Usage: test_kernels [--expect-isa NAME]   (NAME: the table "auto" must pick on this CPU)
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bonsai/kernels.h"
+#include "bonsai/ternary_format.h"
+
+namespace {
+
+int g_failures = 0;
+
+#define CHECK(cond, ...)                                         \
+  do {                                                           \
+    if (!(cond)) {                                               \
+      ++g_failures;                                              \
+      fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+      fprintf(stderr, __VA_ARGS__);                              \
+      fprintf(stderr, "\n");                                     \
+    }                                                            \
+  } while (0)
+
+// Awkward sizes: below, at and above the 128-weight block and the kernels' row/token tiles.
+const int64_t kTokens[] = {1, 2, 3, 5, 8, 9};
+const int64_t kRows[] = {1, 3, 4, 5, 17, 33};
+const int64_t kDepths[] = {1, 31, 127, 128, 129, 300, 513};
+const int32_t kThreadCounts[] = {1, 3};
+const char* const kIsas[] = {"ref", "avx2", "avx512", "neon", "dotprod"};
+// act_bits = 0 sums in float in a kernel-specific order: allow this many ulps of sum_k |x| * scale.
+constexpr float kFloatRelTol = 1e-5f;
+
+using bonsai::kBlockBytes;
+using bonsai::kBlockK;
+using bonsai::kLanes;
+
+// Independent packer (formats.pack): bits 2i..2i+1 of byte j of a block = code of weight 32i + j.
+std::vector<uint8_t> pack(const std::vector<int8_t>& t, int64_t n, int64_t k) {
+  const int64_t rb = bonsai::row_bytes(k);
+  std::vector<uint8_t> packed(size_t(n * rb), 0x55);  // 0x55 = four codes 1 = zero weights (the padding)
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t c = 0; c < k; ++c) {
+      uint8_t& byte = packed[size_t(r * rb + (c / kBlockK) * kBlockBytes + (c % kBlockK) % kLanes)];
+      const int shift = 2 * int((c % kBlockK) / kLanes);
+      byte = uint8_t((byte & ~(3 << shift)) | ((t[size_t(r * k + c)] + bonsai::kCodeOffset) << shift));
+    }
+  }
+  return packed;
+}
+
+// formats.quantize_activations for one row.
+float quantize(const float* x, int64_t k, int8_t* q) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < k; ++i) amax = fmaxf(amax, fabsf(x[i]));
+  if (amax == 0.0f) {
+    memset(q, 0, size_t(k));
+    return 0.0f;
+  }
+  const float inv = 127.0f / amax;
+  for (int64_t i = 0; i < k; ++i) q[i] = int8_t(fminf(fmaxf(nearbyintf(x[i] * inv), -127.0f), 127.0f));
+  return amax / 127.0f;
+}
+
+struct Case {
+  int64_t m, n, k;
+  std::vector<int8_t> t;  // [n, k]
+  std::vector<uint8_t> packed;
+  std::vector<float> x, scales;
+  std::vector<int8_t> q;  // oracle quantization of x
+  std::vector<float> d;
+  std::vector<int32_t> acc;  // oracle accumulators [m, n]
+};
+
+Case make_case(int64_t m, int64_t n, int64_t k, std::mt19937& rng) {
+  Case c{m, n, k, {}, {}, {}, {}, {}, {}, {}};
+  std::uniform_int_distribution<int> tern(-1, 1);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t i = 0; i < n * k; ++i) c.t.push_back(int8_t(tern(rng)));
+  c.packed = pack(c.t, n, k);
+  for (int64_t i = 0; i < m * k; ++i) c.x.push_back(normal(rng));
+  // Exact ties of x * inv (127 / amax = 1 for amax = 127) exercise round-half-to-even; the last row is all zero.
+  if (m >= 2) {
+    for (int64_t i = 0; i < k; ++i) c.x[size_t(i)] = float(i % 7) - 3.5f;
+    c.x[0] = 127.0f;
+    for (int64_t i = 0; i < k; ++i) c.x[size_t((m - 1) * k + i)] = 0.0f;
+  }
+  for (int64_t i = 0; i < n; ++i) c.scales.push_back(0.5f + float(i % 5) * 0.25f);
+  c.q.resize(size_t(m * k));
+  for (int64_t r = 0; r < m; ++r) c.d.push_back(quantize(&c.x[size_t(r * k)], k, &c.q[size_t(r * k)]));
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t o = 0; o < n; ++o) {
+      int32_t s = 0;
+      for (int64_t i = 0; i < k; ++i) s += int32_t(c.q[size_t(r * k + i)]) * c.t[size_t(o * k + i)];
+      c.acc.push_back(s);
+    }
+  return c;
+}
+
+// Copies `v` to an address one element past an aligned boundary: kernels must not assume alignment.
+template <typename T>
+struct Unaligned {
+  std::vector<T> storage;
+  T* ptr;
+  explicit Unaligned(const std::vector<T>& v) : storage(v.size() + 1) {
+    ptr = storage.data() + 1;
+    memcpy(ptr, v.data(), v.size() * sizeof(T));
+  }
+  explicit Unaligned(size_t count) : storage(count + 1), ptr(storage.data() + 1) {}
+};
+
+void check_case(const char* isa, const Case& c, const bonsai_parallel* par) {
+  const int64_t rb = bonsai::row_bytes(c.k);
+  Unaligned<uint8_t> w(c.packed);
+  Unaligned<float> x(c.x);
+  Unaligned<int8_t> q(c.q);
+  char where[128];
+  snprintf(where, sizeof where, "%s M=%lld N=%lld K=%lld threads=%d", isa, (long long)c.m, (long long)c.n,
+           (long long)c.k, par ? par->num_threads : 1);
+
+  Unaligned<int32_t> acc(c.acc.size());
+  CHECK(bonsai_int8_accumulate(q.ptr, c.m, c.k, w.ptr, rb, c.n, acc.ptr, par) == BONSAI_OK, "%s", where);
+  CHECK(memcmp(acc.ptr, c.acc.data(), c.acc.size() * 4) == 0, "int8_accumulate mismatch, %s", where);
+
+  Unaligned<float> y(size_t(c.m * c.n));
+  CHECK(bonsai_ternary_linear(x.ptr, c.m, c.k, w.ptr, rb, c.scales.data(), c.n, 8, y.ptr, par) == BONSAI_OK, "%s",
+        where);
+  for (int64_t r = 0; r < c.m; ++r)
+    for (int64_t o = 0; o < c.n; ++o) {
+      const float want = (float(c.acc[size_t(r * c.n + o)]) * c.d[size_t(r)]) * c.scales[size_t(o)];
+      const float got = y.ptr[r * c.n + o];
+      CHECK(memcmp(&want, &got, 4) == 0, "act_bits=8 y[%lld,%lld] %.9g != %.9g, %s", (long long)r, (long long)o, got,
+            want, where);
+    }
+
+  CHECK(bonsai_ternary_linear(x.ptr, c.m, c.k, w.ptr, rb, c.scales.data(), c.n, 0, y.ptr, par) == BONSAI_OK, "%s",
+        where);
+  for (int64_t r = 0; r < c.m; ++r)
+    for (int64_t o = 0; o < c.n; ++o) {
+      double want = 0.0, magnitude = 0.0;
+      for (int64_t i = 0; i < c.k; ++i) {
+        want += double(c.t[size_t(o * c.k + i)]) * c.x[size_t(r * c.k + i)];
+        magnitude += fabs(double(c.x[size_t(r * c.k + i)]));
+      }
+      want *= c.scales[size_t(o)];
+      const double tol = kFloatRelTol * (magnitude * c.scales[size_t(o)] + 1e-30);
+      CHECK(fabs(y.ptr[r * c.n + o] - want) <= tol, "act_bits=0 y[%lld,%lld] %.9g vs %.9g, %s", (long long)r,
+            (long long)o, y.ptr[r * c.n + o], want, where);
+    }
+}
+
+int run_isa(const char* isa, bonsai_parallel* pools, std::mt19937& rng) {
+  if (bonsai_set_isa(isa) != BONSAI_OK) return 0;
+  CHECK(strcmp(bonsai_isa_name(), isa) == 0, "set_isa(%s) left %s", isa, bonsai_isa_name());
+  int cases = 0;
+  for (int64_t m : kTokens)
+    for (int64_t n : kRows)
+      for (int64_t k : kDepths) {
+        const Case c = make_case(m, n, k, rng);
+        for (size_t p = 0; p < sizeof(kThreadCounts) / sizeof(kThreadCounts[0]); ++p)
+          check_case(isa, c, kThreadCounts[p] > 1 ? &pools[p] : nullptr);
+        ++cases;
+      }
+  // One prefill-sized case with Bonsai's K: full GEMM tiles and a real thread split.
+  check_case(isa, make_case(64, 70, 1536, rng), &pools[1]);
+  return cases + 1;
+}
+
+void check_invalid_arguments() {
+  const int64_t k = 130, rb = bonsai::row_bytes(k);
+  std::vector<float> x(2 * k, 1.0f), s(3, 1.0f), y(6);
+  std::vector<uint8_t> w(size_t(3 * rb), 0x55);
+  std::vector<int8_t> q(2 * k, 1);
+  std::vector<int32_t> acc(6);
+  struct Bad {
+    const char* what;
+    int got, want;
+  } cases[] = {
+      {"null x", bonsai_ternary_linear(nullptr, 2, k, w.data(), rb, s.data(), 3, 8, y.data(), nullptr), BONSAI_ERR_NULL},
+      {"null w", bonsai_ternary_linear(x.data(), 2, k, nullptr, rb, s.data(), 3, 8, y.data(), nullptr), BONSAI_ERR_NULL},
+      {"null scales", bonsai_ternary_linear(x.data(), 2, k, w.data(), rb, nullptr, 3, 8, y.data(), nullptr), BONSAI_ERR_NULL},
+      {"null y", bonsai_ternary_linear(x.data(), 2, k, w.data(), rb, s.data(), 3, 0, nullptr, nullptr), BONSAI_ERR_NULL},
+      {"M=0", bonsai_ternary_linear(x.data(), 0, k, w.data(), rb, s.data(), 3, 8, y.data(), nullptr), BONSAI_ERR_SHAPE},
+      {"N<0", bonsai_ternary_linear(x.data(), 2, k, w.data(), rb, s.data(), -3, 8, y.data(), nullptr), BONSAI_ERR_SHAPE},
+      {"K=0", bonsai_ternary_linear(x.data(), 2, 0, w.data(), 0, s.data(), 3, 8, y.data(), nullptr), BONSAI_ERR_SHAPE},
+      {"row bytes", bonsai_ternary_linear(x.data(), 2, k, w.data(), rb - 32, s.data(), 3, 8, y.data(), nullptr), BONSAI_ERR_SHAPE},
+      {"act_bits=4", bonsai_ternary_linear(x.data(), 2, k, w.data(), rb, s.data(), 3, 4, y.data(), nullptr), BONSAI_ERR_ACT_BITS},
+      {"acc null q", bonsai_int8_accumulate(nullptr, 2, k, w.data(), rb, 3, acc.data(), nullptr), BONSAI_ERR_NULL},
+      {"acc row bytes", bonsai_int8_accumulate(q.data(), 2, k, w.data(), rb + 1, 3, acc.data(), nullptr), BONSAI_ERR_SHAPE},
+      {"acc N=0", bonsai_int8_accumulate(q.data(), 2, k, w.data(), rb, 0, acc.data(), nullptr), BONSAI_ERR_SHAPE},
+      {"quantize K=0", bonsai_quantize_activations(x.data(), 2, 0, q.data(), y.data()), BONSAI_ERR_SHAPE},
+      {"unknown isa", bonsai_set_isa("sse9"), BONSAI_ERR_ISA},
+      {"pool threads=0", bonsai_threadpool_create(0) == nullptr ? BONSAI_ERR_SHAPE : BONSAI_OK, BONSAI_ERR_SHAPE},
+  };
+  for (const Bad& b : cases) {
+    CHECK(b.got == b.want, "%s: status %d, expected %d", b.what, b.got, b.want);
+  }
+  bonsai_ternary_linear(x.data(), 2, k, w.data(), rb - 32, s.data(), 3, 8, y.data(), nullptr);
+  CHECK(strstr(bonsai_last_error(), "row bytes") != nullptr, "message: %s", bonsai_last_error());
+  CHECK(bonsai_row_bytes(0) == -1 && bonsai_row_bytes(129) == 64, "row_bytes");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* expect = nullptr;
+  for (int i = 1; i + 1 < argc; ++i)
+    if (strcmp(argv[i], "--expect-isa") == 0) expect = argv[i + 1];
+  const std::string picked = bonsai_isa_name();
+  printf("auto isa: %s\n", picked.c_str());
+  if (expect) CHECK(picked == expect, "auto picked %s, expected %s", picked.c_str(), expect);
+
+  bonsai_threadpool* pool = bonsai_threadpool_create(kThreadCounts[1]);
+  bonsai_parallel pools[2] = {{}, bonsai_threadpool_parallel(pool)};
+  std::mt19937 rng(1234);
+  for (const char* isa : kIsas) {
+    const int cases = run_isa(isa, pools, rng);
+    if (cases) printf("isa %s: %d shapes checked\n", isa, cases);
+    else printf("isa %s: not supported here\n", isa);
+  }
+  CHECK(bonsai_set_isa("auto") == BONSAI_OK && picked == bonsai_isa_name(), "auto is stable");
+  check_invalid_arguments();
+  bonsai_threadpool_destroy(pool);
+  printf("%s (%d failures)\n", g_failures ? "FAILED" : "OK", g_failures);
+  return g_failures ? 1 : 0;
+}
