@@ -18,6 +18,9 @@ thread_local std::string t_error;
 constexpr int64_t kRowGrain = 16;
 // Tokens per task when a GEMM is also split over M (the GEMM kernels' largest token tile).
 constexpr int64_t kTokenGrain = 4;
+// Least work (packed weight bytes x tokens) worth a task of its own: below it, waking another thread costs
+// more than the few microseconds of work it would take over.
+constexpr int64_t kMinTaskWork = 32 * 1024;
 
 std::string shape_str(int64_t m, int64_t n, int64_t k) {
   return "M=" + std::to_string(m) + ", N=" + std::to_string(n) + ", K=" + std::to_string(k);
@@ -68,8 +71,10 @@ struct Split {
 
 // Split over N first (each weight row is then read by one thread only); over M too when N alone leaves
 // threads idle.
-Split make_split(int64_t m, int64_t n, const bonsai_parallel* par) {
-  const int64_t workers = par && par->parallel_for && par->num_threads > 1 ? par->num_threads : 1;
+Split make_split(int64_t m, int64_t n, int64_t k, const bonsai_parallel* par) {
+  int64_t workers = par && par->parallel_for && par->num_threads > 1 ? par->num_threads : 1;
+  const int64_t useful = m * n * row_bytes(k) / kMinTaskWork;
+  if (useful < workers) workers = useful > 1 ? useful : 1;
   Split s{m, n, 1, 1};
   const int64_t row_grains = (n + kRowGrain - 1) / kRowGrain;
   s.n_chunks = workers < row_grains ? workers : row_grains;
@@ -149,7 +154,7 @@ int linear_f32(const KernelTable* table, const float* x, int64_t m, int64_t k, c
     }
     xp = buf;
   }
-  FloatJob job{table, make_split(m, n, par), xp, kp, num_blocks(k), row_bytes(k), packed, scales, y};
+  FloatJob job{table, make_split(m, n, k, par), xp, kp, num_blocks(k), row_bytes(k), packed, scales, y};
   run_tasks(par, job.split.tasks(), float_task, &job);
   return BONSAI_OK;
 }
@@ -160,7 +165,7 @@ int linear_i8(const KernelTable* table, const float* x, int64_t m, int64_t k, co
   int8_t* q = scratch(t_q, m * kp);
   float* d = scratch(t_f, m);
   for (int64_t i = 0; i < m; ++i) table->quantize_row_i8(x + i * k, k, q + i * kp, d + i);
-  Int8Job job{table, make_split(m, n, par), q, kp, num_blocks(k), row_bytes(k), packed, scratch(t_acc, m * n),
+  Int8Job job{table, make_split(m, n, k, par), q, kp, num_blocks(k), row_bytes(k), packed, scratch(t_acc, m * n),
               d, scales, y};
   run_tasks(par, job.split.tasks(), int8_task, &job);
   return BONSAI_OK;
@@ -215,7 +220,7 @@ int bonsai_int8_accumulate(const int8_t* q, int64_t m, int64_t k, const uint8_t*
       memcpy(qp + i * kp, q + i * k, size_t(k));
       memset(qp + i * kp + k, 0, size_t(kp - k));
     }
-    Int8Job job{table, make_split(m, n, parallel), qp, kp, num_blocks(k), row_bytes(k), packed, acc,
+    Int8Job job{table, make_split(m, n, k, parallel), qp, kp, num_blocks(k), row_bytes(k), packed, acc,
                 nullptr, nullptr, nullptr};
     run_tasks(parallel, job.split.tasks(), int8_task, &job);
     return BONSAI_OK;

@@ -1,7 +1,7 @@
 // A small persistent std::thread pool implementing the parallel-for hook (parallel.h) for tests, benchmarks and
 // the Python binding. Runtimes with their own pool (ExecuTorch, ONNX Runtime) supply their own hook instead.
 //
-// Decode calls a parallel loop about every 50-200 us, so waking sleeping threads through the kernel would cost
+// Decode calls a parallel loop about every 20-200 us, so waking sleeping threads through the kernel would cost
 // a noticeable share: workers and the caller spin for a short while (kSpinTime) before falling back to a
 // condition variable, which keeps an idle pool from burning a core.
 #include <atomic>
@@ -47,59 +47,99 @@ bool spin_until(Pred pred) {
 
 }  // namespace
 
+// One loop is described by a single atomic word, so that a worker that wakes late (descheduled on a busy
+// machine) can never claim a task of a loop that has finished or not started: [generation:32][tasks:16][next:16].
+// The caller claims tasks too and returns as soon as every task has run, whether or not all workers woke up.
 struct bonsai_threadpool {
+  static constexpr int kIndexBits = 16;
+  static constexpr uint64_t kIndexMask = (uint64_t(1) << kIndexBits) - 1;
+  static constexpr int64_t kMaxTasks = int64_t(kIndexMask);
+
   std::vector<std::thread> workers;
   std::mutex mu;
-  std::condition_variable wake, done;
-  std::atomic<uint64_t> generation{0};  // bumped once per loop; workers run a loop when it changes
+  std::condition_variable wake, done_cv;
+  std::atomic<uint64_t> state{0};
   std::atomic<bool> stop{false};
-  // The current loop, published before `generation` is bumped.
+  // The current loop; written before `state` publishes it and stable until all its tasks are done.
   bonsai_task_fn task = nullptr;
   void* task_ctx = nullptr;
-  int64_t n_tasks = 0;
-  std::atomic<int64_t> next{0};     // next task index to claim
-  std::atomic<int32_t> pending{0};  // workers that have not finished the current loop
+  std::atomic<int64_t> done{0};
 
-  void drain() {
-    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < n_tasks;
-         t = next.fetch_add(1, std::memory_order_relaxed))
-      task(task_ctx, t);
+  static uint32_t generation(uint64_t s) { return uint32_t(s >> 32); }
+
+  // Claims the next task of loop `gen`; false once that loop has no unclaimed task (or is over).
+  bool claim(uint32_t gen, int64_t* index, int64_t* count) {
+    uint64_t s = state.load(std::memory_order_acquire);
+    for (;;) {
+      const uint64_t next = s & kIndexMask, tasks = (s >> kIndexBits) & kIndexMask;
+      if (generation(s) != gen || next >= tasks) return false;
+      if (state.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        *index = int64_t(next);
+        *count = int64_t(tasks);
+        return true;
+      }
+    }
+  }
+
+  void drain(uint32_t gen) {
+    int64_t index, count;
+    while (claim(gen, &index, &count)) {
+      task(task_ctx, index);  // safe to read: the loop cannot end before this claimed task is done
+      if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == count) {
+        std::lock_guard<std::mutex> lock(mu);  // pairs with the caller's wait: no lost wake-up
+        done_cv.notify_all();
+      }
+    }
   }
 
   void worker_main() {
-    uint64_t seen = 0;
+    uint32_t seen = 0;
     for (;;) {
-      auto changed = [&] { return generation.load(std::memory_order_acquire) != seen || stop.load(); };
+      auto changed = [&] { return generation(state.load(std::memory_order_acquire)) != seen || stop.load(); };
       if (!spin_until(changed)) {
         std::unique_lock<std::mutex> lock(mu);
         wake.wait(lock, changed);
       }
       if (stop.load()) return;
-      seen = generation.load(std::memory_order_acquire);
-      drain();
-      if (pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-        std::lock_guard<std::mutex> lock(mu);  // pairs with the caller's wait: no lost wake-up
-        done.notify_one();
-      }
+      seen = generation(state.load(std::memory_order_acquire));
+      drain(seen);
     }
   }
 
   void parallel_for(int64_t count, bonsai_task_fn fn, void* ctx) {
+    for (int64_t first = 0; first < count; first += kMaxTasks) {  // more tasks than one word holds: in rounds
+      const int64_t round = count - first < kMaxTasks ? count - first : kMaxTasks;
+      run_round(round, fn, ctx, first);
+    }
+  }
+
+  // Task offsets of a round beyond the first kMaxTasks are added by this trampoline.
+  struct Offset {
+    bonsai_task_fn fn;
+    void* ctx;
+    int64_t first;
+  };
+  static void offset_task(void* ctx, int64_t i) {
+    const Offset* o = static_cast<const Offset*>(ctx);
+    o->fn(o->ctx, o->first + i);
+  }
+
+  void run_round(int64_t count, bonsai_task_fn fn, void* ctx, int64_t first) {
+    Offset offset{fn, ctx, first};
+    const uint32_t gen = generation(state.load(std::memory_order_relaxed)) + 1;
     {
       std::lock_guard<std::mutex> lock(mu);
-      task = fn;
-      task_ctx = ctx;
-      n_tasks = count;
-      next.store(0, std::memory_order_relaxed);
-      pending.store(int32_t(workers.size()), std::memory_order_relaxed);
-      generation.fetch_add(1, std::memory_order_release);
+      task = first ? offset_task : fn;
+      task_ctx = first ? static_cast<void*>(&offset) : ctx;
+      done.store(0, std::memory_order_relaxed);
+      state.store((uint64_t(gen) << 32) | (uint64_t(count) << kIndexBits), std::memory_order_release);
     }
     wake.notify_all();
-    drain();  // the caller works too
-    auto finished = [&] { return pending.load(std::memory_order_acquire) == 0; };
+    drain(gen);  // the caller works too
+    auto finished = [&] { return done.load(std::memory_order_acquire) == count; };
     if (!spin_until(finished)) {
       std::unique_lock<std::mutex> lock(mu);
-      done.wait(lock, finished);
+      done_cv.wait(lock, finished);
     }
   }
 };

@@ -28,6 +28,9 @@ namespace {
 constexpr int kGemvRows = 4;
 constexpr int kGemmTokens = 4;
 constexpr int kGemmRows = 2;
+// Decode streams the weights from DRAM: the GEMV tile prefetches the same block of the rows kPrefetchTiles tiles
+// ahead (rows are contiguous). Prefetches never fault, so running past the last row is harmless.
+constexpr int kPrefetchTiles = 4;
 
 // Signed weights of one block: t[2*i + h] = weights [32i + 16h, 32i + 16h + 16) of the block.
 inline void unpack_block(const uint8_t* block, int8x16_t t[8]) {
@@ -95,8 +98,10 @@ void tile_i8(const int8_t* q, int64_t q_stride, int64_t nblocks, const uint8_t* 
     for (int r = 0; r < NR; ++r) sum[m][r] = vdupq_n_s32(0);
   for (int64_t b = 0; b < nblocks; ++b) {
     for (int r = 0; r < NR; ++r) {
+      const uint8_t* block = w + r * w_stride + b * kBlockBytes;
+      if (MR == 1) __builtin_prefetch((const void*)(uintptr_t(block) + kPrefetchTiles * NR * w_stride));
       int8x16_t t[8];
-      unpack_block(w + r * w_stride + b * kBlockBytes, t);
+      unpack_block(block, t);
       for (int m = 0; m < MR; ++m) sum[m][r] = dot_block(sum[m][r], t, q + m * q_stride + b * kBlockK);
     }
   }

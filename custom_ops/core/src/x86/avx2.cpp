@@ -19,6 +19,10 @@ namespace {
 constexpr int kGemvRows = 4;
 constexpr int kGemmTokens = 4;
 constexpr int kGemmRows = 2;
+// Decode streams the weights from DRAM: the GEMV tile prefetches the same block of the rows kPrefetchTiles
+// tiles ahead (rows are contiguous, so this runs a few KiB ahead of the loads; 1-8 tiles measured within
+// noise of each other). Prefetches never fault, so running past the last row is harmless.
+constexpr int kPrefetchTiles = 4;
 
 // Plane I of a 32-byte block: the codes of weights [32I, 32I + 32) of the block, one per byte.
 template <int I>
@@ -98,7 +102,9 @@ void tile_i8(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_t nbl
     for (int r = 0; r < NR; ++r) sum[m][r] = _mm256_setzero_si256();
   for (int64_t b = 0; b < nblocks; ++b) {
     for (int r = 0; r < NR; ++r) {
-      const __m256i packed = _mm256_loadu_si256((const __m256i*)(w + r * w_stride + b * kBlockBytes));
+      const uint8_t* block = w + r * w_stride + b * kBlockBytes;
+      if (MR == 1) _mm_prefetch((const char*)(uintptr_t(block) + kPrefetchTiles * NR * w_stride), _MM_HINT_T0);
+      const __m256i packed = _mm256_loadu_si256((const __m256i*)block);
       const __m256i c0 = plane<0>(packed), c1 = plane<1>(packed), c2 = plane<2>(packed), c3 = plane<3>(packed);
       for (int m = 0; m < MR; ++m) {
         const int8_t* qb = q + m * q_stride + b * kBlockK;
