@@ -38,6 +38,7 @@ N_LAYERS = 16
 SINGLE_SHAPES = ((1536, 1536), (768, 1536), (4096, 1536), (1536, 4096))
 ORT_BITS = 2
 ORT_ZERO_POINT = 2  # MatMulNBits' default zero point for bits=2: code = t + 2 decodes back to t exactly
+ORT_IR_VERSION = 10
 ORT_ACCURACY_LEVEL = 4  # int8 activations; levels 0/1 dequantize to fp32 and are ~20x slower
 BANDWIDTH_BUFFER_MB = 1024
 
@@ -190,7 +191,8 @@ def ort_model(mats: list[Matrix]):
         outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["M", n]))
     graph = helper.make_graph(nodes, "ternary", list(inputs.values()), outputs, inits)
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    return onnx.helper.make_model(graph, opset_imports=opsets)
+    # IR 10 (ONNX 1.16) loads on every onnxruntime from 1.18 on, not only on the newest.
+    return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=ORT_IR_VERSION)
 
 
 def ort_pass(mats: list[Matrix], xs: dict[int, np.ndarray], threads: int):

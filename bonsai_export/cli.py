@@ -10,31 +10,25 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .artifact import ARTIFACT_FORMATS, EMBEDDINGS, HEADS, ExportConfig
 from .errors import BonsaiError
+from .formats import ACT_MODES
 
 EXAMPLES = {
     "make-checkpoint": "bonsai-export make-checkpoint --preset tiny --out ckpt/tiny",
     "info": "bonsai-export info deepgrove/Bonsai\n  bonsai-export info ckpt/tiny --json",
-    "run": 'bonsai-export run --prompt "Once upon a time"          (the embedded tiny model)\n'
+    "export": "bonsai-export export deepgrove/Bonsai --format pte -o out/bonsai --head int8\n"
+              "  bonsai-export export ckpt/tiny -o out/tiny --act-quant none --max-seq-len 256",
+    "run": 'bonsai-export run out/bonsai --prompt "The capital of France is"\n'
+           '  bonsai-export run --prompt "Once upon a time"          (the embedded tiny model)\n'
            '  bonsai-export run deepgrove/Bonsai --prompt "The capital of France is" --max-new-tokens 20',
     "bench-kernels": "bonsai-export bench-kernels --quick --json-out kernels.json",
 }
 
 
-def default_model() -> Path:
-    """The embedded default: the tiny synthetic checkpoint, made on first use in the user's cache."""
-    from .synthetic import make_checkpoint
-
-    cache = Path(os.environ.get("BONSAI_EXPORT_CACHE", Path.home() / ".cache" / "bonsai-export"))
-    folder = cache / "tiny-seed0"
-    if not (folder / "config.json").is_file():
-        logging.info("making the embedded tiny checkpoint in %s", folder)
-        make_checkpoint("tiny", folder, seed=0, progress=False)
-    return folder
-
-
 def _load(model: str | None, quiet: bool):
     from . import checkpoint
+    from .synthetic import default_model
 
     return checkpoint.load(model if model else default_model(), progress=not quiet)
 
@@ -55,23 +49,42 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .artifact import ExportConfig
+    from .export import export
+
+    cfg = ExportConfig(format=args.format, max_seq_len=args.max_seq_len, act_quant=args.act_quant,
+                       embedding=args.embedding, head=args.head, threads=args.threads)
+    manifest = export(args.model if args.model else _default(), args.output, cfg, force=args.force)
+    m = manifest["model"]
+    print(f"{args.output}: {', '.join(a['file'] for a in manifest['artifacts'])}; ternary weights "
+          f"{m['bits_per_ternary_weight']:.3f} bits/weight")
+    return 0
+
+
+def _default():
+    from .synthetic import default_model
+
+    return default_model()
+
+
 def cmd_run(args) -> int:
     from .generate import SamplingConfig, generate
-    from .model import from_checkpoint
+    from .runners import open_runner
     from .tokenizer import StreamDecoder, Tokenizer
 
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
-    ckpt = _load(args.model, args.quiet)
-    model = from_checkpoint(ckpt, act_quant=args.act_quant, max_seq_len=args.max_seq_len)
-    tok = Tokenizer(ckpt.folder)
+    runner = open_runner(args.model, act_quant=args.act_quant, max_seq_len=args.max_seq_len, threads=args.threads)
+    tok = Tokenizer(runner.tokenizer_dir)
     stream = StreamDecoder(tok)
     print(args.prompt, end="", flush=True)
-    res = generate(model, tok.encode(args.prompt, bos_id=ckpt.args.bos_id), cfg, ckpt.args.eos_ids,
-                   model.max_seq_len, on_token=lambda t: print(stream.push(t), end="", flush=True))
+    res = generate(runner, tok.encode(args.prompt, bos_id=runner.bos_id), cfg, runner.eos_ids,
+                   runner.max_seq_len, on_token=lambda t: print(stream.push(t), end="", flush=True))
     print()
     if not args.quiet:
-        print(f"[{res.prompt_tokens} prompt tokens, prefill {res.prefill_tps:.1f} tok/s; {len(res.tokens)} new "
-              f"tokens, decode {res.decode_tps:.1f} tok/s{'; stopped at EOS' if res.stopped_at_eos else ''}]",
+        end = "stopped at EOS" if res.stopped_at_eos else ("stopped at max_seq_len" if res.hit_max_seq_len else "")
+        print(f"[{runner.name}: {res.prompt_tokens} prompt tokens, prefill {res.prefill_tps:.1f} tok/s; "
+              f"{len(res.tokens)} new tokens, decode {res.decode_tps:.1f} tok/s{'; ' + end if end else ''}]",
               file=sys.stderr)
     return 0
 
@@ -102,17 +115,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = add("run", cmd_run, "generate text with the eager PyTorch model (streams tokens)")
+    p = add("export", cmd_export, "export a checkpoint to an ExecuTorch (.pte) artifact folder")
     _add_model(p)
+    p.add_argument("-o", "--output", required=True, help="artifact folder to write")
+    p.add_argument("--format", choices=list(ARTIFACT_FORMATS), default=ExportConfig.format)
+    p.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: the model's limit)")
+    p.add_argument("--act-quant", choices=list(ACT_MODES), default=ExportConfig.act_quant,
+                   help="int8: per-token absmax int8 activations; none: float activations (exact Bonsai)")
+    p.add_argument("--embedding", choices=list(EMBEDDINGS), default=ExportConfig.embedding)
+    p.add_argument("--head", choices=list(HEADS), default=ExportConfig.head,
+                   help="output head weights (half of the bytes read per token in bf16)")
+    p.add_argument("--threads", type=int, default=ExportConfig.threads, help="runner default; 0 = runtime's")
+    p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+
+    p = add("run", cmd_run, "generate text from a checkpoint (eager PyTorch) or an artifact folder (streams tokens)")
+    p.add_argument("model", nargs="?",
+                   help="artifact folder, hub id or checkpoint folder; default: the embedded tiny checkpoint")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--act-quant", choices=["none", "int8"], default="none",
-                   help="none: float activations (exact Bonsai); int8: per-token absmax int8")
-    p.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: the model's limit)")
+    p.add_argument("--act-quant", choices=list(ACT_MODES), default="none",
+                   help="checkpoints only (artifacts fix it at export): none = float activations, int8")
+    p.add_argument("--max-seq-len", type=int, default=None, help="checkpoints only: KV cache length")
+    p.add_argument("--threads", type=int, default=0, help="artifacts: runtime threads (0 = the export's default)")
 
     try:
         from . import bench_kernels

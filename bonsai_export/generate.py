@@ -37,6 +37,7 @@ class GenerationResult:
     prefill_s: float = 0.0
     decode_s: float = 0.0  # time for tokens 2..n (each one a single-token forward)
     stopped_at_eos: bool = False
+    hit_max_seq_len: bool = False
 
     @property
     def prefill_tps(self) -> float:
@@ -89,7 +90,10 @@ def generate(forward: Forward, prompt: list[int], cfg: SamplingConfig, eos_ids: 
             res.tokens.append(token)
             if on_token:
                 on_token(token)
-            if len(res.tokens) >= cfg.max_new_tokens or pos >= max_seq_len:
+            if len(res.tokens) >= cfg.max_new_tokens:
+                break
+            if pos >= max_seq_len:  # the cache is full: stop cleanly, the caller reports it
+                res.hit_max_seq_len = True
                 break
             logits = forward(torch.tensor([[token]]), torch.tensor([pos]))[0, -1]
             pos += 1

@@ -76,18 +76,16 @@ class Attention(nn.Module):
         self.o_proj = TernaryLinear(q_dim, args.dim, act_bits)
         self.cache = KVCache(args.n_kv_heads, max_seq_len, args.head_dim)
 
-    def forward(self, x, cos, sin, pos, mask):
-        b, t, _ = x.shape  # x: [1, T, dim]; cos, sin: [T, head_dim]; mask: [T, max_seq_len]
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [1, H, T, hd]
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [1, Hkv, T, hd]
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+    def forward(self, x, cos, sin, pos, input_pos):
+        b, t, _ = x.shape  # x: [1, T, dim]; cos, sin: [T, 1, hd]; pos: [T] = input_pos + arange(T)
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)  # [1, T, H, hd]
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim)  # [1, T, Hkv, hd]
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        k, v = self.cache.update(pos, k, v)  # [1, Hkv, S, hd], S = max_seq_len
-        rep = self.n_heads // self.n_kv_heads
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [1, H, T, hd]
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        k_cache, v_cache = self.cache.update(pos, k.transpose(1, 2), v.transpose(1, 2))  # [1, Hkv, S, hd]
+        y = torch.ops.bonsai.attention(q, k_cache, v_cache, input_pos)  # [1, T, H, hd], reads [0, pos + T)
+        return self.o_proj(y.reshape(b, t, -1))
 
 
 class FeedForward(nn.Module):
@@ -109,8 +107,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = FeedForward(args, act_bits)
 
-    def forward(self, x, cos, sin, pos, mask):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, pos, mask)
+    def forward(self, x, cos, sin, pos, input_pos):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, pos, input_pos)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -137,12 +135,10 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         t = tokens.shape[1]  # tokens: [1, T]; input_pos: [1], position of tokens[:, 0]
         pos = input_pos + torch.arange(t, device=tokens.device)  # [T]
-        cos, sin = self.rope_cos[pos], self.rope_sin[pos]
-        allowed = torch.arange(self.max_seq_len, device=tokens.device)[None, :] <= pos[:, None]
-        mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))  # [T, S]
+        cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # [T, 1, hd]
         h = self.embed_tokens(tokens)
         for layer in self.layers:
-            h = layer(h, cos, sin, pos, mask)
+            h = layer(h, cos, sin, pos, input_pos)
         return self.lm_head(self.norm(h)).float()
 
     def reset_cache(self) -> None:

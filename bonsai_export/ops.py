@@ -1,10 +1,16 @@
-"""`bonsai::ternary_linear`: the one custom op every ternary projection goes through.
+"""The custom ops of the model: `bonsai::ternary_linear` (every ternary projection) and `bonsai::attention`.
 
 Semantics (docs/FORMAT.md, bonsai_export/formats.py):
     ternary_linear(x[..., K] f32, packed[N, row_bytes(K)] u8, scales[N] f32, in_features=K, act_bits) -> y[..., N] f32
 act_bits 0: float activations (exact Bonsai); act_bits 8: per-token absmax int8 activations, int32 accumulation.
 The out variant `ternary_linear.out(..., *, Tensor(a!) out)` is what ExecuTorch's runtime kernel implements.
 The eager implementation uses the native kernel library when it is built, the pure-PyTorch reference otherwise.
+
+    attention(q[1, T, H, D] f32, k_cache[1, Hkv, S, D] f32, v_cache[1, Hkv, S, D] f32, input_pos[1] i64)
+        -> y[1, T, H, D] f32
+Causal grouped-query attention of the T queries at positions input_pos + t over the cache prefix
+[0, input_pos + t], softmax scale D**-0.5. It reads only the filled prefix of the cache (never the unwritten rest),
+so a runtime needs neither zeroed caches nor a pass over all max_seq_len positions per token.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ _lib.define(
     "ternary_linear.out(Tensor x, Tensor packed, Tensor scales, int in_features, int act_bits, *, "
     "Tensor(a!) out) -> Tensor(a!)"
 )
+_lib.define("attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos) -> Tensor")
+_lib.define("attention.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos, *, Tensor(a!) out) -> Tensor(a!)")
 
 
 def unpack(packed: torch.Tensor, k: int) -> torch.Tensor:
@@ -89,3 +97,33 @@ def _ternary_linear_out(x, packed, scales, in_features, act_bits, *, out):
 @torch.library.register_fake("bonsai::ternary_linear")
 def _ternary_linear_fake(x, packed, scales, in_features, act_bits):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+def attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int) -> torch.Tensor:
+    _, t, h, d = q.shape
+    hkv = k_cache.shape[1]
+    if pos < 0 or pos + t > k_cache.shape[2]:
+        raise ValueError(f"attention: positions [{pos}, {pos + t}) do not fit the cache of {k_cache.shape[2]}")
+    k = k_cache[0, :, : pos + t].repeat_interleave(h // hkv, dim=0)  # [H, L, D]
+    v = v_cache[0, :, : pos + t].repeat_interleave(h // hkv, dim=0)
+    scores = (q[0].transpose(0, 1) @ k.transpose(1, 2)) * d**-0.5  # [H, T, L]
+    allowed = torch.arange(pos + t)[None, :] <= (pos + torch.arange(t))[:, None]  # [T, L]
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    return (probs @ v).transpose(0, 1).unsqueeze(0)  # [1, T, H, D]
+
+
+@torch.library.impl(_lib, "attention", "CompositeExplicitAutograd")
+def _attention(q, k_cache, v_cache, input_pos):
+    return attention_reference(q, k_cache, v_cache, int(input_pos[0]))
+
+
+@torch.library.impl(_lib, "attention.out", "CompositeExplicitAutograd")
+def _attention_out(q, k_cache, v_cache, input_pos, *, out):
+    y = attention_reference(q, k_cache, v_cache, int(input_pos[0]))
+    out.resize_(y.shape).copy_(y)
+    return out
+
+
+@torch.library.register_fake("bonsai::attention")
+def _attention_fake(q, k_cache, v_cache, input_pos):
+    return q.new_empty(q.shape)

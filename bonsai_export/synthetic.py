@@ -9,6 +9,7 @@ SentencePiece tokenizer as tokenizer.model plus tokenizer.json. Linear weights a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -114,3 +115,13 @@ def _write_side_files(args: ModelArgs, folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
+
+
+def default_model() -> Path:
+    """The embedded default: the tiny synthetic checkpoint, made on first use in the user's cache."""
+    cache = Path(os.environ.get("BONSAI_EXPORT_CACHE", Path.home() / ".cache" / "bonsai-export"))
+    folder = cache / "tiny-seed0"
+    if not (folder / "config.json").is_file():
+        logging.info("making the embedded tiny checkpoint in %s", folder)
+        make_checkpoint("tiny", folder, seed=0, progress=False)
+    return folder

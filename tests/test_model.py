@@ -55,8 +55,10 @@ def test_model_holds_exactly_the_checkpoint_ternary_values(ckpt):
         np.testing.assert_array_equal(t, ckpt.ternary[f"model.{name}"].values.numpy())
 
 
-@pytest.mark.parametrize("act_quant", ["none", "int8"])
-def test_incremental_decoding_matches_full_recompute(ckpt, prompt_ids, act_quant):
+# int8 activations: a last-bit difference between the two paths' attention sums can move one activation across
+# a rounding boundary of the per-token quantizer, a step of amax/127, so that mode gets a looser tolerance.
+@pytest.mark.parametrize("act_quant,atol", [("none", 1e-5), ("int8", 0.05)])
+def test_incremental_decoding_matches_full_recompute(ckpt, prompt_ids, act_quant, atol):
     model = from_checkpoint(ckpt, act_quant=act_quant, max_seq_len=96)
     steps = []
     res = generate(lambda t, p: steps.append(model(t, p)) or steps[-1], prompt_ids, SamplingConfig(max_new_tokens=32),
@@ -67,7 +69,7 @@ def test_incremental_decoding_matches_full_recompute(ckpt, prompt_ids, act_quant
         for i, token in enumerate(res.tokens):
             model.reset_cache()
             full = model(torch.tensor([seq]), torch.tensor([0]))[0, -1]
-            torch.testing.assert_close(steps[i][0, -1], full, rtol=0, atol=1e-5)
+            torch.testing.assert_close(steps[i][0, -1], full, rtol=0, atol=atol)
             assert int(full.argmax()) == token
             seq.append(token)
 
@@ -114,3 +116,20 @@ def test_sampling_is_reproducible_and_respects_top_k(ckpt, prompt_ids):
         model.reset_cache()
         top5 = model(torch.tensor([prompt_ids[:8]]), torch.tensor([0]))[0, -1].topk(5).indices.tolist()
     assert runs[0][0] in top5
+
+
+@pytest.mark.parametrize("t,pos", [(1, 0), (1, 9), (5, 0), (4, 7)])
+def test_attention_op_is_causal_gqa_over_the_cache_prefix(t, pos):
+    torch.manual_seed(t * 10 + pos)
+    h, hkv, d, s = 4, 2, 8, 16
+    q = torch.randn(1, t, h, d)
+    k_cache, v_cache = torch.randn(1, hkv, s, d), torch.randn(1, hkv, s, d)
+    k_cache[:, :, pos + t:] = float("nan")  # never read
+    v_cache[:, :, pos + t:] = float("nan")
+    got = torch.ops.bonsai.attention(q, k_cache, v_cache, torch.tensor([pos]))
+    for i in range(t):
+        n = pos + i + 1
+        k = k_cache[0, :, :n].repeat_interleave(2, 0)
+        v = v_cache[0, :, :n].repeat_interleave(2, 0)
+        want = torch.nn.functional.scaled_dot_product_attention(q[0, i][:, None], k, v)[:, 0]
+        torch.testing.assert_close(got[0, i], want, rtol=1e-5, atol=1e-6)

@@ -2,9 +2,9 @@
 // with ExecuTorch's threadpool as the parallel-for hook. No math here (custom_ops/core does it).
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
-#include <executorch/runtime/kernel/thread_parallel_interface.h>
 
 #include "bonsai/kernels.h"
+#include "et_parallel.h"
 
 namespace bonsai_et {
 
@@ -12,16 +12,6 @@ using executorch::aten::ScalarType;
 using executorch::aten::Tensor;
 using executorch::runtime::Error;
 using executorch::runtime::KernelRuntimeContext;
-
-namespace {
-
-void et_parallel_for(void* /*runtime_ctx*/, int64_t n_tasks, bonsai_task_fn task, void* task_ctx) {
-  executorch::extension::parallel_for(0, n_tasks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) task(task_ctx, i);
-  });
-}
-
-}  // namespace
 
 // ternary_linear.out(Tensor x, Tensor packed, Tensor scales, int in_features, int act_bits, *, Tensor(a!) out)
 Tensor& ternary_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& packed, const Tensor& scales,
@@ -53,8 +43,7 @@ Tensor& ternary_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Ten
   const int64_t m = x.numel() / k;
   if (m == 0) return out;
 
-  const bonsai_parallel par{et_parallel_for, nullptr,
-                            static_cast<int32_t>(executorch::extension::get_thread_count())};
+  const bonsai_parallel par = et_parallel();
   const int status = bonsai_ternary_linear(x.const_data_ptr<float>(), m, k, packed.const_data_ptr<uint8_t>(),
                                            packed.size(1), scales.const_data_ptr<float>(), n,
                                            static_cast<int32_t>(act_bits), out.mutable_data_ptr<float>(), &par);

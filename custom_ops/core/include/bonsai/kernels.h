@@ -60,6 +60,14 @@ BONSAI_API int bonsai_int8_accumulate(const int8_t* q, int64_t m, int64_t k, con
 // Per-token absmax int8 quantization of x[M, K] as done inside bonsai_ternary_linear: q[M, K], d[M].
 BONSAI_API int bonsai_quantize_activations(const float* x, int64_t m, int64_t k, int8_t* q, float* d);
 
+// Causal grouped-query attention of T queries over a KV cache (float32, row-major):
+//   q[T, H, D], k_cache/v_cache[Hkv, S, D], out[T, H, D]; query t sits at position pos + t and attends to cache
+//   positions [0, pos + t] with softmax scale 1/sqrt(D). Only that prefix of the caches is read.
+// Errors: BONSAI_ERR_SHAPE unless T, H, D, Hkv, S > 0, H % Hkv == 0 and 0 <= pos, pos + T <= S.
+BONSAI_API int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int64_t head_dim, const float* k_cache,
+                                const float* v_cache, int64_t n_kv_heads, int64_t cache_len, int64_t pos,
+                                float* out, const bonsai_parallel* parallel);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif

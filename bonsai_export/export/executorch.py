@@ -1,0 +1,48 @@
+"""Lower the export-ready model to an ExecuTorch program (.pte).
+
+Stages: torch.export (dynamic prompt length) -> edge dialect with XNNPACK delegating everything but
+bonsai::ternary_linear -> ExecuTorch program with the LLM runner's metadata as constant methods.
+KV caches are plain buffers updated with index_copy_ (no llama::update_cache / custom_sdpa), so the .pte runs
+on the bare runtime (libexecutorch.so + our op library), with no libtorch: a phone runner needs nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.export import Dim, export
+
+from .. import artifact as A
+from ..model import Transformer
+
+log = logging.getLogger(__name__)
+
+
+def metadata(model: Transformer) -> dict:
+    a = model.args
+    return {A.META_MAX_SEQ_LEN: model.max_seq_len, A.META_MAX_CONTEXT_LEN: model.max_seq_len,
+            A.META_VOCAB_SIZE: a.vocab_size, A.META_N_LAYERS: a.n_layers, A.META_USE_KV_CACHE: True,
+            A.META_DYNAMIC_SHAPE: True, A.META_BOS_ID: a.bos_id, A.META_EOS_IDS: list(a.eos_ids)}
+
+
+def to_pte(model: Transformer) -> bytes:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+
+    # An example length >= 2, else torch.export specialises the dynamic dim to 1.
+    example = (torch.tensor([[model.args.bos_id, model.args.bos_id]]), torch.tensor([0]))
+    seq = Dim("seq", min=1, max=model.max_seq_len)
+    log.info("export: torch.export")
+    with torch.no_grad():
+        program = export(model, example, dynamic_shapes=({1: seq}, None), strict=False)
+    log.info("export: lower to edge, XNNPACK delegation")
+    edge = to_edge_transform_and_lower(
+        program, partitioner=[XnnpackPartitioner()], constant_methods=metadata(model),
+        compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    log.info("export: ExecuTorch program")
+    # The caches start as zeros (not stored in the file), and the reinplace pass keeps index_copy_ in place.
+    et = edge.to_executorch(ExecutorchBackendConfig(
+        passes=[InitializedMutableBufferPass(["cache"])], run_reinplace_pass=True))
+    return et.buffer
