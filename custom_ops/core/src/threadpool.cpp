@@ -42,6 +42,9 @@ bool spin_until(Pred pred) {
       cpu_relax();
     }
     if (std::chrono::steady_clock::now() > deadline) return pred();
+    // A thread just woken may have been placed on this very core (wake-affine scheduling): yielding lets it
+    // run instead of making it wait until this spin times out.
+    std::this_thread::yield();
   }
 }
 

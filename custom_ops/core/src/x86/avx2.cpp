@@ -2,7 +2,7 @@
 // seen AVX2 and FMA in cpuid.
 //
 // Integer path: codes c = t + 1 are unsigned {0, 1, 2}, so vpmaddubsw(c, q) multiplies them with the signed int8
-// activations without saturating (|2*127 + 2*127| < 32767), and sum_k t*q = sum_k c*q - sum_k q.
+// activations without saturating (|2*128 + 2*128| < 32767), and sum_k t*q = sum_k c*q - sum_k q.
 // Float path: codes are widened to float t = c - 1 and accumulated with FMA.
 #include <immintrin.h>
 #include <math.h>
@@ -92,7 +92,11 @@ void quantize_row_i8_avx2(const float* x, int64_t k, int8_t* q, float* d) {
   *d = amax / float(kInt8QMax);
 }
 
-// acc[m, r] for MR tokens x NR rows over all blocks.
+// acc[m, r] for MR tokens x NR rows over all blocks. The int16 products of up to kInt16Blocks blocks are summed
+// before one vpmaddwd widens them: a block adds at most 4 planes x 2 x 2 x 127 = 2032 per int16 lane.
+constexpr int64_t kInt16Blocks = 8;
+static_assert(kInt16Blocks * 4 * 2 * 2 * 128 < 32768, "int16 partial sums must not overflow");
+
 template <int MR, int NR>
 void tile_i8(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_t nblocks, const uint8_t* w,
              int64_t w_stride, int32_t* acc, int64_t acc_stride) {
@@ -100,22 +104,29 @@ void tile_i8(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_t nbl
   __m256i sum[MR][NR];
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < NR; ++r) sum[m][r] = _mm256_setzero_si256();
-  for (int64_t b = 0; b < nblocks; ++b) {
-    for (int r = 0; r < NR; ++r) {
-      const uint8_t* block = w + r * w_stride + b * kBlockBytes;
-      if (MR == 1) _mm_prefetch((const char*)(uintptr_t(block) + kPrefetchTiles * NR * w_stride), _MM_HINT_T0);
-      const __m256i packed = _mm256_loadu_si256((const __m256i*)block);
-      const __m256i c0 = plane<0>(packed), c1 = plane<1>(packed), c2 = plane<2>(packed), c3 = plane<3>(packed);
-      for (int m = 0; m < MR; ++m) {
-        const int8_t* qb = q + m * q_stride + b * kBlockK;
-        // Four planes sum to at most 4 * 508 in int16: no overflow before widening.
-        __m256i p = _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i*)qb));
-        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i*)(qb + 32))));
-        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c2, _mm256_loadu_si256((const __m256i*)(qb + 64))));
-        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c3, _mm256_loadu_si256((const __m256i*)(qb + 96))));
-        sum[m][r] = _mm256_add_epi32(sum[m][r], _mm256_madd_epi16(p, ones16));
+  for (int64_t b0 = 0; b0 < nblocks; b0 += kInt16Blocks) {
+    const int64_t b1 = b0 + kInt16Blocks < nblocks ? b0 + kInt16Blocks : nblocks;
+    __m256i part[MR][NR];
+    for (int m = 0; m < MR; ++m)
+      for (int r = 0; r < NR; ++r) part[m][r] = _mm256_setzero_si256();
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int r = 0; r < NR; ++r) {
+        const uint8_t* block = w + r * w_stride + b * kBlockBytes;
+        if (MR == 1) _mm_prefetch((const char*)(uintptr_t(block) + kPrefetchTiles * NR * w_stride), _MM_HINT_T0);
+        const __m256i packed = _mm256_loadu_si256((const __m256i*)block);
+        const __m256i c0 = plane<0>(packed), c1 = plane<1>(packed), c2 = plane<2>(packed), c3 = plane<3>(packed);
+        for (int m = 0; m < MR; ++m) {
+          const int8_t* qb = q + m * q_stride + b * kBlockK;
+          __m256i p = _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i*)qb));
+          p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i*)(qb + 32))));
+          p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c2, _mm256_loadu_si256((const __m256i*)(qb + 64))));
+          p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c3, _mm256_loadu_si256((const __m256i*)(qb + 96))));
+          part[m][r] = _mm256_add_epi16(part[m][r], p);
+        }
       }
     }
+    for (int m = 0; m < MR; ++m)
+      for (int r = 0; r < NR; ++r) sum[m][r] = _mm256_add_epi32(sum[m][r], _mm256_madd_epi16(part[m][r], ones16));
   }
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < NR; ++r) acc[m * acc_stride + r] = hsum_i32(sum[m][r]) - qsum[m];
