@@ -1,0 +1,115 @@
+// bonsai_runner: greedy generation from a bonsai-export .pte with nothing but the ExecuTorch runtime
+// (libexecutorch.so, the XNNPACK backend) and our op library: no Python, no libtorch. The latency harness on
+// a phone and the proof that the artifact needs nothing else.
+//
+//   bonsai_runner MODEL.pte --tokens 1,415,2936 [--max-new-tokens 32] [--threads N]
+// stdout: the generated token ids, comma-separated, on one line; then one JSON line of timings.
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+using executorch::extension::Module;
+using executorch::extension::make_tensor_ptr;
+using executorch::runtime::EValue;
+
+namespace {
+
+struct Options {
+  std::string model;
+  std::vector<int64_t> prompt;
+  int64_t max_new_tokens = 32;
+};
+
+[[noreturn]] void die(const std::string& message) {
+  std::fprintf(stderr, "bonsai_runner: %s\n", message.c_str());
+  std::exit(2);
+}
+
+std::vector<int64_t> parse_ids(const char* text) {
+  std::vector<int64_t> ids;
+  for (const char* p = text; *p;) {
+    char* end = nullptr;
+    const long long v = std::strtoll(p, &end, 10);
+    if (end == p || v < 0) die(std::string("--tokens: expected comma-separated ids, got '") + text + "'");
+    ids.push_back(v);
+    p = *end == ',' ? end + 1 : end;
+    if (*end && *end != ',') die(std::string("--tokens: unexpected '") + *end + "'");
+  }
+  return ids;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (a == "--tokens" && has_value) o.prompt = parse_ids(argv[++i]);
+    else if (a == "--max-new-tokens" && has_value) o.max_new_tokens = std::atoll(argv[++i]);
+    else if (a[0] != '-' && o.model.empty()) o.model = a;
+    else die("usage: bonsai_runner MODEL.pte --tokens ID,ID,... [--max-new-tokens N]");
+  }
+  if (o.model.empty() || o.prompt.empty()) die("usage: bonsai_runner MODEL.pte --tokens ID,ID,... [--max-new-tokens N]");
+  if (o.max_new_tokens < 1) die("--max-new-tokens: expected >= 1");
+  return o;
+}
+
+int64_t constant(Module& m, const char* method) {
+  auto r = m.execute(method);
+  if (!r.ok() || r->empty()) die(std::string("missing metadata method ") + method + " (not a bonsai-export .pte?)");
+  return r->at(0).toInt();
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// One forward call: logits of the last position -> argmax.
+int64_t step(Module& m, const std::vector<int64_t>& tokens, int64_t pos, int64_t vocab) {
+  auto tok = make_tensor_ptr({1, int32_t(tokens.size())}, std::vector<int64_t>(tokens));
+  auto in_pos = make_tensor_ptr({1}, std::vector<int64_t>{pos});
+  auto out = m.forward({EValue(tok), EValue(in_pos)});
+  if (!out.ok()) die("forward failed (see the log above)");
+  const auto& logits = out->at(0).toTensor();
+  const float* last = logits.const_data_ptr<float>() + (logits.numel() - vocab);
+  int64_t best = 0;
+  for (int64_t v = 1; v < vocab; ++v) best = last[v] > last[best] ? v : best;
+  return best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = parse(argc, argv);
+  const double t0 = now_s();
+  Module m(o.model, Module::LoadMode::Mmap);
+  if (m.load_method("forward") != executorch::runtime::Error::Ok) die("cannot load " + o.model);
+  const int64_t max_seq_len = constant(m, "get_max_seq_len"), vocab = constant(m, "get_vocab_size");
+  const auto eos = m.execute("get_eos_ids");
+  if (int64_t(o.prompt.size()) >= max_seq_len) die("prompt does not fit max_seq_len " + std::to_string(max_seq_len));
+  const double t1 = now_s();
+  int64_t token = step(m, o.prompt, 0, vocab);
+  const double t2 = now_s();
+  std::vector<int64_t> generated;
+  for (int64_t pos = int64_t(o.prompt.size());; ++pos) {
+    bool is_eos = false;
+    for (const auto& e : *eos) is_eos |= e.toInt() == token;
+    if (is_eos) break;
+    generated.push_back(token);
+    if (int64_t(generated.size()) >= o.max_new_tokens || pos >= max_seq_len) break;
+    token = step(m, {token}, pos, vocab);
+  }
+  const double t3 = now_s();
+  for (size_t i = 0; i < generated.size(); ++i) std::printf("%s%lld", i ? "," : "", (long long)generated[i]);
+  const double decode_steps = double(generated.size()) - 1;
+  std::printf("\n{\"load_s\": %.6f, \"prompt_tokens\": %zu, \"generated_tokens\": %zu, \"prefill_tps\": %.3f, "
+              "\"decode_tps\": %.3f, \"ttft_s\": %.6f}\n",
+              t1 - t0, o.prompt.size(), generated.size(), o.prompt.size() / (t2 - t1),
+              decode_steps > 0 ? decode_steps / (t3 - t2) : 0.0, t2 - t1);
+  return 0;
+}

@@ -1,0 +1,116 @@
+"""The .pte artifact: parity with the eager model, ExecuTorch's own runner, the Python-free C++ runner, limits."""
+
+import json
+import subprocess
+
+import pytest
+import torch
+
+from bonsai_export import artifact as A
+from bonsai_export import checkpoint
+from bonsai_export.errors import BonsaiError
+from bonsai_export.export import build_model, export
+from bonsai_export.runners import PteRunner, load_et_ops, native_dir
+
+MAX_SEQ = 96
+PROMPTS = {"short": [1, 415, 2936, 9060, 285, 1142, 754], "long": [1] + list(range(3000, 3022))}
+
+
+@pytest.fixture(scope="module", params=["none", "int8"])
+def exported(request, tiny_ckpt, tmp_path_factory):
+    cfg = A.ExportConfig(act_quant=request.param, max_seq_len=MAX_SEQ)
+    out = tmp_path_factory.mktemp(f"pte-{request.param}") / "art"
+    export(tiny_ckpt, out, cfg)
+    return out, build_model(checkpoint.load(tiny_ckpt, progress=False), cfg)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_pte_matches_eager_over_prefill_and_48_decode_steps(exported, prompt):
+    out, model = exported
+    runner = PteRunner(out)
+    ids, pos = PROMPTS[prompt], 0
+    tokens = torch.tensor([ids])
+    for step in range(49):
+        with torch.no_grad():
+            want = model(tokens, torch.tensor([pos]))
+        got = runner(tokens, torch.tensor([pos]))
+        assert got.shape == want.shape
+        tol = 1e-3 * float(want.std())
+        assert float((got - want).abs().max()) <= tol, f"step {step}"
+        nxt = int(want[0, -1].argmax())
+        assert int(got[0, -1].argmax()) == nxt, f"greedy token differs at step {step}"
+        pos += tokens.shape[1]
+        tokens = torch.tensor([[nxt]])
+
+
+def greedy(runner, prompt, n):
+    from bonsai_export.generate import SamplingConfig, generate
+
+    return generate(runner, prompt, SamplingConfig(max_new_tokens=n), (), runner.max_seq_len).tokens
+
+
+def test_cpp_runner_generates_the_same_tokens(exported):
+    out, _ = exported
+    exe = native_dir() / "bonsai_runner"
+    ids = PROMPTS["short"]
+    proc = subprocess.run([str(exe), str(out / A.PTE_FILE), "--tokens", ",".join(map(str, ids)),
+                           "--max-new-tokens", "24"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert [int(t) for t in lines[0].split(",")] == greedy(PteRunner(out), ids, 24)
+    timings = json.loads(lines[1])
+    assert timings["generated_tokens"] == 24 and timings["decode_tps"] > 0
+    ldd = subprocess.run(["ldd", str(exe)], capture_output=True, text=True).stdout
+    assert "libtorch" not in ldd and "python" not in ldd
+
+
+def test_executorch_text_llm_runner_runs_the_folder(exported):
+    out, _ = exported
+    load_et_ops()
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    from bonsai_export.tokenizer import Tokenizer
+
+    pieces = []
+    runner = TextLLMRunner(str(out / A.PTE_FILE), str(out / "tokenizer.model"))
+    runner.generate("Once upon a time", GenerationConfig(max_new_tokens=12, temperature=0.0, echo=False, num_bos=1),
+                    pieces.append, None)
+    tok = Tokenizer(out)
+    ours = tok.decode(greedy(PteRunner(out), tok.encode("Once upon a time", bos_id=1), 11))
+    assert "".join(pieces).strip() == ours.strip() and len(ours) > 5
+
+
+def test_sequence_limit_is_a_clear_error_never_a_crash(exported, capsys):
+    out, _ = exported
+    runner = PteRunner(out)
+    with pytest.raises(BonsaiError, match=f"exceed the artifact's max_seq_len {MAX_SEQ}"):
+        runner(torch.ones(1, 4, dtype=torch.long), torch.tensor([MAX_SEQ - 2]))
+    # The kernel itself refuses too (the method fails with a log line; the process survives).
+    with pytest.raises(RuntimeError):
+        runner.method.execute([torch.ones(1, 4, dtype=torch.long), torch.tensor([MAX_SEQ - 2])])
+    from bonsai_export.cli import main
+
+    assert main(["run", str(out), "--prompt", "word " * 30, "--max-new-tokens", "200"]) == 0
+    assert "stopped at max_seq_len" in capsys.readouterr().err
+    assert main(["--quiet", "run", str(out), "--prompt", "word " * 200]) == 2
+    assert "leave no room in max_seq_len=96" in capsys.readouterr().err
+
+
+def test_manifest_describes_and_hashes_the_folder(exported):
+    out, _ = exported
+    manifest = A.read_manifest(out)
+    assert manifest["format_version"] == A.FORMAT_VERSION and manifest["artifacts"][0]["type"] == "pte"
+    assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {A.MANIFEST}
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == A.sha256(out / name) and entry["bytes"] == (out / name).stat().st_size
+    assert manifest["options"]["max_seq_len"] == MAX_SEQ
+
+
+def test_export_refuses_non_empty_output_and_leaves_nothing_behind(tiny_ckpt, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("x")
+    with pytest.raises(BonsaiError, match="exists and is not empty"):
+        export(tiny_ckpt, tmp_path / "busy", A.ExportConfig(max_seq_len=16))
+    with pytest.raises(BonsaiError, match="--head: expected one of bf16, int8, int4"):
+        A.ExportConfig(head="fp8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
