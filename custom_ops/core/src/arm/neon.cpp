@@ -47,22 +47,29 @@ inline void unpack_block(const uint8_t* block, int8x16_t t[8]) {
   t[7] = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(hi, 6)), offset);
 }
 
-// acc += sum over one block of t * q (q: the block's 128 activations in K order).
-inline int32x4_t dot_block(int32x4_t acc, const int8x16_t t[8], const int8_t* q) {
+// acc[0..C) += sum over one block of t * q (q: the block's 128 activations in K order). With C > 1 the products
+// alternate between C independent accumulators, so consecutive sdot / pairwise adds do not wait on each other.
+template <int C>
+inline void dot_block(int32x4_t* acc, const int8x16_t t[8], const int8_t* q) {
 #if BONSAI_NEON_DOTPROD
-  for (int j = 0; j < 8; ++j) acc = vdotq_s32(acc, t[j], vld1q_s8(q + 16 * j));
-  return acc;
+  for (int j = 0; j < 8; ++j) acc[j % C] = vdotq_s32(acc[j % C], t[j], vld1q_s8(q + 16 * j));
 #else
-  // 16 products of |t*q| <= 127 per int16 lane stay far below 32767 before widening.
-  int16x8_t p = vdupq_n_s16(0);
+  // 16 products of |t*q| <= 128 per int16 lane stay far below 32767 before widening.
+  int16x8_t p[C];
+  for (int c = 0; c < C; ++c) p[c] = vdupq_n_s16(0);
   for (int j = 0; j < 8; ++j) {
     const int8x16_t qj = vld1q_s8(q + 16 * j);
-    p = vmlal_s8(p, vget_low_s8(t[j]), vget_low_s8(qj));
-    p = vmlal_high_s8(p, t[j], qj);
+    p[j % C] = vmlal_s8(p[j % C], vget_low_s8(t[j]), vget_low_s8(qj));
+    p[j % C] = vmlal_high_s8(p[j % C], t[j], qj);
   }
-  return vpadalq_s16(acc, p);
+  for (int c = 0; c < C; ++c) acc[c] = vpadalq_s16(acc[c], p[c]);
 #endif
 }
+
+// Independent accumulators per (token, row): GEMV tiles have only 4 rows in flight, so they split each row's
+// chain in 4; GEMM tiles already have MR x NR chains.
+template <int MR>
+constexpr int chains() { return MR == 1 ? 4 : 1; }
 
 void quantize_row_i8(const float* x, int64_t k, int8_t* q, float* d) {
   float32x4_t vmax = vdupq_n_f32(0.0f);
@@ -93,20 +100,26 @@ void quantize_row_i8(const float* x, int64_t k, int8_t* q, float* d) {
 template <int MR, int NR>
 void tile_i8(const int8_t* q, int64_t q_stride, int64_t nblocks, const uint8_t* w, int64_t w_stride, int32_t* acc,
              int64_t acc_stride) {
-  int32x4_t sum[MR][NR];
+  constexpr int C = chains<MR>();
+  int32x4_t sum[MR][NR][C];
   for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) sum[m][r] = vdupq_n_s32(0);
+    for (int r = 0; r < NR; ++r)
+      for (int c = 0; c < C; ++c) sum[m][r][c] = vdupq_n_s32(0);
   for (int64_t b = 0; b < nblocks; ++b) {
     for (int r = 0; r < NR; ++r) {
       const uint8_t* block = w + r * w_stride + b * kBlockBytes;
       if (MR == 1) __builtin_prefetch((const void*)(uintptr_t(block) + kPrefetchTiles * NR * w_stride));
       int8x16_t t[8];
       unpack_block(block, t);
-      for (int m = 0; m < MR; ++m) sum[m][r] = dot_block(sum[m][r], t, q + m * q_stride + b * kBlockK);
+      for (int m = 0; m < MR; ++m) dot_block<C>(sum[m][r], t, q + m * q_stride + b * kBlockK);
     }
   }
   for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) acc[m * acc_stride + r] = vaddvq_s32(sum[m][r]);
+    for (int r = 0; r < NR; ++r) {
+      int32x4_t total = sum[m][r][0];
+      for (int c = 1; c < C; ++c) total = vaddq_s32(total, sum[m][r][c]);
+      acc[m * acc_stride + r] = vaddvq_s32(total);
+    }
 }
 
 template <int MR, int NR>

@@ -3,10 +3,10 @@
 // AVX-512 state.
 //
 // vpdpbusd multiplies unsigned bytes with signed bytes and adds groups of 4 into int32 in one instruction, so
-// the codes c = t + 1 in {0, 1, 2} feed it directly and sum_k t*q = sum_k c*q - sum_k q. It is used on 256-bit
+// the codes c = t + 1 in {0, 1, 2} feed it directly and sum_k t*q = sum_k c*q - sum_k q. The GEMM uses 256-bit
 // registers: one block plane is exactly 32 bytes, and on current cores ymm vpdpbusd has the same MAC throughput
-// as zmm (two ymm ports vs one zmm port) without pairing blocks. AVX-512VL doubles the register file to 32,
-// which allows the larger GEMM tile. The float path (act_bits = 0) and activation quantization are the AVX2
+// as zmm (two ymm ports vs one zmm port) without pairing blocks; AVX-512VL doubles the register file to 32,
+// which allows the larger GEMM tile. The GEMV, bound by unpacking work rather than MACs, uses zmm (see below). The float path (act_bits = 0) and activation quantization are the AVX2
 // ones: this table copies them from kAvx2Table in avx512_table().
 #include <immintrin.h>
 
@@ -18,7 +18,7 @@ namespace {
 // Tile sizes. GEMV: 4 rows give 4 independent accumulator chains per activation load (decode is
 // memory-bound; more rows only add prefetch streams). GEMM: 4 tokens x 4 rows = 16 accumulators, 4 code planes
 // and temporaries within the 32 ymm registers; each unpacked weight block serves 4 tokens.
-constexpr int kGemvRows = 4;
+constexpr int kGemvRows = 4;  // leftover tokens of a GEMM; decode itself uses the zmm tile below
 constexpr int kGemmTokens = 4;
 constexpr int kGemmRows = 4;
 // Decode streams the weights from DRAM: the GEMV tile prefetches the same block of the rows kPrefetchTiles
@@ -46,30 +46,41 @@ int32_t sum_q(const int8_t* q, int64_t nblocks) {
   return hsum_i32(acc);
 }
 
+// vpdpbusd has a latency of ~5 cycles: a GEMV tile (1 token x 4 rows) with one accumulator per row would wait
+// on a chain of 4 dependent vpdpbusd per block. It keeps one accumulator per plane instead (16 chains); GEMM
+// tiles already have MR x NR independent chains.
+template <int MR>
+constexpr int chains() { return MR == 1 ? 4 : 1; }
+
 template <int MR, int NR>
 void tile_i8(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_t nblocks, const uint8_t* w,
              int64_t w_stride, int32_t* acc, int64_t acc_stride) {
-  __m256i sum[MR][NR];
+  constexpr int C = chains<MR>();
+  __m256i sum[MR][NR][C];
   for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) sum[m][r] = _mm256_setzero_si256();
+    for (int r = 0; r < NR; ++r)
+      for (int c = 0; c < C; ++c) sum[m][r][c] = _mm256_setzero_si256();
   for (int64_t b = 0; b < nblocks; ++b) {
     for (int r = 0; r < NR; ++r) {
       const uint8_t* block = w + r * w_stride + b * kBlockBytes;
       if (MR == 1) _mm_prefetch((const char*)(uintptr_t(block) + kPrefetchTiles * NR * w_stride), _MM_HINT_T0);
       const __m256i packed = _mm256_loadu_si256((const __m256i*)block);
-      const __m256i c0 = plane<0>(packed), c1 = plane<1>(packed), c2 = plane<2>(packed), c3 = plane<3>(packed);
+      const __m256i codes[4] = {plane<0>(packed), plane<1>(packed), plane<2>(packed), plane<3>(packed)};
       for (int m = 0; m < MR; ++m) {
         const int8_t* qb = q + m * q_stride + b * kBlockK;
-        __m256i s = sum[m][r];
-        s = _mm256_dpbusd_epi32(s, c0, _mm256_loadu_si256((const __m256i*)qb));
-        s = _mm256_dpbusd_epi32(s, c1, _mm256_loadu_si256((const __m256i*)(qb + 32)));
-        s = _mm256_dpbusd_epi32(s, c2, _mm256_loadu_si256((const __m256i*)(qb + 64)));
-        sum[m][r] = _mm256_dpbusd_epi32(s, c3, _mm256_loadu_si256((const __m256i*)(qb + 96)));
+        for (int i = 0; i < 4; ++i) {
+          __m256i& s = sum[m][r][i % C];
+          s = _mm256_dpbusd_epi32(s, codes[i], _mm256_loadu_si256((const __m256i*)(qb + i * kLanes)));
+        }
       }
     }
   }
   for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) acc[m * acc_stride + r] = hsum_i32(sum[m][r]) - qsum[m];
+    for (int r = 0; r < NR; ++r) {
+      __m256i total = sum[m][r][0];
+      for (int c = 1; c < C; ++c) total = _mm256_add_epi32(total, sum[m][r][c]);
+      acc[m * acc_stride + r] = hsum_i32(total) - qsum[m];
+    }
 }
 
 template <int MR, int NR>
@@ -81,10 +92,84 @@ void rows_i8(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_t nbl
   for (; n < n1; ++n) tile_i8<MR, 1>(q, q_stride, qsum, nblocks, w + n * w_stride, w_stride, acc + n, acc_stride);
 }
 
+// ---- GEMV (decode): two blocks per zmm and no shifts.
+// Masking byte j with 3 << 2i leaves 4^i * c_i, which vpdpbusd multiplies as an unsigned byte (at most 128) by
+// the activations. Each plane i keeps its own accumulator, so the factor 4^i is divided out exactly (an
+// arithmetic shift of a multiple of 4^i) when the plane sums are flushed: 1 load + 4 and + 4 vpdpbusd per 64
+// weight bytes instead of 3 shifts + 4 and + 4 vpdpbusd per 32. The zmm activation operand pairs the same plane
+// of blocks b and b + 1, built once per block pair and shared by the tile's rows.
+// Rows per GEMV tile: 8 plane accumulators (independent vpdpbusd chains) and 4 activation pairs. 4 rows fit the
+// registers too, but measured no faster: the two rows of a tile are adjacent, so the tile reads one stream.
+constexpr int kZmmRows = 2;
+// Software prefetch distance of the GEMV stream (1 KiB - 16 KiB measured; 4 KiB at least as good as any).
+constexpr int64_t kGemvPrefetchBytes = 4096;
+constexpr int64_t kFlushBlocks = 256;  // |plane sum| grows by <= 4 * 64 * 2 * 128 per block pair: 2^23 per flush
+static_assert(kFlushBlocks / 2 * 4 * 64 * 2 * 128 < (int64_t(1) << 31), "scaled plane sums must not overflow");
+
+// Plane i of 64 packed bytes, still scaled by 4^i.
+template <int I>
+inline __m512i scaled_plane(__m512i packed) {
+  return _mm512_and_si512(packed, _mm512_set1_epi8(char(kCodeMask << (2 * I))));
+}
+
+// Activations of plane I for blocks b (low half) and b + 1 (high half): two masked loads, the second from 32
+// bytes before block b + 1's plane so that its kept lanes 4..7 land on it (all addresses lie inside q).
+template <int I>
+inline __m512i q_pair(const int8_t* qb) {
+  const __m512i lo = _mm512_maskz_loadu_epi64(0x0f, qb + I * kLanes);
+  return _mm512_mask_loadu_epi64(lo, 0xf0, qb + kBlockK + I * kLanes - 32);
+}
+
+// Unscaled sum of the four plane accumulators.
+inline __m512i unscale(const __m512i s[4]) {
+  __m512i t = _mm512_add_epi32(s[0], _mm512_srai_epi32(s[1], 2));
+  t = _mm512_add_epi32(t, _mm512_srai_epi32(s[2], 4));
+  return _mm512_add_epi32(t, _mm512_srai_epi32(s[3], 6));
+}
+
+// acc[r] = sum_k q[k] * T[r, k] for NR rows; the odd last block, if any, goes through the ymm tile.
+template <int NR>
+void gemv_tile_zmm(const int8_t* q, int32_t qsum, int64_t nblocks, const uint8_t* w, int64_t w_stride,
+                   int32_t* acc) {
+  __m512i total[NR];
+  for (int r = 0; r < NR; ++r) total[r] = _mm512_setzero_si512();
+  const int64_t pairs_end = nblocks & ~int64_t(1);
+  for (int64_t b0 = 0; b0 < pairs_end; b0 += kFlushBlocks) {
+    const int64_t b1 = b0 + kFlushBlocks < pairs_end ? b0 + kFlushBlocks : pairs_end;
+    __m512i s[NR][4];
+    for (int r = 0; r < NR; ++r)
+      for (int i = 0; i < 4; ++i) s[r][i] = _mm512_setzero_si512();
+    for (int64_t b = b0; b < b1; b += 2) {
+      const int8_t* qb = q + b * kBlockK;
+      const __m512i q0 = q_pair<0>(qb), q1 = q_pair<1>(qb), q2 = q_pair<2>(qb), q3 = q_pair<3>(qb);
+      for (int r = 0; r < NR; ++r) {
+        const uint8_t* block = w + r * w_stride + b * kBlockBytes;
+        _mm_prefetch((const char*)(uintptr_t(block) + kGemvPrefetchBytes), _MM_HINT_T0);
+        const __m512i packed = _mm512_loadu_si512(block);
+        s[r][0] = _mm512_dpbusd_epi32(s[r][0], scaled_plane<0>(packed), q0);
+        s[r][1] = _mm512_dpbusd_epi32(s[r][1], scaled_plane<1>(packed), q1);
+        s[r][2] = _mm512_dpbusd_epi32(s[r][2], scaled_plane<2>(packed), q2);
+        s[r][3] = _mm512_dpbusd_epi32(s[r][3], scaled_plane<3>(packed), q3);
+      }
+    }
+    for (int r = 0; r < NR; ++r) total[r] = _mm512_add_epi32(total[r], unscale(s[r]));
+  }
+  int32_t tail[NR] = {};
+  if (pairs_end < nblocks) {  // one block left: its sums (including -qsum) come from the ymm tile
+    const int8_t* qt = q + pairs_end * kBlockK;
+    tile_i8<1, NR>(qt, 0, &qsum, 1, w + pairs_end * kBlockBytes, w_stride, tail, 0);
+    qsum = 0;
+  }
+  for (int r = 0; r < NR; ++r) acc[r] = _mm512_reduce_add_epi32(total[r]) + tail[r] - qsum;
+}
+
 void gemv_t2_i8_avx512(const int8_t* q, int64_t nblocks, const uint8_t* w, int64_t w_stride, int64_t n0,
                        int64_t n1, int32_t* acc) {
   const int32_t qsum = sum_q(q, nblocks);
-  rows_i8<1, kGemvRows>(q, 0, &qsum, nblocks, w, w_stride, n0, n1, acc, 0);
+  int64_t n = n0;
+  for (; n + kZmmRows <= n1; n += kZmmRows)
+    gemv_tile_zmm<kZmmRows>(q, qsum, nblocks, w + n * w_stride, w_stride, acc + n);
+  for (; n < n1; ++n) gemv_tile_zmm<1>(q, qsum, nblocks, w + n * w_stride, w_stride, acc + n);
 }
 
 void gemm_t2_i8_avx512(const int8_t* q, int64_t q_stride, int64_t m_count, int64_t nblocks, const uint8_t* w,
