@@ -40,7 +40,7 @@ def cmake_build(build_dir: Path, *options: str) -> Path:
     tools = require("cmake")
     generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={tool('ninja')}"] if tool("ninja") else []
     configure = [tools["cmake"], "-S", str(REPO), "-B", str(build_dir), *generator, "-DBONSAI_BUILD_TESTS=ON",
-                 "-DBONSAI_BUILD_EXECUTORCH_OPS=OFF", *options]
+                 "-DBONSAI_BUILD_EXECUTORCH_OPS=OFF", "-DBONSAI_BUILD_ORT_OPS=OFF", *options]
     for command in (configure, [tools["cmake"], "--build", str(build_dir), "--target", "test_kernels", "-j", "2"]):
         result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
