@@ -239,3 +239,26 @@ def test_library_path_env(monkeypatch, tmp_path):
     monkeypatch.setenv(K.ENV_LIB, str(tmp_path / "x.so"))
     assert K.library_path() == tmp_path / "x.so"
     assert isinstance(ctypes.sizeof(K._Parallel), int)
+
+
+def test_bench_kernels_smoke(tmp_path):
+    """bench-kernels runs end to end (our kernels, MatMulNBits with its parity check, fp32) and writes JSON."""
+    from bonsai_export import bench_kernels
+
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--no-model", "--tokens", "1,2", "--threads", "1", "--repeats", "1", "--json-out", str(out)]
+    assert bench_kernels.main(args) == 0
+    report = __import__("json").loads(out.read_text())
+    assert [r["workload"] for r in report["results"]] == [f"{n}x{k}" for n, k in bench_kernels.SINGLE_SHAPES for _ in (1, 2)]
+    assert all(r["ours_ms"] > 0 and r["ort_ms"] > 0 and r["torch_ms"] > 0 for r in report["results"])
+    assert report["environment"]["isa"] == K.isa()
+
+
+def test_ort_weight_mapping_is_exact():
+    """MatMulNBits bits=2 with zero point 2 decodes code = t + 2 back to t exactly."""
+    from bonsai_export.bench_kernels import ORT_ZERO_POINT, ort_weights
+
+    t = np.random.default_rng(3).integers(-1, 2, size=(5, 256), dtype=np.int8)
+    blobs = ort_weights(t)  # [N, K/128, 32]
+    codes = (blobs[..., :, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3  # [N, blocks, 32, 4]
+    np.testing.assert_array_equal(codes.reshape(5, 256).astype(np.int8) - ORT_ZERO_POINT, t)
