@@ -4,10 +4,9 @@
 compute the same thing. The options (`--embedding bf16|int8`, `--head bf16|int8|int4`):
 - embedding bf16: the table stored in bf16 (Bonsai's own dtype: lossless), rows widened to fp32 after the gather.
 - embedding int8: per-row absmax int8 with one fp32 scale per row.
-- head bf16: 16-bit weights. XNNPACK has no bf16 GEMM, so the head is held as fp16 (exact for every bf16 value in
-  fp16's normal range; quantize_dense_ reports how many weights were not) with fp16 activations.
-- head int8 / int4: torchao's dynamic int8 activations with int8 per-channel or int4 per-group(32) weights,
-  which XNNPACK runs natively.
+- head bf16 / int8 / int4: `bonsai::dense_linear`, weight-only formats with float activations: bf16 as stored,
+  int8 symmetric per output channel, int4 symmetric per group of 32 along K. Float activations keep every runtime
+  within float rounding of the eager model (no activation quantizer whose rounding could flip).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEAD_INT4_GROUP = 32
+from . import ops
 
 
 class Bf16Embedding(nn.Module):
@@ -40,38 +39,47 @@ class Int8Embedding(nn.Module):
         return F.embedding(tokens, self.qweight).float() * F.embedding(tokens, self.scale)
 
 
-class HalfLinear(nn.Module):
-    """y = x @ W^T with W in fp16 (XNNPACK's 16-bit GEMM), fp32 in and out."""
+HEAD_BITS = {"bf16": 16, "int8": 8, "int4": 4}
 
-    def __init__(self, weight: torch.Tensor):
+
+class DenseLinear(nn.Module):
+    """y = x @ W^T through bonsai::dense_linear, with W in one of the weight-only formats of HEAD_BITS."""
+
+    def __init__(self, weight: torch.Tensor, fmt: str):
         super().__init__()
-        self.register_buffer("weight", weight.to(torch.float16))
+        self.in_features, self.bits = weight.shape[1], HEAD_BITS[fmt]
+        qweight, scales = quantize_weight(weight, self.bits)
+        self.register_buffer("weight", qweight)
+        self.register_buffer("scales", scales)
 
     def forward(self, x):
-        return F.linear(x.half(), self.weight).float()
+        return torch.ops.bonsai.dense_linear(x, self.weight, self.scales, self.in_features, self.bits)
 
 
-def _quantize_head(linear: nn.Linear, head: str) -> nn.Module:
-    if head == "bf16":
-        return HalfLinear(linear.weight.detach().to(torch.bfloat16))
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
-    from torchao.quantization.granularity import PerAxis, PerGroup
-
-    wrapper = nn.Sequential(linear)
-    dtype, granularity = (torch.int8, PerAxis(0)) if head == "int8" else (torch.int4, PerGroup(HEAD_INT4_GROUP))
-    quantize_(wrapper, Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity))
-    return wrapper[0]
-
-
-def fp16_inexact_weights(weight: torch.Tensor) -> int:
-    """How many bf16 weights do not survive the bf16 -> fp16 conversion exactly (outside fp16's normal range)."""
-    w = weight.to(torch.bfloat16)
-    return int((w.to(torch.float16).to(torch.bfloat16) != w).sum())
+def quantize_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """float [N, K] -> (stored weight, float32 scales) of the dense_linear format with `bits`."""
+    w = weight.detach().float()
+    n, k = w.shape
+    if bits == 16:
+        return w.to(torch.bfloat16), torch.ones(n)
+    if bits == 8:
+        scale = w.abs().amax(dim=1).clamp_min(1e-30) / 127
+        return torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8), scale
+    groups = -(-k // ops.DENSE_INT4_GROUP)
+    padded = torch.zeros(n, groups * ops.DENSE_INT4_GROUP)
+    padded[:, :k] = w
+    g = padded.view(n, groups, ops.DENSE_INT4_GROUP)
+    scale = g.abs().amax(dim=2).clamp_min(1e-30) / 7  # [N, G]
+    q = torch.clamp(torch.round(g / scale[..., None]), -7, 7).to(torch.int16).view(n, -1)[:, :k]
+    if k % 2:
+        q = torch.cat((q, torch.zeros(n, 1, dtype=torch.int16)), dim=1)
+    nibbles = (q & 0xF).view(n, -1, 2)
+    return (nibbles[..., 0] | (nibbles[..., 1] << 4)).to(torch.uint8), scale
 
 
 def quantize_dense_(model, embedding: str, head: str):
     """Swap model.embed_tokens and model.lm_head for their export formats (in place); returns the model."""
     weight = model.embed_tokens.weight.detach()
     model.embed_tokens = Bf16Embedding(weight) if embedding == "bf16" else Int8Embedding(weight)
-    model.lm_head = _quantize_head(model.lm_head, head)
+    model.lm_head = DenseLinear(model.lm_head.weight, head)
     return model

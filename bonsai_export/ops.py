@@ -8,6 +8,11 @@ The eager implementation uses the native kernel library when it is built, the pu
 
     attention(q[1, T, H, D] f32, k_cache[1, Hkv, S, D] f32, v_cache[1, Hkv, S, D] f32, input_pos[1] i64)
         -> y[1, T, H, D] f32
+    dense_linear(x[..., K] f32, weight, scales f32, in_features=K, weight_bits) -> y[..., N] f32
+Weight-only quantized linear with float activations (the output head); weight_bits 16: bf16 [N, K], scales [N];
+8: int8 [N, K], scales [N]; 4: uint8 [N, ceil(K/2)] two's-complement nibbles (low = even k), scales [N, K/32 groups].
+
+    attention(...) -> ...
 Causal grouped-query attention of the T queries at positions input_pos + t over the cache prefix
 [0, input_pos + t], softmax scale D**-0.5. It reads only the filled prefix of the cache (never the unwritten rest),
 so a runtime needs neither zeroed caches nor a pass over all max_seq_len positions per token.
@@ -23,6 +28,11 @@ _lib = torch.library.Library("bonsai", "DEF")
 _lib.define("ternary_linear(Tensor x, Tensor packed, Tensor scales, int in_features, int act_bits) -> Tensor")
 _lib.define(
     "ternary_linear.out(Tensor x, Tensor packed, Tensor scales, int in_features, int act_bits, *, "
+    "Tensor(a!) out) -> Tensor(a!)"
+)
+_lib.define("dense_linear(Tensor x, Tensor weight, Tensor scales, int in_features, int weight_bits) -> Tensor")
+_lib.define(
+    "dense_linear.out(Tensor x, Tensor weight, Tensor scales, int in_features, int weight_bits, *, "
     "Tensor(a!) out) -> Tensor(a!)"
 )
 _lib.define("attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos) -> Tensor")
@@ -127,3 +137,49 @@ def _attention_out(q, k_cache, v_cache, input_pos, *, out):
 @torch.library.register_fake("bonsai::attention")
 def _attention_fake(q, k_cache, v_cache, input_pos):
     return q.new_empty(q.shape)
+
+
+DENSE_INT4_GROUP = 32  # mirrors BONSAI_DENSE_INT4_GROUP in custom_ops/core/include/bonsai/kernels.h
+
+
+def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """uint8 [N, ceil(K/2)] two's-complement nibbles (low nibble = even k) -> int8 [N, K]."""
+    low = (packed.to(torch.int16) << 12).to(torch.int16) >> 12
+    high = packed.to(torch.int16) >> 4
+    high = torch.where(high > 7, high - 16, high)
+    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)[:, :k].to(torch.int8)
+
+
+def dense_weight(weight: torch.Tensor, scales: torch.Tensor, k: int, bits: int) -> torch.Tensor:
+    """The float32 [N, K] matrix a dense_linear weight stands for."""
+    if bits == 16:
+        return weight.float() * scales.float()[:, None]
+    if bits == 8:
+        return weight.float() * scales.float()[:, None]
+    if bits == 4:
+        q = unpack_int4(weight, k).float()
+        return q * scales.float().repeat_interleave(DENSE_INT4_GROUP, dim=1)[:, :k]
+    raise ValueError(f"dense_linear: expected weight_bits 16, 8 or 4, got {bits}")
+
+
+def _dense(x, weight, scales, in_features, weight_bits):
+    if x.shape[-1] != in_features:
+        raise ValueError(f"dense_linear: x {list(x.shape)} does not fit in_features={in_features}")
+    return x.float() @ dense_weight(weight, scales, in_features, weight_bits).T
+
+
+@torch.library.impl(_lib, "dense_linear", "CompositeExplicitAutograd")
+def _dense_linear(x, weight, scales, in_features, weight_bits):
+    return _dense(x, weight, scales, in_features, weight_bits)
+
+
+@torch.library.impl(_lib, "dense_linear.out", "CompositeExplicitAutograd")
+def _dense_linear_out(x, weight, scales, in_features, weight_bits, *, out):
+    y = _dense(x, weight, scales, in_features, weight_bits)
+    out.resize_(y.shape).copy_(y)
+    return out
+
+
+@torch.library.register_fake("bonsai::dense_linear")
+def _dense_linear_fake(x, weight, scales, in_features, weight_bits):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))

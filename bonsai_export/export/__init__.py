@@ -6,6 +6,7 @@ interrupted export never leaves a half-written artifact.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from .. import artifact as A
 from .. import checkpoint as C
-from ..dense import fp16_inexact_weights, quantize_dense_
+from ..dense import quantize_dense_
 from ..errors import BonsaiError
 from ..model import TernaryLinear, from_checkpoint
 
@@ -76,7 +77,7 @@ def export(source: str | Path, out: str | Path, cfg: A.ExportConfig, force: bool
         if cfg.format in ("pte", "all"):
             body["artifacts"].append(_write_pte(model, tmp))
         if cfg.format in ("onnx", "all"):
-            raise BonsaiError("--format onnx: not available yet in this version; use --format pte")
+            body["artifacts"].append(_write_onnx(model, tmp, cfg))
         with stage("tokenizer"):
             for f in ckpt.tokenizer_files:
                 shutil.copyfile(f, tmp / f.name)
@@ -93,10 +94,7 @@ def model_info(ckpt: C.Checkpoint, model) -> dict:
     a = model.args
     info = {"n_layers": a.n_layers, "dim": a.dim, "vocab_size": a.vocab_size, "max_seq_len": model.max_seq_len,
             "bos_id": a.bos_id, "eos_ids": list(a.eos_ids), "n_kv_heads": a.n_kv_heads, "head_dim": a.head_dim,
-            **ternary_stats(model)}
-    if model.lm_head.__class__.__name__ == "HalfLinear":
-        info["head_fp16_inexact_weights"] = fp16_inexact_weights(ckpt.dense.get(
-            "lm_head.weight", ckpt.dense["model.embed_tokens.weight"]))
+            **ternary_stats(model), "head_bytes": sum(b.numel() * b.element_size() for b in model.lm_head.buffers())}
     return info
 
 
@@ -108,3 +106,10 @@ def _write_pte(model, folder: Path) -> dict:
     with stage("serialize"):
         (folder / A.PTE_FILE).write_bytes(data)
     return {"type": "pte", "file": A.PTE_FILE, "op_library": "libbonsai_et_ops.so"}
+
+
+def _write_onnx(model, folder: Path, cfg: A.ExportConfig) -> dict:
+    from .onnx import to_folder
+
+    with stage(f"build ONNX graph ({cfg.ternary_op} ternary op)"):
+        return to_folder(model, folder, cfg.ternary_op, {"bonsai_export_options": json.dumps(cfg.to_dict())})

@@ -68,6 +68,18 @@ BONSAI_API int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int6
                                 const float* v_cache, int64_t n_kv_heads, int64_t cache_len, int64_t pos,
                                 float* out, const bonsai_parallel* parallel);
 
+// Weights per int4 group (along K) of bonsai_dense_linear's 4-bit format.
+#define BONSAI_DENSE_INT4_GROUP 32
+
+// Weight-only quantized dense linear with float32 activations (the output head): y[M, N] = x[M, K] @ W^T with
+//   weight_bits 16: W bf16 [N, K] (raw uint16 bits), y[m, n] = scales[n] * sum_k W[n, k] x[m, k]
+//   weight_bits 8:  W int8 [N, K], same formula (symmetric per-channel scales[N])
+//   weight_bits 4:  W uint8 [N, ceil(K/2)], two's-complement nibbles (low nibble = even k), scales[N, G] with
+//                   G = ceil(K/32): y[m, n] = sum_g scales[n, g] * sum_{k in group g} W[n, k] x[m, k]
+// Float32 accumulation; summation order unspecified. Errors: BONSAI_ERR_SHAPE, BONSAI_ERR_ACT_BITS (bad bits).
+BONSAI_API int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const void* weight, int32_t weight_bits,
+                                   const float* scales, int64_t n, float* y, const bonsai_parallel* parallel);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif
