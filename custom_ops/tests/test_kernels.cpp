@@ -34,6 +34,7 @@ const int64_t kRows[] = {1, 3, 4, 5, 17, 33};
 const int64_t kDepths[] = {1, 31, 127, 128, 129, 300, 513};
 const int32_t kThreadCounts[] = {1, 3};
 const char* const kIsas[] = {"ref", "avx2", "avx512", "neon", "dotprod"};
+constexpr int64_t kLongK = 257 * bonsai::kBlockK + 77;  // 258 blocks
 // act_bits = 0 sums in float in a kernel-specific order: allow this many ulps of sum_k |x| * scale.
 constexpr float kFloatRelTol = 1e-5f;
 
@@ -169,7 +170,9 @@ int run_isa(const char* isa, bonsai_parallel* pools, std::mt19937& rng) {
       }
   // One prefill-sized case with Bonsai's K: full GEMM tiles and a real thread split.
   check_case(isa, make_case(64, 70, 1536, rng), &pools[1]);
-  return cases + 1;
+  // Long rows: past the AVX-512 GEMV's flush interval (256 blocks) with an odd block count (258).
+  check_case(isa, make_case(1, 5, kLongK, rng), nullptr);
+  return cases + 2;
 }
 
 void check_invalid_arguments() {
