@@ -171,22 +171,26 @@ def _valid(m=2, n=3, k=130):
     return x, packed, scales, k
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda a: {**a, "x": a["x"].astype(np.float64)}, "expected x float32"),
-        (lambda a: {**a, "x": a["x"][0]}, "expected x float32 with 2 dims"),
-        (lambda a: {**a, "x": a["x"][:, :-1]}, r"expected x float32 \[M>0, 130\]"),
-        (lambda a: {**a, "x": a["x"][:0]}, r"expected x float32 \[M>0, 130\]"),
-        (lambda a: {**a, "packed": a["packed"].view(np.int8)}, "expected packed uint8"),
-        (lambda a: {**a, "packed": a["packed"][:, :32]}, r"expected packed uint8 \[N>0, 64\]"),
-        (lambda a: {**a, "scales": a["scales"][:-1]}, r"expected scales float32 \[3\]"),
-        (lambda a: {**a, "scales": a["scales"].astype(np.float16)}, "expected scales float32"),
-        (lambda a: {**a, "k": 0}, "expected K > 0"),
-        (lambda a: {**a, "act_bits": 4}, "expected act_bits"),
-        (lambda a: {**a, "threads": 0}, "expected threads"),
-    ],
-)
+BAD_ARGUMENTS = [  # (change to valid keyword arguments, expected message)
+    (lambda a: {**a, "x": a["x"].astype(np.float64)}, "expected x float32"),
+    (lambda a: {**a, "x": a["x"][0]}, "expected x float32 with 2 dims"),
+    (lambda a: {**a, "x": a["x"][:, :-1]}, r"expected x float32 \[M>0, 130\]"),
+    (lambda a: {**a, "x": a["x"][:0]}, r"expected x float32 \[M>0, 130\]"),
+    (lambda a: {**a, "packed": a["packed"].view(np.int8)}, "expected packed uint8"),
+    (lambda a: {**a, "packed": a["packed"][:, :32]}, r"expected packed uint8 \[N>0, 64\]"),
+    (lambda a: {**a, "scales": a["scales"][:-1]}, r"expected scales float32 \[3\]"),
+    (lambda a: {**a, "scales": a["scales"].astype(np.float16)}, "expected scales float32"),
+    (lambda a: {**a, "k": 0}, "expected K > 0"),
+    (lambda a: {**a, "act_bits": 4}, "expected act_bits"),
+    (lambda a: {**a, "threads": 0}, "expected threads"),
+]
+
+
+def test_bad_argument_table_size():
+    assert len(BAD_ARGUMENTS) == 11
+
+
+@pytest.mark.parametrize("change, message", BAD_ARGUMENTS)
 def test_binding_rejects_bad_arguments(change, message):
     x, packed, scales, k = _valid()
     args = change({"x": x, "packed": packed, "scales": scales, "k": k, "act_bits": 8, "threads": 1})
