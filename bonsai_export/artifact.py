@@ -28,6 +28,7 @@ META_EOS_IDS = "get_eos_ids"
 ARTIFACT_FORMATS = ("pte", "onnx", "all")
 EMBEDDINGS = ("bf16", "int8")
 HEADS = ("bf16", "int8", "int4")
+TERNARY_OPS = ("custom", "stock")  # ONNX: bonsai::TernaryMatMul (our library) or com.microsoft MatMulNBits bits=2
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,13 @@ class ExportConfig:
     act_quant: str = "int8"  # int8: per-token absmax int8 activations; none: float (exact Bonsai)
     embedding: str = "bf16"
     head: str = "int8"
+    ternary_op: str = "custom"  # ONNX only: custom = bonsai::TernaryMatMul; stock = MatMulNBits (unmodified ORT)
     threads: int = 0  # runner default; 0: the runtime's choice
 
     def __post_init__(self):
         for name, allowed in (("format", ARTIFACT_FORMATS), ("act_quant", tuple(formats.ACT_MODES)),
-                              ("embedding", EMBEDDINGS), ("head", HEADS)):
+                              ("embedding", EMBEDDINGS), ("head", HEADS),
+                              ("ternary_op", TERNARY_OPS)):
             if getattr(self, name) not in allowed:
                 raise BonsaiError(f"--{name.replace('_', '-')}: expected one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .artifact import ARTIFACT_FORMATS, EMBEDDINGS, HEADS, ExportConfig
+from .artifact import ARTIFACT_FORMATS, EMBEDDINGS, HEADS, TERNARY_OPS, ExportConfig
 from .errors import BonsaiError
 from .formats import ACT_MODES
 
@@ -54,7 +54,8 @@ def cmd_export(args) -> int:
     from .export import export
 
     cfg = ExportConfig(format=args.format, max_seq_len=args.max_seq_len, act_quant=args.act_quant,
-                       embedding=args.embedding, head=args.head, threads=args.threads)
+                       embedding=args.embedding, head=args.head, ternary_op=args.ternary_op,
+                       threads=args.threads)
     manifest = export(args.model if args.model else _default(), args.output, cfg, force=args.force)
     m = manifest["model"]
     print(f"{args.output}: {', '.join(a['file'] for a in manifest['artifacts'])}; ternary weights "
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = add("export", cmd_export, "export a checkpoint to an ExecuTorch (.pte) artifact folder")
+    p = add("export", cmd_export, "export a checkpoint to an ExecuTorch (.pte) and/or ONNX artifact folder")
     _add_model(p)
     p.add_argument("-o", "--output", required=True, help="artifact folder to write")
     p.add_argument("--format", choices=list(ARTIFACT_FORMATS), default=ExportConfig.format)
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding", choices=list(EMBEDDINGS), default=ExportConfig.embedding)
     p.add_argument("--head", choices=list(HEADS), default=ExportConfig.head,
                    help="output head weights (half of the bytes read per token in bf16)")
+    p.add_argument("--ternary-op", choices=list(TERNARY_OPS), default=ExportConfig.ternary_op,
+                   help="ONNX: custom = bonsai::TernaryMatMul (our op library, copied into the folder); "
+                        "stock = com.microsoft MatMulNBits bits=2 (unmodified ONNX Runtime)")
     p.add_argument("--threads", type=int, default=ExportConfig.threads, help="runner default; 0 = runtime's")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
 

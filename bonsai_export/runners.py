@@ -15,6 +15,8 @@ from . import artifact as A
 from .errors import BonsaiError
 
 ET_OPS_LIB = "libbonsai_et_ops.so"
+ORT_OPS_LIB = "libbonsai_ort_ops.so"
+ONNX_FILE = "model.onnx"
 _loaded_et_ops: Path | None = None
 
 
@@ -97,15 +99,84 @@ class PteRunner(Runner):
     # sequence's calls, so a new sequence simply starts again at input_pos 0.
 
 
+def onnx_session(model: Path, op_library: Path | None, threads: int = 0):
+    """An ONNX Runtime session for an exported model; `op_library` registers our custom ops (None: stock ORT).
+
+    A model with bonsai:: nodes opened without the library fails with our message, not ORT's bare
+    "not a registered function/op"."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    if op_library is not None:
+        if not Path(op_library).is_file():
+            raise BonsaiError(f"{op_library}: missing; this model needs our ONNX Runtime op library "
+                              f"({ORT_OPS_LIB}, built by `pip install .` and copied into the export folder)")
+        opts.register_custom_ops_library(str(op_library))
+    try:
+        return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        if "bonsai" in str(exc) and op_library is None:
+            raise BonsaiError(f"{model}: uses bonsai::TernaryMatMul / bonsai::DenseMatMul, custom ops of "
+                              f"{ORT_OPS_LIB}; register it (SessionOptions.register_custom_ops_library, or "
+                              f"session_options.custom_ops_library in genai_config.json), or re-export with "
+                              f"--ternary-op stock for unmodified ONNX Runtime") from None
+        raise BonsaiError(f"{model}: ONNX Runtime cannot load it: {exc}") from None
+
+
+class OnnxRunner(Runner):
+    """Runs model.onnx with ONNX Runtime; keeps present.* of each call as the next call's past_key_values.*."""
+
+    name = "onnx"
+
+    def __init__(self, folder: Path, manifest: dict, threads: int = 0):
+        import numpy as np
+
+        entry = next(a for a in manifest["artifacts"] if a["type"] == "onnx")
+        info = manifest["model"]
+        self.tokenizer_dir, self.name = Path(folder), f"onnx-{entry['ternary_op']}"
+        self.max_seq_len, self.bos_id, self.eos_ids = info["max_seq_len"], info["bos_id"], tuple(info["eos_ids"])
+        library = Path(folder) / entry["op_library"] if entry.get("op_library") else None
+        self.session = onnx_session(Path(folder) / entry["file"], library, threads)
+        self.n_layers, self._np = info["n_layers"], np
+        self._empty = np.zeros((1, info["n_kv_heads"], 0, info["head_dim"]), dtype=np.float32)
+        self.reset()
+
+    def reset(self):
+        self.past = [(self._empty, self._empty)] * self.n_layers
+
+    def __call__(self, tokens, input_pos):
+        np = self._np
+        t, pos = tokens.shape[1], int(input_pos[0])
+        if pos + t > self.max_seq_len:
+            raise BonsaiError(f"positions {pos}..{pos + t - 1} exceed the artifact's max_seq_len "
+                              f"{self.max_seq_len}; re-export with a larger --max-seq-len")
+        cached = self.past[0][0].shape[2]
+        if pos > cached:
+            raise BonsaiError(f"input_pos {pos}: the cache holds only {cached} positions (call in order)")
+        feeds = {"input_ids": tokens.numpy().astype(np.int64),
+                 "attention_mask": np.ones((1, pos + t), dtype=np.int64),
+                 "position_ids": np.arange(pos, pos + t, dtype=np.int64)[None]}
+        for i, (k, v) in enumerate(self.past):  # pos < cached: rewind (the cache keeps positions [0, pos))
+            feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = k[:, :, :pos], v[:, :, :pos]
+        out = self.session.run(None, feeds)
+        self.past = [(out[1 + 2 * i], out[2 + 2 * i]) for i in range(self.n_layers)]
+        return torch.from_numpy(out[0])
+
+
 def open_runner(path: str | Path | None, act_quant: str = "none", max_seq_len: int | None = None,
                 threads: int = 0) -> Runner:
     """An artifact folder opens its runtime; anything else is a checkpoint run by the eager model."""
     if path is not None and A.is_artifact(path):
         manifest = A.read_manifest(Path(path))
         kinds = [a["type"] for a in manifest["artifacts"]]
+        threads = threads or manifest["options"].get("threads", 0)
         if "pte" in kinds:
-            return PteRunner(Path(path), threads or manifest["options"].get("threads", 0))
-        raise BonsaiError(f"{path}: holds {', '.join(kinds)}; this version runs .pte artifacts")
+            return PteRunner(Path(path), threads)
+        if "onnx" in kinds:
+            return OnnxRunner(Path(path), manifest, threads)
+        raise BonsaiError(f"{path}: holds {', '.join(kinds) or 'no artifact'}; this version runs pte and onnx")
     from . import checkpoint
     from .model import from_checkpoint
     from .synthetic import default_model

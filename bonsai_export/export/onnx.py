@@ -1,0 +1,338 @@
+"""Build the ONNX graph of the export-ready model directly with onnx.helper (no tracing).
+
+Why not torch.onnx.export: the graph must use ONNX Runtime's own fused nodes (GroupQueryAttention, RotaryEmbedding,
+MatMulNBits) and our bonsai::TernaryMatMul with names and I/O that onnxruntime-genai expects; emitting them
+directly keeps one choke point per concern and deterministic names, as onnxruntime-genai's builder does:
+    nodes        /model/layers.{i}/attn/q_proj/TernaryMatMul
+    outputs      {node}/output_{k}
+    constants    /model/constants/{dtype}/{value}  (deduplicated by name)
+    weights      the module names of the PyTorch model (model.layers.{i}.self_attn.q_proj.packed, ...)
+
+I/O (optimum / onnxruntime-genai naming; cache layout [batch, kv_heads, seq, head_dim]):
+    input_ids int64 [batch, seq], attention_mask int64 [batch, total_seq], position_ids int64 [batch, seq],
+    past_key_values.{i}.key|value f32 [batch, kv_heads, past_seq, head_dim]
+    -> logits f32 [batch, seq, vocab], present.{i}.key|value f32 [batch, kv_heads, total_seq, head_dim]
+
+Ternary variants (TERNARY_OPS): "custom" = one bonsai::TernaryMatMul node over the packed t2 buffers
+(docs/FORMAT.md); "stock" = com.microsoft MatMulNBits bits=2 (runs on unmodified ONNX Runtime).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import formats, ops
+from ..dense import Bf16Embedding, DenseLinear, Int8Embedding
+from ..errors import BonsaiError
+from ..model import TernaryLinear, Transformer
+
+log = logging.getLogger(__name__)
+
+OPSET = 23  # RMSNormalization
+IR_VERSION = 10
+MS_DOMAIN = "com.microsoft"
+BONSAI_DOMAIN = "bonsai"  # our custom-op library (custom_ops/onnxruntime)
+TERNARY_OPS = ("custom", "stock")
+EXTERNAL_DATA_LIMIT = 1_800_000_000  # bytes of weights above which they go to model.onnx.data (protobuf: 2 GB)
+
+# MatMulNBits (stock variant): bits=2, code = t + 2 with the default zero point 2, every block of a row carries the
+# channel's scale (exact). Block size chosen by measurement (docs/FORMAT.md: 128 is the fastest at Bonsai's shapes
+# for both prefill and decode; 32 costs ~3x; 256 is not faster); accuracy_level 4 = int8 activations per block.
+NBITS_BLOCK = 64
+NBITS_ACCURACY_LEVEL = 4
+NBITS_ZERO_POINT = 2
+
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a.detach().float().numpy() if torch.is_tensor(a) else a, dtype=np.float32)
+
+
+def nbits_pack(q: np.ndarray, bits: int, block: int, block_scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Signed integer weights q[N, K] (|q| < 2**(bits-1)) -> MatMulNBits (B uint8 [N, n_blocks, block*bits/8],
+    scales f32 [N * n_blocks]) with the default zero point 2**(bits-1): code = q + zero point.
+
+    Element e of a block sits in byte e * bits // 8 at bit (e * bits) % 8; padding past K is the zero point
+    (= weight 0). block_scales: [N, n_blocks] (or [N], repeated over the blocks)."""
+    n, k = q.shape
+    n_blocks, zp, per_byte = -(-k // block), 1 << (bits - 1), 8 // bits
+    codes = np.full((n, n_blocks * block), zp, dtype=np.uint8)
+    codes[:, :k] = (q.astype(np.int16) + zp).astype(np.uint8)
+    lanes = codes.reshape(n, n_blocks, block // per_byte, per_byte)
+    packed = np.zeros(lanes.shape[:3], dtype=np.uint8)
+    for e in range(per_byte):
+        packed |= lanes[..., e] << (bits * e)
+    scales = _f32(block_scales)
+    if scales.ndim == 1:
+        scales = np.repeat(scales[:, None], n_blocks, axis=1)
+    return packed, np.ascontiguousarray(scales.reshape(-1))
+
+
+class GraphBuilder:
+    """Accumulates nodes and initializers; every op goes through node(), every ternary matmul through
+    make_ternary_matmul()."""
+
+    def __init__(self, ternary_op: str):
+        if ternary_op not in TERNARY_OPS:
+            raise BonsaiError(f"--ternary-op: expected one of {', '.join(TERNARY_OPS)}, got {ternary_op!r}")
+        self.ternary_op = ternary_op
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: dict[str, onnx.TensorProto] = {}
+
+    # ---- primitives ----
+    def node(self, op: str, inputs: list[str], name: str, domain: str = "", n_out: int = 1, **attrs) -> list[str]:
+        outs = [f"{name}/output_{k}" for k in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=name, domain=domain, **attrs))
+        return outs
+
+    def op(self, op: str, inputs: list[str], name: str, domain: str = "", **attrs) -> str:
+        return self.node(op, inputs, name, domain, **attrs)[0]
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        if name in self.inits:
+            raise BonsaiError(f"internal: initializer {name} defined twice")
+        self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        return name
+
+    def const(self, value, dtype=np.int64) -> str:
+        arr = np.asarray(value, dtype=dtype)
+        name = f"/model/constants/{arr.dtype.name}/{'_'.join(map(str, arr.ravel().tolist())) or 'empty'}"
+        if arr.ndim:
+            name += f"/{list(arr.shape)}"
+        if name not in self.inits:
+            self.inits[name] = numpy_helper.from_array(arr, name)
+        return name
+
+    # ---- choke point of every ternary projection ----
+    def make_ternary_matmul(self, name: str, x: str, linear: TernaryLinear, weight_name: str) -> str:
+        """x f32 [..., K] -> y f32 [..., N] = ternary linear of `linear` (custom: bonsai::TernaryMatMul over the
+        t2 buffers; stock: MatMulNBits bits=2 over the same values)."""
+        k, n = linear.in_features, linear.out_features
+        if self.ternary_op == "custom":
+            packed = self.weight(f"{weight_name}.packed", linear.packed.numpy())
+            scales = self.weight(f"{weight_name}.scales", _f32(linear.scales))
+            return self.op("TernaryMatMul", [x, packed, scales], f"{name}/TernaryMatMul", BONSAI_DOMAIN,
+                           in_features=k, act_bits=linear.act_bits)
+        q = formats.unpack(linear.packed.numpy(), k)
+        return self.make_matmul_nbits(name, x, q, 2, NBITS_BLOCK, linear.scales.numpy(), weight_name)
+
+    def make_matmul_nbits(self, name: str, x: str, q: np.ndarray, bits: int, block: int, scales, weight_name: str):
+        b, s = nbits_pack(q, bits, block, scales)
+        return self.op("MatMulNBits", [x, self.weight(f"{weight_name}.qweight", b),
+                                       self.weight(f"{weight_name}.scales", s)],
+                       f"{name}/MatMulNBits", MS_DOMAIN, K=q.shape[1], N=q.shape[0], bits=bits, block_size=block,
+                       accuracy_level=NBITS_ACCURACY_LEVEL)
+
+    # ---- dense parts ----
+    def make_embedding(self, module, input_ids: str) -> str:
+        """input_ids [B, S] -> h f32 [B, S, dim]."""
+        if isinstance(module, Bf16Embedding):
+            rows = self.op("Gather", [self.weight("model.embed_tokens.weight", _to_bf16_array(module.weight)),
+                                      input_ids], "/model/embed_tokens/Gather")
+            return self.op("Cast", [rows], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
+        if isinstance(module, Int8Embedding):
+            q = self.op("Gather", [self.weight("model.embed_tokens.qweight", module.qweight.numpy()), input_ids],
+                        "/model/embed_tokens/Gather")
+            s = self.op("Gather", [self.weight("model.embed_tokens.scale", _f32(module.scale)), input_ids],
+                        "/model/embed_tokens/GatherScale")
+            qf = self.op("Cast", [q], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
+            return self.op("Mul", [qf, s], "/model/embed_tokens/Mul")
+        raise BonsaiError(f"--format onnx: embedding module {type(module).__name__} is not supported")
+
+    def make_head(self, head: DenseLinear, x: str) -> str:
+        """x f32 [B, S, dim] -> logits f32 [B, S, vocab] (weight-only formats, float activations).
+
+        custom: one bonsai::DenseMatMul node over the DenseLinear buffers (bf16 / int8 / int4 nibbles).
+        stock:  bf16 -> Cast(W^T bf16 -> f32) + MatMul (exact); int8 -> MatMulNBits bits=8, int4 -> bits=4 with
+                blocks of 32 (the int4 group), same integer weights and scales (int8 activations per block)."""
+        k, bits, w = head.in_features, head.bits, head.weight
+        if self.ternary_op == "custom":
+            weight = _to_bf16_array(w) if bits == 16 else w.numpy()
+            return self.op("DenseMatMul", [x, self.weight("lm_head.weight", weight),
+                                           self.weight("lm_head.scales", _f32(head.scales))],
+                           "/lm_head/DenseMatMul", BONSAI_DOMAIN, in_features=k, weight_bits=bits)
+        if bits == 16:
+            if not bool((head.scales == 1).all()):
+                raise BonsaiError("internal: a bf16 head must have unit scales")
+            wt = self.weight("lm_head.weight_t", np.ascontiguousarray(_to_bf16_array(w).T))  # bf16 [K, vocab]
+            return self.op("MatMul", [x, self.op("Cast", [wt], "/lm_head/CastWeight", to=TensorProto.FLOAT)],
+                           "/lm_head/MatMul")
+        if bits == 8:
+            return self.make_matmul_nbits("/lm_head", x, w.numpy(), 8, NBITS_BLOCK, head.scales.numpy(), "lm_head")
+        q = ops.unpack_int4(w, k).numpy()
+        return self.make_matmul_nbits("/lm_head", x, q, 4, ops.DENSE_INT4_GROUP, head.scales.numpy(), "lm_head")
+
+    def make_rms_norm(self, name: str, x: str, norm) -> str:
+        w = self.weight(f"{name.strip('/').replace('/', '.')}.weight", _f32(norm.weight))
+        return self.op("RMSNormalization", [x, w], f"{name}/RMSNormalization", axis=-1, epsilon=norm.eps,
+                       stash_type=1)
+
+
+def _to_bf16_array(weight: torch.Tensor) -> np.ndarray:
+    """bf16 tensor -> numpy array numpy_helper stores as BFLOAT16 (via ml_dtypes, which onnx depends on)."""
+    import ml_dtypes
+
+    return weight.to(torch.bfloat16).view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+
+
+# ---- decoder layers ----
+def make_attention(g: GraphBuilder, i: int, attn, x: str, io: dict) -> str:
+    """Self-attention of layer i over its KV cache.
+
+          x ─┬─ q_proj ── RotaryEmbedding(position_ids) ─┐
+             ├─ k_proj ── RotaryEmbedding(position_ids) ─┼─ GroupQueryAttention(past_key, past_value,
+             └─ v_proj ──────────────────────────────────┘       seqlens_k, total_seq) ─ o_proj ─> y
+                                                                  └─> present.{i}.key / present.{i}.value
+    """
+    p, w = f"/model/layers.{i}/attn", f"model.layers.{i}.self_attn"
+    q = g.make_ternary_matmul(f"{p}/q_proj", x, attn.q_proj, f"{w}.q_proj")
+    k = g.make_ternary_matmul(f"{p}/k_proj", x, attn.k_proj, f"{w}.k_proj")
+    v = g.make_ternary_matmul(f"{p}/v_proj", x, attn.v_proj, f"{w}.v_proj")
+    q = g.op("RotaryEmbedding", [q, io["position_ids"], io["cos"], io["sin"]], f"{p}/q_rotary/RotaryEmbedding",
+             MS_DOMAIN, interleaved=0, num_heads=attn.n_heads)
+    k = g.op("RotaryEmbedding", [k, io["position_ids"], io["cos"], io["sin"]], f"{p}/k_rotary/RotaryEmbedding",
+             MS_DOMAIN, interleaved=0, num_heads=attn.n_kv_heads)
+    name = f"{p}/GroupQueryAttention"
+    g.nodes.append(helper.make_node(
+        "GroupQueryAttention",
+        [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", io["seqlens_k"], io["total_seq"]],
+        [f"{name}/output_0", f"present.{i}.key", f"present.{i}.value"], name=name, domain=MS_DOMAIN,
+        num_heads=attn.n_heads, kv_num_heads=attn.n_kv_heads, scale=attn.head_dim**-0.5, do_rotary=0))
+    return g.make_ternary_matmul(f"{p}/o_proj", f"{name}/output_0", attn.o_proj, f"{w}.o_proj")
+
+
+def make_mlp(g: GraphBuilder, i: int, mlp, x: str) -> str:
+    """SwiGLU:  x ─┬─ gate_proj ── Sigmoid ─ Mul ─┐
+                   │       └───────────────────┘    ├─ Mul ── down_proj ─> y
+                   └─ up_proj ──────────────────────┘"""
+    p, w = f"/model/layers.{i}/mlp", f"model.layers.{i}.mlp"
+    gate = g.make_ternary_matmul(f"{p}/gate_proj", x, mlp.gate_proj, f"{w}.gate_proj")
+    up = g.make_ternary_matmul(f"{p}/up_proj", x, mlp.up_proj, f"{w}.up_proj")
+    silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{p}/act_fn/Sigmoid")], f"{p}/act_fn/Mul")
+    return g.make_ternary_matmul(f"{p}/down_proj", g.op("Mul", [silu, up], f"{p}/Mul"), mlp.down_proj,
+                                 f"{w}.down_proj")
+
+
+def make_shared_inputs(g: GraphBuilder, model: Transformer) -> dict:
+    """Values every layer reads: RoPE tables, GroupQueryAttention's seqlens_k [B] and total_seq (scalar), both
+    int32 and derived from attention_mask [B, past + S] (seqlens_k = number of attended positions - 1)."""
+    half = model.args.head_dim // 2  # rotate-half layout: the tables repeat their first half
+    io = {"position_ids": "position_ids",
+          "cos": g.weight("model.rope.cos_cache", _f32(model.rope_cos[:, :half])),
+          "sin": g.weight("model.rope.sin_cache", _f32(model.rope_sin[:, :half]))}
+    total = g.op("ReduceSum", ["attention_mask", g.const([1])], "/model/attn_mask/ReduceSum", keepdims=0)
+    seqlens = g.op("Sub", [total, g.const(1)], "/model/attn_mask/Sub")
+    io["seqlens_k"] = g.op("Cast", [seqlens], "/model/attn_mask/CastSeqlens", to=TensorProto.INT32)
+    shape = g.op("Shape", ["attention_mask"], "/model/attn_mask/Shape")
+    width = g.op("Gather", [shape, g.const(1)], "/model/attn_mask/Gather", axis=0)
+    io["total_seq"] = g.op("Cast", [width], "/model/attn_mask/CastTotal", to=TensorProto.INT32)
+    return io
+
+
+def io_specs(model: Transformer) -> tuple[list, list]:
+    a = model.args
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    cache = lambda n, seq: helper.make_tensor_value_info(n, f32, ["batch", a.n_kv_heads, seq, a.head_dim])  # noqa: E731
+    inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch", "seq"]),
+              helper.make_tensor_value_info("attention_mask", i64, ["batch", "total_seq"]),
+              helper.make_tensor_value_info("position_ids", i64, ["batch", "seq"])]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", "seq", a.vocab_size])]
+    for i in range(a.n_layers):
+        inputs += [cache(f"past_key_values.{i}.{kv}", "past_seq") for kv in ("key", "value")]
+        outputs += [cache(f"present.{i}.{kv}", "total_seq") for kv in ("key", "value")]
+    return inputs, outputs
+
+
+def build_graph(model: Transformer, ternary_op: str) -> onnx.ModelProto:
+    """The whole decoder as one ONNX model (weights inline; save() moves them out when large)."""
+    g = GraphBuilder(ternary_op)
+    io = make_shared_inputs(g, model)
+    h = g.make_embedding(model.embed_tokens, "input_ids")
+    for i, layer in enumerate(model.layers):
+        x = g.make_rms_norm(f"/model/layers.{i}/input_layernorm", h, layer.input_layernorm)
+        h = g.op("Add", [h, make_attention(g, i, layer.self_attn, x, io)], f"/model/layers.{i}/attn/Add")
+        x = g.make_rms_norm(f"/model/layers.{i}/post_attention_layernorm", h, layer.post_attention_layernorm)
+        h = g.op("Add", [h, make_mlp(g, i, layer.mlp, x)], f"/model/layers.{i}/mlp/Add")
+    logits = g.make_head(model.lm_head, g.make_rms_norm("/model/norm", h, model.norm))
+    g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/model/logits/Identity"))
+    inputs, outputs = io_specs(model)
+    graph = helper.make_graph(g.nodes, "bonsai", inputs, outputs, list(g.inits.values()))
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
+    if ternary_op == "custom":
+        opsets.append(helper.make_opsetid(BONSAI_DOMAIN, 1))
+    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name="bonsai-export")
+
+
+def save(proto: onnx.ModelProto, folder: Path, filename: str, metadata: dict[str, str]) -> list[str]:
+    """Write the model (external data past EXTERNAL_DATA_LIMIT), check it, return the files written."""
+    helper.set_model_props(proto, metadata)
+    path = folder / filename
+    external = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_LIMIT
+    if external:
+        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{filename}.data", size_threshold=1024)
+    else:
+        onnx.save_model(proto, path)
+    onnx.checker.check_model(str(path), full_check=False)
+    return [filename, f"{filename}.data"] if external else [filename]
+
+
+# ---- the folder: model, op library, onnxruntime-genai config ----
+ONNX_FILE = "model.onnx"
+GENAI_CONFIG = "genai_config.json"
+ORT_OPS_LIB = "libbonsai_ort_ops.so"
+
+
+def genai_config(model: Transformer, custom_ops_library: str | None) -> dict:
+    """onnxruntime-genai's config for this folder (Bonsai is not in its builder, so we write it)."""
+    a = model.args
+    session_options = {"log_id": "onnxruntime-genai", "provider_options": []}
+    if custom_ops_library:
+        session_options["custom_ops_library"] = custom_ops_library  # relative: resolved in the model folder
+    decoder = {
+        "session_options": session_options, "filename": ONNX_FILE, "head_size": a.head_dim, "hidden_size": a.dim,
+        "num_attention_heads": a.n_heads, "num_hidden_layers": a.n_layers, "num_key_value_heads": a.n_kv_heads,
+        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                   "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+        "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value"},
+    }
+    search = {"diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
+              "max_length": model.max_seq_len, "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
+              "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+              "temperature": 1.0, "top_k": 1, "top_p": 1.0}
+    return {"model": {"bos_token_id": a.bos_id, "context_length": model.max_seq_len, "decoder": decoder,
+                      "eos_token_id": list(a.eos_ids) if len(a.eos_ids) > 1 else a.eos_ids[0],
+                      "pad_token_id": a.pad_id, "type": "llama", "vocab_size": a.vocab_size},
+            "search": search}
+
+
+def to_folder(model: Transformer, folder: Path, ternary_op: str, metadata: dict[str, str]) -> dict:
+    """Write model.onnx (+ data), the op library (custom) and genai_config.json; return the manifest entry."""
+    import json
+    import shutil
+
+    from ..runners import native_dir
+
+    library = None
+    if ternary_op == "custom":
+        src = native_dir() / ORT_OPS_LIB
+        if not src.is_file():
+            raise BonsaiError(f"{src}: missing; the ONNX Runtime op library is built by `pip install .` (or set "
+                              f"BONSAI_NATIVE_DIR to a build folder holding {ORT_OPS_LIB}), or export with "
+                              f"--ternary-op stock")
+        shutil.copyfile(src, folder / ORT_OPS_LIB)
+        library = ORT_OPS_LIB
+    log.info("onnx: building the graph (%s ternary op)", ternary_op)
+    files = save(build_graph(model, ternary_op), folder, ONNX_FILE, metadata)
+    (folder / GENAI_CONFIG).write_text(json.dumps(genai_config(model, library), indent=2) + "\n")
+    entry = {"type": "onnx", "file": ONNX_FILE, "files": files, "ternary_op": ternary_op,
+             "genai_config": GENAI_CONFIG}
+    if library:
+        entry["op_library"] = library
+    return entry

@@ -1,0 +1,280 @@
+"""The ONNX artifact: parity with the eager model (custom and stock ternary ops), onnxruntime-genai, I/O contract,
+external data, bad inputs, and the message for a custom-op model opened without our library."""
+
+import importlib.util
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from bonsai_export import artifact as A
+from bonsai_export import checkpoint, formats
+from bonsai_export.errors import BonsaiError
+from bonsai_export.export import build_model, export
+from bonsai_export.export import onnx as O
+from bonsai_export.runners import OnnxRunner, native_dir, onnx_session, open_runner
+
+MAX_SEQ = 96
+PROMPTS = {"short": [1, 415, 2936, 9060, 285, 1142, 754], "long": [1] + list(range(3000, 3022))}
+DECODE_STEPS = 48
+# The head: weight-only bonsai::dense_linear formats all match (measured max|delta| <= 3e-6 x std for bf16, int8
+# and int4 in act-quant none); bf16 is the one whose stock mapping (a float MatMul) is exact too.
+HEAD = "bf16"
+# max|delta| / std(logits) allowed per call. custom: the issue's bound. stock: MatMulNBits (accuracy_level 4)
+# quantizes activations to int8 per block of 64 along K; measured on the tiny model over both prompts and 48 decode
+# steps: 0.079-0.089 (act-quant none, vs float eager) and 0.143-0.155 (int8, vs per-token int8 eager); for scale,
+# eager int8 vs eager none differ by 0.144. The bounds leave ~1.7x headroom.
+TOL = {"custom": 1e-3, "stock": {"none": 0.15, "int8": 0.25}}
+VARIANTS = [("custom", "none"), ("custom", "int8"), ("stock", "none"), ("stock", "int8")]
+
+
+def _tol(op: str, act: str) -> float:
+    return TOL["custom"] if op == "custom" else TOL["stock"][act]
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_ckpt):
+    ckpt = checkpoint.load(tiny_ckpt, progress=False)
+    return {act: build_model(ckpt, A.ExportConfig(act_quant=act, head=HEAD, max_seq_len=MAX_SEQ))
+            for act in formats.ACT_MODES}
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=["-".join(v) for v in VARIANTS])
+def exported(request, tiny_ckpt, tmp_path_factory):
+    op, act = request.param
+    out = tmp_path_factory.mktemp(f"onnx-{op}-{act}") / "art"
+    export(tiny_ckpt, out, A.ExportConfig(format="onnx", act_quant=act, head=HEAD, ternary_op=op, max_seq_len=MAX_SEQ))
+    return out, op, act
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_onnx_matches_eager_over_prefill_and_48_decode_steps(exported, eager, prompt):
+    out, op, act = exported
+    model, runner = eager[act], open_runner(out)
+    assert isinstance(runner, OnnxRunner) and runner.name == f"onnx-{op}"
+    model.reset_cache()
+    tokens, pos, worst = torch.tensor([PROMPTS[prompt]]), 0, 0.0
+    for step in range(DECODE_STEPS + 1):
+        with torch.no_grad():
+            want = model(tokens, torch.tensor([pos]))
+        got = runner(tokens, torch.tensor([pos]))
+        assert got.shape == want.shape and got.dtype == torch.float32
+        err = float((got - want).abs().max())
+        worst = max(worst, err / float(want.std()))
+        assert err <= _tol(op, act) * float(want.std()), f"step {step}: max|delta| {err}"
+        nxt = int(want[0, -1].argmax())
+        if op == "custom":
+            assert int(got[0, -1].argmax()) == nxt, f"greedy token differs at step {step}"
+        elif int(got[0, -1].argmax()) != nxt:
+            # Stock quantizes activations: a different argmax is only allowed where the eager top-2 margin is
+            # within the measured deviation (a near-tie), never a real disagreement.
+            top = want[0, -1].topk(2).values
+            margin, err_last = float(top[0] - top[1]), float((got - want)[0, -1].abs().max())
+            assert margin <= 2 * err_last, f"greedy token differs at step {step} (margin {margin} > 2 x {err_last})"
+        pos += tokens.shape[1]
+        tokens = torch.tensor([[nxt]])
+    print(f"{op}/{act}/{prompt}: max|delta|/std = {worst:.3g}")
+
+
+def greedy(runner, prompt, n):
+    from bonsai_export.generate import SamplingConfig, generate
+
+    return generate(runner, prompt, SamplingConfig(max_new_tokens=n), (), runner.max_seq_len).tokens
+
+
+def test_onnxruntime_genai_generates_the_same_greedy_tokens(exported):
+    if importlib.util.find_spec("onnxruntime_genai") is None:
+        pytest.skip("onnxruntime-genai is not installed (pip install 'bonsai-export[genai]')")
+    import onnxruntime_genai as og
+
+    out, _, _ = exported
+    ids, n = PROMPTS["short"], 24
+    model = og.Model(str(out))  # genai_config.json names our library relative to the folder
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + n, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens([ids])
+    tokens = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        tokens.append(int(gen.get_next_tokens()[0]))
+    assert tokens == greedy(open_runner(out), ids, n)
+
+
+def test_graph_passes_the_checker_with_genai_io_names(exported, tiny_ckpt):
+    out, op, _ = exported
+    onnx.checker.check_model(str(out / O.ONNX_FILE), full_check=True)
+    proto = onnx.load(str(out / O.ONNX_FILE))
+    args = checkpoint.load(tiny_ckpt, progress=False).args
+    kv = [f".{i}.{t}" for i in range(args.n_layers) for t in ("key", "value")]
+    inputs = [i.name for i in proto.graph.input]
+    outputs = [o.name for o in proto.graph.output]
+    assert inputs == ["input_ids", "attention_mask", "position_ids"] + ["past_key_values" + k for k in kv]
+    assert outputs == ["logits"] + ["present" + k for k in kv]
+    cache = [d.dim_param or d.dim_value for d in proto.graph.input[3].type.tensor_type.shape.dim]
+    assert cache == ["batch", args.n_kv_heads, "past_seq", args.head_dim]
+    ops = [(n.domain, n.op_type) for n in proto.graph.node]
+    n_ternary = 7 * args.n_layers
+    if op == "custom":
+        assert ops.count(("bonsai", "TernaryMatMul")) == n_ternary and ("bonsai", "DenseMatMul") in ops
+    else:
+        nbits = [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
+        assert len(nbits) == n_ternary and not any(d == "bonsai" for d, _ in ops)
+        attrs = {a.name: helper.get_attribute_value(a) for a in nbits[0].attribute}
+        assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (2, O.NBITS_BLOCK, 4)
+    assert len({n.name for n in proto.graph.node}) == len(proto.graph.node)  # deterministic, unique names
+
+
+def test_manifest_genai_config_and_library_in_the_folder(exported):
+    import json
+
+    out, op, _ = exported
+    manifest = A.read_manifest(out)
+    entry = manifest["artifacts"][0]
+    assert (entry["type"], entry["ternary_op"], manifest["options"]["ternary_op"]) == ("onnx", op, op)
+    cfg = json.loads((out / O.GENAI_CONFIG).read_text())
+    library = cfg["model"]["decoder"]["session_options"].get("custom_ops_library")
+    assert library == (O.ORT_OPS_LIB if op == "custom" else None)
+    assert (library is None) or (out / library).is_file()
+    assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {A.MANIFEST}
+
+
+def test_runner_rewinds_and_resets(exported):
+    out, _, _ = exported
+    runner = open_runner(out)
+    first = runner(torch.tensor([PROMPTS["short"]]), torch.tensor([0]))
+    runner(torch.tensor([[5]]), torch.tensor([len(PROMPTS["short"])]))
+    again = runner(torch.tensor([PROMPTS["short"]]), torch.tensor([0]))  # pos 0 again: the cache rewinds
+    assert torch.equal(first, again)
+    with pytest.raises(BonsaiError, match="cache holds only"):
+        runner(torch.tensor([[5]]), torch.tensor([40]))
+    with pytest.raises(BonsaiError, match=f"exceed the artifact's max_seq_len {MAX_SEQ}"):
+        runner(torch.ones(1, 4, dtype=torch.long), torch.tensor([MAX_SEQ - 2]))
+
+
+def test_custom_model_without_our_library_is_a_clear_error(tmp_path, tiny_ckpt):
+    out = tmp_path / "art"
+    export(tiny_ckpt, out, A.ExportConfig(format="onnx", head=HEAD, max_seq_len=16))
+    with pytest.raises(BonsaiError, match="custom ops of libbonsai_ort_ops.so; register it"):
+        onnx_session(out / O.ONNX_FILE, None)
+    (out / O.ORT_OPS_LIB).unlink()
+    with pytest.raises(BonsaiError, match="missing; this model needs our ONNX Runtime op library"):
+        open_runner(out)
+
+
+def _single_node(op: str, inputs: dict, attrs: dict):
+    """A one-node model over bonsai::{op}: x is the graph input, the others initializers."""
+    node = helper.make_node(op, list(inputs), ["y"], domain="bonsai", **attrs)
+    graph = helper.make_graph(
+        [node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inputs.items() if k != "x"])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("bonsai", 1)],
+                              ir_version=10)
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.register_custom_ops_library(str(native_dir() / O.ORT_OPS_LIB))
+    return ort.InferenceSession(model.SerializeToString(), opts)
+
+
+BAD_TERNARY = [  # (K attribute, x shape, packed shape, scales length, act_bits, message)
+    dict(k=130, x=(2, 130), packed=(4, 32), n=4, act_bits=0, match="do not fit K=130"),
+    dict(k=64, x=(2, 65), packed=(4, 32), n=4, act_bits=0, match="must end in in_features=64"),
+    dict(k=64, x=(2, 64), packed=(4, 32), n=3, act_bits=0, match="do not fit K=64"),
+    dict(k=64, x=(2, 64), packed=(4, 32), n=4, act_bits=4, match="act_bits must be 0 or 8"),
+]
+assert len(BAD_TERNARY) == 4
+
+
+@pytest.mark.parametrize("case", BAD_TERNARY, ids=lambda c: c["match"])
+def test_ternary_matmul_rejects_bad_inputs_with_an_ort_error(case):
+    inputs = {"x": None, "packed": np.full(case["packed"], 0x55, np.uint8), "scales": np.ones(case["n"], np.float32)}
+    sess = _single_node("TernaryMatMul", inputs, {"in_features": case["k"], "act_bits": case["act_bits"]})
+    with pytest.raises(Exception, match=case["match"]):
+        sess.run(None, {"x": np.ones(case["x"], np.float32)})
+
+
+def test_ternary_and_dense_matmul_nodes_match_the_reference():
+    rng = np.random.default_rng(0)
+    k, n = 200, 37
+    t = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
+    scales = rng.random(n).astype(np.float32)
+    x = rng.standard_normal((3, 5, k)).astype(np.float32)
+    for act_bits in (0, 8):
+        sess = _single_node("TernaryMatMul", {"x": None, "packed": formats.pack(t), "scales": scales},
+                            {"in_features": k, "act_bits": act_bits})
+        got = sess.run(None, {"x": x})[0]
+        want = formats.matmul(x.reshape(-1, k), formats.pack(t), scales, k, act_bits).reshape(3, 5, n)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(x).sum(-1).max() * scales.max()))
+        if act_bits == 8:
+            np.testing.assert_array_equal(got, want)  # bit-exact by the format's definition
+    from bonsai_export import ops
+    from bonsai_export.dense import quantize_weight
+
+    w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32))
+    for bits in (16, 8, 4):
+        q, s = quantize_weight(w, bits)
+        weight = O._to_bf16_array(q) if bits == 16 else q.numpy()
+        sess = _single_node("DenseMatMul", {"x": None, "weight": weight, "scales": s.numpy()},
+                            {"in_features": k, "weight_bits": bits})
+        want = ops.dense_weight(q, s, k, bits).numpy()
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ want.T, rtol=1e-5, atol=1e-4)
+
+
+def test_stock_mapping_is_exact_without_activation_quantization():
+    """MatMulNBits bits=2 with code = t + 2 and block scale = channel scale is the ternary matrix exactly."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(1)
+    k, n = 200, 24
+    t = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
+    scales = rng.random(n).astype(np.float32)
+    b, s = O.nbits_pack(t, 2, O.NBITS_BLOCK, scales)
+    node = helper.make_node("MatMulNBits", ["x", "b", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=2,
+                            block_size=O.NBITS_BLOCK, accuracy_level=0)
+    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(b, "b"), numpy_helper.from_array(s, "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid("com.microsoft", 1)], ir_version=10)
+    x = rng.standard_normal((4, k)).astype(np.float32)
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, (x @ t.T.astype(np.float32)) * scales, rtol=1e-5, atol=1e-5)
+
+
+def test_external_data_past_the_limit(tmp_path, tiny_ckpt, monkeypatch, eager):
+    monkeypatch.setattr(O, "EXTERNAL_DATA_LIMIT", 0)
+    out = tmp_path / "art"
+    export(tiny_ckpt, out, A.ExportConfig(format="onnx", act_quant="none", head=HEAD, ternary_op="stock",
+                                          max_seq_len=MAX_SEQ))
+    assert (out / "model.onnx.data").stat().st_size > 10 * (out / "model.onnx").stat().st_size
+    assert A.read_manifest(out)["artifacts"][0]["files"] == ["model.onnx", "model.onnx.data"]
+    onnx.checker.check_model(str(out / "model.onnx"))
+    eager["none"].reset_cache()
+    tokens = torch.tensor([PROMPTS["short"]])
+    with torch.no_grad():
+        want = eager["none"](tokens, torch.tensor([0]))
+    got = open_runner(out)(tokens, torch.tensor([0]))
+    assert float((got - want).abs().max()) <= TOL["stock"]["none"] * float(want.std())
+
+
+def test_cli_exports_all_formats_and_runs_the_onnx_folder(tmp_path, tiny_ckpt, capsys):
+    from bonsai_export.cli import main
+
+    out = tmp_path / "art"
+    assert main(["--quiet", "export", str(tiny_ckpt), "-o", str(out), "--format", "all", "--head", HEAD,
+                 "--ternary-op", "stock", "--max-seq-len", "64"]) == 0
+    assert {a["type"] for a in A.read_manifest(out)["artifacts"]} == {"pte", "onnx"}
+    assert (out / A.PTE_FILE).is_file() and (out / O.ONNX_FILE).is_file()
+    onnx_only = tmp_path / "onnx"
+    assert main(["--quiet", "export", str(tiny_ckpt), "-o", str(onnx_only), "--format", "onnx", "--head", HEAD,
+                 "--max-seq-len", "64"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(onnx_only), "--prompt", "Once upon a time", "--max-new-tokens", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "[onnx-custom:" in err and "prefill" in err and "decode" in err
+    with pytest.raises(BonsaiError, match="--ternary-op: expected one of custom, stock"):
+        A.ExportConfig(ternary_op="fast")
