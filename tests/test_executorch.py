@@ -129,3 +129,28 @@ def test_export_refuses_non_empty_output_and_leaves_nothing_behind(tiny_ckpt, tm
     with pytest.raises(BonsaiError, match="--head: expected one of bf16, int8, int4"):
         A.ExportConfig(head="fp8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
+
+
+def test_pte_stores_the_packed_ternary_weights_as_is(exported):
+    out, model = exported
+    data = (out / A.PTE_FILE).read_bytes()
+    from bonsai_export.model import TernaryLinear
+
+    linears = [m for m in model.modules() if isinstance(m, TernaryLinear)]
+    for m in linears:
+        assert data.find(m.packed.numpy().tobytes()) >= 0  # 2-bit codes, byte for byte
+    buffers = sum(b.numel() * b.element_size() for n, b in model.named_buffers() if "cache" not in n)
+    assert len(data) < buffers * 1.05 + 200_000  # nothing expanded or duplicated
+
+
+def test_full_size_ternary_weights_take_at_most_2_1_bits(tmp_path):
+    from bonsai_export.export import ternary_stats
+    from bonsai_export.synthetic import make_checkpoint
+
+    folder = make_checkpoint("bonsai-500m", tmp_path / "b500", progress=False)
+    model = build_model(checkpoint.load(folder, progress=False), A.ExportConfig(max_seq_len=64))
+    stats = ternary_stats(model)
+    print(f"full-size ternary weights: {stats['bits_per_ternary_weight']:.4f} bits/weight "
+          f"({stats['ternary_bytes'] / 1e6:.1f} MB for {stats['ternary_weights']:,} weights)")
+    assert stats["ternary_weights"] == 415_236_096
+    assert stats["bits_per_ternary_weight"] <= 2.1
