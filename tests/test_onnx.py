@@ -261,6 +261,21 @@ def test_external_data_past_the_limit(tmp_path, tiny_ckpt, monkeypatch, eager):
     assert float((got - want).abs().max()) <= TOL["stock"]["none"] * float(want.std())
 
 
+@pytest.mark.parametrize("attention", list(O.ATTENTION_KERNELS))
+def test_both_attention_kernels_match_eager(tmp_path, tiny_ckpt, monkeypatch, eager, attention):
+    """GroupQueryAttention (the default) and the standard-op version it was measured against."""
+    monkeypatch.setattr(O, "ATTENTION", attention)
+    out = tmp_path / "art"
+    export(tiny_ckpt, out, A.ExportConfig(format="onnx", act_quant="none", head=HEAD, max_seq_len=MAX_SEQ))
+    runner, model = open_runner(out), eager["none"]
+    model.reset_cache()
+    for tokens, pos in ((PROMPTS["long"], 0), ([7], len(PROMPTS["long"])), ([9, 11], len(PROMPTS["long"]) + 1)):
+        with torch.no_grad():
+            want = model(torch.tensor([tokens]), torch.tensor([pos]))
+        got = runner(torch.tensor([tokens]), torch.tensor([pos]))
+        assert float((got - want).abs().max()) <= TOL["custom"] * float(want.std())
+
+
 def test_cli_exports_all_formats_and_runs_the_onnx_folder(tmp_path, tiny_ckpt, capsys):
     from bonsai_export.cli import main
 
