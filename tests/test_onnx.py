@@ -197,6 +197,16 @@ def test_ternary_matmul_rejects_bad_inputs_with_an_ort_error(case):
         sess.run(None, {"x": np.ones(case["x"], np.float32)})
 
 
+def test_wrong_dtypes_and_bits_are_refused():
+    inputs = {"x": None, "packed": np.full((4, 32), 0x55, np.uint8), "scales": np.ones(4, np.float64)}
+    with pytest.raises(Exception, match="TernaryMatMul"):  # ONNX Runtime checks types when the session is built
+        _single_node("TernaryMatMul", inputs, {"in_features": 64, "act_bits": 0})
+    sess = _single_node("DenseMatMul", {"x": None, "weight": np.ones((4, 64), np.int8),
+                                        "scales": np.ones(4, np.float32)}, {"in_features": 64, "weight_bits": 4})
+    with pytest.raises(Exception, match="weight_bits 4 does not fit the weight's dtype"):
+        sess.run(None, {"x": np.ones((1, 64), np.float32)})
+
+
 def test_ternary_and_dense_matmul_nodes_match_the_reference():
     rng = np.random.default_rng(0)
     k, n = 200, 37

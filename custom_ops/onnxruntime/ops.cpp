@@ -105,14 +105,12 @@ struct TernaryMatMul {
 template <typename W, int64_t kBits>
 struct DenseMatMul {
   int64_t in_features = 0;
+  int64_t weight_bits = 0;
 
   DenseMatMul(const OrtApi* /*api*/, const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
     in_features = ki.GetAttribute<int64_t>("in_features");
-    const int64_t bits = ki.GetAttribute<int64_t>("weight_bits");
-    if (bits != kBits)
-      ORT_CXX_API_THROW("bonsai::DenseMatMul: weight_bits " + std::to_string(bits) + " does not fit the weight's "
-                        "dtype (expected " + std::to_string(kBits) + ")", ORT_INVALID_ARGUMENT);
+    weight_bits = ki.GetAttribute<int64_t>("weight_bits");
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Tensor<float>& x, const Tensor<W>& weight,
@@ -123,6 +121,9 @@ struct DenseMatMul {
     const auto& ss = scales.Shape();
     const int64_t wk = kBits == 4 ? (k + 1) / 2 : k;
     const int64_t groups = kBits == 4 ? (k + BONSAI_DENSE_INT4_GROUP - 1) / BONSAI_DENSE_INT4_GROUP : 1;
+    if (weight_bits != kBits)
+      return fail("bonsai::DenseMatMul: weight_bits " + std::to_string(weight_bits) + " does not fit the weight's "
+                  "dtype (expected " + std::to_string(kBits) + ")");
     if (k <= 0 || xs.empty() || xs.back() != k)
       return fail("bonsai::DenseMatMul: x " + dims(xs) + " must end in in_features=" + std::to_string(k));
     const bool scales_ok = kBits == 4 ? (ss.size() == 2 && ss[1] == groups) : ss.size() == 1;
