@@ -1,21 +1,22 @@
-"""The custom ops of the model: `bonsai::ternary_linear` (every ternary projection) and `bonsai::attention`.
+"""The model's custom ops, each a functional op plus the `.out` overload ExecuTorch's runtime kernels implement.
 
-Semantics (docs/FORMAT.md, bonsai_export/formats.py):
-    ternary_linear(x[..., K] f32, packed[N, row_bytes(K)] u8, scales[N] f32, in_features=K, act_bits) -> y[..., N] f32
-act_bits 0: float activations (exact Bonsai); act_bits 8: per-token absmax int8 activations, int32 accumulation.
-The out variant `ternary_linear.out(..., *, Tensor(a!) out)` is what ExecuTorch's runtime kernel implements.
-The eager implementation uses the native kernel library when it is built, the pure-PyTorch reference otherwise.
+    ternary_linear(x[..., K] f32, packed[N, row_bytes(K)] u8, scales[N] f32, int in_features, int act_bits)
+        -> y[..., N] f32
+Every ternary projection (docs/FORMAT.md, bonsai_export/formats.py). act_bits 0: float activations (exact
+Bonsai); 8: per-token absmax int8 activations with int32 accumulation.
+
+    dense_linear(x[..., K] f32, weight, scales f32, int in_features, int weight_bits) -> y[..., N] f32
+Weight-only quantized linear with float activations (the output head). weight_bits 16: bf16 [N, K], scales [N];
+8: int8 [N, K], scales [N]; 4: uint8 [N, ceil(K/2)] two's-complement nibbles (low = even k), scales [N, G] per
+group of 32 along K.
 
     attention(q[1, T, H, D] f32, k_cache[1, Hkv, S, D] f32, v_cache[1, Hkv, S, D] f32, input_pos[1] i64)
         -> y[1, T, H, D] f32
-    dense_linear(x[..., K] f32, weight, scales f32, in_features=K, weight_bits) -> y[..., N] f32
-Weight-only quantized linear with float activations (the output head); weight_bits 16: bf16 [N, K], scales [N];
-8: int8 [N, K], scales [N]; 4: uint8 [N, ceil(K/2)] two's-complement nibbles (low = even k), scales [N, K/32 groups].
-
-    attention(...) -> ...
 Causal grouped-query attention of the T queries at positions input_pos + t over the cache prefix
-[0, input_pos + t], softmax scale D**-0.5. It reads only the filled prefix of the cache (never the unwritten rest),
-so a runtime needs neither zeroed caches nor a pass over all max_seq_len positions per token.
+[0, input_pos + t], softmax scale D**-0.5. It reads only the filled prefix of the cache (never the unwritten
+rest), so a runtime needs neither zeroed caches nor a pass over all max_seq_len positions per token.
+
+Eager implementations: the native kernel library for ternary_linear when it is built, pure PyTorch otherwise.
 """
 
 from __future__ import annotations
@@ -24,20 +25,27 @@ import torch
 
 from . import formats
 
-_lib = torch.library.Library("bonsai", "DEF")
-_lib.define("ternary_linear(Tensor x, Tensor packed, Tensor scales, int in_features, int act_bits) -> Tensor")
-_lib.define(
-    "ternary_linear.out(Tensor x, Tensor packed, Tensor scales, int in_features, int act_bits, *, "
-    "Tensor(a!) out) -> Tensor(a!)"
-)
-_lib.define("dense_linear(Tensor x, Tensor weight, Tensor scales, int in_features, int weight_bits) -> Tensor")
-_lib.define(
-    "dense_linear.out(Tensor x, Tensor weight, Tensor scales, int in_features, int weight_bits, *, "
-    "Tensor(a!) out) -> Tensor(a!)"
-)
-_lib.define("attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos) -> Tensor")
-_lib.define("attention.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos, *, Tensor(a!) out) -> Tensor(a!)")
+DENSE_INT4_GROUP = 32  # mirrors BONSAI_DENSE_INT4_GROUP in custom_ops/core/include/bonsai/kernels.h
 
+_lib = torch.library.Library("bonsai", "DEF")
+
+
+def _define(name: str, args: str, compute, fake) -> None:
+    """Define `bonsai::name(args) -> Tensor` and its `.out` overload, with one compute function for both."""
+    _lib.define(f"{name}({args}) -> Tensor")
+    _lib.define(f"{name}.out({args}, *, Tensor(a!) out) -> Tensor(a!)")
+
+    def out_variant(*inputs, out):
+        y = compute(*inputs)
+        out.resize_(y.shape).copy_(y)
+        return out
+
+    torch.library.impl(_lib, name, "CompositeExplicitAutograd")(compute)
+    torch.library.impl(_lib, f"{name}.out", "CompositeExplicitAutograd")(out_variant)
+    torch.library.register_fake(f"bonsai::{name}")(fake)
+
+
+# --- ternary_linear ---
 
 def unpack(packed: torch.Tensor, k: int) -> torch.Tensor:
     """Torch twin of formats.unpack: uint8 [N, row_bytes(K)] -> int8 [N, K]."""
@@ -76,7 +84,7 @@ def _native():
     return kernels if kernels.available() else None
 
 
-def _compute(x, packed, scales, in_features, act_bits):
+def _ternary_linear(x, packed, scales, in_features, act_bits):
     if x.shape[-1] != in_features or packed.shape != (scales.shape[0], formats.row_bytes(in_features)):
         raise ValueError(
             f"ternary_linear: x {list(x.shape)}, packed {list(packed.shape)}, scales {list(scales.shape)} "
@@ -92,22 +100,45 @@ def _compute(x, packed, scales, in_features, act_bits):
     return y.reshape(*x.shape[:-1], packed.shape[0])
 
 
-@torch.library.impl(_lib, "ternary_linear", "CompositeExplicitAutograd")
-def _ternary_linear(x, packed, scales, in_features, act_bits):
-    return _compute(x, packed, scales, in_features, act_bits)
+def _linear_fake(x, weight, scales, in_features, bits):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-@torch.library.impl(_lib, "ternary_linear.out", "CompositeExplicitAutograd")
-def _ternary_linear_out(x, packed, scales, in_features, act_bits, *, out):
-    y = _compute(x, packed, scales, in_features, act_bits)
-    out.resize_(y.shape).copy_(y)
-    return out
+_define("ternary_linear", "Tensor x, Tensor packed, Tensor scales, int in_features, int act_bits",
+        _ternary_linear, _linear_fake)
 
 
-@torch.library.register_fake("bonsai::ternary_linear")
-def _ternary_linear_fake(x, packed, scales, in_features, act_bits):
-    return x.new_empty((*x.shape[:-1], packed.shape[0]))
+# --- dense_linear ---
 
+def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """uint8 [N, ceil(K/2)] two's-complement nibbles (low nibble = even k) -> int8 [N, K]."""
+    wide = packed.to(torch.int16)
+    low = (wide << 12).to(torch.int16) >> 12
+    high = wide >> 4
+    high = torch.where(high > 7, high - 16, high)
+    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)[:, :k].to(torch.int8)
+
+
+def dense_weight(weight: torch.Tensor, scales: torch.Tensor, k: int, bits: int) -> torch.Tensor:
+    """The float32 [N, K] matrix a dense_linear weight stands for."""
+    if bits in (16, 8):
+        return weight.float() * scales.float()[:, None]
+    if bits == 4:
+        return unpack_int4(weight, k).float() * scales.float().repeat_interleave(DENSE_INT4_GROUP, dim=1)[:, :k]
+    raise ValueError(f"dense_linear: expected weight_bits 16, 8 or 4, got {bits}")
+
+
+def _dense_linear(x, weight, scales, in_features, weight_bits):
+    if x.shape[-1] != in_features:
+        raise ValueError(f"dense_linear: x {list(x.shape)} does not fit in_features={in_features}")
+    return x.float() @ dense_weight(weight, scales, in_features, weight_bits).T
+
+
+_define("dense_linear", "Tensor x, Tensor weight, Tensor scales, int in_features, int weight_bits",
+        _dense_linear, _linear_fake)
+
+
+# --- attention ---
 
 def attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int) -> torch.Tensor:
     _, t, h, d = q.shape
@@ -122,64 +153,6 @@ def attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     return (probs @ v).transpose(0, 1).unsqueeze(0)  # [1, T, H, D]
 
 
-@torch.library.impl(_lib, "attention", "CompositeExplicitAutograd")
-def _attention(q, k_cache, v_cache, input_pos):
-    return attention_reference(q, k_cache, v_cache, int(input_pos[0]))
-
-
-@torch.library.impl(_lib, "attention.out", "CompositeExplicitAutograd")
-def _attention_out(q, k_cache, v_cache, input_pos, *, out):
-    y = attention_reference(q, k_cache, v_cache, int(input_pos[0]))
-    out.resize_(y.shape).copy_(y)
-    return out
-
-
-@torch.library.register_fake("bonsai::attention")
-def _attention_fake(q, k_cache, v_cache, input_pos):
-    return q.new_empty(q.shape)
-
-
-DENSE_INT4_GROUP = 32  # mirrors BONSAI_DENSE_INT4_GROUP in custom_ops/core/include/bonsai/kernels.h
-
-
-def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
-    """uint8 [N, ceil(K/2)] two's-complement nibbles (low nibble = even k) -> int8 [N, K]."""
-    low = (packed.to(torch.int16) << 12).to(torch.int16) >> 12
-    high = packed.to(torch.int16) >> 4
-    high = torch.where(high > 7, high - 16, high)
-    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)[:, :k].to(torch.int8)
-
-
-def dense_weight(weight: torch.Tensor, scales: torch.Tensor, k: int, bits: int) -> torch.Tensor:
-    """The float32 [N, K] matrix a dense_linear weight stands for."""
-    if bits == 16:
-        return weight.float() * scales.float()[:, None]
-    if bits == 8:
-        return weight.float() * scales.float()[:, None]
-    if bits == 4:
-        q = unpack_int4(weight, k).float()
-        return q * scales.float().repeat_interleave(DENSE_INT4_GROUP, dim=1)[:, :k]
-    raise ValueError(f"dense_linear: expected weight_bits 16, 8 or 4, got {bits}")
-
-
-def _dense(x, weight, scales, in_features, weight_bits):
-    if x.shape[-1] != in_features:
-        raise ValueError(f"dense_linear: x {list(x.shape)} does not fit in_features={in_features}")
-    return x.float() @ dense_weight(weight, scales, in_features, weight_bits).T
-
-
-@torch.library.impl(_lib, "dense_linear", "CompositeExplicitAutograd")
-def _dense_linear(x, weight, scales, in_features, weight_bits):
-    return _dense(x, weight, scales, in_features, weight_bits)
-
-
-@torch.library.impl(_lib, "dense_linear.out", "CompositeExplicitAutograd")
-def _dense_linear_out(x, weight, scales, in_features, weight_bits, *, out):
-    y = _dense(x, weight, scales, in_features, weight_bits)
-    out.resize_(y.shape).copy_(y)
-    return out
-
-
-@torch.library.register_fake("bonsai::dense_linear")
-def _dense_linear_fake(x, weight, scales, in_features, weight_bits):
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+_define("attention", "Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos",
+        lambda q, k_cache, v_cache, input_pos: attention_reference(q, k_cache, v_cache, int(input_pos[0])),
+        lambda q, k_cache, v_cache, input_pos: q.new_empty(q.shape))

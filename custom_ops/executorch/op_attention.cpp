@@ -3,7 +3,7 @@
 #include <executorch/runtime/kernel/kernel_includes.h>
 
 #include "bonsai/kernels.h"
-#include "et_parallel.h"
+#include "et_common.h"
 
 namespace bonsai_et {
 

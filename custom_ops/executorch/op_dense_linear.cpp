@@ -3,7 +3,7 @@
 #include <executorch/runtime/kernel/kernel_includes.h>
 
 #include "bonsai/kernels.h"
-#include "et_parallel.h"
+#include "et_common.h"
 
 namespace bonsai_et {
 
@@ -32,10 +32,7 @@ Tensor& dense_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tenso
   ET_KERNEL_CHECK_MSG(ctx, ok, InvalidArgument, out,
                       "bonsai::dense_linear: weight/scales do not match weight_bits=%lld and K=%lld",
                       (long long)weight_bits, (long long)k);
-  executorch::aten::SizesType sizes[8];
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = x.size(d);
-  sizes[x.dim() - 1] = static_cast<executorch::aten::SizesType>(n);
-  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, {sizes, (size_t)x.dim()}) == Error::Ok,
+  ET_KERNEL_CHECK_MSG(ctx, resize_last_dim(out, x, n) == Error::Ok,
                       InvalidArgument, out, "bonsai::dense_linear: cannot resize out");
   const int64_t m = x.numel() / k;
   if (m == 0) return out;

@@ -4,7 +4,7 @@
 #include <executorch/runtime/kernel/kernel_includes.h>
 
 #include "bonsai/kernels.h"
-#include "et_parallel.h"
+#include "et_common.h"
 
 namespace bonsai_et {
 
@@ -35,10 +35,7 @@ Tensor& ternary_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Ten
   ET_KERNEL_CHECK_MSG(ctx, act_bits == 0 || act_bits == 8, InvalidArgument, out,
                       "bonsai::ternary_linear: act_bits must be 0 or 8, got %lld", (long long)act_bits);
 
-  executorch::aten::SizesType sizes[8];
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = x.size(d);
-  sizes[x.dim() - 1] = static_cast<executorch::aten::SizesType>(n);
-  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, {sizes, (size_t)x.dim()}) == Error::Ok,
+  ET_KERNEL_CHECK_MSG(ctx, resize_last_dim(out, x, n) == Error::Ok,
                       InvalidArgument, out, "bonsai::ternary_linear: cannot resize out");
   const int64_t m = x.numel() / k;
   if (m == 0) return out;
