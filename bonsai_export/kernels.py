@@ -1,4 +1,5 @@
-"""ctypes binding of the native packed-ternary kernels (libbonsai_kernels.so, built from custom_ops/).
+"""ctypes binding of the native kernels (libbonsai_kernels.so, built from custom_ops/): packed-ternary linear,
+dense weight-only linear (the output head) and KV-cache attention.
 
 The library is looked up at $BONSAI_KERNELS_LIB (the .so file or the folder holding it), else at
 bonsai_export/_native/libbonsai_kernels.so, where `pip install .` puts it. Layout and semantics are those of
@@ -55,6 +56,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bonsai_ternary_linear": (ctypes.c_int, [vp, i64, i64, vp, i64, vp, i64, i32, vp, par]),
         "bonsai_int8_accumulate": (ctypes.c_int, [vp, i64, i64, vp, i64, i64, vp, par]),
         "bonsai_quantize_activations": (ctypes.c_int, [vp, i64, i64, vp, vp]),
+        "bonsai_dense_linear": (ctypes.c_int, [vp, i64, i64, vp, i32, vp, i64, vp, par]),
+        "bonsai_attention": (ctypes.c_int, [vp, i64, i64, i64, vp, vp, i64, i64, i64, vp, par]),
         "bonsai_threadpool_create": (vp, [i32]),
         "bonsai_threadpool_destroy": (None, [vp]),
         "bonsai_threadpool_parallel": (_Parallel, [vp]),
@@ -203,3 +206,69 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     d = np.empty(x.shape[0], dtype=np.float32)
     _check(_load().bonsai_quantize_activations(x.ctypes.data, x.shape[0], x.shape[1], q.ctypes.data, d.ctypes.data))
     return q, d
+
+
+DENSE_INT4_GROUP = 32  # BONSAI_DENSE_INT4_GROUP (kernels.h)
+# weight_bits -> (stored dtype, weight columns for K): bf16 travels as its raw 16 bits (numpy has no bfloat16).
+_DENSE_WEIGHTS = {16: ((np.uint16, np.int16), lambda k: k), 8: ((np.int8,), lambda k: k),
+                  4: ((np.uint8,), lambda k: (k + 1) // 2)}
+
+
+def dense_linear(
+    x: np.ndarray, weight: np.ndarray, scales: np.ndarray, k: int, bits: int, threads: int | None = None
+) -> np.ndarray:
+    """y float32 [M, N] = x float32 [M, K] @ W.T with W in a dense_linear format (kernels.h): bits 16: raw bf16
+    bits uint16/int16 [N, K], scales [N]; 8: int8 [N, K], scales [N]; 4: uint8 nibbles [N, ceil(K/2)], scales
+    [N, ceil(K/32)]. Float32 accumulation in a kernel-specific order."""
+    if bits not in _DENSE_WEIGHTS:
+        raise ValueError(f"expected bits in {sorted(_DENSE_WEIGHTS)}, got {bits!r}")
+    if not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"expected K > 0, got {k!r}")
+    k = int(k)
+    dtypes, cols = _DENSE_WEIGHTS[bits]
+    if not isinstance(weight, np.ndarray) or weight.dtype not in dtypes or weight.ndim != 2:
+        raise ValueError(f"expected weight {'/'.join(np.dtype(d).name for d in dtypes)} with 2 dims for bits={bits}, "
+                         f"got {getattr(weight, 'dtype', type(weight).__name__)} {list(getattr(weight, 'shape', []))}")
+    weight = np.ascontiguousarray(weight)
+    n = weight.shape[0]
+    if n == 0 or weight.shape[1] != cols(k):
+        raise ValueError(f"expected weight [N>0, {cols(k)}] for K={k} and bits={bits}, got {list(weight.shape)}")
+    x = _require(x, "x", np.float32, 2)
+    if x.shape[1] != k or x.shape[0] == 0:
+        raise ValueError(f"expected x float32 [M>0, {k}], got {list(x.shape)}")
+    scales = np.ascontiguousarray(scales)
+    want = (n, -(-k // DENSE_INT4_GROUP)) if bits == 4 else (n,)
+    if not isinstance(scales, np.ndarray) or scales.dtype != np.float32 or scales.size != int(np.prod(want)):
+        raise ValueError(f"expected scales float32 {list(want)}, got {getattr(scales, 'dtype', None)} "
+                         f"{list(getattr(scales, 'shape', []))}")
+    m = x.shape[0]
+    y = np.empty((m, n), dtype=np.float32)
+    lib = _load()
+    args = [x.ctypes.data, m, k, weight.ctypes.data, bits, scales.ctypes.data, n, y.ctypes.data]
+    _call(lib.bonsai_dense_linear, args, threads)
+    return y
+
+
+def attention(
+    q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, threads: int | None = None
+) -> np.ndarray:
+    """Causal GQA of q float32 [T, H, D] (positions pos..pos+T-1) over caches float32 [Hkv, S, D], reading only
+    the prefix [0, pos + T): out float32 [T, H, D] (kernels.h, bonsai_attention)."""
+    q = _require(q, "q", np.float32, 3)
+    k_cache = _require(k_cache, "k_cache", np.float32, 3)
+    v_cache = _require(v_cache, "v_cache", np.float32, 3)
+    t, h, d = q.shape
+    hkv, s, dk = k_cache.shape
+    if v_cache.shape != k_cache.shape or dk != d:
+        raise ValueError(f"expected caches [Hkv, S, {d}] of one shape, got {list(k_cache.shape)} and "
+                         f"{list(v_cache.shape)}")
+    if t == 0 or h == 0 or d == 0 or hkv == 0 or h % hkv:
+        raise ValueError(f"expected T, H, D, Hkv > 0 and H a multiple of Hkv, got q {list(q.shape)}, "
+                         f"caches {list(k_cache.shape)}")
+    if not isinstance(pos, (int, np.integer)) or pos < 0 or pos + t > s:
+        raise ValueError(f"expected 0 <= pos and pos + T <= {s}, got pos={pos!r}, T={t}")
+    out = np.empty_like(q)
+    lib = _load()
+    args = [q.ctypes.data, t, h, d, k_cache.ctypes.data, v_cache.ctypes.data, hkv, s, int(pos), out.ctypes.data]
+    _call(lib.bonsai_attention, args, threads)
+    return out

@@ -16,7 +16,8 @@ Causal grouped-query attention of the T queries at positions input_pos + t over 
 [0, input_pos + t], softmax scale D**-0.5. It reads only the filled prefix of the cache (never the unwritten
 rest), so a runtime needs neither zeroed caches nor a pass over all max_seq_len positions per token.
 
-Eager implementations: the native kernel library for ternary_linear when it is built, pure PyTorch otherwise.
+Eager implementations: the native kernel library (bonsai_export.kernels) when it is built, so eager and the .pte
+run the same kernels; pure PyTorch otherwise (the *reference functions below stay the specification).
 """
 
 from __future__ import annotations
@@ -131,7 +132,15 @@ def dense_weight(weight: torch.Tensor, scales: torch.Tensor, k: int, bits: int) 
 def _dense_linear(x, weight, scales, in_features, weight_bits):
     if x.shape[-1] != in_features:
         raise ValueError(f"dense_linear: x {list(x.shape)} does not fit in_features={in_features}")
-    return x.float() @ dense_weight(weight, scales, in_features, weight_bits).T
+    native = _native()
+    if native is None or x.numel() == 0 or weight_bits not in (16, 8, 4):
+        return x.float() @ dense_weight(weight, scales, in_features, weight_bits).T
+    w = weight.contiguous()
+    w = w.view(torch.int16) if weight_bits == 16 else w  # raw bf16 bits: numpy has no bfloat16
+    x2 = x.detach().reshape(-1, in_features).float().contiguous()
+    y = torch.from_numpy(native.dense_linear(
+        x2.numpy(), w.numpy(), scales.float().contiguous().numpy(), in_features, weight_bits))
+    return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 _define("dense_linear", "Tensor x, Tensor weight, Tensor scales, int in_features, int weight_bits",
@@ -153,6 +162,17 @@ def attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     return (probs @ v).transpose(0, 1).unsqueeze(0)  # [1, T, H, D]
 
 
-_define("attention", "Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos",
-        lambda q, k_cache, v_cache, input_pos: attention_reference(q, k_cache, v_cache, int(input_pos[0])),
+def _attention(q, k_cache, v_cache, input_pos):
+    pos = int(input_pos[0])
+    native = _native()
+    if native is None or q.dim() != 4 or q.shape[0] != 1 or k_cache.dim() != 4 or k_cache.shape[0] != 1:
+        return attention_reference(q, k_cache, v_cache, pos)
+    if pos < 0 or pos + q.shape[1] > k_cache.shape[2]:  # the reference's message, before the binding's
+        return attention_reference(q, k_cache, v_cache, pos)
+    out = native.attention(q[0].detach().float().contiguous().numpy(), k_cache[0].detach().float().contiguous().numpy(),
+                           v_cache[0].detach().float().contiguous().numpy(), pos)
+    return torch.from_numpy(out).unsqueeze(0)
+
+
+_define("attention", "Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos", _attention,
         lambda q, k_cache, v_cache, input_pos: q.new_empty(q.shape))

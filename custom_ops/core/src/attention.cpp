@@ -1,69 +1,80 @@
 // Causal grouped-query attention over a KV cache, reading only the filled prefix [0, pos + T) of the cache.
 // Why here and not ExecuTorch's custom_sdpa: that kernel needs libtorch, which a phone runner does not have, and
 // attention over the whole max_seq_len cache would read more bytes per token than the weights themselves.
+//
+// The entry point validates and cuts the work into (token, KV head) tasks; the dispatched kernel (KernelTable::
+// attend, float_kernels.h for the SIMD tables) handles the H / Hkv query heads of one KV head together, so each
+// cached K and V row is read once per KV head, not once per query head.
 #include <math.h>
 
 #include <algorithm>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "bonsai/kernels.h"
+#include "kernel_table.h"
 #include "status.h"
 
 namespace bonsai {
 namespace {
 
-struct AttentionArgs {
-  const float* q;        // [T, H, D]
-  const float* k_cache;  // [Hkv, S, D]
-  const float* v_cache;  // [Hkv, S, D]
-  float* out;            // [T, H, D]
-  int64_t t, h, d, hkv, s, pos;
-};
-
 // Independent partial sums let the compiler vectorize the reduction without -ffast-math.
-constexpr int kLanes = 16;
+constexpr int kRefLanes = 16;
 
 float dot(const float* a, const float* b, int64_t n) {
-  float part[kLanes] = {};
+  float part[kRefLanes] = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) part[l] += a[i + l] * b[i + l];
+  for (; i + kRefLanes <= n; i += kRefLanes)
+    for (int l = 0; l < kRefLanes; ++l) part[l] += a[i + l] * b[i + l];
   float acc = 0.f;
   for (; i < n; ++i) acc += a[i] * b[i];
-  for (int l = 0; l < kLanes; ++l) acc += part[l];
+  for (int l = 0; l < kRefLanes; ++l) acc += part[l];
   return acc;
 }
 
-// One (token, head) pair: softmax(q . k_j / sqrt(D)) over j in [0, pos + token], times v_j.
-void attend_one(const AttentionArgs& a, int64_t token, int64_t head, std::vector<float>& scores) {
-  const int64_t kv = head / (a.h / a.hkv);
-  const int64_t n_ctx = a.pos + token + 1;
-  const float* q = a.q + (token * a.h + head) * a.d;
-  const float* k = a.k_cache + kv * a.s * a.d;
-  const float* v = a.v_cache + kv * a.s * a.d;
+}  // namespace
+
+// The reference kernel (table "ref"): one query head at a time, softmax(q . k_j / sqrt(D)) over
+// j in [0, pos + token], times v_j.
+void attend_ref(const AttentionProblem& a, int64_t token, int64_t kv, float* scores) {
+  const int64_t group = a.h / a.hkv, n_ctx = a.pos + token + 1;
+  const float* k = a.k + kv * a.s * a.d;
+  const float* v = a.v + kv * a.s * a.d;
   const float scale = 1.0f / sqrtf(float(a.d));
-  scores.resize(size_t(n_ctx));
-  float max_score = -INFINITY;
-  for (int64_t j = 0; j < n_ctx; ++j) {
-    scores[j] = dot(q, k + j * a.d, a.d) * scale;
-    max_score = std::max(max_score, scores[j]);
-  }
-  float sum = 0.f;
-  for (int64_t j = 0; j < n_ctx; ++j) sum += scores[j] = expf(scores[j] - max_score);
-  float* out = a.out + (token * a.h + head) * a.d;
-  std::fill(out, out + a.d, 0.f);
-  for (int64_t j = 0; j < n_ctx; ++j) {
-    const float p = scores[j] / sum;
-    const float* vj = v + j * a.d;
-    for (int64_t i = 0; i < a.d; ++i) out[i] += p * vj[i];
+  for (int64_t head = kv * group; head < (kv + 1) * group; ++head) {
+    const float* q = a.q + (token * a.h + head) * a.d;
+    float max_score = -INFINITY;
+    for (int64_t j = 0; j < n_ctx; ++j) {
+      scores[j] = dot(q, k + j * a.d, a.d) * scale;
+      max_score = std::max(max_score, scores[j]);
+    }
+    float sum = 0.f;
+    for (int64_t j = 0; j < n_ctx; ++j) sum += scores[j] = expf(scores[j] - max_score);
+    float* out = a.out + (token * a.h + head) * a.d;
+    std::fill(out, out + a.d, 0.f);
+    for (int64_t j = 0; j < n_ctx; ++j) {
+      const float p = scores[j] / sum;
+      const float* vj = v + j * a.d;
+      for (int64_t i = 0; i < a.d; ++i) out[i] += p * vj[i];
+    }
   }
 }
 
+namespace {
+
+struct AttentionJob {
+  const KernelTable* table;
+  AttentionProblem a;
+};
+
 void attention_task(void* ctx, int64_t task) {
-  const auto& a = *static_cast<const AttentionArgs*>(ctx);
-  thread_local std::vector<float> scores;
-  attend_one(a, task / a.h, task % a.h, scores);
+  const auto& j = *static_cast<const AttentionJob*>(ctx);
+  thread_local std::vector<float> scratch;
+  const int64_t token = task / j.a.hkv, kv = task % j.a.hkv;
+  const size_t need = size_t((j.a.h / j.a.hkv) * (j.a.pos + token + 1));
+  if (scratch.size() < need) scratch.resize(need);  // H / Hkv x context floats: a few KiB, kept per thread
+  j.table->attend(j.a, token, kv, scratch.data());
 }
 
 }  // namespace
@@ -72,7 +83,8 @@ void attention_task(void* ctx, int64_t task) {
 extern "C" int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int64_t head_dim, const float* k_cache,
                                 const float* v_cache, int64_t n_kv_heads, int64_t cache_len, int64_t pos, float* out,
                                 const bonsai_parallel* parallel) {
-  using bonsai::fail;
+  using namespace bonsai;
+  clear_error();
   if (!q || !k_cache || !v_cache || !out) return fail(BONSAI_ERR_NULL, "bonsai_attention: null pointer");
   if (t <= 0 || n_heads <= 0 || head_dim <= 0 || n_kv_heads <= 0 || cache_len <= 0 || n_heads % n_kv_heads)
     return fail(BONSAI_ERR_SHAPE, "bonsai_attention: expected T, H, D, Hkv, S > 0 and H a multiple of Hkv, got T=" +
@@ -82,13 +94,18 @@ extern "C" int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int6
     return fail(BONSAI_ERR_SHAPE, "bonsai_attention: positions [" + std::to_string(pos) + ", " +
                                       std::to_string(pos + t) + ") do not fit the cache of " +
                                       std::to_string(cache_len));
-  bonsai::clear_error();
-  bonsai::AttentionArgs args{q, k_cache, v_cache, out, t, n_heads, head_dim, n_kv_heads, cache_len, pos};
-  const int64_t tasks = t * n_heads;
-  if (parallel && parallel->parallel_for && parallel->num_threads > 1 && tasks > 1) {
-    parallel->parallel_for(parallel->runtime_ctx, tasks, bonsai::attention_task, &args);
-  } else {
-    for (int64_t i = 0; i < tasks; ++i) bonsai::attention_task(&args, i);
+  const KernelTable* table = active_table();
+  if (!table) return BONSAI_ERR_ISA;
+  AttentionJob job{table, {q, k_cache, v_cache, out, t, n_heads, head_dim, n_kv_heads, cache_len, pos}};
+  const int64_t tasks = t * n_kv_heads;
+  try {
+    if (parallel && parallel->parallel_for && parallel->num_threads > 1 && tasks > 1) {
+      parallel->parallel_for(parallel->runtime_ctx, tasks, attention_task, &job);
+    } else {
+      for (int64_t i = 0; i < tasks; ++i) attention_task(&job, i);
+    }
+  } catch (const std::bad_alloc&) {
+    return fail(BONSAI_ERR_ALLOC, "bonsai_attention: out of memory for the score buffer");
   }
   return BONSAI_OK;
 }

@@ -4,26 +4,18 @@
 // every runtime agrees with the eager model to float rounding.
 #include <string.h>
 
+#include <new>
 #include <string>
+#include <vector>
 
 #include "bonsai/kernels.h"
+#include "kernel_table.h"
 #include "status.h"
 
 namespace bonsai {
 namespace {
 
-constexpr int kLanes = 16;  // independent partial sums: lets the compiler vectorize without reassociation flags
-
-struct DenseArgs {
-  const float* x;
-  int64_t m, k;
-  const void* w;
-  int32_t bits;
-  const float* scales;
-  int64_t n, n_groups;
-  float* y;
-  int64_t rows_per_task;
-};
+constexpr int kRefLanes = 16;  // independent partial sums: lets the compiler vectorize without reassociation flags
 
 inline float bf16_to_f32(uint16_t v) {
   const uint32_t bits = uint32_t(v) << 16;
@@ -53,48 +45,71 @@ inline float weight_at(const uint8_t* row, int64_t k) {
 // sum_{k in [k0, k1)} w[k] * x[k]
 template <int Bits>
 float dot_range(const uint8_t* row, const float* x, int64_t k0, int64_t k1) {
-  float part[kLanes] = {};
+  float part[kRefLanes] = {};
   int64_t k = k0;
-  for (; k + kLanes <= k1; k += kLanes)
-    for (int l = 0; l < kLanes; ++l) part[l] += weight_at<Bits>(row, k + l) * x[k + l];
+  for (; k + kRefLanes <= k1; k += kRefLanes)
+    for (int l = 0; l < kRefLanes; ++l) part[l] += weight_at<Bits>(row, k + l) * x[k + l];
   float acc = 0.f;
   for (; k < k1; ++k) acc += weight_at<Bits>(row, k) * x[k];
-  for (int l = 0; l < kLanes; ++l) acc += part[l];
+  for (int l = 0; l < kRefLanes; ++l) acc += part[l];
   return acc;
 }
 
-int64_t row_bytes_of(int32_t bits, int64_t k) { return bits == 16 ? 2 * k : bits == 8 ? k : (k + 1) / 2; }
-
 template <int Bits>
-void dense_rows(const DenseArgs& a, int64_t n0, int64_t n1) {
-  const int64_t stride = row_bytes_of(Bits, a.k);
+void dense_rows_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = static_cast<const uint8_t*>(a.w) + n * stride;
-    for (int64_t m = 0; m < a.m; ++m) {
-      const float* x = a.x + m * a.k;
+    const uint8_t* row = p.w + n * p.w_stride;
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* x = p.x + m * p.x_stride;
       float y;
       if constexpr (Bits == 4) {
         y = 0.f;
-        for (int64_t g = 0; g < a.n_groups; ++g) {
-          const int64_t k0 = g * BONSAI_DENSE_INT4_GROUP;
-          const int64_t k1 = k0 + BONSAI_DENSE_INT4_GROUP < a.k ? k0 + BONSAI_DENSE_INT4_GROUP : a.k;
-          y += a.scales[n * a.n_groups + g] * dot_range<4>(row, x, k0, k1);
+        for (int64_t g = 0; g < p.groups; ++g) {
+          const int64_t k0 = g * kDenseChunk, k1 = k0 + kDenseChunk < p.k ? k0 + kDenseChunk : p.k;
+          y += p.scales[n * p.groups + g] * dot_range<4>(row, x, k0, k1);
         }
       } else {
-        y = dot_range<Bits>(row, x, 0, a.k) * a.scales[n];
+        y = dot_range<Bits>(row, x, 0, p.k) * p.scales[n];
       }
-      a.y[m * a.n + n] = y;
+      p.y[m * p.y_stride + n] = y;
     }
   }
 }
 
+}  // namespace
+
+// The reference kernel (table "ref"): scalar, K order within 16 interleaved partial sums.
+void dense_f32_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float* /*scratch*/) {
+  if (p.bits == 16) dense_rows_ref<16>(p, m0, m1, n0, n1);
+  else if (p.bits == 8) dense_rows_ref<8>(p, m0, m1, n0, n1);
+  else dense_rows_ref<4>(p, m0, m1, n0, n1);
+}
+
+namespace {
+
+// Output rows per task are a multiple of this (whole GEMV tiles; no two tasks share a cache line of y).
+constexpr int64_t kRowGrain = 16;
+// Widened rows of a prefill block: about 160 KiB of floats (stays in L2 while every token reuses it).
+constexpr int64_t kScratchBytes = 160 * 1024;
+
+thread_local std::vector<float> t_x;        // zero-padded activations
+thread_local std::vector<float> t_scratch;  // per-task widened weight rows
+
+struct DenseJob {
+  const KernelTable* table;
+  DenseProblem p;
+  int64_t m, n, tasks;
+  float* scratch;  // tasks * scratch_rows * kp floats, or null for M = 1
+  int64_t scratch_per_task;
+};
+
 void dense_task(void* ctx, int64_t task) {
-  const auto& a = *static_cast<const DenseArgs*>(ctx);
-  const int64_t n0 = task * a.rows_per_task;
-  const int64_t n1 = n0 + a.rows_per_task < a.n ? n0 + a.rows_per_task : a.n;
-  if (a.bits == 16) dense_rows<16>(a, n0, n1);
-  else if (a.bits == 8) dense_rows<8>(a, n0, n1);
-  else dense_rows<4>(a, n0, n1);
+  const auto& j = *static_cast<const DenseJob*>(ctx);
+  const int64_t grains = (j.n + kRowGrain - 1) / kRowGrain;
+  int64_t n0 = grains * task / j.tasks * kRowGrain, n1 = grains * (task + 1) / j.tasks * kRowGrain;
+  if (n1 > j.n) n1 = j.n;
+  if (n0 >= n1) return;
+  j.table->dense_f32(j.p, 0, j.m, n0, n1, j.scratch ? j.scratch + task * j.scratch_per_task : nullptr);
 }
 
 }  // namespace
@@ -102,7 +117,8 @@ void dense_task(void* ctx, int64_t task) {
 
 extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const void* weight, int32_t weight_bits,
                                    const float* scales, int64_t n, float* y, const bonsai_parallel* parallel) {
-  using bonsai::fail;
+  using namespace bonsai;
+  clear_error();
   if (!x || !weight || !scales || !y) return fail(BONSAI_ERR_NULL, "bonsai_dense_linear: null pointer");
   if (m <= 0 || n <= 0 || k <= 0 || k > (int64_t(1) << 24) || n > (int64_t(1) << 31) || m > (int64_t(1) << 31))
     return fail(BONSAI_ERR_SHAPE, "bonsai_dense_linear: expected M, N, K > 0, got M=" + std::to_string(m) +
@@ -110,15 +126,40 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
   if (weight_bits != 16 && weight_bits != 8 && weight_bits != 4)
     return fail(BONSAI_ERR_ACT_BITS, "bonsai_dense_linear: weight_bits must be 16, 8 or 4, got " +
                                          std::to_string(weight_bits));
-  bonsai::clear_error();
-  const int64_t groups = (k + BONSAI_DENSE_INT4_GROUP - 1) / BONSAI_DENSE_INT4_GROUP;
-  const int32_t threads = parallel && parallel->parallel_for ? parallel->num_threads : 1;
-  const int64_t tasks = threads > 1 ? threads : 1;
-  bonsai::DenseArgs args{x, m, k, weight, weight_bits, scales, n, groups, y, (n + tasks - 1) / tasks};
-  if (tasks > 1) {
-    parallel->parallel_for(parallel->runtime_ctx, tasks, bonsai::dense_task, &args);
-  } else {
-    bonsai::dense_task(&args, 0);
+  const KernelTable* table = active_table();
+  if (!table) return BONSAI_ERR_ISA;
+  try {
+    const int64_t groups = (k + kDenseChunk - 1) / kDenseChunk, kp = groups * kDenseChunk;
+    const float* xp = x;
+    if (kp != k) {  // kernels read whole chunks of x: copy into zero-padded rows
+      float* buf = t_x.size() < size_t(m * kp) ? (t_x.resize(size_t(m * kp)), t_x.data()) : t_x.data();
+      for (int64_t i = 0; i < m; ++i) {
+        memcpy(buf + i * kp, x + i * k, size_t(k) * sizeof(float));
+        memset(buf + i * kp + k, 0, size_t(kp - k) * sizeof(float));
+      }
+      xp = buf;
+    }
+    int64_t workers = parallel && parallel->parallel_for && parallel->num_threads > 1 ? parallel->num_threads : 1;
+    // Below ~64 KiB of weights per task, waking a thread costs more than it saves.
+    const int64_t useful = m * n * dense_row_bytes(weight_bits, k) / (64 * 1024);
+    if (useful < workers) workers = useful > 1 ? useful : 1;
+    const int64_t grains = (n + kRowGrain - 1) / kRowGrain;
+    if (workers > grains) workers = grains;
+    int64_t scratch_rows = kScratchBytes / (kp * int64_t(sizeof(float)));
+    scratch_rows = scratch_rows < 8 ? 8 : scratch_rows > 64 ? 64 : scratch_rows;
+    DenseJob job{table, {xp, kp, k, static_cast<const uint8_t*>(weight), dense_row_bytes(weight_bits, k),
+                         weight_bits, scales, groups, y, n, scratch_rows},
+                 m, n, workers, nullptr, 0};
+    if (m > 1) {
+      job.scratch_per_task = scratch_rows * kp;
+      const size_t total = size_t(workers * job.scratch_per_task);
+      if (t_scratch.size() < total) t_scratch.resize(total);
+      job.scratch = t_scratch.data();
+    }
+    if (workers > 1) parallel->parallel_for(parallel->runtime_ctx, workers, dense_task, &job);
+    else dense_task(&job, 0);
+    return BONSAI_OK;
+  } catch (const std::bad_alloc&) {
+    return fail(BONSAI_ERR_ALLOC, "bonsai_dense_linear: out of memory for scratch buffers");
   }
-  return BONSAI_OK;
 }

@@ -48,7 +48,9 @@ X86Features detect_x86() {
 const KernelTable* lookup(const std::string& name) {
 #if defined(__x86_64__) || defined(_M_X64)
   static const X86Features f = detect_x86();
-  static const KernelTable avx512 = avx512_table();
+  // Built only on a CPU that can run it: avx512.cpp is compiled with AVX-512 flags, so even copying the table
+  // there may use zmm moves.
+  static const KernelTable avx512 = f.avx512_vnni ? avx512_table() : KernelTable{};
   if (name == "avx512" || (name == "auto" && f.avx512_vnni)) return f.avx512_vnni ? &avx512 : nullptr;
   if (name == "avx2" || (name == "auto" && f.avx2_fma)) return f.avx2_fma ? &kAvx2Table : nullptr;
 #elif defined(__aarch64__)

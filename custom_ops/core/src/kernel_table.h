@@ -17,6 +17,33 @@
 
 namespace bonsai {
 
+// Dense weight-only linear (bonsai_dense_linear) as its kernels see it. Rows of K weights are read in chunks of
+// kDenseChunk (= the int4 group); x rows hold kp = ceil(K / kDenseChunk) * kDenseChunk floats, zero beyond K.
+constexpr int64_t kDenseChunk = 32;
+inline int64_t dense_row_bytes(int bits, int64_t k) { return bits == 16 ? 2 * k : bits == 8 ? k : (k + 1) / 2; }
+
+struct DenseProblem {
+  const float* x;  // [M, x_stride]
+  int64_t x_stride, k;
+  const uint8_t* w;  // [N, w_stride]
+  int64_t w_stride;
+  int32_t bits;          // 16, 8 or 4
+  const float* scales;   // [N], or [N, groups] for 4 bits
+  int64_t groups;        // ceil(K / 32)
+  float* y;              // [M, y_stride]
+  int64_t y_stride;
+  int64_t scratch_rows;  // rows of kp floats in each task's scratch (M > 1 widens rows there once)
+};
+
+// Causal GQA over the cache prefix (bonsai_attention): q/out [T, H, D], caches [Hkv, S, D].
+struct AttentionProblem {
+  const float* q;
+  const float* k;
+  const float* v;
+  float* out;
+  int64_t t, h, d, hkv, s, pos;
+};
+
 struct KernelTable {
   const char* name;
   // x float32[k] -> q int8[padded_k(k)] (tail zeroed) and *d; bit-exact with formats.quantize_activations.
@@ -33,11 +60,18 @@ struct KernelTable {
   // y[m, n] for m in [0, m_count): x rows at x + m * x_stride.
   void (*gemm_f32)(const float* x, int64_t x_stride, int64_t m_count, int64_t nblocks, const uint8_t* w,
                    int64_t w_stride, const float* scales, int64_t n0, int64_t n1, float* y, int64_t y_stride);
+  // Dense: y[m, n] for m in [m0, m1), n in [n0, n1). scratch: p.scratch_rows * kp floats of this task (M > 1).
+  void (*dense_f32)(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float* scratch);
+  // Attention: query `token`, the H / Hkv query heads of KV head `kv`. scratch: (H / Hkv) * (pos + token + 1).
+  void (*attend)(const AttentionProblem& a, int64_t token, int64_t kv, float* scratch);
 };
 
 // One table per translation unit; each is compiled only with its own ISA flags and is referenced only after
 // dispatch.cpp has checked the CPU. Tables of other architectures are not linked at all.
 extern const KernelTable kRefTable;
+// The scalar float kernels of the reference table (dense.cpp, attention.cpp).
+void dense_f32_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float* scratch);
+void attend_ref(const AttentionProblem& a, int64_t token, int64_t kv, float* scratch);
 #if defined(__x86_64__) || defined(_M_X64)
 extern const KernelTable kAvx2Table;
 // AVX2's table with the integer kernels replaced by VNNI ones (built at dispatch time, not at static init).

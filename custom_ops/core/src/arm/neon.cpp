@@ -8,6 +8,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../float_kernels.h"
 #include "../kernel_table.h"
 
 #ifndef BONSAI_NEON_DOTPROD
@@ -206,15 +207,66 @@ void BONSAI_NEON_KERNEL(gemm_t2_f32)(const float* x, int64_t x_stride, int64_t m
     rows_f32<1, kGemvRows>(x + m * x_stride, 0, nblocks, w, w_stride, scales, n0, n1, y + m * y_stride, 0);
 }
 
+
+// Vector traits of the float kernels (float_kernels.h): 4 floats per q register (the same in both builds).
+struct NeonVec {
+  using F = float32x4_t;
+  static constexpr int W = 4;
+  static constexpr int kMR = 4, kNR = 6;  // dense prefill tile: 24 accumulators + 6 weights + 1 activation
+  static constexpr int kAttnCols = 8;
+  static F zero() { return vdupq_n_f32(0.f); }
+  static F set1(float v) { return vdupq_n_f32(v); }
+  static F load(const float* p) { return vld1q_f32(p); }
+  static void store(float* p, F v) { vst1q_f32(p, v); }
+  static F add(F a, F b) { return vaddq_f32(a, b); }
+  static F mul(F a, F b) { return vmulq_f32(a, b); }
+  static F fma(F a, F b, F c) { return vfmaq_f32(c, a, b); }
+  static F max(F a, F b) { return vmaxq_f32(a, b); }
+  static F round(F a) { return vrndnq_f32(a); }
+  static F exp2i(F n) {
+    return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23));
+  }
+  static float hsum(F v) { return vaddvq_f32(v); }
+  static float hmax(F v) { return vmaxvq_f32(v); }
+  static void prefetch(const void* p) { __builtin_prefetch(p); }
+  static void widen_i8(int8x16_t b, F* out) {
+    const int16x8_t lo = vmovl_s8(vget_low_s8(b)), hi = vmovl_s8(vget_high_s8(b));
+    out[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo)));
+    out[1] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(lo)));
+    out[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi)));
+    out[3] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(hi)));
+  }
+  template <int Bits>
+  static void widen(const uint8_t* p, F* out) {
+    if constexpr (Bits == 16) {
+      for (int i = 0; i < 4; ++i) {
+        const uint16x8_t v = vld1q_u16(reinterpret_cast<const uint16_t*>(p + 16 * i));
+        out[2 * i] = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(v), 16));
+        out[2 * i + 1] = vreinterpretq_f32_u32(vshll_n_u16(vget_high_u16(v), 16));
+      }
+    } else if constexpr (Bits == 8) {
+      widen_i8(vld1q_s8(reinterpret_cast<const int8_t*>(p)), out);
+      widen_i8(vld1q_s8(reinterpret_cast<const int8_t*>(p + 16)), out + 4);
+    } else {  // nibbles: arithmetic shifts sign-extend, zip restores K order
+      const int8x16_t b = vreinterpretq_s8_u8(vld1q_u8(p));
+      const int8x16_t lo = vshrq_n_s8(vshlq_n_s8(b, 4), 4), hi = vshrq_n_s8(b, 4);
+      widen_i8(vzip1q_s8(lo, hi), out);
+      widen_i8(vzip2q_s8(lo, hi), out + 4);
+    }
+  }
+};
+
 }  // namespace
 
 #if BONSAI_NEON_DOTPROD
 const KernelTable kDotprodTable = {
     "dotprod", quantize_row_i8, gemv_t2_i8_dotprod, gemm_t2_i8_dotprod, gemv_t2_f32_dotprod, gemm_t2_f32_dotprod,
+    fk::dense_f32<NeonVec>, fk::attend<NeonVec>,
 };
 #else
 const KernelTable kNeonTable = {
     "neon", quantize_row_i8, gemv_t2_i8_neon, gemm_t2_i8_neon, gemv_t2_f32_neon, gemm_t2_f32_neon,
+    fk::dense_f32<NeonVec>, fk::attend<NeonVec>,
 };
 #endif
 

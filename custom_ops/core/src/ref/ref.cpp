@@ -72,6 +72,7 @@ void gemv_t2_f32_ref(const float* x, int64_t nblocks, const uint8_t* w, int64_t 
 
 const KernelTable kRefTable = {
     "ref", quantize_row_i8_ref, gemv_t2_i8_ref, gemm_t2_i8_ref, gemv_t2_f32_ref, gemm_t2_f32_ref,
+    dense_f32_ref, attend_ref,
 };
 
 }  // namespace bonsai

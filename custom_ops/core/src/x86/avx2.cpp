@@ -8,6 +8,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../float_kernels.h"
 #include "../kernel_table.h"
 
 namespace bonsai {
@@ -43,6 +44,59 @@ inline float hsum_f32(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+
+// Vector traits of the float kernels (float_kernels.h): 8 floats per ymm.
+struct Avx2Vec {
+  using F = __m256;
+  static constexpr int W = 8;
+  static constexpr int kMR = 4, kNR = 3;  // dense prefill tile: 12 accumulators + 3 weights + 1 activation
+  static constexpr int kAttnCols = 8;     // attention P.V: accumulators per pass (heads x vectors)
+  static F zero() { return _mm256_setzero_ps(); }
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F max(F a, F b) { return _mm256_max_ps(a, b); }
+  static F round(F a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static F exp2i(F n) {
+    const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+  }
+  static float hsum(F v) { return hsum_f32(v); }
+  static float hmax(F v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static void prefetch(const void* p) { _mm_prefetch((const char*)p, _MM_HINT_T0); }
+  // 32 int8 weights in K order -> 4 x 8 floats.
+  static void widen_i8(__m256i b, F* out) {
+    const __m128i lo = _mm256_castsi256_si128(b), hi = _mm256_extracti128_si256(b, 1);
+    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+    out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+    out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+    out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+  }
+  template <int Bits>
+  static void widen(const uint8_t* p, F* out) {
+    if constexpr (Bits == 16) {  // bf16 = the high half of an fp32
+      for (int i = 0; i < 4; ++i) {
+        const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p + 16 * i)));
+        out[i] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+      }
+    } else if constexpr (Bits == 8) {
+      widen_i8(_mm256_loadu_si256((const __m256i*)p), out);
+    } else {  // 16 bytes of nibbles: sign-extend (x ^ 8) - 8, then interleave low/high back into K order
+      const __m128i b = _mm_loadu_si128((const __m128i*)p), mask = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+      const __m128i lo = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(b, mask), eight), eight);
+      const __m128i hi = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(_mm_srli_epi16(b, 4), mask), eight), eight);
+      widen_i8(_mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi)), out);
+    }
+  }
+};
 
 // sum_k q[k] over nblocks whole blocks: the correction term for unsigned codes.
 int32_t sum_q(const int8_t* q, int64_t nblocks) {
@@ -228,6 +282,7 @@ void gemm_t2_f32_avx2(const float* x, int64_t x_stride, int64_t m_count, int64_t
 
 const KernelTable kAvx2Table = {
     "avx2", quantize_row_i8_avx2, gemv_t2_i8_avx2, gemm_t2_i8_avx2, gemv_t2_f32_avx2, gemm_t2_f32_avx2,
+    fk::dense_f32<Avx2Vec>, fk::attend<Avx2Vec>,
 };
 
 }  // namespace bonsai

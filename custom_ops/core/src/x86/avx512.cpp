@@ -10,6 +10,7 @@
 // ones: this table copies them from kAvx2Table in avx512_table().
 #include <immintrin.h>
 
+#include "../float_kernels.h"
 #include "../kernel_table.h"
 
 namespace bonsai {
@@ -190,6 +191,57 @@ void gemm_t2_i8_avx512(const int8_t* q, int64_t q_stride, int64_t m_count, int64
   }
 }
 
+
+// Vector traits of the float kernels (float_kernels.h): 16 floats per zmm. The dense head and attention use
+// them; the ternary float path stays AVX2's.
+struct Avx512Vec {
+  using F = __m512;
+  static constexpr int W = 16;
+  static constexpr int kMR = 4, kNR = 6;  // dense prefill tile: 24 accumulators + 6 weights + 1 activation
+  static constexpr int kAttnCols = 8;
+  static F zero() { return _mm512_setzero_ps(); }
+  static F set1(float v) { return _mm512_set1_ps(v); }
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }
+  static F round(F a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static F exp2i(F n) {
+    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+  }
+  static float hsum(F v) {
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static float hmax(F v) { return _mm512_reduce_max_ps(v); }
+  static void prefetch(const void* p) { _mm_prefetch((const char*)p, _MM_HINT_T0); }
+  template <int Bits>
+  static void widen(const uint8_t* p, F* out) {
+    if constexpr (Bits == 16) {
+      for (int i = 0; i < 2; ++i) {
+        const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(p + 32 * i)));
+        out[i] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      }
+    } else if constexpr (Bits == 8) {
+      out[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+      out[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + 16))));
+    } else {
+      const __m128i b = _mm_loadu_si128((const __m128i*)p), mask = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+      const __m128i lo = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(b, mask), eight), eight);
+      const __m128i hi = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(_mm_srli_epi16(b, 4), mask), eight), eight);
+      out[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpacklo_epi8(lo, hi)));
+      out[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpackhi_epi8(lo, hi)));
+    }
+  }
+};
+
 }  // namespace
 
 KernelTable avx512_table() {
@@ -197,6 +249,8 @@ KernelTable avx512_table() {
   table.name = "avx512";
   table.gemv_i8 = gemv_t2_i8_avx512;
   table.gemm_i8 = gemm_t2_i8_avx512;
+  table.dense_f32 = fk::dense_f32<Avx512Vec>;
+  table.attend = fk::attend<Avx512Vec>;
   return table;
 }
 

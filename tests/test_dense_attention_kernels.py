@@ -1,0 +1,230 @@
+"""Native dense head (bonsai_dense_linear) and cache attention (bonsai_attention) against the torch references
+(bonsai_export.ops.dense_weight / attention_reference), on every kernel table this CPU supports.
+
+Both kernels accumulate in float32 in a kernel-specific order, so results are compared with a float64 reference
+within a rounding bound: dense |y - y_ref| <= DENSE_REL_TOL * sum_k |x_k| |W_nk| (W including its scales);
+attention |out - out_ref| <= ATTN_TOL * max|v| (probabilities sum to 1, so the output is a convex combination).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bonsai_export import dense, ops
+from bonsai_export import kernels as K
+
+ALL_ISAS = ("ref", "avx2", "avx512", "neon", "dotprod")
+SUPPORTED = [isa for isa in ALL_ISAS if K.isa_supported(isa)]
+DENSE_REL_TOL = 1e-5
+ATTN_TOL = 2e-5
+EXAMPLES_PER_ISA = 40
+
+
+@pytest.fixture(params=SUPPORTED)
+def isa(request):
+    K.set_isa(request.param)
+    yield request.param
+    K.set_isa("auto")
+
+
+def dense_problem(seed: int, m: int, n: int, k: int, bits: int):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * float(torch.empty(1).uniform_(0.01, 3.0, generator=g))
+    x = torch.randn(m, k, generator=g) * float(torch.empty(1).uniform_(0.01, 100.0, generator=g))
+    qweight, scales = dense.quantize_weight(w, bits)
+    return x, qweight, scales
+
+
+def native_dense(x, qweight, scales, k, bits, threads=None):
+    w = qweight.view(torch.int16) if bits == 16 else qweight
+    return K.dense_linear(x.numpy(), w.numpy(), scales.float().numpy(), k, bits, threads=threads)
+
+
+def assert_dense_close(y, x, qweight, scales, k, bits):
+    w = ops.dense_weight(qweight, scales, k, bits).double()
+    want = x.double() @ w.T
+    bound = DENSE_REL_TOL * (x.double().abs() @ w.abs().T) + 1e-30
+    err = (torch.from_numpy(y).double() - want).abs()
+    assert y.shape == tuple(want.shape)
+    assert bool((err <= bound).all()), f"max error {err.max().item()} (bound {bound.min().item()})"
+
+
+@settings(max_examples=EXAMPLES_PER_ISA, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    m=st.sampled_from((1, 2, 7, 64)),
+    n=st.integers(1, 97),
+    k=st.integers(1, 300),
+    bits=st.sampled_from((16, 8, 4)),
+    threads=st.sampled_from((1, 2, 3)),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_dense_matches_reference(isa, m, n, k, bits, threads, seed):
+    x, qweight, scales = dense_problem(seed, m, n, k, bits)
+    assert_dense_close(native_dense(x, qweight, scales, k, bits, threads), x, qweight, scales, k, bits)
+
+
+@pytest.mark.parametrize("bits", (16, 8, 4))
+@pytest.mark.parametrize("m, n, k", [(1, 1001, 1536), (2, 67, 33), (7, 129, 31), (64, 301, 96), (64, 47, 1535)])
+def test_dense_awkward_shapes(isa, bits, m, n, k):
+    """Odd N, K not a multiple of 32 or 16 (partial int4 group, odd nibble count), tiles with leftovers."""
+    x, qweight, scales = dense_problem(m * n + k + bits, m, n, k, bits)
+    for threads in (1, 2):
+        assert_dense_close(native_dense(x, qweight, scales, k, bits, threads), x, qweight, scales, k, bits)
+
+
+def test_dense_int4_extremes(isa):
+    """Every nibble value -8..7 in both nibble positions, and a garbage high nibble of the odd-K padding byte."""
+    k, n = 33, 16
+    codes = (np.arange(n * k).reshape(n, k) % 16 - 8).astype(np.int16)
+    padded = np.concatenate([codes, np.full((n, 1), 7, np.int16)], axis=1)  # pad nibble 7 (must be ignored)
+    nib = (padded & 0xF).reshape(n, -1, 2)
+    packed = torch.from_numpy((nib[..., 0] | (nib[..., 1] << 4)).astype(np.uint8))
+    scales = torch.rand(n, 2) + 0.5
+    x = torch.randn(3, k)
+    assert torch.equal(ops.unpack_int4(packed, k), torch.from_numpy(codes.astype(np.int8)))
+    assert_dense_close(native_dense(x, packed, scales, k, 4), x, packed, scales, k, 4)
+
+
+def test_eager_op_uses_native_and_matches_reference():
+    x, qweight, scales = dense_problem(3, 5, 70, 100, 8)
+    got = torch.ops.bonsai.dense_linear(x.view(1, 5, 100), qweight, scales, 100, 8)
+    assert got.shape == (1, 5, 70)
+    assert_dense_close(got.view(5, 70).numpy(), x, qweight, scales, 100, 8)
+    q, kc, vc = attention_problem(4, 3, 4, 2, 16, 32)
+    got = torch.ops.bonsai.attention(torch.from_numpy(q)[None], torch.from_numpy(kc)[None], torch.from_numpy(vc)[None],
+                                     torch.tensor([5]))
+    assert_attention_close(got[0].numpy(), q, kc, vc, 5)
+
+
+DENSE_BAD = [  # (change to valid keyword arguments, expected message)
+    (lambda a: {**a, "bits": 2}, "expected bits"),
+    (lambda a: {**a, "k": 0}, "expected K > 0"),
+    (lambda a: {**a, "weight": a["weight"].astype(np.uint8)}, "expected weight int8"),
+    (lambda a: {**a, "weight": a["weight"][:, :-1]}, r"expected weight \[N>0, 40\]"),
+    (lambda a: {**a, "weight": a["weight"][:0]}, r"expected weight \[N>0, 40\]"),
+    (lambda a: {**a, "x": a["x"].astype(np.float64)}, "expected x float32"),
+    (lambda a: {**a, "x": a["x"][:, :-1]}, r"expected x float32 \[M>0, 40\]"),
+    (lambda a: {**a, "scales": a["scales"][:-1]}, r"expected scales float32 \[5\]"),
+    (lambda a: {**a, "threads": 0}, "expected threads"),
+]
+
+
+@pytest.mark.parametrize("change, message", DENSE_BAD)
+def test_dense_binding_rejects_bad_arguments(change, message):
+    x, qweight, scales = dense_problem(0, 2, 5, 40, 8)
+    args = change({"x": x.numpy(), "weight": qweight.numpy(), "scales": scales.numpy(), "k": 40, "bits": 8,
+                   "threads": 1})
+    with pytest.raises(ValueError, match=message):
+        K.dense_linear(**args)
+
+
+def test_dense_c_side_validates():
+    lib = K._load()
+    x = np.zeros((2, 40), np.float32)
+    w = np.zeros((5, 40), np.int8)
+    s = np.ones(5, np.float32)
+    y = np.empty((2, 5), np.float32)
+    ok = [x.ctypes.data, 2, 40, w.ctypes.data, 8, s.ctypes.data, 5, y.ctypes.data]
+    assert lib.bonsai_dense_linear(*ok, None) == 0
+    for index, value, status in [(0, None, 1), (3, None, 1), (5, None, 1), (7, None, 1), (1, 0, 2), (2, -1, 2),
+                                 (6, 0, 2), (4, 2, 3), (4, 32, 3)]:
+        args = list(ok)
+        args[index] = value
+        assert lib.bonsai_dense_linear(*args, None) == status, f"argument {index} = {value}"
+        assert lib.bonsai_last_error().decode().startswith("bonsai_dense_linear")
+
+
+# --- attention ---
+
+def attention_problem(seed, t, h, hkv, d, s):
+    rng = np.random.default_rng(seed)
+    q = (rng.standard_normal((t, h, d)) * rng.uniform(0.1, 4)).astype(np.float32)
+    kc = (rng.standard_normal((hkv, s, d)) * rng.uniform(0.1, 4)).astype(np.float32)
+    vc = rng.standard_normal((hkv, s, d)).astype(np.float32)
+    return q, kc, vc
+
+
+def assert_attention_close(out, q, kc, vc, pos):
+    want = ops.attention_reference(torch.from_numpy(q).double()[None], torch.from_numpy(kc).double()[None],
+                                   torch.from_numpy(vc).double()[None], pos)[0].numpy()
+    t = q.shape[0]
+    bound = ATTN_TOL * np.abs(vc[:, : pos + t]).max()
+    err = np.abs(out.astype(np.float64) - want).max()
+    assert err <= bound, f"max error {err} above {bound}"
+
+
+@settings(max_examples=EXAMPLES_PER_ISA, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    t=st.sampled_from((1, 2, 7)),
+    hkv=st.integers(1, 3),
+    group=st.integers(1, 3),
+    d=st.sampled_from((1, 3, 8, 17, 64, 96)),
+    extra=st.integers(0, 40),
+    threads=st.sampled_from((1, 2)),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_attention_matches_reference(isa, t, hkv, group, d, extra, threads, seed):
+    s = t + extra + 3
+    pos = extra
+    q, kc, vc = attention_problem(seed, t, hkv * group, hkv, d, s)
+    out = K.attention(q, kc, vc, pos, threads=threads)
+    assert_attention_close(out, q, kc, vc, pos)
+
+
+def test_attention_reads_only_the_prefix(isa):
+    """NaN beyond pos + T in the caches must not reach the output; Bonsai's shape at a long context."""
+    q, kc, vc = attention_problem(1, 1, 16, 8, 96, 600)
+    pos = 513
+    kc[:, pos + 1:] = np.nan
+    vc[:, pos + 1:] = np.nan
+    out = K.attention(q, kc, vc, pos, threads=2)
+    assert np.isfinite(out).all()
+    assert_attention_close(out, q, kc, vc, pos)
+    q, kc, vc = attention_problem(2, 64, 16, 8, 96, 64)
+    assert_attention_close(K.attention(q, kc, vc, 0, threads=2), q, kc, vc, 0)
+
+
+def test_attention_peaked_scores(isa):
+    """Huge score gaps (softmax underflow) stay finite and pick the argmax row."""
+    q, kc, vc = attention_problem(3, 1, 2, 1, 8, 20)
+    q[:] = 50.0
+    kc[:] = -1.0
+    kc[0, 7] = 1.0
+    out = K.attention(q, kc, vc, 19)
+    np.testing.assert_allclose(out[0, 0], vc[0, 7], rtol=1e-6, atol=1e-6)
+
+
+ATTN_BAD = [
+    (lambda a: {**a, "q": a["q"].astype(np.float64)}, "expected q float32"),
+    (lambda a: {**a, "q": a["q"][0]}, "expected q float32 with 3 dims"),
+    (lambda a: {**a, "k_cache": a["k_cache"][:, :, :-1]}, r"expected caches \[Hkv, S, 8\]"),
+    (lambda a: {**a, "v_cache": a["v_cache"][:, :-1]}, "of one shape"),
+    (lambda a: {**a, "q": a["q"][:, :3]}, "H a multiple of Hkv"),
+    (lambda a: {**a, "pos": 9}, "pos"),
+    (lambda a: {**a, "pos": -1}, "pos"),
+]
+
+
+@pytest.mark.parametrize("change, message", ATTN_BAD)
+def test_attention_binding_rejects_bad_arguments(change, message):
+    q, kc, vc = attention_problem(0, 2, 4, 2, 8, 10)
+    with pytest.raises(ValueError, match=message):
+        K.attention(**change({"q": q, "k_cache": kc, "v_cache": vc, "pos": 3}))
+
+
+def test_attention_c_side_validates():
+    lib = K._load()
+    q, kc, vc = attention_problem(0, 2, 4, 2, 8, 10)
+    out = np.empty_like(q)
+    ok = [q.ctypes.data, 2, 4, 8, kc.ctypes.data, vc.ctypes.data, 2, 10, 3, out.ctypes.data]
+    assert lib.bonsai_attention(*ok, None) == 0
+    for index, value, status in [(0, None, 1), (4, None, 1), (5, None, 1), (9, None, 1), (1, 0, 2), (2, 3, 2),
+                                 (6, 0, 2), (8, 9, 2), (8, -1, 2)]:
+        args = list(ok)
+        args[index] = value
+        assert lib.bonsai_attention(*args, None) == status, f"argument {index} = {value}"
+        assert lib.bonsai_last_error().decode().startswith("bonsai_attention")
