@@ -14,6 +14,9 @@ from .errors import BonsaiError
 FORMAT_VERSION = 1
 MANIFEST = "bonsai_manifest.json"
 PTE_FILE = "model.pte"
+ONNX_FILE = "model.onnx"
+GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's config, beside model.onnx
+ORT_OPS_LIB = "libbonsai_ort_ops.so"  # our ONNX Runtime custom ops, copied into custom-variant folders
 
 # ExecuTorch LLM runner metadata: constant methods baked into the .pte (names as ExecuTorch's runner reads them).
 META_MAX_SEQ_LEN = "get_max_seq_len"

@@ -15,8 +15,6 @@ from . import artifact as A
 from .errors import BonsaiError
 
 ET_OPS_LIB = "libbonsai_et_ops.so"
-ORT_OPS_LIB = "libbonsai_ort_ops.so"
-ONNX_FILE = "model.onnx"
 _loaded_et_ops: Path | None = None
 
 
@@ -112,14 +110,14 @@ def onnx_session(model: Path, op_library: Path | None, threads: int = 0):
     if op_library is not None:
         if not Path(op_library).is_file():
             raise BonsaiError(f"{op_library}: missing; this model needs our ONNX Runtime op library "
-                              f"({ORT_OPS_LIB}, built by `pip install .` and copied into the export folder)")
+                              f"({A.ORT_OPS_LIB}, built by `pip install .` and copied into the export folder)")
         opts.register_custom_ops_library(str(op_library))
     try:
         return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         if "bonsai" in str(exc) and op_library is None:
             raise BonsaiError(f"{model}: uses bonsai::TernaryMatMul / bonsai::DenseMatMul, custom ops of "
-                              f"{ORT_OPS_LIB}; register it (SessionOptions.register_custom_ops_library, or "
+                              f"{A.ORT_OPS_LIB}; register it (SessionOptions.register_custom_ops_library, or "
                               f"session_options.custom_ops_library in genai_config.json), or re-export with "
                               f"--ternary-op stock for unmodified ONNX Runtime") from None
         raise BonsaiError(f"{model}: ONNX Runtime cannot load it: {exc}") from None

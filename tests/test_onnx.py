@@ -105,8 +105,8 @@ def test_onnxruntime_genai_generates_the_same_greedy_tokens(exported):
 
 def test_graph_passes_the_checker_with_genai_io_names(exported, tiny_ckpt):
     out, op, _ = exported
-    onnx.checker.check_model(str(out / O.ONNX_FILE), full_check=True)
-    proto = onnx.load(str(out / O.ONNX_FILE))
+    onnx.checker.check_model(str(out / A.ONNX_FILE), full_check=True)
+    proto = onnx.load(str(out / A.ONNX_FILE))
     args = checkpoint.load(tiny_ckpt, progress=False).args
     kv = [f".{i}.{t}" for i in range(args.n_layers) for t in ("key", "value")]
     inputs = [i.name for i in proto.graph.input]
@@ -134,9 +134,9 @@ def test_manifest_genai_config_and_library_in_the_folder(exported):
     manifest = A.read_manifest(out)
     entry = manifest["artifacts"][0]
     assert (entry["type"], entry["ternary_op"], manifest["options"]["ternary_op"]) == ("onnx", op, op)
-    cfg = json.loads((out / O.GENAI_CONFIG).read_text())
+    cfg = json.loads((out / A.GENAI_CONFIG).read_text())
     library = cfg["model"]["decoder"]["session_options"].get("custom_ops_library")
-    assert library == (O.ORT_OPS_LIB if op == "custom" else None)
+    assert library == (A.ORT_OPS_LIB if op == "custom" else None)
     assert (library is None) or (out / library).is_file()
     assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {A.MANIFEST}
 
@@ -158,8 +158,8 @@ def test_custom_model_without_our_library_is_a_clear_error(tmp_path, tiny_ckpt):
     out = tmp_path / "art"
     export(tiny_ckpt, out, A.ExportConfig(format="onnx", head=HEAD, max_seq_len=16))
     with pytest.raises(BonsaiError, match="custom ops of libbonsai_ort_ops.so; register it"):
-        onnx_session(out / O.ONNX_FILE, None)
-    (out / O.ORT_OPS_LIB).unlink()
+        onnx_session(out / A.ONNX_FILE, None)
+    (out / A.ORT_OPS_LIB).unlink()
     with pytest.raises(BonsaiError, match="missing; this model needs our ONNX Runtime op library"):
         open_runner(out)
 
@@ -176,7 +176,7 @@ def _single_node(op: str, inputs: dict, attrs: dict):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.register_custom_ops_library(str(native_dir() / O.ORT_OPS_LIB))
+    opts.register_custom_ops_library(str(native_dir() / A.ORT_OPS_LIB))
     return ort.InferenceSession(model.SerializeToString(), opts)
 
 
@@ -293,7 +293,7 @@ def test_cli_exports_all_formats_and_runs_the_onnx_folder(tmp_path, tiny_ckpt, c
     assert main(["--quiet", "export", str(tiny_ckpt), "-o", str(out), "--format", "all", "--head", HEAD,
                  "--ternary-op", "stock", "--max-seq-len", "64"]) == 0
     assert {a["type"] for a in A.read_manifest(out)["artifacts"]} == {"pte", "onnx"}
-    assert (out / A.PTE_FILE).is_file() and (out / O.ONNX_FILE).is_file()
+    assert (out / A.PTE_FILE).is_file() and (out / A.ONNX_FILE).is_file()
     onnx_only = tmp_path / "onnx"
     assert main(["--quiet", "export", str(tiny_ckpt), "-o", str(onnx_only), "--format", "onnx", "--head", HEAD,
                  "--max-seq-len", "64"]) == 0

@@ -28,6 +28,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import formats, ops
+from ..artifact import GENAI_CONFIG, ONNX_FILE, ORT_OPS_LIB, TERNARY_OPS
 from ..dense import Bf16Embedding, DenseLinear, Int8Embedding
 from ..errors import BonsaiError
 from ..model import TernaryLinear, Transformer
@@ -38,15 +39,14 @@ OPSET = 23  # RMSNormalization
 IR_VERSION = 10
 MS_DOMAIN = "com.microsoft"
 BONSAI_DOMAIN = "bonsai"  # our custom-op library (custom_ops/onnxruntime)
-TERNARY_OPS = ("custom", "stock")
 EXTERNAL_DATA_LIMIT = 1_800_000_000  # bytes of weights above which they go to model.onnx.data (protobuf: 2 GB)
 
 # MatMulNBits (stock variant): bits=2, code = t + 2 with the default zero point 2, every block of a row carries the
-# channel's scale (exact). Block size chosen by measurement (docs/FORMAT.md: 128 is the fastest at Bonsai's shapes
-# for both prefill and decode; 32 costs ~3x; 256 is not faster); accuracy_level 4 = int8 activations per block.
+# channel's scale (exact). Block size by measurement (docs/FORMAT.md): 64 is the fastest prefill at Bonsai's shapes
+# and within 10% of 128 in decode, and it halves the activation-quantization block; 32 is ~1.3x slower, 256 has no
+# fast path. accuracy_level 4 = int8 activations per block (levels 0/1 are ~150x slower).
 NBITS_BLOCK = 64
 NBITS_ACCURACY_LEVEL = 4
-NBITS_ZERO_POINT = 2
 
 
 def _f32(a) -> np.ndarray:
@@ -340,9 +340,6 @@ def save(proto: onnx.ModelProto, folder: Path, filename: str, metadata: dict[str
 
 
 # ---- the folder: model, op library, onnxruntime-genai config ----
-ONNX_FILE = "model.onnx"
-GENAI_CONFIG = "genai_config.json"
-ORT_OPS_LIB = "libbonsai_ort_ops.so"
 
 
 def genai_config(model: Transformer, custom_ops_library: str | None) -> dict:

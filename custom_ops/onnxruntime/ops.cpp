@@ -150,7 +150,11 @@ struct DenseMatMul {
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
-  if (api == nullptr) return nullptr;  // a runtime older than these headers: nothing we can report through
+  if (api == nullptr) {  // a runtime older than our headers: report through its oldest API, which always exists
+    const std::string msg = "libbonsai_ort_ops.so was built against the ONNX Runtime C API version " +
+                            std::to_string(ORT_API_VERSION) + "; this runtime is older";
+    return api_base->GetApi(1)->CreateStatus(ORT_FAIL, msg.c_str());
+  }
   Ort::InitApi(api);
   // The domain and the ops outlive every session that uses them.
   static std::unique_ptr<Ort::Custom::OrtLiteCustomOp> ternary{
