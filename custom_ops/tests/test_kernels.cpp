@@ -1,6 +1,7 @@
 // C++ tests of the kernel core through its C ABI: every ISA table this CPU supports against an independent
 // scalar oracle written here (bit-exact integers, float within rounding), over awkward shapes, unaligned
-// buffers and thread counts, plus invalid-argument checks. Run natively (also under ASan) and under qemu-aarch64.
+// buffers and thread counts, plus invalid-argument checks. Covers the ternary linear, the dense head
+// (bonsai_dense_linear, all three weight formats) and cache attention. Run natively (also under ASan) and under qemu-aarch64.
 //
 // Usage: test_kernels [--expect-isa NAME]   (NAME: the table "auto" must pick on this CPU)
 #include <math.h>
@@ -156,6 +157,134 @@ void check_case(const char* isa, const Case& c, const bonsai_parallel* par) {
     }
 }
 
+// ---- dense head: independent oracle in double over the decoded weights -------------------------------------------
+
+float bf16_round(float v, uint16_t* bits) {  // the bf16 nearest to v (ties to even), and its raw bits
+  uint32_t u;
+  memcpy(&u, &v, 4);
+  u += 0x7fff + ((u >> 16) & 1);
+  *bits = uint16_t(u >> 16);
+  const uint32_t back = uint32_t(*bits) << 16;
+  float f;
+  memcpy(&f, &back, 4);
+  return f;
+}
+
+void check_dense(int32_t bits, int64_t m, int64_t n, int64_t k, const bonsai_parallel* par, std::mt19937& rng,
+                 const char* isa) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> nibble(-8, 7), byte(-127, 127);
+  const int64_t groups = (k + BONSAI_DENSE_INT4_GROUP - 1) / BONSAI_DENSE_INT4_GROUP;
+  const int64_t rb = bits == 16 ? 2 * k : bits == 8 ? k : (k + 1) / 2;
+  std::vector<uint8_t> w(size_t(n * rb), 0);
+  std::vector<double> wf(size_t(n * k));  // decoded weight times its scale
+  std::vector<float> scales(size_t(bits == 4 ? n * groups : n));
+  for (float& s : scales) s = 0.01f + fabsf(normal(rng));
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < k; ++c) {
+      double v;
+      if (bits == 16) {
+        uint16_t b;
+        v = bf16_round(normal(rng), &b);
+        memcpy(&w[size_t(r * rb + 2 * c)], &b, 2);
+      } else if (bits == 8) {
+        const int q = byte(rng);
+        w[size_t(r * rb + c)] = uint8_t(int8_t(q));
+        v = q;
+      } else {
+        const int q = nibble(rng);
+        w[size_t(r * rb + c / 2)] |= uint8_t((q & 15) << (c % 2 ? 4 : 0));
+        v = q;
+      }
+      wf[size_t(r * k + c)] = v * (bits == 4 ? scales[size_t(r * groups + c / BONSAI_DENSE_INT4_GROUP)] : scales[size_t(r)]);
+    }
+  if (bits == 4 && k % 2)  // garbage in the padding nibble of odd K must be ignored
+    for (int64_t r = 0; r < n; ++r) w[size_t(r * rb + rb - 1)] |= 0x70;
+  std::vector<float> xv(size_t(m * k));
+  for (float& v : xv) v = normal(rng);
+  Unaligned<uint8_t> wu(w);
+  Unaligned<float> xu(xv), y(size_t(m * n));
+  char where[160];
+  snprintf(where, sizeof where, "dense %s bits=%d M=%lld N=%lld K=%lld threads=%d", isa, bits, (long long)m,
+           (long long)n, (long long)k, par ? par->num_threads : 1);
+  CHECK(bonsai_dense_linear(xu.ptr, m, k, wu.ptr, bits, scales.data(), n, y.ptr, par) == BONSAI_OK, "%s: %s", where,
+        bonsai_last_error());
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t o = 0; o < n; ++o) {
+      double want = 0.0, magnitude = 0.0;
+      for (int64_t i = 0; i < k; ++i) {
+        want += wf[size_t(o * k + i)] * xv[size_t(r * k + i)];
+        magnitude += fabs(wf[size_t(o * k + i)] * xv[size_t(r * k + i)]);
+      }
+      const double got = y.ptr[r * n + o];
+      CHECK(fabs(got - want) <= kFloatRelTol * magnitude + 1e-30, "y[%lld,%lld] %.9g vs %.9g, %s", (long long)r,
+            (long long)o, got, want, where);
+    }
+}
+
+// ---- attention: oracle in double ---------------------------------------------------------------------------------
+
+void check_attention(int64_t t, int64_t h, int64_t hkv, int64_t d, int64_t pos, const bonsai_parallel* par,
+                     std::mt19937& rng, const char* isa) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t s = pos + t + 3;  // a few unwritten positions past the prefix, filled with NaN: must stay unread
+  std::vector<float> q(size_t(t * h * d)), kc(size_t(hkv * s * d)), vc(size_t(hkv * s * d));
+  for (float& v : q) v = 2.0f * normal(rng);
+  for (int64_t g = 0; g < hkv; ++g)
+    for (int64_t j = 0; j < s; ++j)
+      for (int64_t i = 0; i < d; ++i) {
+        const size_t at = size_t((g * s + j) * d + i);
+        kc[at] = j < pos + t ? normal(rng) : NAN;
+        vc[at] = j < pos + t ? normal(rng) : NAN;
+      }
+  Unaligned<float> qu(q), ku(kc), vu(vc), out(q.size());
+  char where[160];
+  snprintf(where, sizeof where, "attention %s T=%lld H=%lld Hkv=%lld D=%lld pos=%lld threads=%d", isa,
+           (long long)t, (long long)h, (long long)hkv, (long long)d, (long long)pos, par ? par->num_threads : 1);
+  CHECK(bonsai_attention(qu.ptr, t, h, d, ku.ptr, vu.ptr, hkv, s, pos, out.ptr, par) == BONSAI_OK, "%s: %s", where,
+        bonsai_last_error());
+  std::vector<double> p;
+  for (int64_t tok = 0; tok < t; ++tok)
+    for (int64_t head = 0; head < h; ++head) {
+      const int64_t g = head / (h / hkv), n_ctx = pos + tok + 1;
+      const float* qv = &q[size_t((tok * h + head) * d)];
+      p.assign(size_t(n_ctx), 0.0);
+      double mx = -INFINITY, sum = 0.0;
+      for (int64_t j = 0; j < n_ctx; ++j) {
+        for (int64_t i = 0; i < d; ++i) p[size_t(j)] += double(qv[i]) * kc[size_t((g * s + j) * d + i)];
+        p[size_t(j)] /= sqrt(double(d));
+        mx = fmax(mx, p[size_t(j)]);
+      }
+      for (double& v : p) sum += v = exp(v - mx);
+      for (int64_t i = 0; i < d; ++i) {
+        double want = 0.0;
+        for (int64_t j = 0; j < n_ctx; ++j) want += p[size_t(j)] / sum * vc[size_t((g * s + j) * d + i)];
+        const float got = out.ptr[(tok * h + head) * d + i];
+        CHECK(fabs(got - want) <= 2e-5 * 5.0, "out[%lld,%lld,%lld] %.9g vs %.9g, %s", (long long)tok,
+              (long long)head, (long long)i, got, want, where);
+      }
+    }
+}
+
+void run_float_kernels(const char* isa, bonsai_parallel* pools, std::mt19937& rng) {
+  const int64_t tokens[] = {1, 2, 5, 7};
+  const int64_t rows[] = {1, 3, 7, 33};
+  const int64_t depths[] = {1, 15, 31, 32, 33, 100};
+  for (int32_t bits : {16, 8, 4})
+    for (int64_t m : tokens)
+      for (int64_t n : rows)
+        for (int64_t k : depths) check_dense(bits, m, n, k, m == 2 ? &pools[1] : nullptr, rng, isa);
+  for (int32_t bits : {16, 8, 4}) {
+    check_dense(bits, 1, 301, 1536, &pools[1], rng, isa);  // Bonsai's K, decode, a real split
+    check_dense(bits, 64, 70, 95, &pools[1], rng, isa);    // prefill tiles with leftovers
+  }
+  for (int64_t d : {1, 7, 16, 33, 96})
+    for (int64_t t : {1, 3})
+      check_attention(t, 4, 2, d, t == 1 ? 40 : 5, t == 3 ? &pools[1] : nullptr, rng, isa);
+  check_attention(1, 16, 8, 96, 300, &pools[1], rng, isa);  // Bonsai's heads
+  check_attention(2, 3, 3, 8, 0, nullptr, rng, isa);         // no GQA, first position
+}
+
 int run_isa(const char* isa, bonsai_parallel* pools, std::mt19937& rng) {
   if (bonsai_set_isa(isa) != BONSAI_OK) return 0;
   CHECK(strcmp(bonsai_isa_name(), isa) == 0, "set_isa(%s) left %s", isa, bonsai_isa_name());
@@ -172,6 +301,7 @@ int run_isa(const char* isa, bonsai_parallel* pools, std::mt19937& rng) {
   check_case(isa, make_case(64, 70, 1536, rng), &pools[1]);
   // Long rows: past the AVX-512 GEMV's flush interval (256 blocks) with an odd block count (258).
   check_case(isa, make_case(1, 5, kLongK, rng), nullptr);
+  run_float_kernels(isa, pools, rng);
   return cases + 2;
 }
 
@@ -199,6 +329,15 @@ void check_invalid_arguments() {
       {"acc N=0", bonsai_int8_accumulate(q.data(), 2, k, w.data(), rb, 0, acc.data(), nullptr), BONSAI_ERR_SHAPE},
       {"quantize K=0", bonsai_quantize_activations(x.data(), 2, 0, q.data(), y.data()), BONSAI_ERR_SHAPE},
       {"unknown isa", bonsai_set_isa("sse9"), BONSAI_ERR_ISA},
+      {"dense null x", bonsai_dense_linear(nullptr, 2, k, w.data(), 8, s.data(), 3, y.data(), nullptr), BONSAI_ERR_NULL},
+      {"dense null w", bonsai_dense_linear(x.data(), 2, k, nullptr, 8, s.data(), 3, y.data(), nullptr), BONSAI_ERR_NULL},
+      {"dense K=0", bonsai_dense_linear(x.data(), 2, 0, w.data(), 8, s.data(), 3, y.data(), nullptr), BONSAI_ERR_SHAPE},
+      {"dense N=0", bonsai_dense_linear(x.data(), 2, 4, w.data(), 8, s.data(), 0, y.data(), nullptr), BONSAI_ERR_SHAPE},
+      {"dense bits=2", bonsai_dense_linear(x.data(), 2, 4, w.data(), 2, s.data(), 3, y.data(), nullptr), BONSAI_ERR_ACT_BITS},
+      {"attn null q", bonsai_attention(nullptr, 1, 2, 4, x.data(), x.data(), 1, 8, 0, y.data(), nullptr), BONSAI_ERR_NULL},
+      {"attn H%Hkv", bonsai_attention(x.data(), 1, 3, 4, x.data(), x.data(), 2, 8, 0, y.data(), nullptr), BONSAI_ERR_SHAPE},
+      {"attn pos", bonsai_attention(x.data(), 2, 2, 4, x.data(), x.data(), 1, 8, 7, y.data(), nullptr), BONSAI_ERR_SHAPE},
+      {"attn pos<0", bonsai_attention(x.data(), 1, 2, 4, x.data(), x.data(), 1, 8, -1, y.data(), nullptr), BONSAI_ERR_SHAPE},
       {"pool threads=0", bonsai_threadpool_create(0) == nullptr ? BONSAI_ERR_SHAPE : BONSAI_OK, BONSAI_ERR_SHAPE},
   };
   for (const Bad& b : cases) {
