@@ -11,8 +11,10 @@ from pathlib import Path
 
 from . import __version__
 from .artifact import ARTIFACT_FORMATS, EMBEDDINGS, HEADS, TERNARY_OPS, ExportConfig
+from .config import PRESETS
 from .errors import BonsaiError
 from .formats import ACT_MODES
+from .validate import Gates
 
 EXAMPLES = {
     "make-checkpoint": "bonsai-export make-checkpoint --preset tiny --out ckpt/tiny",
@@ -22,6 +24,8 @@ EXAMPLES = {
     "run": 'bonsai-export run out/bonsai --prompt "The capital of France is"\n'
            '  bonsai-export run --prompt "Once upon a time"          (the embedded tiny model)\n'
            '  bonsai-export run deepgrove/Bonsai --prompt "The capital of France is" --max-new-tokens 20',
+    "validate": "bonsai-export validate out/bonsai --report out/bonsai-validation\n"
+                "  bonsai-export validate out/tiny --reference ckpt/tiny --text notes.txt --min-top1 0.99",
     "bench-kernels": "bonsai-export bench-kernels --quick --json-out kernels.json",
 }
 
@@ -90,6 +94,35 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from . import artifact as A
+    from . import checkpoint
+    from .model import from_checkpoint
+    from .runners import EagerRunner, open_runner
+    from .tokenizer import Tokenizer
+    from .validate import Gates, held_out_text, validate, write_reports
+
+    if not A.is_artifact(args.artifact):
+        raise BonsaiError(f"{args.artifact}: not an artifact folder (no {A.MANIFEST}); run `bonsai-export export`")
+    manifest = A.read_manifest(Path(args.artifact))
+    art = open_runner(args.artifact, threads=args.threads, backend=args.backend)
+    source = args.reference or manifest["source"]["checkpoint"]
+    ckpt = checkpoint.load(source, progress=not args.quiet)
+    ref = EagerRunner(from_checkpoint(ckpt, act_quant="none", max_seq_len=art.max_seq_len), ckpt.folder)
+    gates = Gates(args.min_top1, args.max_ppl_increase, args.max_mean_kl, args.require_greedy)
+    report = validate(art, ref, Tokenizer(ckpt.folder), text=held_out_text(args.text), prompt=args.prompt,
+                      steps=args.steps, window=args.window, max_tokens=args.max_text_tokens, gates=gates)
+    report.update(artifact=str(args.artifact), backend=art.name, reference=str(source), options=manifest["options"])
+    paths = write_reports(report, Path(args.report))
+    t = report["text"]
+    print(f"perplexity reference {t['perplexity_reference']:.3f} artifact {t['perplexity_artifact']:.3f}; "
+          f"top-1 {t['top1_agreement']:.4f}; mean KL {t['mean_kl']:.3g}; greedy identical over {args.steps} steps: "
+          f"{report['decode']['greedy_identical']}; reports: {', '.join(map(str, paths))}")
+    for failure in report["failures"]:
+        print(f"FAIL: {failure}", file=sys.stderr)
+    return 1 if report["failures"] else 0
+
+
 def _add_model(p, required: bool = False) -> None:
     p.add_argument("model", nargs=None if required else "?",
                    help="hub id (org/name) or local checkpoint folder; default: the embedded tiny checkpoint")
@@ -108,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("make-checkpoint", cmd_make_checkpoint, "write a deterministic synthetic checkpoint in Bonsai's format")
-    p.add_argument("--preset", required=True, choices=["tiny", "bonsai-500m"])
+    p.add_argument("--preset", required=True, choices=list(PRESETS),
+                   help="tiny / bonsai-500m: random latent weights; trained-tiny: trained on CPU (minutes)")
     p.add_argument("--out", required=True, help="new folder to write")
     p.add_argument("--seed", type=int, default=0)
 
@@ -145,6 +179,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints only (artifacts fix it at export): none = float activations, int8")
     p.add_argument("--max-seq-len", type=int, default=None, help="checkpoints only: KV cache length")
     p.add_argument("--threads", type=int, default=0, help="artifacts: runtime threads (0 = the export's default)")
+
+    p = add("validate", cmd_validate, "check an artifact against the fp32 reference: logits, KL, top-1, greedy "
+            "tokens, perplexity; exits 1 when a gate fails")
+    p.add_argument("artifact", help="artifact folder written by `bonsai-export export`")
+    p.add_argument("--reference", help="checkpoint (hub id or folder); default: the manifest's source checkpoint")
+    p.add_argument("--backend", choices=["pte", "onnx"], help="which artifact of a --format all folder")
+    p.add_argument("--text", help="held-out UTF-8 text file (default: the standard library's pydoc topics)")
+    p.add_argument("--max-text-tokens", type=int, default=4096, help="held-out tokens scored (default 4096)")
+    p.add_argument("--window", type=int, default=256, help="perplexity window in tokens (default 256)")
+    p.add_argument("--prompt", default="The Python language reference describes",
+                   help="prompt of the decode check")
+    p.add_argument("--steps", type=int, default=32, help="decode steps compared (default 32)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--min-top1", type=float, default=Gates.min_top1)
+    p.add_argument("--max-ppl-increase", type=float, default=Gates.max_ppl_increase,
+                   help="relative, e.g. 0.02 = 2%%")
+    p.add_argument("--max-mean-kl", type=float, default=Gates.max_mean_kl)
+    p.add_argument("--require-greedy", action=argparse.BooleanOptionalAction, default=Gates.require_greedy,
+                   help="fail unless the greedy continuations are identical")
+    p.add_argument("--report", default="validation", help="report path prefix: PREFIX.json and PREFIX.md")
 
     try:
         from . import bench_kernels

@@ -69,6 +69,10 @@ PRESETS = {
     "bonsai-500m": ModelArgs(),
     # A tiny model of the same family (head_dim 96, GQA 2:1, real vocabulary) for tests and the offline demo.
     "tiny": ModelArgs(dim=192, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=512, max_seq_len=256),
+    # Trained on CPU in minutes (bonsai_export/train.py): narrow and tied, because the 32000-row embedding and
+    # head dominate the training cost.
+    "trained-tiny": ModelArgs(dim=128, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=384, max_seq_len=512,
+                              tie_embeddings=True),
 }
 
 

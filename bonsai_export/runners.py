@@ -164,13 +164,16 @@ class OnnxRunner(Runner):
 
 
 def open_runner(path: str | Path | None, act_quant: str = "none", max_seq_len: int | None = None,
-                threads: int = 0) -> Runner:
-    """An artifact folder opens its runtime; anything else is a checkpoint run by the eager model."""
+                threads: int = 0, backend: str | None = None) -> Runner:
+    """An artifact folder opens its runtime (`backend` pte or onnx picks one in a folder holding both); anything
+    else is a checkpoint run by the eager model."""
     if path is not None and A.is_artifact(path):
         manifest = A.read_manifest(Path(path))
         kinds = [a["type"] for a in manifest["artifacts"]]
         threads = threads or manifest["options"].get("threads", 0)
-        if "pte" in kinds:
+        if backend is not None and backend not in kinds:
+            raise BonsaiError(f"{path}: holds {', '.join(kinds)}, not {backend}; export with --format {backend}")
+        if "pte" in kinds and backend in (None, "pte"):
             return PteRunner(Path(path), threads)
         if "onnx" in kinds:
             return OnnxRunner(Path(path), manifest, threads)

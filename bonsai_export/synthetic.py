@@ -74,6 +74,18 @@ def _tensor(name: str, shape, inv: dict, gen) -> torch.Tensor:
     return torch.randn(shape, generator=gen).to(torch.bfloat16)  # embeddings
 
 
+def _tensors(preset: str, seed: int, progress: bool) -> dict[str, torch.Tensor]:
+    if preset == "trained-tiny":
+        from .train import train_tensors
+
+        return train_tensors(seed)
+    gen = torch.Generator().manual_seed(seed)
+    inv = inventory(PRESETS[preset])
+    return {name: _tensor(name, shape, inv, gen)
+            for name, (shape, _) in tqdm(inv.items(), desc="weights", unit="tensor", disable=not progress,
+                                         leave=False)}
+
+
 def make_checkpoint(preset: str, out: str | Path, seed: int = 0, progress: bool = True) -> Path:
     """Write a synthetic checkpoint folder; atomically (built in a temporary folder, then renamed)."""
     if preset not in PRESETS:
@@ -85,12 +97,7 @@ def make_checkpoint(preset: str, out: str | Path, seed: int = 0, progress: bool 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        gen = torch.Generator().manual_seed(seed)
-        inv = inventory(args)
-        tensors = {name: _tensor(name, shape, inv, gen)
-                   for name, (shape, _) in tqdm(inv.items(), desc="weights", unit="tensor", disable=not progress,
-                                                leave=False)}
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(_tensors(preset, seed, progress), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_side_files(args, tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private
         if out.exists():

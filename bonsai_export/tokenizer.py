@@ -27,6 +27,15 @@ class Tokenizer:
         else:
             raise BonsaiError(f"{folder}: no tokenizer.json or tokenizer.model")
 
+    @classmethod
+    def from_spm(cls, model_file: Path) -> "Tokenizer":
+        """A tokenizer over a bare SentencePiece model file."""
+        import sentencepiece as spm
+
+        tok = cls.__new__(cls)
+        tok._hf, tok._sp = None, spm.SentencePieceProcessor(model_file=str(model_file))
+        return tok
+
     @property
     def vocab_size(self) -> int:
         return self._hf.get_vocab_size() if self._hf else self._sp.get_piece_size()

@@ -1,0 +1,164 @@
+"""`bonsai-export validate`: does an artifact compute what the float reference computes?
+
+The reference is the source checkpoint run in fp32 by the eager model with float activations and the dense
+embedding and head (exact Bonsai). Both see the same inputs:
+- decode: a greedy continuation of a prompt by the reference, fed token by token to both (teacher forcing), gives
+  per-step max / mean |delta logits|, KL(reference || artifact) and top-1 agreement; the artifact's own greedy
+  continuation gives greedy-token identity;
+- text: windows of a held-out text (the standard library's `pydoc_data.topics` by default) give the perplexity of
+  both, and KL and top-1 agreement over every position.
+Gates (with defaults, each a flag) turn the figures into a verdict: a failure exits with code 1 and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import BonsaiError
+from .runners import Runner
+
+
+@dataclass(frozen=True)
+class Gates:
+    min_top1: float = 0.98  # top-1 agreement over the held-out text positions
+    max_ppl_increase: float = 0.02  # artifact perplexity / reference perplexity - 1
+    max_mean_kl: float = 0.05  # mean KL(reference || artifact) over the held-out text positions, nats
+    require_greedy: bool = False  # greedy continuations must be identical over all decode steps
+
+
+def held_out_text(path: str | Path | None) -> str:
+    if path is None:
+        import pydoc_data.topics
+
+        return "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BonsaiError(f"--text {path}: cannot read it as UTF-8 ({exc})") from None
+
+
+def _compare(ref_logits: torch.Tensor, art_logits: torch.Tensor) -> dict:
+    """Per-position statistics of two [P, V] logit matrices."""
+    delta = (art_logits - ref_logits).abs()
+    logp_ref, logp_art = torch.log_softmax(ref_logits.double(), -1), torch.log_softmax(art_logits.double(), -1)
+    kl = (logp_ref.exp() * (logp_ref - logp_art)).sum(-1)
+    return {"max_abs": delta.amax(-1), "mean_abs": delta.mean(-1), "kl": kl,
+            "top1": (ref_logits.argmax(-1) == art_logits.argmax(-1)).double()}
+
+
+def decode_check(ref: Runner, art: Runner, prompt: list[int], steps: int) -> dict:
+    """Teacher-forced per-step comparison on the reference's greedy path, and greedy identity."""
+    ref.reset(), art.reset()
+    tokens, pos, ref_steps, art_steps, path = torch.tensor([prompt]), 0, [], [], []
+    for _ in range(steps):
+        r, a = ref(tokens, torch.tensor([pos]))[0, -1], art(tokens, torch.tensor([pos]))[0, -1]
+        ref_steps.append(r), art_steps.append(a)
+        pos += tokens.shape[1]
+        path.append(int(r.argmax()))
+        tokens = torch.tensor([[path[-1]]])
+    stats = _compare(torch.stack(ref_steps), torch.stack(art_steps))
+    own = _greedy(art, prompt, steps)
+    first_diff = next((i for i, (x, y) in enumerate(zip(path, own)) if x != y), None)
+    return {"steps": steps, "per_step_max_abs": stats["max_abs"].tolist(),
+            "per_step_mean_abs": stats["mean_abs"].tolist(), "per_step_kl": stats["kl"].tolist(),
+            "top1_agreement": float(stats["top1"].mean()), "greedy_identical": first_diff is None,
+            "greedy_first_difference": first_diff, "reference_tokens": path, "artifact_tokens": own}
+
+
+def _greedy(runner: Runner, prompt: list[int], steps: int) -> list[int]:
+    runner.reset()
+    out, tokens, pos = [], torch.tensor([prompt]), 0
+    for _ in range(steps):
+        logits = runner(tokens, torch.tensor([pos]))[0, -1]
+        pos += tokens.shape[1]
+        out.append(int(logits.argmax()))
+        tokens = torch.tensor([[out[-1]]])
+    return out
+
+
+def text_check(ref: Runner, art: Runner, ids: list[int], window: int, max_tokens: int) -> dict:
+    """Perplexity of both, KL and top-1 agreement over non-overlapping windows of the text."""
+    ids = ids[: max_tokens + 1]
+    nll = {"reference": 0.0, "artifact": 0.0}
+    stats, count = [], 0
+    for start in range(0, len(ids) - 1, window):
+        chunk = ids[start : start + window + 1]
+        if len(chunk) < 2:
+            break
+        inputs, targets = torch.tensor([chunk[:-1]]), torch.tensor(chunk[1:])
+        ref.reset(), art.reset()
+        r, a = ref(inputs, torch.tensor([0]))[0], art(inputs, torch.tensor([0]))[0]
+        for name, logits in (("reference", r), ("artifact", a)):
+            nll[name] += float(torch.nn.functional.cross_entropy(logits.double(), targets, reduction="sum"))
+        stats.append(_compare(r, a))
+        count += targets.numel()
+    merged = {k: torch.cat([s[k] for s in stats]) for k in stats[0]}
+    return {"tokens": count, "window": window,
+            "perplexity_reference": math.exp(nll["reference"] / count),
+            "perplexity_artifact": math.exp(nll["artifact"] / count),
+            "top1_agreement": float(merged["top1"].mean()), "mean_kl": float(merged["kl"].mean()),
+            "max_abs": float(merged["max_abs"].max()), "mean_abs": float(merged["mean_abs"].mean())}
+
+
+def verdict(report: dict, gates: Gates) -> list[str]:
+    """The reasons the artifact fails its gates (empty: it passes)."""
+    text, dec, failures = report["text"], report["decode"], []
+    increase = text["perplexity_artifact"] / text["perplexity_reference"] - 1
+    if text["top1_agreement"] < gates.min_top1:
+        failures.append(f"top-1 agreement {text['top1_agreement']:.4f} < {gates.min_top1} (--min-top1)")
+    if increase > gates.max_ppl_increase:
+        failures.append(f"perplexity {text['perplexity_artifact']:.3f} is {100 * increase:.2f}% above the "
+                        f"reference's {text['perplexity_reference']:.3f} (> {100 * gates.max_ppl_increase:g}%, "
+                        f"--max-ppl-increase)")
+    if text["mean_kl"] > gates.max_mean_kl:
+        failures.append(f"mean KL {text['mean_kl']:.4g} > {gates.max_mean_kl} (--max-mean-kl)")
+    if gates.require_greedy and not dec["greedy_identical"]:
+        failures.append(f"greedy tokens differ from step {dec['greedy_first_difference']} (--require-greedy)")
+    return failures
+
+
+def markdown(report: dict) -> str:
+    t, d = report["text"], report["decode"]
+    lines = [f"# Validation of `{report['artifact']}` ({report['backend']})", "",
+             f"Reference: `{report['reference']}` (fp32, float activations).", "",
+             "| check | reference | artifact |", "|---|---|---|",
+             f"| perplexity on {t['tokens']} held-out tokens | {t['perplexity_reference']:.3f} | "
+             f"{t['perplexity_artifact']:.3f} |", "",
+             "| metric | value |", "|---|---|",
+             f"| top-1 agreement (text) | {t['top1_agreement']:.4f} |",
+             f"| mean KL(reference \\|\\| artifact) (text) | {t['mean_kl']:.3g} |",
+             f"| max / mean \\|delta logits\\| (text) | {t['max_abs']:.3g} / {t['mean_abs']:.3g} |",
+             f"| top-1 agreement ({d['steps']} decode steps) | {d['top1_agreement']:.4f} |",
+             f"| greedy tokens identical over {d['steps']} steps | {d['greedy_identical']} |",
+             f"| max \\|delta logits\\| per decode step (max) | {max(d['per_step_max_abs']):.3g} |", "",
+             f"**Verdict: {'PASS' if not report['failures'] else 'FAIL'}**", ""]
+    lines += [f"- {f}" for f in report["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def validate(artifact: Runner, reference: Runner, tokenizer, *, text: str, prompt: str, steps: int,
+             window: int, max_tokens: int, gates: Gates) -> dict:
+    prompt_ids = tokenizer.encode(prompt, bos_id=reference.bos_id)
+    window = min(window, artifact.max_seq_len, reference.max_seq_len)
+    if len(prompt_ids) + steps > min(artifact.max_seq_len, reference.max_seq_len):
+        raise BonsaiError(f"--steps {steps}: prompt + steps exceed the artifact's max_seq_len {artifact.max_seq_len}")
+    ids = tokenizer.encode(text, bos_id=reference.bos_id)
+    if len(ids) < 2:
+        raise BonsaiError("--text: fewer than 2 tokens")
+    report = {"gates": asdict(gates), "decode": decode_check(reference, artifact, prompt_ids, steps),
+              "text": text_check(reference, artifact, ids, window, max_tokens)}
+    report["failures"] = verdict(report, gates)
+    return report
+
+
+def write_reports(report: dict, prefix: Path) -> tuple[Path, Path]:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = prefix.with_suffix(".json"), prefix.with_suffix(".md")
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(markdown(report))
+    return json_path, md_path
