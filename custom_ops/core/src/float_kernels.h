@@ -38,31 +38,45 @@ inline void load_chunk(const uint8_t* row, int64_t c, int64_t row_bytes, typenam
   V::template widen<Bits>(buf, out);
 }
 
-// Decode (one token): R rows stream from memory together, each with two accumulator chains.
+// Decode (one token): R rows stream from memory together, each with two accumulator chains. Whole chunks are
+// widened straight from the rows; only a partial last chunk goes through a zero-padded copy (kept out of the
+// main loop so the accumulators stay in registers).
 template <class V, int Bits, int R>
 inline void dense_gemv_tile(const DenseProblem& p, const float* x, int64_t n, int64_t chunks, int64_t row_bytes) {
   using F = typename V::F;
   constexpr int NV = int(kDenseChunk) / V::W;
   constexpr int64_t cb = chunk_bytes(Bits);
   constexpr int64_t kPrefetchAhead = 4;  // tiles: rows are contiguous, so this is 4 * R rows ahead
+  constexpr int64_t kPrefetchEvery = 64 / cb > 0 ? 64 / cb : 1;  // one prefetch per cache line
   F acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V::zero();
   const uint8_t* w = p.w + n * p.w_stride;
   const float* gs = Bits == 4 ? p.scales + n * p.groups : nullptr;
-  for (int64_t c = 0; c < chunks; ++c) {
+  auto step = [&](int r, int64_t c, const uint8_t* src) {
+    F wv[NV];
+    V::template widen<Bits>(src, wv);
+    const float* xc = x + c * kDenseChunk;
+    if (Bits == 4) {  // one scale per chunk (= group of 32): scale the chunk's partial sum
+      F part = V::mul(wv[0], V::load(xc));
+      for (int i = 1; i < NV; ++i) part = V::fma(wv[i], V::load(xc + i * V::W), part);
+      acc[r][0] = V::fma(V::set1(gs[r * p.groups + c]), part, acc[r][0]);
+    } else {
+      for (int i = 0; i < NV; ++i) acc[r][i & 1] = V::fma(wv[i], V::load(xc + i * V::W), acc[r][i & 1]);
+    }
+  };
+  const int64_t full = row_bytes / cb;
+  for (int64_t c = 0; c < full; ++c) {
     for (int r = 0; r < R; ++r) {
-      const uint8_t* row = w + r * p.w_stride;
-      if (c % (64 / cb > 0 ? 64 / cb : 1) == 0) V::prefetch(row + c * cb + kPrefetchAhead * R * p.w_stride);
-      F wv[NV];
-      load_chunk<V, Bits>(row, c, row_bytes, wv);
-      if (Bits == 4) {  // one scale per chunk (= group of 32): scale the chunk's partial sum
-        F part = V::mul(wv[0], V::load(x + c * kDenseChunk));
-        for (int i = 1; i < NV; ++i) part = V::fma(wv[i], V::load(x + c * kDenseChunk + i * V::W), part);
-        acc[r][c & 1] = V::fma(V::set1(gs[r * p.groups + c]), part, acc[r][c & 1]);
-      } else {
-        for (int i = 0; i < NV; ++i)
-          acc[r][i & 1] = V::fma(wv[i], V::load(x + c * kDenseChunk + i * V::W), acc[r][i & 1]);
-      }
+      const uint8_t* src = w + r * p.w_stride + c * cb;
+      if (c % kPrefetchEvery == 0) V::prefetch(src + kPrefetchAhead * R * p.w_stride);
+      step(r, c, src);
+    }
+  }
+  if (full < chunks) {
+    for (int r = 0; r < R; ++r) {
+      alignas(64) uint8_t buf[cb] = {};
+      memcpy(buf, w + r * p.w_stride + full * cb, size_t(row_bytes - full * cb));
+      step(r, full, buf);
     }
   }
   for (int r = 0; r < R; ++r) {

@@ -89,11 +89,19 @@ struct Avx2Vec {
       }
     } else if constexpr (Bits == 8) {
       widen_i8(_mm256_loadu_si256((const __m256i*)p), out);
-    } else {  // 16 bytes of nibbles: sign-extend (x ^ 8) - 8, then interleave low/high back into K order
-      const __m128i b = _mm_loadu_si128((const __m128i*)p), mask = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
-      const __m128i lo = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(b, mask), eight), eight);
-      const __m128i hi = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(_mm_srli_epi16(b, 4), mask), eight), eight);
-      widen_i8(_mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi)), out);
+    } else {
+      // 16 bytes of nibbles, no shuffles: each 32-bit word (8 weights in K order, low nibble first) is broadcast
+      // and shifted per lane; (u & 15) ^ 0x4B000008 is the float 2^23 + (u ^ 8) and u ^ 8 - 8 is the signed
+      // nibble, so one subtraction of 2^23 + 8 gives the exact weight.
+      const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+      const __m256i mask = _mm256_set1_epi32(15), magic = _mm256_set1_epi32(0x4B000008);
+      const __m256 bias = _mm256_set1_ps(8388616.0f);
+      for (int i = 0; i < 4; ++i) {
+        uint32_t word;
+        memcpy(&word, p + 4 * i, 4);
+        const __m256i u = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(word)), shifts), mask);
+        out[i] = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_xor_si256(u, magic)), bias);
+      }
     }
   }
 };
