@@ -301,6 +301,8 @@ int run_isa(const char* isa, bonsai_parallel* pools, std::mt19937& rng) {
   check_case(isa, make_case(64, 70, 1536, rng), &pools[1]);
   // Long rows: past the AVX-512 GEMV's flush interval (256 blocks) with an odd block count (258).
   check_case(isa, make_case(1, 5, kLongK, rng), nullptr);
+  // More tokens than a GEMM call sums at once (256), with leftover tokens and rows.
+  check_case(isa, make_case(263, 7, 200, rng), &pools[1]);
   run_float_kernels(isa, pools, rng);
   return cases + 2;
 }

@@ -194,11 +194,46 @@ void tile_i8(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_t nbl
     for (int r = 0; r < NR; ++r) acc[m * acc_stride + r] = hsum_i32(sum[m][r]) - qsum[m];
 }
 
+// Prefill tile (MR > 1): the int16 products of one block are widened to int32 right away, so the tile needs only
+// MR x NR accumulators (8) + one row's 4 code planes + temporaries: no register spills in 16 ymm (the
+// kInt16Blocks variant above keeps 2 x MR x NR live registers, which spill at MR = 4).
+template <int MR, int NR>
+void tile_i8_wide(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_t nblocks, const uint8_t* w,
+                  int64_t w_stride, int32_t* acc, int64_t acc_stride) {
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  __m256i sum[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r) sum[m][r] = _mm256_setzero_si256();
+  for (int64_t b = 0; b < nblocks; ++b) {
+    for (int r = 0; r < NR; ++r) {
+      const __m256i packed = _mm256_loadu_si256((const __m256i*)(w + r * w_stride + b * kBlockBytes));
+      const __m256i c0 = plane<0>(packed), c1 = plane<1>(packed), c2 = plane<2>(packed), c3 = plane<3>(packed);
+      for (int m = 0; m < MR; ++m) {
+        const int8_t* qb = q + m * q_stride + b * kBlockK;
+        __m256i p = _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i*)qb));
+        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i*)(qb + 32))));
+        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c2, _mm256_loadu_si256((const __m256i*)(qb + 64))));
+        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c3, _mm256_loadu_si256((const __m256i*)(qb + 96))));
+        sum[m][r] = _mm256_add_epi32(sum[m][r], _mm256_madd_epi16(p, ones16));
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r) acc[m * acc_stride + r] = hsum_i32(sum[m][r]) - qsum[m];
+}
+
 // Rows [n0, n1) for MR tokens: NR-row tiles, then single rows.
 template <int MR, int NR>
 void rows_i8(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_t nblocks, const uint8_t* w,
              int64_t w_stride, int64_t n0, int64_t n1, int32_t* acc, int64_t acc_stride) {
   int64_t n = n0;
+  if constexpr (MR > 1) {
+    for (; n + NR <= n1; n += NR)
+      tile_i8_wide<MR, NR>(q, q_stride, qsum, nblocks, w + n * w_stride, w_stride, acc + n, acc_stride);
+    for (; n < n1; ++n)
+      tile_i8_wide<MR, 1>(q, q_stride, qsum, nblocks, w + n * w_stride, w_stride, acc + n, acc_stride);
+    return;
+  }
   for (; n + NR <= n1; n += NR)
     tile_i8<MR, NR>(q, q_stride, qsum, nblocks, w + n * w_stride, w_stride, acc + n, acc_stride);
   for (; n < n1; ++n) tile_i8<MR, 1>(q, q_stride, qsum, nblocks, w + n * w_stride, w_stride, acc + n, acc_stride);
@@ -212,16 +247,25 @@ void gemv_t2_i8_avx2(const int8_t* q, int64_t nblocks, const uint8_t* w, int64_t
 
 void gemm_t2_i8_avx2(const int8_t* q, int64_t q_stride, int64_t m_count, int64_t nblocks, const uint8_t* w,
                      int64_t w_stride, int64_t n0, int64_t n1, int32_t* acc, int64_t acc_stride) {
-  int32_t qsum[kGemmTokens];
-  int64_t m = 0;
-  for (; m + kGemmTokens <= m_count; m += kGemmTokens) {
-    for (int j = 0; j < kGemmTokens; ++j) qsum[j] = sum_q(q + (m + j) * q_stride, nblocks);
-    rows_i8<kGemmTokens, kGemmRows>(q + m * q_stride, q_stride, qsum, nblocks, w, w_stride, n0, n1,
-                                    acc + m * acc_stride, acc_stride);
-  }
-  for (; m < m_count; ++m) {  // leftover tokens one at a time
-    qsum[0] = sum_q(q + m * q_stride, nblocks);
-    rows_i8<1, kGemvRows>(q + m * q_stride, 0, qsum, nblocks, w, w_stride, n0, n1, acc + m * acc_stride, 0);
+  // Rows in blocks of about kGemmBlockBytes of weights (kept in L1/L2 while every token tile passes over them);
+  // the activation sums are computed once per call.
+  constexpr int64_t kGemmBlockBytes = 16 * 1024, kMaxTokens = 256;
+  int32_t qsums[kMaxTokens];
+  for (int64_t t0 = 0; t0 < m_count; t0 += kMaxTokens) {
+    const int64_t t1 = t0 + kMaxTokens < m_count ? t0 + kMaxTokens : m_count;
+    for (int64_t m = t0; m < t1; ++m) qsums[m - t0] = sum_q(q + m * q_stride, nblocks);
+    int64_t block_rows = kGemmBlockBytes / w_stride;
+    block_rows = block_rows < kGemmRows ? kGemmRows : block_rows - block_rows % kGemmRows;
+    for (int64_t nb = n0; nb < n1; nb += block_rows) {
+      const int64_t nb1 = nb + block_rows < n1 ? nb + block_rows : n1;
+      int64_t m = t0;
+      for (; m + kGemmTokens <= t1; m += kGemmTokens)
+        rows_i8<kGemmTokens, kGemmRows>(q + m * q_stride, q_stride, qsums + (m - t0), nblocks, w, w_stride, nb, nb1,
+                                        acc + m * acc_stride, acc_stride);
+      for (; m < t1; ++m)  // leftover tokens one at a time
+        rows_i8<1, kGemvRows>(q + m * q_stride, 0, qsums + (m - t0), nblocks, w, w_stride, nb, nb1,
+                              acc + m * acc_stride, 0);
+    }
   }
 }
 
