@@ -2,6 +2,12 @@
 // in bf16, int8 per output channel, or int4 per group of 32 along K (docs/FORMAT.md, "Dense weights").
 // Float activations make the result depend only on float summation order, never on an activation quantizer, so
 // every runtime agrees with the eager model to float rounding.
+//
+// Layout like the ternary kernels: this file holds the C entry point (validation, zero-padding x to whole chunks
+// of 32, the split of N over threads, per-task scratch) and the scalar reference kernel of table "ref"; the SIMD
+// kernels (KernelTable::dense_f32) are float_kernels.h instantiated per ISA. Decode (M = 1) streams each row
+// once with per-row accumulators; prefill (M > 1) widens a block of rows to scaled fp32 once and reuses it for
+// every token (the weights are read from memory once per call, not once per token).
 #include <string.h>
 
 #include <new>
