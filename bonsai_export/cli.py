@@ -26,6 +26,8 @@ EXAMPLES = {
            '  bonsai-export run deepgrove/Bonsai --prompt "The capital of France is" --max-new-tokens 20',
     "validate": "bonsai-export validate out/bonsai --report out/bonsai-validation\n"
                 "  bonsai-export validate out/tiny --reference ckpt/tiny --text notes.txt --min-top1 0.99",
+    "bench": "bonsai-export bench out/bonsai --report out/bench\n"
+             "  bonsai-export bench out/tiny --threads 2 --repeats 3 --no-baselines",
     "bench-kernels": "bonsai-export bench-kernels --quick --json-out kernels.json",
 }
 
@@ -123,6 +125,19 @@ def cmd_validate(args) -> int:
     return 1 if report["failures"] else 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import chart, markdown, run_bench
+
+    results = run_bench(Path(args.artifact), args)
+    prefix = Path(args.report)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    prefix.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    prefix.with_suffix(".md").write_text(markdown(results))
+    chart(results, prefix.with_suffix(".png"))
+    print(markdown(results))
+    return 0
+
+
 def _add_model(p, required: bool = False) -> None:
     p.add_argument("model", nargs=None if required else "?",
                    help="hub id (org/name) or local checkpoint folder; default: the embedded tiny checkpoint")
@@ -199,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-greedy", action=argparse.BooleanOptionalAction, default=Gates.require_greedy,
                    help="fail unless the greedy continuations are identical")
     p.add_argument("--report", default="validation", help="report path prefix: PREFIX.json and PREFIX.md")
+
+    p = add("bench", cmd_bench, "measure prefill/decode speed, TTFT, load time, peak RSS and bandwidth share of an "
+            "artifact, beside the bf16 eager reference and an XNNPACK 8da4w .pte")
+    p.add_argument("artifact", help="artifact folder written by `bonsai-export export`")
+    p.add_argument("--threads", type=lambda t: [int(v) for v in t.split(",")], default=[1, 2],
+                   help="comma-separated thread counts (default 1,2)")
+    p.add_argument("--repeats", type=int, default=5, help="runs per figure; medians are reported (default 5)")
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the bf16 eager reference and the XNNPACK 8da4w .pte")
+    p.add_argument("--report", default="bench", help="report path prefix: PREFIX.json, PREFIX.md, PREFIX.png")
 
     try:
         from . import bench_kernels

@@ -124,11 +124,16 @@ def _write_side_files(args: ModelArgs, folder: Path) -> None:
     (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
 
 
+def cached_preset(preset: str, seed: int = 0) -> Path:
+    """A preset checkpoint made once in the user's cache ($BONSAI_EXPORT_CACHE or ~/.cache/bonsai-export)."""
+    cache = Path(os.environ.get("BONSAI_EXPORT_CACHE", Path.home() / ".cache" / "bonsai-export"))
+    folder = cache / f"{preset}-seed{seed}"
+    if not (folder / "config.json").is_file():
+        logging.info("making the %s checkpoint in %s", preset, folder)
+        make_checkpoint(preset, folder, seed=seed, progress=False)
+    return folder
+
+
 def default_model() -> Path:
     """The embedded default: the tiny synthetic checkpoint, made on first use in the user's cache."""
-    cache = Path(os.environ.get("BONSAI_EXPORT_CACHE", Path.home() / ".cache" / "bonsai-export"))
-    folder = cache / "tiny-seed0"
-    if not (folder / "config.json").is_file():
-        logging.info("making the embedded tiny checkpoint in %s", folder)
-        make_checkpoint("tiny", folder, seed=0, progress=False)
-    return folder
+    return cached_preset("tiny")

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 SEQ_LEN = 128
 BATCH = 8
-STEPS = 400
+STEPS = 300
 LR = 3e-3
 LATENT_LR = 1e-2  # latent ternary weights must travel ~0.5 to change a trit
 

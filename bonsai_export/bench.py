@@ -1,0 +1,256 @@
+"""`bonsai-export bench`: what an artifact costs, side by side with the conventional ways to run the model.
+
+Every measurement runs in a fresh worker process (so load time and peak RSS are its own): prefill tokens/s at
+several prompt lengths, time to first token, decode tokens/s over 128 tokens, load time, peak RSS; medians of
+repeated runs, for 1 and 2 threads. In the same run: the machine's memory read bandwidth and each artifact's share
+of its bandwidth roofline (bytes read per decoded token / bandwidth), the eager PyTorch bf16 reference
+(transformers' Llama with the ternary scales folded in, as people run Bonsai today) and an ExecuTorch XNNPACK
+8da4w export of the same folded model (the conventional ExecuTorch choice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import artifact as A
+from .errors import BonsaiError
+
+log = logging.getLogger(__name__)
+
+PREFILL_LENGTHS = (64, 128, 512)
+DECODE_TOKENS = 128
+FIRST_TOKEN = 1000  # prompts are ids FIRST_TOKEN.. (content does not change the cost)
+
+
+def _rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _median_s(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        fn()
+        times.append((time.perf_counter_ns() - start) * 1e-9)
+    return statistics.median(times)
+
+
+def _open(spec: dict):
+    if spec["kind"] == "bf16-eager":
+        return Bf16Reference(spec["path"], spec["max_seq_len"])
+    from .runners import open_runner
+
+    return open_runner(spec["path"], threads=spec["threads"], backend=spec.get("backend"))
+
+
+class Bf16Reference:
+    """transformers' LlamaForCausalLM in bf16 with T * scales folded into dense weights, with its KV cache."""
+
+    name = "bf16-eager"
+
+    def __init__(self, source: str, max_seq_len: int):
+        from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+        from . import checkpoint
+        from .config import to_hf_config
+
+        ckpt = checkpoint.load(source, progress=False)
+        cfg = {k: v for k, v in to_hf_config(ckpt.args).items() if k not in ("auto_map", "architectures")}
+        model = LlamaForCausalLM(LlamaConfig(**cfg)).to(torch.bfloat16)
+        state = {k: v.to(torch.bfloat16) for k, v in ckpt.dense.items()}
+        state.update({f"{n}.weight": (w.values.float() * w.scales[:, None]).to(torch.bfloat16)
+                      for n, w in ckpt.ternary.items()})
+        if ckpt.args.tie_embeddings:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        model.load_state_dict(state, strict=False)
+        self.model, self.cache_cls = model.to(torch.bfloat16).eval(), DynamicCache
+        self.max_seq_len, self.cache = max_seq_len, None
+
+    def reset(self):
+        self.cache = self.cache_cls()
+
+    def __call__(self, tokens, input_pos):
+        if int(input_pos[0]) == 0:
+            self.reset()
+        with torch.no_grad():
+            out = self.model(tokens, past_key_values=self.cache, use_cache=True)
+        return out.logits.float()
+
+
+def worker(spec: dict) -> dict:
+    """Measure one backend in this process; returns the figures (printed as JSON by --worker)."""
+    torch.set_num_threads(spec["threads"])
+    baseline = _rss_mb()
+    start = time.perf_counter()
+    runner = _open(spec)
+    load_s = time.perf_counter() - start
+    repeats, out = spec["repeats"], {}
+
+    def prefill(n):
+        runner.reset()
+        return runner(torch.arange(FIRST_TOKEN, FIRST_TOKEN + n)[None], torch.tensor([0]))
+
+    for n in spec["prefill_lengths"]:
+        if n < runner.max_seq_len:
+            out[f"prefill_{n}_tps"] = n / _median_s(lambda: prefill(n), repeats)
+    out["ttft_s"] = _median_s(lambda: int(prefill(128)[0, -1].argmax()), repeats)
+
+    def decode():
+        logits = prefill(16)
+        for pos in range(16, 16 + spec["decode_tokens"]):
+            logits = runner(logits[:, -1:].argmax(-1), torch.tensor([pos]))
+
+    out["decode_tps"] = spec["decode_tokens"] / _median_s(decode, repeats)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {**out, "load_s": load_s, "peak_rss_mb": peak, "peak_rss_over_baseline_mb": peak - baseline}
+
+
+def _run_worker(spec: dict) -> dict:
+    cmd = [sys.executable, "-m", "bonsai_export.bench", "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        raise BonsaiError(f"bench worker for {spec['label']} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(lines[-1])
+
+
+def bytes_per_token(manifest: dict) -> int:
+    """Weights read per decoded token: every ternary matrix and the head (KV cache reads excluded)."""
+    m = manifest["model"]
+    return m["ternary_bytes"] + m.get("head_bytes", 0)
+
+
+def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
+    """The same model with T * scales folded into plain linears, quantized the conventional ExecuTorch way
+    (int8 dynamic activations, int4 weights in groups of 32, XNNPACK) and written as an artifact folder."""
+    if (out / A.MANIFEST).is_file():
+        return out
+    from torch import nn
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    from . import checkpoint
+    from .export import _commit, _prepare_out
+    from .export.executorch import to_pte
+    from .model import TernaryLinear, from_checkpoint
+
+    ckpt = checkpoint.load(source, progress=False)
+    model = from_checkpoint(ckpt, max_seq_len=max_seq_len)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, TernaryLinear):
+            w = ckpt.ternary[f"model.{name}"]
+            dense = nn.Linear(module.in_features, module.out_features, bias=False)
+            dense.weight.data = w.values.float() * w.scales[:, None]
+            model.get_submodule(name.rsplit(".", 1)[0]).register_module(name.rsplit(".", 1)[1], dense)
+    quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32)))
+    tmp = _prepare_out(out, force=True)
+    (tmp / A.PTE_FILE).write_bytes(to_pte(model))
+    for f in ckpt.tokenizer_files:
+        (tmp / f.name).write_bytes(f.read_bytes())
+    A.write_manifest(tmp, {"artifacts": [{"type": "pte", "file": A.PTE_FILE}], "options": {"threads": 0},
+                           "model": {"note": "XNNPACK 8da4w baseline"}, "source": {"checkpoint": source}})
+    _commit(tmp, out)
+    return out
+
+
+def _specs(folder: Path, manifest: dict, args) -> list[dict]:
+    base = {"repeats": args.repeats, "prefill_lengths": list(PREFILL_LENGTHS), "decode_tokens": DECODE_TOKENS,
+            "max_seq_len": manifest["model"]["max_seq_len"]}
+    specs = []
+    for a in manifest["artifacts"]:
+        label = a["type"] if a["type"] == "pte" else f"onnx-{manifest['options'].get('ternary_op', 'custom')}"
+        specs.append({**base, "label": label, "kind": "artifact", "path": str(folder), "backend": a["type"],
+                      "bytes_per_token": bytes_per_token(manifest)})
+    source = manifest["source"]["checkpoint"]
+    if args.baselines:
+        specs.append({**base, "label": "bf16-eager", "kind": "bf16-eager", "path": source})
+        cache = Path(os.environ.get("BONSAI_EXPORT_CACHE", Path.home() / ".cache" / "bonsai-export"))
+        key = f"8da4w-{abs(hash((str(Path(source).resolve()), base['max_seq_len']))) % 10**8}"
+        specs.append({**base, "label": "pte-8da4w", "kind": "artifact", "backend": "pte",
+                      "path": str(export_8da4w(source, base["max_seq_len"], cache / key))})
+    return specs
+
+
+def run_bench(folder: Path, args) -> dict:
+    from .bench_kernels import environment, read_bandwidth
+
+    manifest = A.read_manifest(folder)
+    results = {"artifact": str(folder), "environment": environment(), "options": manifest["options"],
+               "artifact_bytes": sum(f["bytes"] for f in manifest["files"].values()),
+               "bits_per_ternary_weight": manifest["model"]["bits_per_ternary_weight"],
+               "bytes_per_decoded_token": bytes_per_token(manifest), "runs": []}
+    specs = _specs(folder, manifest, args)
+    for threads in args.threads:
+        bandwidth = read_bandwidth(threads, megabytes=512, repeats=5)
+        results[f"read_bandwidth_gbs_{threads}t"] = bandwidth
+        for spec in specs:
+            log.info("bench %s, %d thread(s)", spec["label"], threads)
+            r = {"label": spec["label"], "threads": threads, **_run_worker({**spec, "threads": threads})}
+            if "bytes_per_token" in spec:
+                roofline = bandwidth * 1e9 / spec["bytes_per_token"]
+                r.update(roofline_tps=roofline, roofline_share=r["decode_tps"] / roofline)
+            results["runs"].append(r)
+    return results
+
+
+def markdown(results: dict) -> str:
+    cols = ["prefill_64_tps", "prefill_128_tps", "prefill_512_tps", "ttft_s", "decode_tps", "roofline_share",
+            "load_s", "peak_rss_mb", "peak_rss_over_baseline_mb"]
+    lines = [f"# Benchmark of `{results['artifact']}`", "",
+             f"CPU: {results['environment']['cpu']} ({results['environment']['cores']} cores, kernels "
+             f"{results['environment']['isa']}). Artifact {results['artifact_bytes'] / 1e6:.1f} MB, ternary "
+             f"{results['bits_per_ternary_weight']:.3f} bits/weight, {results['bytes_per_decoded_token'] / 1e6:.1f} "
+             f"MB read per decoded token.", "",
+             "| backend | threads | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for r in results["runs"]:
+        cells = [f"{r[c]:.3g}" if isinstance(r.get(c), float) else "-" for c in cols]
+        lines.append(f"| {r['label']} | {r['threads']} | " + " | ".join(cells) + " |")
+    bw = [f"{k.split('_')[-1]}: {v:.1f} GB/s" for k, v in results.items() if k.startswith("read_bandwidth")]
+    lines += ["", f"Memory read bandwidth (same run): {', '.join(bw)}. Medians of repeated runs.", ""]
+    return "\n".join(lines)
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    labels = [f"{r['label']}\n{r['threads']}t" for r in runs]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, len(runs) * 1.2), 4))
+    for ax, key, title in ((axes[0], "decode_tps", "decode tokens/s"), (axes[1], "prefill_128_tps",
+                                                                          "prefill tokens/s (128)")):
+        ax.bar(labels, [r.get(key, 0) for r in runs], color="tab:green")
+        ax.set_title(title)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bonsai_export.bench")
+    parser.add_argument("--worker", required=True, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    print(json.dumps(worker(json.loads(args.worker))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
