@@ -87,8 +87,9 @@ struct Avx2Vec {
         const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p + 16 * i)));
         out[i] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
       }
-    } else if constexpr (Bits == 8) {
-      widen_i8(_mm256_loadu_si256((const __m256i*)p), out);
+    } else if constexpr (Bits == 8) {  // sign-extending loads of 8 bytes: no lane extracts or byte shifts
+      for (int i = 0; i < 4; ++i)
+        out[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(p + 8 * i))));
     } else {
       // 16 bytes of nibbles, no shuffles: each 32-bit word (8 weights in K order, low nibble first) is broadcast
       // and shifted per lane; (u & 15) ^ 0x4B000008 is the float 2^23 + (u ^ 8) and u ^ 8 - 8 is the signed
