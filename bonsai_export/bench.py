@@ -11,10 +11,10 @@ of its bandwidth roofline (bytes read per decoded token / bandwidth), the eager 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,9 +33,11 @@ DECODE_TOKENS = 128
 FIRST_TOKEN = 1000  # prompts are ids FIRST_TOKEN.. (content does not change the cost)
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process in MB. VmHWM, unlike getrusage's ru_maxrss, restarts at exec,
+    so a worker does not inherit its parent's peak."""
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -92,10 +94,22 @@ class Bf16Reference:
         return out.logits.float()
 
 
+def _import_runtime(spec: dict) -> None:
+    if spec["kind"] == "bf16-eager":
+        import transformers  # noqa: F401
+    elif spec.get("backend") == "pte":
+        from .runners import load_et_ops
+
+        load_et_ops()
+    else:
+        import onnxruntime  # noqa: F401
+
+
 def worker(spec: dict) -> dict:
     """Measure one backend in this process; returns the figures (printed as JSON by --worker)."""
     torch.set_num_threads(spec["threads"])
-    baseline = _rss_mb()
+    _import_runtime(spec)  # module imports are not load time
+    baseline = _status_mb("VmRSS")
     start = time.perf_counter()
     runner = _open(spec)
     load_s = time.perf_counter() - start
@@ -116,7 +130,7 @@ def worker(spec: dict) -> dict:
             logits = runner(logits[:, -1:].argmax(-1), torch.tensor([pos]))
 
     out["decode_tps"] = spec["decode_tokens"] / _median_s(decode, repeats)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     return {**out, "load_s": load_s, "peak_rss_mb": peak, "peak_rss_over_baseline_mb": peak - baseline}
 
 
@@ -180,7 +194,8 @@ def _specs(folder: Path, manifest: dict, args) -> list[dict]:
     if args.baselines:
         specs.append({**base, "label": "bf16-eager", "kind": "bf16-eager", "path": source})
         cache = Path(os.environ.get("BONSAI_EXPORT_CACHE", Path.home() / ".cache" / "bonsai-export"))
-        key = f"8da4w-{abs(hash((str(Path(source).resolve()), base['max_seq_len']))) % 10**8}"
+        ident = f"{Path(source).resolve()}|{base['max_seq_len']}".encode()
+        key = f"8da4w-{hashlib.sha256(ident).hexdigest()[:12]}"
         specs.append({**base, "label": "pte-8da4w", "kind": "artifact", "backend": "pte",
                       "path": str(export_8da4w(source, base["max_seq_len"], cache / key))})
     return specs
