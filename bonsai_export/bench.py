@@ -18,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -135,8 +136,10 @@ def worker(spec: dict) -> dict:
 
 
 def _run_worker(spec: dict) -> dict:
+    # The worker must import this very package, not a bonsai_export folder in the working directory.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "bonsai_export.bench", "--worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env, cwd=tempfile.gettempdir())
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         raise BonsaiError(f"bench worker for {spec['label']} failed: {proc.stderr.strip().splitlines()[-1:]}")

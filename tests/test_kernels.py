@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,15 @@ def test_quantization_ties_and_zero_rows(isa):
     assert not q[1].any() and d[1] == 0
 
 
+def run_python(code: str, forced_isa: str) -> subprocess.CompletedProcess:
+    """Runs code in a fresh interpreter that imports the same bonsai_export as this one (not whatever package
+    the working directory holds) with BONSAI_FORCE_ISA set."""
+    pkg_parent = str(Path(K.__file__).resolve().parents[1])
+    env = {**os.environ, K.ENV_FORCE_ISA: forced_isa, "PYTHONPATH": pkg_parent}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=tempfile.gettempdir())
+
+
 @pytest.mark.parametrize("forced", SUPPORTED)
 def test_force_isa_env_selects_path(forced):
     """BONSAI_FORCE_ISA picks the table in a fresh process, and that table is exact."""
@@ -136,9 +146,7 @@ def test_force_isa_env_selects_path(forced):
         "assert np.array_equal(K.ternary_linear(x, p, s, 300, 8, threads=2), F.matmul(x, p, s, 300, 8))\n"
         "print(K.isa())"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, K.ENV_FORCE_ISA: forced}, capture_output=True, text=True
-    )
+    out = run_python(code, forced)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == forced
 
@@ -153,9 +161,7 @@ def test_force_isa_env_rejects_unusable(forced):
         "except RuntimeError as e:\n"
         "    print('error:', e)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, K.ENV_FORCE_ISA: forced}, capture_output=True, text=True
-    )
+    out = run_python(code, forced)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "unavailable"
     assert f"ISA '{forced}'" in out.stdout and "error:" in out.stdout
