@@ -36,14 +36,26 @@ if(NOT ort_stamp_hash STREQUAL ort_npm_sha512 OR NOT EXISTS ${BONSAI_ORT_INCLUDE
       message(FATAL_ERROR "bonsai: ${ort_tgz}: sha512 ${ort_got} is not the pinned ${ort_npm_sha512}")
     endif()
   else()
+    # The npm client fetches from whatever registry it is configured for; the hash check below pins the bytes.
+    find_program(NPM_EXECUTABLE npm)
+    if(NOT NPM_EXECUTABLE)
+      message(FATAL_ERROR "bonsai: npm is needed to fetch the ONNX Runtime headers (${ort_npm_package}@"
+                          "${ort_npm_version}); install Node.js/npm, pass -DBONSAI_ORT_NPM_TARBALL=<file>, or "
+                          "-DBONSAI_BUILD_ORT_OPS=OFF to skip the ONNX Runtime op library.")
+    endif()
+    file(MAKE_DIRECTORY ${ort_work})
+    message(STATUS "bonsai: fetching ONNX Runtime headers with npm pack ${ort_npm_package}@${ort_npm_version} (once)")
+    execute_process(COMMAND ${NPM_EXECUTABLE} pack ${ort_npm_package}@${ort_npm_version} --silent
+                    WORKING_DIRECTORY ${ort_work} RESULT_VARIABLE ort_code OUTPUT_VARIABLE ort_out ERROR_VARIABLE ort_err
+                    OUTPUT_STRIP_TRAILING_WHITESPACE)
     set(ort_tgz ${ort_work}/${ort_npm_package}-${ort_npm_version}.tgz)
-    set(ort_url https://registry.npmjs.org/${ort_npm_package}/-/${ort_npm_package}-${ort_npm_version}.tgz)
-    message(STATUS "bonsai: fetching ONNX Runtime headers from ${ort_url} (143 MB, once)")
-    file(DOWNLOAD ${ort_url} ${ort_tgz} EXPECTED_HASH SHA512=${ort_npm_sha512} TLS_VERIFY ON STATUS ort_status)
-    list(GET ort_status 0 ort_code)
-    if(NOT ort_code EQUAL 0)
-      message(FATAL_ERROR "bonsai: download of ${ort_url} failed: ${ort_status}. Pass -DBONSAI_ORT_NPM_TARBALL=<file> "
-                          "for an offline build, or -DBONSAI_BUILD_ORT_OPS=OFF to skip the ONNX Runtime op library.")
+    if(NOT ort_code EQUAL 0 OR NOT EXISTS ${ort_tgz})
+      message(FATAL_ERROR "bonsai: npm pack ${ort_npm_package}@${ort_npm_version} failed: ${ort_err}. Pass "
+                          "-DBONSAI_ORT_NPM_TARBALL=<file> for an offline build, or -DBONSAI_BUILD_ORT_OPS=OFF.")
+    endif()
+    file(SHA512 ${ort_tgz} ort_got)
+    if(NOT ort_got STREQUAL ort_npm_sha512)
+      message(FATAL_ERROR "bonsai: ${ort_tgz}: sha512 ${ort_got} is not the pinned ${ort_npm_sha512}")
     endif()
   endif()
   file(ARCHIVE_EXTRACT INPUT ${ort_tgz} DESTINATION ${ort_work}/x PATTERNS "${ort_headers_member}/*")
