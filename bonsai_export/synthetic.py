@@ -26,6 +26,7 @@ from .errors import BonsaiError
 from .tokenizer import spm_to_tokenizer_json
 
 HALF_SHARE = 0.02  # share of latent weights set to exactly +-0.5
+TRAIN_RECIPE = 1  # bump with any change to bonsai_export/train.py that changes the trained-tiny weights
 
 
 def mistral_v1_spm() -> Path:
@@ -127,7 +128,8 @@ def _write_side_files(args: ModelArgs, folder: Path) -> None:
 def cached_preset(preset: str, seed: int = 0) -> Path:
     """A preset checkpoint made once in the user's cache ($BONSAI_EXPORT_CACHE or ~/.cache/bonsai-export)."""
     cache = Path(os.environ.get("BONSAI_EXPORT_CACHE", Path.home() / ".cache" / "bonsai-export"))
-    folder = cache / f"{preset}-seed{seed}"
+    version = f"-r{TRAIN_RECIPE}" if preset == "trained-tiny" else ""  # a new recipe must not reuse old weights
+    folder = cache / f"{preset}{version}-seed{seed}"
     if not (folder / "config.json").is_file():
         logging.info("making the %s checkpoint in %s", preset, folder)
         make_checkpoint(preset, folder, seed=seed, progress=False)
