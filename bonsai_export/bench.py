@@ -67,17 +67,15 @@ class Bf16Reference:
     name = "bf16-eager"
 
     def __init__(self, source: str, max_seq_len: int):
-        from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+        from transformers import DynamicCache, LlamaForCausalLM
 
         from . import checkpoint
-        from .config import to_hf_config
+        from .config import llama_config
 
         ckpt = checkpoint.load(source, progress=False)
-        cfg = {k: v for k, v in to_hf_config(ckpt.args).items() if k not in ("auto_map", "architectures")}
-        model = LlamaForCausalLM(LlamaConfig(**cfg)).to(torch.bfloat16)
+        model = LlamaForCausalLM(llama_config(ckpt.args)).to(torch.bfloat16)
         state = {k: v.to(torch.bfloat16) for k, v in ckpt.dense.items()}
-        state.update({f"{n}.weight": (w.values.float() * w.scales[:, None]).to(torch.bfloat16)
-                      for n, w in ckpt.ternary.items()})
+        state.update({f"{n}.weight": w.folded().to(torch.bfloat16) for n, w in ckpt.ternary.items()})
         if ckpt.args.tie_embeddings:
             state["lm_head.weight"] = state["model.embed_tokens.weight"]
         model.load_state_dict(state, strict=False)
@@ -172,7 +170,7 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
         if isinstance(module, TernaryLinear):
             w = ckpt.ternary[f"model.{name}"]
             dense = nn.Linear(module.in_features, module.out_features, bias=False)
-            dense.weight.data = w.values.float() * w.scales[:, None]
+            dense.weight.data = w.folded()
             model.get_submodule(name.rsplit(".", 1)[0]).register_module(name.rsplit(".", 1)[1], dense)
     quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32)))
     tmp = _prepare_out(out, force=True)

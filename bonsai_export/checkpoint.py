@@ -33,6 +33,10 @@ class TernaryWeight:
     values: torch.Tensor  # int8 [out, in], values in {-1, 0, +1}
     scales: torch.Tensor  # float32 [out]
 
+    def folded(self) -> torch.Tensor:
+        """The float32 [out, in] matrix a plain linear needs: T * scales per output channel."""
+        return self.values.float() * self.scales[:, None]
+
 
 @dataclass
 class Checkpoint:

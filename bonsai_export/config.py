@@ -122,6 +122,15 @@ def from_hf_config(cfg: dict) -> ModelArgs:
     )
 
 
+def llama_config(args: ModelArgs, **overrides):
+    """A transformers LlamaConfig of the same shape, without the remote-code fields (auto_map, architectures) and
+    the storage dtype: what the reference, training and baseline Llamas are built from."""
+    from transformers import LlamaConfig
+
+    skip = ("auto_map", "architectures", "torch_dtype")
+    return LlamaConfig(**{k: v for k, v in to_hf_config(args).items() if k not in skip}, **overrides)
+
+
 def to_hf_config(args: ModelArgs) -> dict:
     """config.json in Bonsai's own form: every field of the published config, remote-code auto_map included."""
     return {

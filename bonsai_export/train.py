@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import PRESETS, ModelArgs, to_hf_config
+from .config import PRESETS, ModelArgs, llama_config
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,10 @@ class STELinear(nn.Module):
 
 def build_student(args: ModelArgs, seed: int):
     """transformers' Llama with every q/k/v/o/gate/up/down projection replaced by an STELinear."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = {k: v for k, v in to_hf_config(args).items() if k not in ("auto_map", "architectures", "torch_dtype")}
-    model = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation="sdpa")).float()
+    model = LlamaForCausalLM(llama_config(args, attn_implementation="sdpa")).float()
     gen = torch.Generator().manual_seed(seed)
     for layer in model.model.layers:
         for sub, (out, cols) in args.linear_shapes.items():

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from bonsai_export import checkpoint, formats, ops
-from bonsai_export.config import to_hf_config
+from bonsai_export.config import llama_config
 from bonsai_export.generate import SamplingConfig, generate
 from bonsai_export.model import from_checkpoint, ternary_values
 from bonsai_export.tokenizer import Tokenizer
@@ -28,11 +28,10 @@ def prompt_ids(ckpt):
 
 def stock_llama(ckpt) -> LlamaForCausalLM:
     """transformers' own Llama with T * scales folded into plain fp32 weights."""
-    cfg = {k: v for k, v in to_hf_config(ckpt.args).items() if k not in ("auto_map", "architectures", "torch_dtype")}
-    model = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation="eager")).float().eval()
+    model = LlamaForCausalLM(llama_config(ckpt.args, attn_implementation="eager")).float().eval()
     state = {k: v.float() for k, v in ckpt.dense.items()}
     for name, w in ckpt.ternary.items():
-        state[f"{name}.weight"] = w.values.float() * w.scales[:, None]
+        state[f"{name}.weight"] = w.folded()
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all("rotary" in m for m in missing)
     return model
