@@ -34,9 +34,8 @@ EXAMPLES = {
 
 def _load(model: str | None, quiet: bool):
     from . import checkpoint
-    from .synthetic import default_model
 
-    return checkpoint.load(model if model else default_model(), progress=not quiet)
+    return checkpoint.load(model if model else _default(), progress=not quiet)
 
 
 def cmd_make_checkpoint(args) -> int:

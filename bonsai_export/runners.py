@@ -79,11 +79,10 @@ class PteRunner(Runner):
         if threads:
             portable_lib._unsafe_reset_threadpool(threads)
         self.program = Runtime.get().load_program(str(Path(folder) / A.PTE_FILE))
-        meta = {m: self.program.load_method(m).execute([])[0]
-                for m in (A.META_MAX_SEQ_LEN, A.META_BOS_ID, A.META_EOS_IDS)}
-        self.max_seq_len, self.bos_id = int(meta[A.META_MAX_SEQ_LEN]), int(meta[A.META_BOS_ID])
-        eos = self.program.load_method(A.META_EOS_IDS).execute([])
-        self.eos_ids = tuple(int(e) for e in eos)
+        meta = {m: self.program.load_method(m).execute([]) for m in (A.META_MAX_SEQ_LEN, A.META_BOS_ID,
+                                                                       A.META_EOS_IDS)}
+        self.max_seq_len, self.bos_id = int(meta[A.META_MAX_SEQ_LEN][0]), int(meta[A.META_BOS_ID][0])
+        self.eos_ids = tuple(int(e) for e in meta[A.META_EOS_IDS])
         self.method = self.program.load_method("forward")
 
     def __call__(self, tokens, input_pos):
