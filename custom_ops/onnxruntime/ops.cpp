@@ -59,6 +59,19 @@ inline std::string dims(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
+// Allocates y with x's shape, the last dim replaced by n (both linear ops produce [..., N]).
+inline float* allocate_last_dim(Tensor<float>& y, const std::vector<int64_t>& x_shape, int64_t n) {
+  std::vector<int64_t> shape(x_shape);
+  shape.back() = n;
+  return y.Allocate(shape);
+}
+
+// A kernel-core status as an ORT status, with the core's message.
+inline Ort::Status core_status(const char* op, int status) {
+  if (status == BONSAI_OK) return Ort::Status(nullptr);
+  return Ort::Status((std::string(op) + ": " + bonsai_last_error()).c_str(), ORT_FAIL);
+}
+
 // ---- bonsai::TernaryMatMul(x f32 [..., K], packed u8 [N, row_bytes(K)], scales f32 [N]) -> y f32 [..., N] ----
 // attributes: in_features (K), act_bits (0 or 8)
 struct TernaryMatMul {
@@ -85,17 +98,13 @@ struct TernaryMatMul {
       return fail("bonsai::TernaryMatMul: packed " + dims(ps) + " / scales " + dims(ss) + " do not fit K=" +
                   std::to_string(k) + " (expected [N, " + std::to_string(bonsai_row_bytes(k)) + "] / [N])");
     const int64_t n = ps[0];
-    std::vector<int64_t> out_shape(xs.begin(), xs.end());
-    out_shape.back() = n;
-    float* out = y.Allocate(out_shape);
+    float* out = allocate_last_dim(y, xs, n);
     const int64_t m = x.NumberOfElement() / k;
     if (m == 0) return Ort::Status(nullptr);
     const bonsai_parallel par = ort_parallel(ctx);
-    const int status = bonsai_ternary_linear(x.Data(), m, k, packed.Data(), ps[1], scales.Data(), n,
-                                             static_cast<int32_t>(act_bits), out, &par);
-    if (status != BONSAI_OK)
-      return Ort::Status((std::string("bonsai::TernaryMatMul: ") + bonsai_last_error()).c_str(), ORT_FAIL);
-    return Ort::Status(nullptr);
+    return core_status("bonsai::TernaryMatMul", bonsai_ternary_linear(x.Data(), m, k, packed.Data(), ps[1],
+                                                                      scales.Data(), n,
+                                                                      static_cast<int32_t>(act_bits), out, &par));
   }
 };
 
@@ -131,17 +140,13 @@ struct DenseMatMul {
       return fail("bonsai::DenseMatMul: weight " + dims(ws) + " / scales " + dims(ss) + " do not fit K=" +
                   std::to_string(k) + " and weight_bits=" + std::to_string(kBits));
     const int64_t n = ws[0];
-    std::vector<int64_t> out_shape(xs.begin(), xs.end());
-    out_shape.back() = n;
-    float* out = y.Allocate(out_shape);
+    float* out = allocate_last_dim(y, xs, n);
     const int64_t m = x.NumberOfElement() / k;
     if (m == 0) return Ort::Status(nullptr);
     const bonsai_parallel par = ort_parallel(ctx);
-    const int status = bonsai_dense_linear(x.Data(), m, k, weight.DataRaw(), static_cast<int32_t>(kBits),
-                                           scales.Data(), n, out, &par);
-    if (status != BONSAI_OK)
-      return Ort::Status((std::string("bonsai::DenseMatMul: ") + bonsai_last_error()).c_str(), ORT_FAIL);
-    return Ort::Status(nullptr);
+    return core_status("bonsai::DenseMatMul", bonsai_dense_linear(x.Data(), m, k, weight.DataRaw(),
+                                                                  static_cast<int32_t>(kBits), scales.Data(), n,
+                                                                  out, &par));
   }
 };
 
