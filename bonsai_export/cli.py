@@ -29,6 +29,8 @@ EXAMPLES = {
     "bench": "bonsai-export bench out/bonsai --report out/bench\n"
              "  bonsai-export bench out/tiny --threads 2 --repeats 3 --no-baselines",
     "bench-kernels": "bonsai-export bench-kernels --quick --json-out kernels.json",
+    "eval": "bonsai-export eval out/bonsai --reference deepgrove/Bonsai --report out/bonsai-eval\n"
+            "  bonsai-export eval out/tiny --tasks bonsai_qa --limit 20        (the offline task shipped with us)",
 }
 
 
@@ -122,6 +124,36 @@ def cmd_validate(args) -> int:
     for failure in report["failures"]:
         print(f"{'FAIL' if args.gates else 'gate not enforced'}: {failure}", file=sys.stderr)
     return 1 if report["failures"] and args.gates else 0
+
+
+def cmd_eval(args) -> int:
+    from . import artifact as A
+    from . import checkpoint
+    from .evaluate import evaluate, write_reports  # raises the install hint without lm-eval
+    from .model import from_checkpoint
+    from .runners import EagerRunner, open_runner
+
+    if not A.is_artifact(args.artifact):
+        raise BonsaiError(f"{args.artifact}: not an artifact folder (no {A.MANIFEST}); run `bonsai-export export`")
+    if args.limit is not None and args.limit < 1:
+        raise BonsaiError(f"--limit: expected >= 1, got {args.limit}")
+    art = open_runner(args.artifact, threads=args.threads, backend=args.backend)
+    ref = None
+    if args.reference:  # the float reference: fp32 eager, float activations, the artifact's context length
+        ckpt = checkpoint.load(args.reference, progress=not args.quiet)
+        ref = EagerRunner(from_checkpoint(ckpt, act_quant="none", max_seq_len=art.max_seq_len), ckpt.folder)
+    tasks = [t for t in args.tasks.split(",") if t]
+    report = evaluate(art, ref, tasks, limit=args.limit, include=[Path(p) for p in args.include_path])
+    report.update(artifact=str(args.artifact), backend=art.name, reference=args.reference,
+                  options=A.read_manifest(Path(args.artifact))["options"])
+    paths = write_reports(report, Path(args.report))
+    for name, t in report["tasks"].items():
+        ref_score = t.get("reference", {}).get(t["metric"])
+        print(f"{name}: {t['metric']} {t['artifact'].get(t['metric'], float('nan')):.2f}"
+              + (f" (reference {ref_score:.2f})" if ref_score is not None else "")
+              + (f", published {t['published']:.2f}" if t["published"] is not None else ""))
+    print(f"reports: {', '.join(map(str, paths))}")
+    return 0
 
 
 def cmd_bench(args) -> int:
@@ -225,6 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the bf16 eager reference and the XNNPACK 8da4w .pte")
     p.add_argument("--report", default="bench", help="report path prefix: PREFIX.json, PREFIX.md, PREFIX.png")
+
+    p = add("eval", cmd_eval, "score an artifact on lm-evaluation-harness tasks, beside the float reference and "
+            "Bonsai's published numbers (needs lm-eval: pip install 'bonsai-export[eval]')")
+    p.add_argument("artifact", help="artifact folder written by `bonsai-export export`")
+    p.add_argument("--tasks", default="arc_easy,arc_challenge,hellaswag,openbookqa,piqa,winogrande,mmlu_continuation",
+                   help="comma-separated lm-eval task or group names (default: Bonsai's published set; their data "
+                        "comes from the Hugging Face hub; bonsai_qa is a small offline task)")
+    p.add_argument("--limit", type=int, default=None, help="first N items of each task (default: all)")
+    p.add_argument("--reference", help="checkpoint (hub id or folder) also scored as the fp32 float reference")
+    p.add_argument("--backend", choices=["pte", "onnx"], help="which artifact of a --format all folder")
+    p.add_argument("--include-path", action="append", default=[], help="folder of extra lm-eval task YAMLs")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--report", default="eval", help="report path prefix: PREFIX.json and PREFIX.md")
 
     try:
         from . import bench_kernels
