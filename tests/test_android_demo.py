@@ -1,0 +1,223 @@
+"""android_demo/: the Android project is complete and agrees with the exporter and the C++ sources.
+
+Nothing here builds Android (no NDK, Gradle or Kotlin compiler), so this checks what can be checked statically:
+files, manifest, package layout, CMake wiring, the ONNX I/O names against the exporter's own code, and the
+tokenizer's documented facts (protobuf field numbers, the shipped tokenizer's settings, the worked examples that the
+Kotlin unit test asserts) against sentencepiece. The Kotlin code itself runs in the project's JVM unit tests
+(`./gradlew test`) on a machine with Gradle.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "android_demo"
+APP = DEMO / "app"
+MAIN = APP / "src" / "main"
+KOTLIN_MAIN = MAIN / "java" / "org" / "bonsaiexport" / "demo"
+ANDROID_NS = "{http://schemas.android.com/apk/res/android}"
+
+
+def kotlin_files() -> list[Path]:
+    return sorted((APP / "src").rglob("*.kt"))
+
+
+def read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def test_required_files_exist():
+    required = ["settings.gradle.kts", "build.gradle.kts", "gradle.properties", "gradle/libs.versions.toml",
+                "README.md", "app/build.gradle.kts", "app/src/main/AndroidManifest.xml",
+                "app/src/main/cpp/CMakeLists.txt", "app/src/main/res/layout/activity_main.xml"]
+    missing = [f for f in required if not (DEMO / f).is_file()]
+    assert not missing, f"android_demo lacks {missing}"
+    names = {p.stem for p in kotlin_files()}
+    for stem in ("ModelFolder", "Tokenizer", "Generator", "MainActivity", "Settings", "OrtModel", "Sampler"):
+        assert stem in names, f"no {stem}.kt"
+
+
+def test_no_placeholders_or_machine_paths():
+    for path in sorted(p for p in DEMO.rglob("*") if p.is_file()):
+        text = read(path)
+        for word in ("TODO", "FIXME", "XXX", "TBD"):
+            assert not re.search(rf"\b{word}\b", text), f"{path.relative_to(ROOT)}: {word}"
+        for pattern in (r"/work/", r"/home/\w+", r"/root/", r"(?<!/local)/tmp/"):
+            assert not re.search(pattern, text), f"{path.relative_to(ROOT)}: machine path {pattern}"
+
+
+def test_manifest_declares_the_launcher_activity():
+    root = ET.parse(MAIN / "AndroidManifest.xml").getroot()
+    activities = root.findall("application/activity")
+    launchers = [a for a in activities
+                 if any(act.get(f"{ANDROID_NS}name") == "android.intent.action.MAIN"
+                        for act in a.findall("intent-filter/action"))]
+    assert len(launchers) == 1
+    name = launchers[0].get(f"{ANDROID_NS}name")
+    assert launchers[0].get(f"{ANDROID_NS}exported") == "true"
+    assert name.lstrip(".") == "MainActivity" and (KOTLIN_MAIN / "MainActivity.kt").is_file()
+    for xml in (MAIN / "res").rglob("*.xml"):
+        ET.parse(xml)  # every resource is well-formed
+
+
+def test_kotlin_packages_match_paths_and_namespace():
+    gradle = read(APP / "build.gradle.kts")
+    namespace = re.search(r'namespace\s*=\s*"([\w.]+)"', gradle).group(1)
+    for path in kotlin_files():
+        package = re.search(r"^package\s+([\w.]+)", read(path), re.M).group(1)
+        source_root = path.parents[len(package.split("."))]
+        assert source_root.name == "java" and path.parent == source_root.joinpath(*package.split(".")), path
+        assert package == namespace, f"{path}: package {package}, namespace {namespace}"
+
+
+def test_gradle_wiring():
+    gradle = read(APP / "build.gradle.kts")
+    versions = read(DEMO / "gradle/libs.versions.toml")
+    assert re.search(r'^agp = "8\.\d+\.\d+"', versions, re.M)
+    assert re.search(r'^onnxruntime = "1\.\d+\.\d+"', versions, re.M)
+    assert 'abiFilters += "arm64-v8a"' in gradle
+    assert "compileSdk = 35" in gradle and re.search(r"minSdk = 2[6-9]", gradle)
+    assert 'path = file("src/main/cpp/CMakeLists.txt")' in gradle
+    assert "-DBONSAI_ORT_AAR=" in gradle and 'targets += "bonsai_ort_ops"' in gradle
+    assert "useLegacyPackaging = true" in gradle  # registerCustomOpLibrary needs a file path
+
+
+def test_cmake_points_at_real_sources_and_16k_pages():
+    cmake = read(MAIN / "cpp" / "CMakeLists.txt")
+    assert "-Wl,-z,max-page-size=16384" in cmake
+    default = re.search(r'get_filename_component\(default_source_dir "\$\{CMAKE_CURRENT_SOURCE_DIR\}/([./]+)"',
+                        cmake).group(1)
+    source_dir = (MAIN / "cpp" / default).resolve()
+    assert source_dir == ROOT
+    for sub in re.findall(r'add_subdirectory\("\$\{BONSAI_SOURCE_DIR\}/([\w/]+)"', cmake):
+        assert (source_dir / sub / "CMakeLists.txt").is_file(), sub
+    assert (source_dir / "custom_ops/onnxruntime/ops.cpp").is_file()
+    ort_cmake = read(ROOT / "custom_ops/onnxruntime/CMakeLists.txt")
+    assert "add_library(bonsai_ort_ops SHARED" in ort_cmake and "BONSAI_ORT_INCLUDE_DIR" in ort_cmake
+
+
+def _exporter_function(name: str, **namespace):
+    """A function of bonsai_export/export/onnx.py, run without importing the module (it imports torch: slow)."""
+    tree = ast.parse(read(ROOT / "bonsai_export/export/onnx.py"))
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    code = compile(ast.Module(body=[node], type_ignores=[]), "onnx.py", "exec")
+    exec(code, namespace)
+    return namespace[name]
+
+
+def _kotlin_io_defaults() -> dict[str, str]:
+    text = read(KOTLIN_MAIN / "ModelFolder.kt")
+    block = re.search(r"data class IoNames\((.*?)\n\)", text, re.S).group(1)
+    return dict(re.findall(r'val (\w+): String = "([^"]+)"', block))
+
+
+def test_io_names_match_the_exporter():
+    from onnx import TensorProto, helper
+
+    from bonsai_export.artifact import ONNX_FILE
+
+    args = SimpleNamespace(n_layers=3, n_kv_heads=2, head_dim=8, vocab_size=32, dim=16, n_heads=4, bos_id=1,
+                           eos_ids=(2,), pad_id=0)
+    model = SimpleNamespace(args=args, max_seq_len=64)
+    inputs, outputs = _exporter_function("io_specs", helper=helper, TensorProto=TensorProto)(model)
+    genai = _exporter_function("genai_config", ONNX_FILE=ONNX_FILE)(model, None)["model"]["decoder"]
+
+    kt = _kotlin_io_defaults()
+    layers = range(args.n_layers)
+    kotlin_inputs = [kt["inputIds"], kt["attentionMask"], kt["positionIds"]] + \
+        [kt[k] % i for i in layers for k in ("pastKey", "pastValue")]
+    kotlin_outputs = [kt["logits"]] + [kt[k] % i for i in layers for k in ("presentKey", "presentValue")]
+    assert kotlin_inputs == [v.name for v in inputs]
+    assert kotlin_outputs == [v.name for v in outputs]
+    # genai_config.json's names are what the app reads first; its keys and the Kotlin defaults must agree
+    assert {kt["inputIds"], kt["attentionMask"], kt["positionIds"], kt["pastKey"], kt["pastValue"]} == \
+        set(genai["inputs"].values())
+    assert {kt["logits"], kt["presentKey"], kt["presentValue"]} == set(genai["outputs"].values())
+    model_folder = read(KOTLIN_MAIN / "ModelFolder.kt")
+    for key in list(genai["inputs"]) + list(genai["outputs"]):
+        assert f'"{key}"' in model_folder, f"ModelFolder.kt does not read genai_config key {key}"
+
+
+def test_manifest_fields_the_app_reads_exist():
+    text = read(ROOT / "bonsai_export/export/__init__.py")
+    model_folder = read(KOTLIN_MAIN / "ModelFolder.kt")
+    for key in re.findall(r'model\.getInt\("(\w+)"\)', model_folder) + ["eos_ids"]:
+        assert f'"{key}"' in text, f"the manifest's model entry has no {key}"
+    onnx = read(ROOT / "bonsai_export/export/onnx.py")
+    for key in ("ternary_op", "op_library", "file"):
+        assert f'"{key}"' in onnx
+    assert '"stock"' in model_folder
+
+
+def _tokenizer_constants() -> dict[str, int]:
+    return {k: int(v) for k, v in re.findall(r"const val (\w+) = (\d+)\b", read(KOTLIN_MAIN / "Tokenizer.kt"))}
+
+
+def test_tokenizer_field_numbers_match_sentencepiece():
+    pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    c = _tokenizer_constants()
+    model, piece = pb.ModelProto.DESCRIPTOR.fields_by_name, pb.ModelProto.SentencePiece.DESCRIPTOR.fields_by_name
+    assert (c["MODEL_PIECES"], c["MODEL_TRAINER_SPEC"], c["MODEL_NORMALIZER_SPEC"]) == \
+        (model["pieces"].number, model["trainer_spec"].number, model["normalizer_spec"].number)
+    assert (c["PIECE_PIECE"], c["PIECE_SCORE"], c["PIECE_TYPE"]) == \
+        (piece["piece"].number, piece["score"].number, piece["type"].number)
+    trainer, normalizer = pb.TrainerSpec.DESCRIPTOR.fields_by_name, pb.NormalizerSpec.DESCRIPTOR.fields_by_name
+    assert c["TRAINER_MODEL_TYPE"] == trainer["model_type"].number
+    assert (c["NORMALIZER_NAME"], c["NORMALIZER_ADD_DUMMY_PREFIX"], c["NORMALIZER_REMOVE_EXTRA_WHITESPACES"]) == \
+        (normalizer["name"].number, normalizer["add_dummy_prefix"].number,
+         normalizer["remove_extra_whitespaces"].number)
+    types = dict(pb.ModelProto.SentencePiece.Type.items())
+    for name in ("NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE"):
+        assert c[f"TYPE_{name}"] == types[name], name
+    model_types = dict(pb.TrainerSpec.ModelType.items())
+    assert (c["MODEL_TYPE_UNIGRAM"], c["MODEL_TYPE_BPE"]) == (model_types["UNIGRAM"], model_types["BPE"])
+
+
+def _bonsai_spm():
+    spm = pytest.importorskip("sentencepiece")
+    try:
+        from bonsai_export.synthetic import mistral_v1_spm
+
+        path = mistral_v1_spm()
+    except Exception as exc:  # mistral-common missing
+        pytest.skip(f"Bonsai's tokenizer.model is not available: {exc}")
+    return spm, path
+
+
+def test_shipped_tokenizer_fits_the_kotlin_assumptions():
+    """Tokenizer.kt implements BPE with the identity normalizer, byte fallback and no user-defined pieces."""
+    spm, path = _bonsai_spm()
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    m = pb.ModelProto()
+    m.ParseFromString(path.read_bytes())
+    assert m.trainer_spec.model_type == pb.TrainerSpec.BPE
+    assert m.normalizer_spec.name == "identity" and not m.normalizer_spec.precompiled_charsmap
+    assert m.trainer_spec.byte_fallback
+    types = {p.type for p in m.pieces}
+    assert pb.ModelProto.SentencePiece.USER_DEFINED not in types and pb.ModelProto.SentencePiece.UNUSED not in types
+    assert sum(p.type == pb.ModelProto.SentencePiece.BYTE for p in m.pieces) == 256
+
+
+def test_documented_tokenizer_examples_match_sentencepiece():
+    """The (text, ids) pairs that TokenizerTest.kt asserts on the Kotlin tokenizer, and Tokenizer.kt's KDoc."""
+    spm, path = _bonsai_spm()
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    test_kt = read(APP / "src/test/java/org/bonsaiexport/demo/TokenizerTest.kt")
+    examples = re.findall(r'"([^"]+)" to intArrayOf\(([\d, ]+)\)', test_kt)
+    assert len(examples) >= 3
+    for text, ids in examples:
+        ids = [int(i) for i in ids.split(",")]
+        assert sp.encode(text) == ids, text
+        assert sp.decode(ids) == text, text
+    doc = read(KOTLIN_MAIN / "Tokenizer.kt")
+    for text, pieces, ids in re.findall(r'^\s*\*\s+"([^"]+)"\s+-> ([^-]+?)\s+-> ([\d ]+)$', doc, re.M):
+        assert sp.encode(text, out_type=str) == pieces.split(), text
+        assert sp.encode(text) == [int(i) for i in ids.split()], text
