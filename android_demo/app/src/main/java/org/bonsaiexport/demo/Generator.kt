@@ -39,13 +39,14 @@ data class GenerationStats(
 }
 
 sealed interface GenerationEvent {
+    val text: String
     val stats: GenerationStats
 
     /** A piece of text (possibly empty while a multi-byte character is incomplete). */
-    data class Text(val text: String, override val stats: GenerationStats) : GenerationEvent
+    data class Text(override val text: String, override val stats: GenerationStats) : GenerationEvent
 
     /** The end: the last held-back text and the final figures (PSS included). */
-    data class Finished(val text: String, override val stats: GenerationStats) : GenerationEvent
+    data class Finished(override val text: String, override val stats: GenerationStats) : GenerationEvent
 }
 
 /**
@@ -102,11 +103,11 @@ class Generator(private val model: OrtModel, private val tokenizer: Tokenizer) {
             }
             logits = model.forward(longArrayOf(token.toLong()))
         }
-        val final = stats.copy(
+        val finalStats = stats.copy(
             stopReason = reason, rssBytes = Memory.rssBytes(), peakRssBytes = Memory.peakRssBytes(),
             pssBytes = Memory.pssBytes(),
         )
-        emit(GenerationEvent.Finished(decoder.flush(), final))
+        emit(GenerationEvent.Finished(decoder.flush(), finalStats))
     }
 
     private fun seconds(since: Long): Double = (System.nanoTime() - since) / 1e9

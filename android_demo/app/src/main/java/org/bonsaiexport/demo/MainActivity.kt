@@ -22,7 +22,7 @@ class MainActivity : AppCompatActivity() {
     private val viewModel: MainViewModel by viewModels()
 
     private val pickFolder = registerForActivityResult(ActivityResultContracts.OpenDocumentTree()) { uri ->
-        if (uri != null) viewModel.import(uri)
+        if (uri != null) viewModel.importFolder(uri)
     }
 
     override fun onCreate(savedInstanceState: Bundle?) {

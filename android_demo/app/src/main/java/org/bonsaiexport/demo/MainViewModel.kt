@@ -93,14 +93,16 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
     }
 
     /** Copies a folder picked with the Storage Access Framework into app storage, then loads it. */
-    fun import(treeUri: Uri) {
+    fun importFolder(treeUri: Uri) {
         if (_state.value.busy) return
         _state.update { it.copy(busy = true, modelStatus = "Importing ...") }
         viewModelScope.launch {
             try {
                 val dir = withContext(modelDispatcher) {
-                    ModelFolder.importTree(getApplication<Application>().contentResolver, treeUri, modelsDir) { name, done, total ->
-                        _state.update { it.copy(modelStatus = "Importing $name: ${Memory.mb(done)} of ${Memory.mb(total)}") }
+                    val resolver = getApplication<Application>().contentResolver
+                    ModelFolder.importTree(resolver, treeUri, modelsDir) { name, done, total ->
+                        val status = "Importing $name: ${Memory.mb(done)} of ${Memory.mb(total)}"
+                        _state.update { it.copy(modelStatus = status) }
                     }
                 }
                 _state.update { it.copy(busy = false, modelPath = dir.absolutePath) }
@@ -122,7 +124,7 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
                 .flowOn(modelDispatcher)
                 .catch { e -> _state.update { it.copy(stats = "Error: ${e.message}") } }
                 .collect { event ->
-                    _state.update { it.copy(output = it.output + event.text(), stats = event.stats.format()) }
+                    _state.update { it.copy(output = it.output + event.text, stats = event.stats.format()) }
                 }
             _state.update { it.copy(generating = false) }
         }
@@ -144,11 +146,6 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
         // Close on the model thread, after any run in progress, then end that thread.
         modelExecutor.execute { model?.close() }
         modelExecutor.shutdown()
-    }
-
-    private fun GenerationEvent.text(): String = when (this) {
-        is GenerationEvent.Text -> text
-        is GenerationEvent.Finished -> text
     }
 
     private companion object {

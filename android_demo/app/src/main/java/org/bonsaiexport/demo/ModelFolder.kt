@@ -119,7 +119,7 @@ class ModelFolder private constructor(
         private fun ioNames(decoder: JSONObject?): IoNames {
             val d = IoNames()
             val inputs = decoder?.optJSONObject("inputs") ?: return d
-            val outputs = decoder.optJSONObject("outputs") ?: JSONObject()
+            val outputs = decoder?.optJSONObject("outputs") ?: JSONObject()
             return IoNames(
                 inputIds = inputs.optString("input_ids", d.inputIds),
                 attentionMask = inputs.optString("attention_mask", d.attentionMask),

@@ -67,11 +67,10 @@ class OrtModel private constructor(
             cache = result
             length = total
 
+            // Absolute reads: Buffer.position(int) has a covariant override only on newer Android releases.
             val logits = (result.get(io.logits).get() as OnnxTensor).floatBuffer
-            val row = FloatArray(folder.vocabSize)
-            logits.position((t - 1) * folder.vocabSize)
-            logits.get(row)
-            return row
+            val offset = (t - 1) * folder.vocabSize
+            return FloatArray(folder.vocabSize) { logits.get(offset + it) }
         } finally {
             created.forEach { it.close() }
         }
@@ -106,7 +105,8 @@ class OrtModel private constructor(
                         options.addConfigEntry("session.intra_op_thread_affinities", it)
                     }
                 }
-                val customOps = if (folder.needsCustomOps) registerOps(options, nativeLibraryDir) else "not needed (stock)"
+                val customOps =
+                    if (folder.needsCustomOps) registerOps(options, nativeLibraryDir) else "not needed (stock variant)"
                 val session = try {
                     env.createSession(folder.modelFile.absolutePath, options)
                 } catch (e: OrtException) {
@@ -147,7 +147,8 @@ class OrtModel private constructor(
             val missing = inputs.filterNot { it in session.inputNames } + outputs.filterNot { it in session.outputNames }
             if (missing.isNotEmpty()) {
                 session.close()
-                throw ModelFolderException("${folder.modelFile}: lacks ${missing.take(4).joinToString()}; not a bonsai-export graph")
+                val names = missing.take(4).joinToString()
+                throw ModelFolderException("${folder.modelFile}: lacks $names; not a bonsai-export graph")
             }
         }
     }
