@@ -1,4 +1,5 @@
-// ExecuTorch kernel for bonsai::attention.out: validates the tensors, then calls the core's cache attention.
+// ExecuTorch kernel for bonsai::attention.out: the core validates the tensors (bonsai_check_attention) and the
+// position (bonsai_attention), then runs the cache attention.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 
@@ -16,19 +17,16 @@ using executorch::runtime::KernelRuntimeContext;
 //   q [1, T, H, D], caches [1, Hkv, S, D], input_pos [1] int64, out [1, T, H, D]
 Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                       const Tensor& input_pos, Tensor& out) {
-  ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float && k_cache.scalar_type() == ScalarType::Float &&
-                      v_cache.scalar_type() == ScalarType::Float && out.scalar_type() == ScalarType::Float,
-                      InvalidArgument, out, "bonsai::attention: q, caches and out must be float32");
-  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k_cache.dim() == 4 && q.size(0) == 1 && k_cache.size(0) == 1,
-                      InvalidArgument, out, "bonsai::attention: expected q [1, T, H, D] and caches [1, Hkv, S, D]");
-  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::tensors_have_same_shape(k_cache, v_cache) &&
-                      k_cache.size(3) == q.size(3), InvalidArgument, out,
-                      "bonsai::attention: k_cache, v_cache and q disagree on shape");
-  ET_KERNEL_CHECK_MSG(ctx, input_pos.scalar_type() == ScalarType::Long && input_pos.numel() == 1, InvalidArgument,
-                      out, "bonsai::attention: input_pos must be one int64");
+  const TensorDesc qd(q), kd(k_cache), vd(v_cache), pd(input_pos);
+  const int checked = bonsai_check_attention("bonsai::attention", qd.get(), kd.get(), vd.get(), pd.get());
+  ET_KERNEL_CHECK_MSG(ctx, checked == BONSAI_OK, InvalidArgument, out, "%s", bonsai_last_error());
+  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float, InvalidArgument, out,
+                      "bonsai::attention: out must be float32");
+  ET_KERNEL_CHECK_MSG(ctx, contiguous(q, k_cache, v_cache), InvalidArgument, out,
+                      "bonsai::attention: q and the caches must be contiguous");
   ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, q.sizes()) == Error::Ok, InvalidArgument, out,
                       "bonsai::attention: cannot resize out");
-  const int64_t pos = input_pos.const_data_ptr<int64_t>()[0];
+  const int64_t pos = input_pos.const_data_ptr<int64_t>()[0];  // any value: bonsai_attention checks the range
   const bonsai_parallel par = et_parallel();
   const int status = bonsai_attention(q.const_data_ptr<float>(), q.size(1), q.size(2), q.size(3),
                                       k_cache.const_data_ptr<float>(), v_cache.const_data_ptr<float>(),

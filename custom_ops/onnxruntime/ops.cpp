@@ -1,6 +1,6 @@
 // ONNX Runtime custom-op library (libbonsai_ort_ops.so): bonsai::TernaryMatMul and bonsai::DenseMatMul, thin
-// lite-API bindings over the shared kernel core. They validate the tensors, then call bonsai_ternary_linear /
-// bonsai_dense_linear with ONNX Runtime's intra-op thread pool as the parallel-for hook. No math here
+// lite-API bindings over the shared kernel core. The core validates the tensors (bonsai_check_*), then they call
+// bonsai_ternary_linear / bonsai_dense_linear with ONNX Runtime's intra-op thread pool as the parallel-for hook. No math here
 // (custom_ops/core does it). Node contracts: docs/FORMAT.md.
 //
 // ABI rules (shared/notes/onnxruntime.md): ORT_API_MANUAL_INIT, the API is fetched in RegisterCustomOps, and the
@@ -14,6 +14,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "bonsai/kernels.h"
@@ -53,10 +54,21 @@ inline bonsai_parallel ort_parallel(OrtKernelContext* ctx) {
 
 inline Ort::Status fail(const std::string& msg) { return Ort::Status(msg.c_str(), ORT_INVALID_ARGUMENT); }
 
-inline std::string dims(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
+// The core's dtype code of an element type.
+template <typename T>
+constexpr int32_t dtype_of() {
+  if constexpr (std::is_same_v<T, float>) return BONSAI_DTYPE_F32;
+  else if constexpr (std::is_same_v<T, Ort::BFloat16_t>) return BONSAI_DTYPE_BF16;
+  else if constexpr (std::is_same_v<T, int8_t>) return BONSAI_DTYPE_I8;
+  else if constexpr (std::is_same_v<T, uint8_t>) return BONSAI_DTYPE_U8;
+  else return BONSAI_DTYPE_OTHER;
+}
+
+// An ORT tensor as the core's validators (bonsai_check_*) see it; points into the tensor's shape vector.
+template <typename T>
+bonsai_tensor describe(const Tensor<T>& t) {
+  const auto& shape = t.Shape();
+  return {dtype_of<T>(), static_cast<int32_t>(shape.size()), shape.data()};
 }
 
 // Allocates y with x's shape, the last dim replaced by n (both linear ops produce [..., N]).
@@ -72,9 +84,21 @@ inline Ort::Status core_status(const char* op, int status) {
   return Ort::Status((std::string(op) + ": " + bonsai_last_error()).c_str(), ORT_FAIL);
 }
 
+// Runs a Compute body; ORT API calls inside it (the output allocation of a huge [..., N]) throw Ort::Exception,
+// which becomes the node's error status instead of unwinding through ORT's C callback.
+template <typename Body>
+Ort::Status guarded(const char* op, Body&& body) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    return Ort::Status((std::string(op) + ": " + e.what()).c_str(), ORT_FAIL);
+  }
+}
+
 // ---- bonsai::TernaryMatMul(x f32 [..., K], packed u8 [N, row_bytes(K)], scales f32 [N]) -> y f32 [..., N] ----
 // attributes: in_features (K), act_bits (0 or 8)
 struct TernaryMatMul {
+  static constexpr const char* kName = "bonsai::TernaryMatMul";
   int64_t in_features = 0;
   int64_t act_bits = 0;
 
@@ -86,33 +110,27 @@ struct TernaryMatMul {
 
   Ort::Status Compute(OrtKernelContext* ctx, const Tensor<float>& x, const Tensor<uint8_t>& packed,
                       const Tensor<float>& scales, Tensor<float>& y) {
-    const int64_t k = in_features;
-    const auto& xs = x.Shape();
-    const auto& ps = packed.Shape();
-    const auto& ss = scales.Shape();
-    if (act_bits != 0 && act_bits != 8)
-      return fail("bonsai::TernaryMatMul: act_bits must be 0 or 8, got " + std::to_string(act_bits));
-    if (k <= 0 || xs.empty() || xs.back() != k)
-      return fail("bonsai::TernaryMatMul: x " + dims(xs) + " must end in in_features=" + std::to_string(k));
-    if (ps.size() != 2 || ps[1] != bonsai_row_bytes(k) || ss.size() != 1 || ss[0] != ps[0])
-      return fail("bonsai::TernaryMatMul: packed " + dims(ps) + " / scales " + dims(ss) + " do not fit K=" +
-                  std::to_string(k) + " (expected [N, " + std::to_string(bonsai_row_bytes(k)) + "] / [N])");
-    const int64_t n = ps[0];
-    float* out = allocate_last_dim(y, xs, n);
-    const int64_t m = x.NumberOfElement() / k;
-    if (m == 0) return Ort::Status(nullptr);
-    const bonsai_parallel par = ort_parallel(ctx);
-    return core_status("bonsai::TernaryMatMul", bonsai_ternary_linear(x.Data(), m, k, packed.Data(), ps[1],
-                                                                      scales.Data(), n,
-                                                                      static_cast<int32_t>(act_bits), out, &par));
+    const bonsai_tensor xd = describe(x), pd = describe(packed), sd = describe(scales);
+    int64_t m = 0, n = 0;
+    if (bonsai_check_ternary_linear(kName, &xd, &pd, &sd, in_features, act_bits, &m, &n) != BONSAI_OK)
+      return fail(bonsai_last_error());
+    return guarded(kName, [&] {
+      float* out = allocate_last_dim(y, x.Shape(), n);
+      if (m == 0) return Ort::Status(nullptr);  // an empty x: nothing to compute
+      const bonsai_parallel par = ort_parallel(ctx);
+      return core_status(kName, bonsai_ternary_linear(x.Data(), m, in_features, packed.Data(), pd.dims[1],
+                                                      scales.Data(), n, static_cast<int32_t>(act_bits), out, &par));
+    });
   }
 };
 
 // ---- bonsai::DenseMatMul(x f32 [..., K], weight W [N, ...], scales f32) -> y f32 [..., N] ----
 // attributes: in_features (K), weight_bits (16: W bf16 [N, K], scales [N]; 8: W int8 [N, K], scales [N];
-// 4: W uint8 [N, ceil(K/2)] nibbles, scales [N, ceil(K/32)]). One kernel per weight dtype, same op name.
-template <typename W, int64_t kBits>
+// 4: W uint8 [N, ceil(K/2)] nibbles, scales [N, ceil(K/32)]). One kernel per weight dtype, same op name; the
+// core checks that weight_bits fits the dtype ORT picked the kernel by.
+template <typename W>
 struct DenseMatMul {
+  static constexpr const char* kName = "bonsai::DenseMatMul";
   int64_t in_features = 0;
   int64_t weight_bits = 0;
 
@@ -124,29 +142,17 @@ struct DenseMatMul {
 
   Ort::Status Compute(OrtKernelContext* ctx, const Tensor<float>& x, const Tensor<W>& weight,
                       const Tensor<float>& scales, Tensor<float>& y) {
-    const int64_t k = in_features;
-    const auto& xs = x.Shape();
-    const auto& ws = weight.Shape();
-    const auto& ss = scales.Shape();
-    const int64_t wk = kBits == 4 ? (k + 1) / 2 : k;
-    const int64_t groups = kBits == 4 ? (k + BONSAI_DENSE_INT4_GROUP - 1) / BONSAI_DENSE_INT4_GROUP : 1;
-    if (weight_bits != kBits)
-      return fail("bonsai::DenseMatMul: weight_bits " + std::to_string(weight_bits) + " does not fit the weight's "
-                  "dtype (expected " + std::to_string(kBits) + ")");
-    if (k <= 0 || xs.empty() || xs.back() != k)
-      return fail("bonsai::DenseMatMul: x " + dims(xs) + " must end in in_features=" + std::to_string(k));
-    const bool scales_ok = kBits == 4 ? (ss.size() == 2 && ss[1] == groups) : ss.size() == 1;
-    if (ws.size() != 2 || ws[1] != wk || !scales_ok || ss[0] != ws[0])
-      return fail("bonsai::DenseMatMul: weight " + dims(ws) + " / scales " + dims(ss) + " do not fit K=" +
-                  std::to_string(k) + " and weight_bits=" + std::to_string(kBits));
-    const int64_t n = ws[0];
-    float* out = allocate_last_dim(y, xs, n);
-    const int64_t m = x.NumberOfElement() / k;
-    if (m == 0) return Ort::Status(nullptr);
-    const bonsai_parallel par = ort_parallel(ctx);
-    return core_status("bonsai::DenseMatMul", bonsai_dense_linear(x.Data(), m, k, weight.DataRaw(),
-                                                                  static_cast<int32_t>(kBits), scales.Data(), n,
-                                                                  out, &par));
+    const bonsai_tensor xd = describe(x), wd = describe(weight), sd = describe(scales);
+    int64_t m = 0, n = 0;
+    if (bonsai_check_dense_linear(kName, &xd, &wd, &sd, in_features, weight_bits, &m, &n) != BONSAI_OK)
+      return fail(bonsai_last_error());
+    return guarded(kName, [&] {
+      float* out = allocate_last_dim(y, x.Shape(), n);
+      if (m == 0) return Ort::Status(nullptr);  // an empty x: nothing to compute
+      const bonsai_parallel par = ort_parallel(ctx);
+      return core_status(kName, bonsai_dense_linear(x.Data(), m, in_features, weight.DataRaw(),
+                                                    static_cast<int32_t>(weight_bits), scales.Data(), n, out, &par));
+    });
   }
 };
 
@@ -166,11 +172,11 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
       Ort::Custom::CreateLiteCustomOp<bonsai_ort::TernaryMatMul>("TernaryMatMul", "CPUExecutionProvider")};
   static std::unique_ptr<Ort::Custom::OrtLiteCustomOp> dense[] = {
       std::unique_ptr<Ort::Custom::OrtLiteCustomOp>{Ort::Custom::CreateLiteCustomOp<
-          bonsai_ort::DenseMatMul<Ort::BFloat16_t, 16>>("DenseMatMul", "CPUExecutionProvider")},
+          bonsai_ort::DenseMatMul<Ort::BFloat16_t>>("DenseMatMul", "CPUExecutionProvider")},
       std::unique_ptr<Ort::Custom::OrtLiteCustomOp>{Ort::Custom::CreateLiteCustomOp<
-          bonsai_ort::DenseMatMul<int8_t, 8>>("DenseMatMul", "CPUExecutionProvider")},
+          bonsai_ort::DenseMatMul<int8_t>>("DenseMatMul", "CPUExecutionProvider")},
       std::unique_ptr<Ort::Custom::OrtLiteCustomOp>{Ort::Custom::CreateLiteCustomOp<
-          bonsai_ort::DenseMatMul<uint8_t, 4>>("DenseMatMul", "CPUExecutionProvider")}};
+          bonsai_ort::DenseMatMul<uint8_t>>("DenseMatMul", "CPUExecutionProvider")}};
   static std::once_flag once;
   static Ort::CustomOpDomain domain{nullptr};
   try {

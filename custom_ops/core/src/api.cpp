@@ -2,6 +2,8 @@
 // the output over threads and call the dispatched kernels. No math beyond the int8 epilogue lives here.
 #include <string.h>
 
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -32,7 +34,7 @@ int check_matmul(const char* fn, const void* a, const uint8_t* packed, const voi
   if (!a || !packed || !out) return fail(BONSAI_ERR_NULL, std::string(fn) + ": null input, weight or output pointer");
   if (m <= 0 || n <= 0 || k <= 0) return fail(BONSAI_ERR_SHAPE, std::string(fn) + ": expected M, N, K > 0, got " + shape_str(m, n, k));
   // Keeps every index product (m * stride, n * row bytes) far from int64 overflow.
-  if (m > (int64_t(1) << 31) || n > (int64_t(1) << 31) || k > (int64_t(1) << 24))
+  if (m > BONSAI_MAX_ROWS || n > BONSAI_MAX_ROWS || k > BONSAI_MAX_K)
     return fail(BONSAI_ERR_SHAPE, std::string(fn) + ": shape too large, got " + shape_str(m, n, k));
   if (packed_row_bytes != row_bytes(k)) {
     return fail(BONSAI_ERR_SHAPE, std::string(fn) + ": expected packed row bytes " + std::to_string(row_bytes(k)) +
@@ -73,7 +75,9 @@ struct Split {
 // threads idle.
 Split make_split(int64_t m, int64_t n, int64_t k, const bonsai_parallel* par) {
   int64_t workers = par && par->parallel_for && par->num_threads > 1 ? par->num_threads : 1;
-  const int64_t useful = m * n * row_bytes(k) / kMinTaskWork;
+  // In double: M * N * row bytes may pass 2^63 for the largest valid shapes.
+  const double work = double(m) * double(n) * double(row_bytes(k)) / kMinTaskWork;
+  const int64_t useful = work < double(workers) ? int64_t(work) : workers;
   if (useful < workers) workers = useful > 1 ? useful : 1;
   Split s{m, n, 1, 1};
   const int64_t row_grains = (n + kRowGrain - 1) / kRowGrain;
@@ -186,7 +190,7 @@ extern "C" {
 
 const char* bonsai_last_error(void) { return bonsai::t_error.c_str(); }
 
-int64_t bonsai_row_bytes(int64_t k) { return k > 0 ? bonsai::row_bytes(k) : -1; }
+int64_t bonsai_row_bytes(int64_t k) { return k > 0 && k <= BONSAI_MAX_K ? bonsai::row_bytes(k) : -1; }
 
 int bonsai_ternary_linear(const float* x, int64_t m, int64_t k, const uint8_t* packed, int64_t packed_row_bytes,
                           const float* scales, int64_t n, int32_t act_bits, float* y, const bonsai_parallel* parallel) {
@@ -201,7 +205,7 @@ int bonsai_ternary_linear(const float* x, int64_t m, int64_t k, const uint8_t* p
   try {
     return act_bits == kActBitsInt8 ? linear_i8(table, x, m, k, packed, scales, n, y, parallel)
                                     : linear_f32(table, x, m, k, packed, scales, n, y, parallel);
-  } catch (const std::bad_alloc&) {
+  } catch (const std::exception&) {
     return fail(BONSAI_ERR_ALLOC, "bonsai_ternary_linear: out of memory for scratch buffers");
   }
 }
@@ -224,7 +228,7 @@ int bonsai_int8_accumulate(const int8_t* q, int64_t m, int64_t k, const uint8_t*
                 nullptr, nullptr, nullptr};
     run_tasks(parallel, job.split.tasks(), int8_task, &job);
     return BONSAI_OK;
-  } catch (const std::bad_alloc&) {
+  } catch (const std::exception&) {
     return fail(BONSAI_ERR_ALLOC, "bonsai_int8_accumulate: out of memory for scratch buffers");
   }
 }
@@ -245,9 +249,188 @@ int bonsai_quantize_activations(const float* x, int64_t m, int64_t k, int8_t* q,
       memcpy(q + i * k, row, size_t(k));
     }
     return BONSAI_OK;
-  } catch (const std::bad_alloc&) {
+  } catch (const std::exception&) {
     return fail(BONSAI_ERR_ALLOC, "bonsai_quantize_activations: out of memory");
   }
+}
+
+}  // extern "C"
+
+// ---- Tensor validation for the runtime bindings ----
+namespace bonsai {
+namespace {
+
+const char* dtype_name(int32_t dtype) {
+  switch (dtype) {
+    case BONSAI_DTYPE_F32: return "float32";
+    case BONSAI_DTYPE_BF16: return "bfloat16";
+    case BONSAI_DTYPE_I8: return "int8";
+    case BONSAI_DTYPE_U8: return "uint8";
+    case BONSAI_DTYPE_I64: return "int64";
+    default: return "an unsupported dtype";
+  }
+}
+
+// "[2, 130]"; only called on tensors whose rank passed check_rank.
+std::string dims_str(const bonsai_tensor& t) {
+  std::string s = "[";
+  for (int32_t i = 0; i < t.rank; ++i) s += (i ? ", " : "") + std::to_string(t.dims[i]);
+  return s + "]";
+}
+
+// What one check is about: the op's name prefixes every message.
+struct Checker {
+  const char* op;
+
+  int error(bonsai_status status, const std::string& what) const {
+    return fail(status, std::string(op ? op : "bonsai") + ": " + what);
+  }
+
+  // The tensor exists, has a sane rank (dims readable) and no negative size.
+  int present(const char* name, const bonsai_tensor* t) const {
+    if (!t || (t->rank > 0 && !t->dims)) return error(BONSAI_ERR_NULL, std::string(name) + " is missing");
+    if (t->rank < 0 || t->rank > BONSAI_MAX_RANK)
+      return error(BONSAI_ERR_SHAPE, std::string(name) + " has rank " + std::to_string(t->rank) +
+                                         ", more than the ops ever take (" + std::to_string(BONSAI_MAX_RANK) + ")");
+    for (int32_t i = 0; i < t->rank; ++i)
+      if (t->dims[i] < 0) return error(BONSAI_ERR_SHAPE, std::string(name) + " has a negative size");
+    return BONSAI_OK;
+  }
+
+  // dtype and rank as the contract says; `expect` describes the full contract for the message.
+  int typed(const char* name, const bonsai_tensor* t, int32_t dtype, int32_t rank, const std::string& expect) const {
+    if (int rc = present(name, t)) return rc;
+    if (t->dtype != dtype)
+      return error(BONSAI_ERR_SHAPE, std::string(name) + " must be " + dtype_name(dtype) + " " + expect + ", got " +
+                                         dtype_name(t->dtype) + " " + dims_str(*t));
+    if (rank >= 0 && t->rank != rank)
+      return error(BONSAI_ERR_SHAPE, std::string(name) + " must be " + dtype_name(dtype) + " " + expect +
+                                         ", got rank " + std::to_string(t->rank) + " " + dims_str(*t));
+    return BONSAI_OK;
+  }
+
+  int in_features(int64_t k) const {
+    if (k <= 0 || k > BONSAI_MAX_K)
+      return error(BONSAI_ERR_SHAPE, "in_features must be in [1, " + std::to_string(BONSAI_MAX_K) + "], got " +
+                                         std::to_string(k));
+    return BONSAI_OK;
+  }
+
+  // x f32 [..., K]: *m = product of the leading dims, overflow-checked (an empty x gives m = 0).
+  int activations(const bonsai_tensor* x, int64_t k, int64_t* m) const {
+    if (int rc = typed("x", x, BONSAI_DTYPE_F32, -1, "[..., K]")) return rc;
+    if (x->rank < 1 || x->dims[x->rank - 1] != k)
+      return error(BONSAI_ERR_SHAPE, "x " + dims_str(*x) + " must end in in_features=" + std::to_string(k));
+    int64_t rows = 1;
+    bool empty = false;
+    for (int32_t i = 0; i + 1 < x->rank; ++i) empty |= x->dims[i] == 0;
+    for (int32_t i = 0; i + 1 < x->rank && !empty; ++i)
+      if (__builtin_mul_overflow(rows, x->dims[i], &rows) || rows > BONSAI_MAX_ROWS)
+        return error(BONSAI_ERR_SHAPE, "x " + dims_str(*x) + " has more than " + std::to_string(BONSAI_MAX_ROWS) +
+                                           " rows");
+    *m = empty ? 0 : rows;
+    return BONSAI_OK;
+  }
+
+  // N: rows of the weight, at least one (a layer without outputs is a malformed weight, not an empty input).
+  int out_rows(const char* name, const bonsai_tensor* w, int64_t* n) const {
+    if (w->dims[0] < 1 || w->dims[0] > BONSAI_MAX_ROWS)
+      return error(BONSAI_ERR_SHAPE, std::string(name) + " " + dims_str(*w) + " must have 1 to " +
+                                         std::to_string(BONSAI_MAX_ROWS) + " rows (N)");
+    *n = w->dims[0];
+    return BONSAI_OK;
+  }
+};
+
+bool dims_are(const bonsai_tensor* t, int64_t d0, int64_t d1 = -1) {
+  return t->dims[0] == d0 && (t->rank < 2 || t->dims[1] == d1);
+}
+
+}  // namespace
+}  // namespace bonsai
+
+extern "C" {
+
+int bonsai_check_ternary_linear(const char* op, const bonsai_tensor* x, const bonsai_tensor* packed,
+                                const bonsai_tensor* scales, int64_t in_features, int64_t act_bits, int64_t* m,
+                                int64_t* n) {
+  using namespace bonsai;
+  clear_error();
+  const Checker c{op};
+  if (!m || !n) return c.error(BONSAI_ERR_NULL, "null output pointer");
+  if (act_bits != kActBitsNone && act_bits != kActBitsInt8)
+    return c.error(BONSAI_ERR_ACT_BITS, "act_bits must be 0 or 8, got " + std::to_string(act_bits));
+  if (int rc = c.in_features(in_features)) return rc;
+  const int64_t k = in_features, rb = row_bytes(k);
+  if (int rc = c.activations(x, k, m)) return rc;
+  const std::string expect_packed = "[N, " + std::to_string(rb) + "] (row_bytes(K=" + std::to_string(k) + "))";
+  if (int rc = c.typed("packed", packed, BONSAI_DTYPE_U8, 2, expect_packed)) return rc;
+  if (int rc = c.typed("scales", scales, BONSAI_DTYPE_F32, 1, "[N]")) return rc;
+  if (packed->dims[1] != rb || scales->dims[0] != packed->dims[0])
+    return c.error(BONSAI_ERR_SHAPE, "packed " + dims_str(*packed) + " / scales " + dims_str(*scales) +
+                                         " do not fit K=" + std::to_string(k) + " (expected [N, " +
+                                         std::to_string(rb) + "] / [N])");
+  return c.out_rows("packed", packed, n);
+}
+
+int bonsai_check_dense_linear(const char* op, const bonsai_tensor* x, const bonsai_tensor* weight,
+                              const bonsai_tensor* scales, int64_t in_features, int64_t weight_bits, int64_t* m,
+                              int64_t* n) {
+  using namespace bonsai;
+  clear_error();
+  const Checker c{op};
+  if (!m || !n) return c.error(BONSAI_ERR_NULL, "null output pointer");
+  if (weight_bits != 16 && weight_bits != 8 && weight_bits != 4)
+    return c.error(BONSAI_ERR_ACT_BITS, "weight_bits must be 16, 8 or 4, got " + std::to_string(weight_bits));
+  if (int rc = c.in_features(in_features)) return rc;
+  const int64_t k = in_features, bits = weight_bits;
+  if (int rc = c.activations(x, k, m)) return rc;
+  const int32_t wtype = bits == 16 ? BONSAI_DTYPE_BF16 : bits == 8 ? BONSAI_DTYPE_I8 : BONSAI_DTYPE_U8;
+  if (int rc = c.present("weight", weight)) return rc;
+  if (weight->dtype != wtype)
+    return c.error(BONSAI_ERR_SHAPE, "weight_bits " + std::to_string(bits) + " does not fit the weight's dtype " +
+                                         dtype_name(weight->dtype) + " (expected " + dtype_name(wtype) + ")");
+  const int64_t wk = dense_row_bytes(int(bits), k) / (bits == 16 ? 2 : 1);  // weight elements per row
+  const int64_t groups = (k + kDenseChunk - 1) / kDenseChunk;
+  const std::string expect_w = "[N, " + std::to_string(wk) + "]";
+  const std::string expect_s = bits == 4 ? "[N, " + std::to_string(groups) + "]" : "[N]";
+  if (int rc = c.typed("weight", weight, wtype, 2, expect_w)) return rc;
+  if (int rc = c.typed("scales", scales, BONSAI_DTYPE_F32, bits == 4 ? 2 : 1, expect_s)) return rc;
+  if (weight->dims[1] != wk || !dims_are(scales, weight->dims[0], groups))
+    return c.error(BONSAI_ERR_SHAPE, "weight " + dims_str(*weight) + " / scales " + dims_str(*scales) +
+                                         " do not fit K=" + std::to_string(k) + " and weight_bits=" +
+                                         std::to_string(bits) + " (expected " + expect_w + " / " + expect_s + ")");
+  return c.out_rows("weight", weight, n);
+}
+
+int bonsai_check_attention(const char* op, const bonsai_tensor* q, const bonsai_tensor* k_cache,
+                           const bonsai_tensor* v_cache, const bonsai_tensor* input_pos) {
+  using namespace bonsai;
+  clear_error();
+  const Checker c{op};
+  if (int rc = c.typed("q", q, BONSAI_DTYPE_F32, 4, "[1, T, H, D]")) return rc;
+  if (int rc = c.typed("k_cache", k_cache, BONSAI_DTYPE_F32, 4, "[1, Hkv, S, D]")) return rc;
+  if (int rc = c.typed("v_cache", v_cache, BONSAI_DTYPE_F32, 4, "[1, Hkv, S, D]")) return rc;
+  if (int rc = c.typed("input_pos", input_pos, BONSAI_DTYPE_I64, -1, "with one element")) return rc;
+  const int64_t* qd = q->dims;
+  const int64_t* kd = k_cache->dims;
+  bool same_cache = true;
+  for (int i = 0; i < 4; ++i) same_cache &= kd[i] == v_cache->dims[i];
+  if (qd[0] != 1 || kd[0] != 1 || !same_cache || kd[3] != qd[3])
+    return c.error(BONSAI_ERR_SHAPE, "q " + dims_str(*q) + ", k_cache " + dims_str(*k_cache) + " and v_cache " +
+                                         dims_str(*v_cache) + " disagree (expected [1, T, H, D] and two [1, Hkv, S, D])");
+  int64_t elements = 1;
+  for (int32_t i = 0; i < input_pos->rank; ++i) elements *= input_pos->dims[i] > 1 ? 2 : input_pos->dims[i];
+  if (elements != 1)
+    return c.error(BONSAI_ERR_SHAPE, "input_pos " + dims_str(*input_pos) + " must hold exactly one position");
+  for (int i = 1; i < 4; ++i)
+    if (qd[i] < 1 || qd[i] > BONSAI_MAX_ROWS || kd[i] < 1 || kd[i] > BONSAI_MAX_ROWS)
+      return c.error(BONSAI_ERR_SHAPE, "q " + dims_str(*q) + " and k_cache " + dims_str(*k_cache) +
+                                           " need T, H, D, Hkv, S in [1, " + std::to_string(BONSAI_MAX_ROWS) + "]");
+  if (qd[2] % kd[1])
+    return c.error(BONSAI_ERR_SHAPE, "q's " + std::to_string(qd[2]) + " heads are not a multiple of the caches' " +
+                                         std::to_string(kd[1]) + " KV heads");
+  return BONSAI_OK;
 }
 
 }  // extern "C"

@@ -8,6 +8,7 @@
 #include <math.h>
 
 #include <algorithm>
+#include <atomic>
 #include <new>
 #include <string>
 #include <vector>
@@ -66,15 +67,31 @@ namespace {
 struct AttentionJob {
   const KernelTable* table;
   AttentionProblem a;
+  std::atomic<bool> out_of_memory{false};
 };
 
+// Tasks run on the runtime's worker threads, where an exception would terminate the process: a failed scratch
+// allocation is recorded and reported by the entry point instead.
 void attention_task(void* ctx, int64_t task) {
-  const auto& j = *static_cast<const AttentionJob*>(ctx);
+  auto& j = *static_cast<AttentionJob*>(ctx);
   thread_local std::vector<float> scratch;
   const int64_t token = task / j.a.hkv, kv = task % j.a.hkv;
   const size_t need = size_t((j.a.h / j.a.hkv) * (j.a.pos + token + 1));
-  if (scratch.size() < need) scratch.resize(need);  // H / Hkv x context floats: a few KiB, kept per thread
+  try {
+    if (scratch.size() < need) scratch.resize(need);  // H / Hkv x context floats: a few KiB, kept per thread
+  } catch (const std::exception&) {
+    j.out_of_memory = true;
+    return;
+  }
   j.table->attend(j.a, token, kv, scratch.data());
+}
+
+// T * H * D and Hkv * S * D (the elements of q and of each cache) fit int64, so no index can wrap.
+bool sizes_fit(int64_t t, int64_t h, int64_t d, int64_t hkv, int64_t s) {
+  int64_t product;
+  return t <= BONSAI_MAX_ROWS && h <= BONSAI_MAX_ROWS && d <= BONSAI_MAX_ROWS && hkv <= BONSAI_MAX_ROWS &&
+         s <= BONSAI_MAX_ROWS && !__builtin_mul_overflow(t * h, d, &product) &&
+         !__builtin_mul_overflow(hkv * s, d, &product);
 }
 
 }  // namespace
@@ -90,22 +107,24 @@ extern "C" int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int6
     return fail(BONSAI_ERR_SHAPE, "bonsai_attention: expected T, H, D, Hkv, S > 0 and H a multiple of Hkv, got T=" +
                                       std::to_string(t) + " H=" + std::to_string(n_heads) + " D=" +
                                       std::to_string(head_dim) + " Hkv=" + std::to_string(n_kv_heads));
-  if (pos < 0 || pos + t > cache_len)
-    return fail(BONSAI_ERR_SHAPE, "bonsai_attention: positions [" + std::to_string(pos) + ", " +
-                                      std::to_string(pos + t) + ") do not fit the cache of " +
-                                      std::to_string(cache_len));
+  if (!sizes_fit(t, n_heads, head_dim, n_kv_heads, cache_len))
+    return fail(BONSAI_ERR_SHAPE, "bonsai_attention: sizes too large, got T=" + std::to_string(t) + " H=" +
+                                      std::to_string(n_heads) + " D=" + std::to_string(head_dim) + " Hkv=" +
+                                      std::to_string(n_kv_heads) + " S=" + std::to_string(cache_len));
+  // pos is data (input_pos), any int64: compare without forming pos + t, which could wrap.
+  if (pos < 0 || pos > cache_len - t)
+    return fail(BONSAI_ERR_SHAPE, "bonsai_attention: input_pos " + std::to_string(pos) + " with T=" +
+                                      std::to_string(t) + " does not fit the cache of " + std::to_string(cache_len) +
+                                      " positions (need 0 <= pos <= " + std::to_string(cache_len - t) + ")");
   const KernelTable* table = active_table();
   if (!table) return BONSAI_ERR_ISA;
   AttentionJob job{table, {q, k_cache, v_cache, out, t, n_heads, head_dim, n_kv_heads, cache_len, pos}};
   const int64_t tasks = t * n_kv_heads;
-  try {
-    if (parallel && parallel->parallel_for && parallel->num_threads > 1 && tasks > 1) {
-      parallel->parallel_for(parallel->runtime_ctx, tasks, attention_task, &job);
-    } else {
-      for (int64_t i = 0; i < tasks; ++i) attention_task(&job, i);
-    }
-  } catch (const std::bad_alloc&) {
-    return fail(BONSAI_ERR_ALLOC, "bonsai_attention: out of memory for the score buffer");
+  if (parallel && parallel->parallel_for && parallel->num_threads > 1 && tasks > 1) {
+    parallel->parallel_for(parallel->runtime_ctx, tasks, attention_task, &job);
+  } else {
+    for (int64_t i = 0; i < tasks; ++i) attention_task(&job, i);
   }
+  if (job.out_of_memory) return fail(BONSAI_ERR_ALLOC, "bonsai_attention: out of memory for the score buffer");
   return BONSAI_OK;
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -126,7 +127,7 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
   using namespace bonsai;
   clear_error();
   if (!x || !weight || !scales || !y) return fail(BONSAI_ERR_NULL, "bonsai_dense_linear: null pointer");
-  if (m <= 0 || n <= 0 || k <= 0 || k > (int64_t(1) << 24) || n > (int64_t(1) << 31) || m > (int64_t(1) << 31))
+  if (m <= 0 || n <= 0 || k <= 0 || k > BONSAI_MAX_K || n > BONSAI_MAX_ROWS || m > BONSAI_MAX_ROWS)
     return fail(BONSAI_ERR_SHAPE, "bonsai_dense_linear: expected M, N, K > 0, got M=" + std::to_string(m) +
                                       " N=" + std::to_string(n) + " K=" + std::to_string(k));
   if (weight_bits != 16 && weight_bits != 8 && weight_bits != 4)
@@ -147,7 +148,9 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
     }
     int64_t workers = parallel && parallel->parallel_for && parallel->num_threads > 1 ? parallel->num_threads : 1;
     // Below ~64 KiB of weights per task, waking a thread costs more than it saves.
-    const int64_t useful = m * n * dense_row_bytes(weight_bits, k) / (64 * 1024);
+    // In double: M * N * row bytes may pass 2^63 for the largest valid shapes.
+    const double work = double(m) * double(n) * double(dense_row_bytes(weight_bits, k)) / (64 * 1024);
+    const int64_t useful = work < double(workers) ? int64_t(work) : workers;
     if (useful < workers) workers = useful > 1 ? useful : 1;
     const int64_t grains = (n + kRowGrain - 1) / kRowGrain;
     if (workers > grains) workers = grains;
@@ -165,7 +168,7 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
     if (workers > 1) parallel->parallel_for(parallel->runtime_ctx, workers, dense_task, &job);
     else dense_task(&job, 0);
     return BONSAI_OK;
-  } catch (const std::bad_alloc&) {
+  } catch (const std::exception&) {
     return fail(BONSAI_ERR_ALLOC, "bonsai_dense_linear: out of memory for scratch buffers");
   }
 }

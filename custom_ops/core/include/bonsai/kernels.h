@@ -24,6 +24,11 @@ typedef enum bonsai_status {
   BONSAI_ERR_ALLOC = 5,     // scratch memory or threads could not be allocated
 } bonsai_status;
 
+// Size limits every entry point enforces (they keep every index and byte count far from int64 overflow).
+#define BONSAI_MAX_K (INT64_C(1) << 24)     // K (inputs of a linear layer): int32 accumulators stay exact
+#define BONSAI_MAX_ROWS (INT64_C(1) << 31)  // M, N (tokens, output channels); also T, H, D, S of attention
+#define BONSAI_MAX_RANK 8                   // rank of any tensor given to the bonsai_check_* functions
+
 // Message of the last failed call on this thread ("" if none).
 BONSAI_API const char* bonsai_last_error(void);
 
@@ -38,7 +43,7 @@ BONSAI_API int bonsai_set_isa(const char* name);
 // Whether this CPU can run the named table (1) or not (0, also for unknown names).
 BONSAI_API int bonsai_isa_supported(const char* name);
 
-// Bytes of one packed row of K weights, or -1 if K <= 0.
+// Bytes of one packed row of K weights, or -1 unless 0 < K <= BONSAI_MAX_K.
 BONSAI_API int64_t bonsai_row_bytes(int64_t k);
 
 // y[M, N] = ternary linear of x[M, K] (row-major float32) with packed weights [N, packed_row_bytes] and
@@ -79,6 +84,43 @@ BONSAI_API int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int6
 // Float32 accumulation; summation order unspecified. Errors: BONSAI_ERR_SHAPE, BONSAI_ERR_ACT_BITS (bad bits).
 BONSAI_API int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const void* weight, int32_t weight_bits,
                                    const float* scales, int64_t n, float* y, const bonsai_parallel* parallel);
+
+// ---- Tensor validation for the runtime bindings (ExecuTorch, ONNX Runtime) ----
+// A runtime hands a kernel whole tensors whose dtype, rank and sizes a malformed program or input may get wrong
+// in any way. Each op's contract is checked here, once for every binding, before any data is touched; a binding
+// only translates its tensor type into bonsai_tensor and, on failure, reports bonsai_last_error(), which starts
+// with `op` (the op's name in that runtime) and names the tensor, its shape and what was expected.
+typedef enum bonsai_dtype {
+  BONSAI_DTYPE_OTHER = 0,  // any type the ops never take
+  BONSAI_DTYPE_F32 = 1,
+  BONSAI_DTYPE_BF16 = 2,
+  BONSAI_DTYPE_I8 = 3,
+  BONSAI_DTYPE_U8 = 4,
+  BONSAI_DTYPE_I64 = 5,
+} bonsai_dtype;
+
+typedef struct bonsai_tensor {
+  int32_t dtype;        // a bonsai_dtype
+  int32_t rank;         // 0 .. BONSAI_MAX_RANK
+  const int64_t* dims;  // rank sizes, each >= 0 (may be null when rank is 0)
+} bonsai_tensor;
+
+// ternary_linear(x f32 [..., K], packed u8 [N, row_bytes(K)], scales f32 [N]), K = in_features, act_bits 0 or 8.
+// On success *m = the product of x's leading dims (0 for an empty x: nothing to compute) and *n = N (> 0).
+BONSAI_API int bonsai_check_ternary_linear(const char* op, const bonsai_tensor* x, const bonsai_tensor* packed,
+                                           const bonsai_tensor* scales, int64_t in_features, int64_t act_bits,
+                                           int64_t* m, int64_t* n);
+
+// dense_linear(x f32 [..., K], weight, scales f32): weight_bits 16: weight bf16 [N, K], scales [N]; 8: int8 [N, K],
+// scales [N]; 4: uint8 [N, ceil(K/2)], scales [N, ceil(K/32)]. Same outputs as bonsai_check_ternary_linear.
+BONSAI_API int bonsai_check_dense_linear(const char* op, const bonsai_tensor* x, const bonsai_tensor* weight,
+                                         const bonsai_tensor* scales, int64_t in_features, int64_t weight_bits,
+                                         int64_t* m, int64_t* n);
+
+// attention(q f32 [1, T, H, D], k_cache / v_cache f32 [1, Hkv, S, D], input_pos i64 with one element): shapes
+// only; the position itself is data, checked by bonsai_attention.
+BONSAI_API int bonsai_check_attention(const char* op, const bonsai_tensor* q, const bonsai_tensor* k_cache,
+                                      const bonsai_tensor* v_cache, const bonsai_tensor* input_pos);
 
 #ifdef __cplusplus
 }  // extern "C"
