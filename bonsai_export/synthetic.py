@@ -125,9 +125,14 @@ def _write_side_files(args: ModelArgs, folder: Path) -> None:
     (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
 
 
+def cache_dir() -> Path:
+    """The project's cache: $BONSAI_EXPORT_CACHE or ~/.cache/bonsai-export (checkpoints, fetched packages)."""
+    return Path(os.environ.get("BONSAI_EXPORT_CACHE", Path.home() / ".cache" / "bonsai-export"))
+
+
 def cached_preset(preset: str, seed: int = 0) -> Path:
-    """A preset checkpoint made once in the user's cache ($BONSAI_EXPORT_CACHE or ~/.cache/bonsai-export)."""
-    cache = Path(os.environ.get("BONSAI_EXPORT_CACHE", Path.home() / ".cache" / "bonsai-export"))
+    """A preset checkpoint made once in the user's cache (cache_dir())."""
+    cache = cache_dir()
     version = f"-r{TRAIN_RECIPE}" if preset == "trained-tiny" else ""  # a new recipe must not reuse old weights
     folder = cache / f"{preset}{version}-seed{seed}"
     if not (folder / "config.json").is_file():

@@ -1,9 +1,13 @@
 // bonsai_runner: greedy generation from a bonsai-export .pte with nothing but the ExecuTorch runtime
 // (libexecutorch.so, the XNNPACK backend) and our op library: no Python, no libtorch. The latency harness on
-// a phone and the proof that the artifact needs nothing else.
+// a phone (`bonsai-export bench --device adb` pushes and runs it) and the proof that the artifact needs nothing
+// else.
 //
-//   bonsai_runner MODEL.pte --tokens 1,415,2936 [--max-new-tokens 32] [--mmap]
-// stdout: the generated token ids, comma-separated, on one line; then one JSON line of timings.
+//   bonsai_runner MODEL_DIR|MODEL.pte (--prompt TEXT | --tokens 1,415,2936) [--max-new-tokens 32]
+//                 [--threads N] [--mmap] [--json FILE]
+// --prompt is encoded with the folder's tokenizer.model (BOS prepended); --tokens are used as given.
+// stdout: the generated token ids, comma-separated, on one line; then one JSON line of timings (also written to
+// --json FILE), with the generated text when a tokenizer was found.
 //
 // Memory: decode streams every weight once per token (~150 MB for Bonsai-500M) and attention the KV cache, so
 // page walks matter: by default the program is read into anonymous memory advised for transparent huge pages and
@@ -15,6 +19,7 @@
 #include <executorch/extension/tensor/tensor.h>
 #include <executorch/runtime/core/hierarchical_allocator.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <cstdio>
@@ -24,6 +29,18 @@
 #include <string>
 #include <vector>
 
+#include "spm_tokenizer.h"
+
+// The executorch wheel ships libexecutorch_threadpool.so but not threadpool.h; these two declarations match the
+// library's exported symbols (ExecuTorch 1.5: extension/threadpool/threadpool.h).
+namespace executorch::extension::threadpool {
+class ThreadPool {
+ public:
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+
 using executorch::extension::Module;
 using executorch::extension::make_tensor_ptr;
 using executorch::runtime::EValue;
@@ -31,11 +48,19 @@ using executorch::runtime::EValue;
 namespace {
 
 struct Options {
-  std::string model;
+  std::string model;      // the .pte
+  std::string tokenizer;  // tokenizer.model beside it ("" when absent)
+  std::string prompt_text;
   std::vector<int64_t> prompt;
+  std::string json_path;
   int64_t max_new_tokens = 32;
+  int64_t threads = 0;  // 0: the runtime's default
   bool mmap = false;
 };
+
+constexpr const char* kUsage =
+    "usage: bonsai_runner MODEL_DIR|MODEL.pte (--prompt TEXT | --tokens ID,ID,...) [--max-new-tokens N] "
+    "[--threads N] [--mmap] [--json FILE]";
 
 [[noreturn]] void die(const std::string& message) {
   std::fprintf(stderr, "bonsai_runner: %s\n", message.c_str());
@@ -55,20 +80,97 @@ std::vector<int64_t> parse_ids(const char* text) {
   return ids;
 }
 
+int64_t parse_count(const char* flag, const char* text, int64_t min) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text, &end, 10);
+  if (end == text || *end || v < min) die(std::string(flag) + ": expected an integer >= " + std::to_string(min));
+  return v;
+}
+
+bool is_dir(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool is_file(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
 Options parse(int argc, char** argv) {
   Options o;
+  std::string path;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const bool has_value = i + 1 < argc;
     if (a == "--tokens" && has_value) o.prompt = parse_ids(argv[++i]);
-    else if (a == "--max-new-tokens" && has_value) o.max_new_tokens = std::atoll(argv[++i]);
+    else if (a == "--prompt" && has_value) o.prompt_text = argv[++i];
+    else if (a == "--max-new-tokens" && has_value) o.max_new_tokens = parse_count(a.c_str(), argv[++i], 1);
+    else if (a == "--threads" && has_value) o.threads = parse_count(a.c_str(), argv[++i], 0);
+    else if (a == "--json" && has_value) o.json_path = argv[++i];
     else if (a == "--mmap") o.mmap = true;
-    else if (a[0] != '-' && o.model.empty()) o.model = a;
-    else die("usage: bonsai_runner MODEL.pte --tokens ID,ID,... [--max-new-tokens N] [--mmap]");
+    else if (a[0] != '-' && path.empty()) path = a;
+    else die(kUsage);
   }
-  if (o.model.empty() || o.prompt.empty()) die("usage: bonsai_runner MODEL.pte --tokens ID,ID,... [--max-new-tokens N] [--mmap]");
-  if (o.max_new_tokens < 1) die("--max-new-tokens: expected >= 1");
+  if (path.empty() || o.prompt.empty() == o.prompt_text.empty()) die(kUsage);
+  const std::string dir = is_dir(path) ? path : path.substr(0, path.find_last_of('/') + 1);
+  o.model = is_dir(path) ? path + "/model.pte" : path;
+  if (!is_file(o.model)) die(o.model + ": no such file (expected a bonsai-export folder or a .pte)");
+  const std::string tokenizer = (dir.empty() ? "." : dir) + "/tokenizer.model";
+  o.tokenizer = is_file(tokenizer) ? tokenizer : "";
+  if (!o.prompt_text.empty() && o.tokenizer.empty()) die("--prompt needs " + tokenizer + "; pass --tokens instead");
   return o;
+}
+
+// Peak and current resident memory in MiB from /proc/self/status (Linux and Android).
+double status_mib(const char* key) {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  double kib = -1;
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::strncmp(line, key, std::strlen(key)) == 0) kib = std::atof(line + std::strlen(key));
+  }
+  std::fclose(f);
+  return kib < 0 ? -1 : kib / 1024.0;
+}
+
+// Length of the valid UTF-8 sequence at s[i], or 0 (generated byte pieces can stop mid-character).
+size_t utf8_length(const std::string& s, size_t i) {
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  const size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+  if (n == 0 || i + n > s.size()) return 0;
+  for (size_t k = 1; k < n; ++k)
+    if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return 0;
+  return n;
+}
+
+// A JSON string literal; invalid UTF-8 becomes U+FFFD, as Python's errors="replace" does.
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (size_t i = 0; i < s.size();) {
+    const size_t n = utf8_length(s, i);
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (n == 0) {
+      out += "\\ufffd";
+      i += 1;
+      continue;
+    }
+    if (c == '"' || c == '\\') out += '\\', out += char(c);
+    else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else out.append(s, i, n);
+    i += n;
+  }
+  return out + "\"";
+}
+
+std::string json_ids(const std::vector<int64_t>& ids) {
+  std::string out = "[";
+  for (size_t i = 0; i < ids.size(); ++i) out += (i ? "," : "") + std::to_string(ids[i]);
+  return out + "]";
 }
 
 // Anonymous memory, 2 MiB-aligned and advised for transparent huge pages (best effort).
@@ -140,7 +242,14 @@ int64_t step(Module& m, const std::vector<int64_t>& tokens, int64_t pos, int64_t
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Options o = parse(argc, argv);
+  Options o = parse(argc, argv);
+  std::unique_ptr<bonsai_runner::SpmTokenizer> tokenizer;
+  try {
+    if (!o.tokenizer.empty()) tokenizer = std::make_unique<bonsai_runner::SpmTokenizer>(o.tokenizer);
+  } catch (const std::exception& e) {
+    die(e.what());
+  }
+  if (o.threads > 0) executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(uint32_t(o.threads));
   const double t0 = now_s();
   // Declared before the Module, which refers to them until it is destroyed.
   std::unique_ptr<HugeBuffer> program;
@@ -157,7 +266,7 @@ int main(int argc, char** argv) {
   executorch::runtime::HierarchicalAllocator* planned_memory = nullptr;
   if (!o.mmap) {
     const auto meta = m.method_meta("forward");
-    if (!meta.ok()) die("cannot load " + o.model);
+    if (!meta.ok()) die("cannot load " + o.model + " (not an ExecuTorch program, or truncated)");
     for (size_t i = 0; i < meta->num_memory_planned_buffers(); ++i) {
       const auto size = meta->memory_planned_buffer_size(i);
       if (!size.ok()) die("cannot load " + o.model);
@@ -171,8 +280,18 @@ int main(int argc, char** argv) {
   if (m.load_method("forward", planned_memory) != executorch::runtime::Error::Ok) die("cannot load " + o.model);
   const int64_t max_seq_len = constant(m, "get_max_seq_len"), vocab = constant(m, "get_vocab_size");
   const auto eos = m.execute("get_eos_ids");
+  if (tokenizer && int64_t(tokenizer->vocab_size()) != vocab)
+    die(o.tokenizer + ": " + std::to_string(tokenizer->vocab_size()) + " pieces, the model has " +
+        std::to_string(vocab) + " logits (tokenizer from another model?)");
+  if (!o.prompt_text.empty()) {
+    o.prompt = {constant(m, "get_bos_id")};
+    for (int32_t id : tokenizer->encode(o.prompt_text)) o.prompt.push_back(id);
+  }
+  for (int64_t id : o.prompt)
+    if (id >= vocab) die("--tokens: id " + std::to_string(id) + " >= vocab size " + std::to_string(vocab));
   if (int64_t(o.prompt.size()) >= max_seq_len) die("prompt does not fit max_seq_len " + std::to_string(max_seq_len));
   const double t1 = now_s();
+  const double rss_loaded = status_mib("VmRSS:");
   int64_t token = step(m, o.prompt, 0, vocab);
   const double t2 = now_s();
   std::vector<int64_t> generated;
@@ -187,9 +306,25 @@ int main(int argc, char** argv) {
   const double t3 = now_s();
   for (size_t i = 0; i < generated.size(); ++i) std::printf("%s%lld", i ? "," : "", (long long)generated[i]);
   const double decode_steps = double(generated.size()) - 1;
-  std::printf("\n{\"load_s\": %.6f, \"prompt_tokens\": %zu, \"generated_tokens\": %zu, \"prefill_tps\": %.3f, "
-              "\"decode_tps\": %.3f, \"ttft_s\": %.6f}\n",
-              t1 - t0, o.prompt.size(), generated.size(), o.prompt.size() / (t2 - t1),
-              decode_steps > 0 ? decode_steps / (t3 - t2) : 0.0, t2 - t1);
+  char timings[512];
+  std::snprintf(timings, sizeof timings,
+                "{\"load_s\": %.6f, \"prompt_tokens\": %zu, \"generated_tokens\": %zu, \"prefill_tps\": %.3f, "
+                "\"decode_tps\": %.3f, \"ttft_s\": %.6f, \"threads\": %lld, \"rss_loaded_mib\": %.1f, "
+                "\"peak_rss_mib\": %.1f, \"program_bytes\": %zu",
+                t1 - t0, o.prompt.size(), generated.size(), o.prompt.size() / (t2 - t1),
+                decode_steps > 0 ? decode_steps / (t3 - t2) : 0.0, t2 - t1, (long long)o.threads, rss_loaded,
+                status_mib("VmHWM:"), program ? program->size() : size_t(0));
+  std::string json = std::string(timings) + ", \"prompt_ids\": " + json_ids(o.prompt) + ", \"generated_ids\": " +
+                     json_ids(generated);
+  if (tokenizer) {
+    std::vector<int32_t> ids(generated.begin(), generated.end());
+    json += ", \"text\": " + json_string(tokenizer->decode(ids));
+  }
+  json += "}";
+  std::printf("\n%s\n", json.c_str());
+  if (!o.json_path.empty()) {
+    FILE* f = std::fopen(o.json_path.c_str(), "w");
+    if (!f || std::fprintf(f, "%s\n", json.c_str()) < 0 || std::fclose(f) != 0) die("cannot write " + o.json_path);
+  }
   return 0;
 }
