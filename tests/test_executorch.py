@@ -79,6 +79,27 @@ def test_cpp_runner_generates_the_same_tokens(exported):
     assert not any(lib.startswith(("libtorch", "libc10", "libpython")) for lib in libs), libs
 
 
+TOKENIZER_PROMPTS = ["Once upon a time", "  two  spaces,\ttab and\nnewline ", "naïve café, Ærøskøbing 東京 🌳🚀",
+                     "x=1; print(f'{x!r}')  # código", "Z"]
+
+
+def test_cpp_runner_tokenizer_matches_sentencepiece(exported):
+    """The runner's own tokenizer.model reader encodes as SentencePiece does (byte fallback included) and
+    decodes the generated ids to the text the Python tokenizer gives."""
+    from bonsai_export.tokenizer import Tokenizer
+
+    out, _ = exported
+    tok = Tokenizer(out)
+    for prompt in TOKENIZER_PROMPTS:
+        proc = subprocess.run([str(native_dir() / "bonsai_runner"), str(out), "--prompt", prompt,
+                               "--max-new-tokens", "6"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        timings = json.loads(proc.stdout.strip().splitlines()[1])
+        assert timings["prompt_ids"] == tok.encode(prompt, bos_id=1), prompt
+        if timings["text"].isprintable():  # a random model can stop inside a multi-byte character
+            assert timings["text"].strip() == tok.decode(timings["generated_ids"]).strip()
+
+
 def test_executorch_text_llm_runner_runs_the_folder(exported):
     out, _ = exported
     load_et_ops()
