@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <vector>
@@ -340,6 +341,16 @@ void check_invalid_arguments() {
       {"attn H%Hkv", bonsai_attention(x.data(), 1, 3, 4, x.data(), x.data(), 2, 8, 0, y.data(), nullptr), BONSAI_ERR_SHAPE},
       {"attn pos", bonsai_attention(x.data(), 2, 2, 4, x.data(), x.data(), 1, 8, 7, y.data(), nullptr), BONSAI_ERR_SHAPE},
       {"attn pos<0", bonsai_attention(x.data(), 1, 2, 4, x.data(), x.data(), 1, 8, -1, y.data(), nullptr), BONSAI_ERR_SHAPE},
+      // pos + T past INT64_MAX used to wrap negative, pass the range check and read far outside the caches.
+      {"attn pos wraps", bonsai_attention(x.data(), 2, 2, 4, x.data(), x.data(), 1, 8, INT64_MAX - 1, y.data(), nullptr),
+       BONSAI_ERR_SHAPE},
+      {"attn pos max", bonsai_attention(x.data(), 1, 2, 4, x.data(), x.data(), 1, 8, INT64_MAX, y.data(), nullptr),
+       BONSAI_ERR_SHAPE},
+      {"attn T*H*D overflow", bonsai_attention(x.data(), int64_t(1) << 31, int64_t(1) << 31, int64_t(1) << 31,
+                                               x.data(), x.data(), 1, int64_t(1) << 31, 0, y.data(), nullptr),
+       BONSAI_ERR_SHAPE},
+      {"dense K huge", bonsai_dense_linear(x.data(), 2, INT64_MAX, w.data(), 4, s.data(), 3, y.data(), nullptr),
+       BONSAI_ERR_SHAPE},
       {"pool threads=0", bonsai_threadpool_create(0) == nullptr ? BONSAI_ERR_SHAPE : BONSAI_OK, BONSAI_ERR_SHAPE},
   };
   for (const Bad& b : cases) {
@@ -348,6 +359,86 @@ void check_invalid_arguments() {
   bonsai_ternary_linear(x.data(), 2, k, w.data(), rb - 32, s.data(), 3, 8, y.data(), nullptr);
   CHECK(strstr(bonsai_last_error(), "row bytes") != nullptr, "message: %s", bonsai_last_error());
   CHECK(bonsai_row_bytes(0) == -1 && bonsai_row_bytes(129) == 64, "row_bytes");
+  CHECK(bonsai_row_bytes(INT64_MAX) == -1 && bonsai_row_bytes(BONSAI_MAX_K + 1) == -1, "row_bytes of a huge K");
+}
+
+// A tensor description for the bonsai_check_* validators; dims live in the object.
+struct Desc {
+  int64_t dims[BONSAI_MAX_RANK + 1];
+  bonsai_tensor t;
+  Desc(int32_t dtype, std::initializer_list<int64_t> shape) : dims{}, t{dtype, int32_t(shape.size()), dims} {
+    int i = 0;
+    for (int64_t d : shape) dims[i++] = d;
+  }
+};
+
+// Malformed tensors as a runtime binding hands them over: each is refused with its status and a message naming
+// the problem, before any data is touched (the validators never see data; ASan/UBSan catch any overflow).
+void check_tensor_validation() {
+  constexpr int32_t F = BONSAI_DTYPE_F32, U8 = BONSAI_DTYPE_U8, I8 = BONSAI_DTYPE_I8, BF = BONSAI_DTYPE_BF16;
+  const int64_t big = int64_t(1) << 40;
+  struct Linear {
+    const char* what;
+    bool dense;
+    Desc x, w, s;
+    int64_t k, bits;
+    int want;
+    const char* message;
+  } cases[] = {
+      {"ok", false, {F, {2, 3, 130}}, {U8, {5, 64}}, {F, {5}}, 130, 8, BONSAI_OK, ""},
+      {"empty x", false, {F, {0, big, 130}}, {U8, {5, 64}}, {F, {5}}, 130, 0, BONSAI_OK, ""},
+      {"x rank 0", false, {F, {}}, {U8, {5, 64}}, {F, {5}}, 130, 0, BONSAI_ERR_SHAPE, "must end in in_features=130"},
+      {"x rank 9", false, {F, {1, 1, 1, 1, 1, 1, 1, 1, 130}}, {U8, {5, 64}}, {F, {5}}, 130, 0, BONSAI_ERR_SHAPE, "rank 9"},
+      {"x rows overflow", false, {F, {big, big, big, 130}}, {U8, {5, 64}}, {F, {5}}, 130, 0, BONSAI_ERR_SHAPE, "rows"},
+      {"x negative", false, {F, {-1, 130}}, {U8, {5, 64}}, {F, {5}}, 130, 0, BONSAI_ERR_SHAPE, "negative"},
+      {"x f64", false, {BONSAI_DTYPE_OTHER, {2, 130}}, {U8, {5, 64}}, {F, {5}}, 130, 0, BONSAI_ERR_SHAPE, "x must be float32"},
+      {"packed i8", false, {F, {2, 130}}, {I8, {5, 64}}, {F, {5}}, 130, 0, BONSAI_ERR_SHAPE, "packed must be uint8"},
+      {"packed rank 3", false, {F, {2, 130}}, {U8, {1, 5, 64}}, {F, {5}}, 130, 0, BONSAI_ERR_SHAPE, "got rank 3"},
+      {"packed bytes", false, {F, {2, 130}}, {U8, {5, 32}}, {F, {5}}, 130, 0, BONSAI_ERR_SHAPE, "do not fit K=130"},
+      {"scales len", false, {F, {2, 130}}, {U8, {5, 64}}, {F, {4}}, 130, 0, BONSAI_ERR_SHAPE, "do not fit K=130"},
+      {"N=0", false, {F, {2, 130}}, {U8, {0, 64}}, {F, {0}}, 130, 0, BONSAI_ERR_SHAPE, "rows (N)"},
+      {"K max", false, {F, {2, INT64_MAX}}, {U8, {5, 64}}, {F, {5}}, INT64_MAX, 0, BONSAI_ERR_SHAPE, "in_features must be"},
+      {"K min", false, {F, {2, 130}}, {U8, {5, 64}}, {F, {5}}, INT64_MIN, 0, BONSAI_ERR_SHAPE, "in_features must be"},
+      {"act_bits", false, {F, {2, 130}}, {U8, {5, 64}}, {F, {5}}, 130, 4, BONSAI_ERR_ACT_BITS, "act_bits must be 0 or 8"},
+      {"dense ok 4", true, {F, {2, 70}}, {U8, {5, 35}}, {F, {5, 3}}, 70, 4, BONSAI_OK, ""},
+      {"dense ok 16", true, {F, {2, 70}}, {BF, {5, 70}}, {F, {5}}, 70, 16, BONSAI_OK, ""},
+      {"dense dtype", true, {F, {2, 70}}, {I8, {5, 70}}, {F, {5}}, 70, 16, BONSAI_ERR_SHAPE, "does not fit the weight's dtype"},
+      {"dense bits", true, {F, {2, 70}}, {I8, {5, 70}}, {F, {5}}, 70, 2, BONSAI_ERR_ACT_BITS, "weight_bits must be"},
+      {"dense groups", true, {F, {2, 70}}, {U8, {5, 35}}, {F, {5, 2}}, 70, 4, BONSAI_ERR_SHAPE, "do not fit K=70"},
+      {"dense scales rank", true, {F, {2, 70}}, {U8, {5, 35}}, {F, {15}}, 70, 4, BONSAI_ERR_SHAPE, "scales must be"},
+      {"dense K huge", true, {F, {0, INT64_MAX}}, {U8, {5, 35}}, {F, {5, 3}}, INT64_MAX, 4, BONSAI_ERR_SHAPE, "in_features"},
+  };
+  for (const Linear& c : cases) {
+    int64_t m = -1, n = -1;
+    const int got = c.dense ? bonsai_check_dense_linear("op", &c.x.t, &c.w.t, &c.s.t, c.k, c.bits, &m, &n)
+                            : bonsai_check_ternary_linear("op", &c.x.t, &c.w.t, &c.s.t, c.k, c.bits, &m, &n);
+    CHECK(got == c.want && strstr(bonsai_last_error(), c.message), "%s: status %d, message %s", c.what, got,
+          bonsai_last_error());
+    if (got == BONSAI_OK) CHECK(n == 5 && m == (c.x.dims[0] ? c.x.dims[0] * (c.x.t.rank > 2 ? c.x.dims[1] : 1) : 0),
+                                "%s: m=%lld n=%lld", c.what, (long long)m, (long long)n);
+  }
+  struct Attn {
+    const char* what;
+    Desc q, k, v, pos;
+    int want;
+    const char* message;
+  } attn[] = {
+      {"ok", {F, {1, 2, 4, 8}}, {F, {1, 2, 6, 8}}, {F, {1, 2, 6, 8}}, {BONSAI_DTYPE_I64, {1}}, BONSAI_OK, ""},
+      {"q rank", {F, {2, 4, 8}}, {F, {1, 2, 6, 8}}, {F, {1, 2, 6, 8}}, {BONSAI_DTYPE_I64, {1}}, BONSAI_ERR_SHAPE, "got rank 3"},
+      {"v shape", {F, {1, 2, 4, 8}}, {F, {1, 2, 6, 8}}, {F, {1, 2, 7, 8}}, {BONSAI_DTYPE_I64, {1}}, BONSAI_ERR_SHAPE, "disagree"},
+      {"heads", {F, {1, 2, 3, 8}}, {F, {1, 2, 6, 8}}, {F, {1, 2, 6, 8}}, {BONSAI_DTYPE_I64, {1}}, BONSAI_ERR_SHAPE, "multiple"},
+      {"T=0", {F, {1, 0, 4, 8}}, {F, {1, 2, 6, 8}}, {F, {1, 2, 6, 8}}, {BONSAI_DTYPE_I64, {1}}, BONSAI_ERR_SHAPE, "need T"},
+      {"pos f32", {F, {1, 2, 4, 8}}, {F, {1, 2, 6, 8}}, {F, {1, 2, 6, 8}}, {F, {1}}, BONSAI_ERR_SHAPE, "input_pos must be int64"},
+      {"pos two", {F, {1, 2, 4, 8}}, {F, {1, 2, 6, 8}}, {F, {1, 2, 6, 8}}, {BONSAI_DTYPE_I64, {big, big}}, BONSAI_ERR_SHAPE,
+       "exactly one"},
+  };
+  for (const Attn& c : attn) {
+    const int got = bonsai_check_attention("op", &c.q.t, &c.k.t, &c.v.t, &c.pos.t);
+    CHECK(got == c.want && strstr(bonsai_last_error(), c.message), "attention %s: status %d, message %s", c.what, got,
+          bonsai_last_error());
+  }
+  CHECK(bonsai_check_ternary_linear("op", nullptr, nullptr, nullptr, 130, 0, nullptr, nullptr) == BONSAI_ERR_NULL,
+        "null outputs");
 }
 
 }  // namespace
@@ -370,6 +461,8 @@ int main(int argc, char** argv) {
   }
   CHECK(bonsai_set_isa("auto") == BONSAI_OK && picked == bonsai_isa_name(), "auto is stable");
   check_invalid_arguments();
+  check_tensor_validation();
+  printf("tensor validation checked\n");
   bonsai_threadpool_destroy(pool);
   printf("%s (%d failures)\n", g_failures ? "FAILED" : "OK", g_failures);
   return g_failures ? 1 : 0;
