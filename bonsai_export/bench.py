@@ -194,7 +194,9 @@ def _specs(folder: Path, manifest: dict, args) -> list[dict]:
     source = manifest["source"]["checkpoint"]
     if args.baselines:
         specs.append({**base, "label": "bf16-eager", "kind": "bf16-eager", "path": source})
-        cache = Path(os.environ.get("BONSAI_EXPORT_CACHE", Path.home() / ".cache" / "bonsai-export"))
+        from .synthetic import cache_dir
+
+        cache = cache_dir()
         ident = f"{Path(source).resolve()}|{base['max_seq_len']}".encode()
         key = f"8da4w-{hashlib.sha256(ident).hexdigest()[:12]}"
         specs.append({**base, "label": "pte-8da4w", "kind": "artifact", "backend": "pte",

@@ -27,7 +27,8 @@ EXAMPLES = {
     "validate": "bonsai-export validate out/bonsai --report out/bonsai-validation\n"
                 "  bonsai-export validate out/tiny --reference ckpt/tiny --text notes.txt --min-top1 0.99",
     "bench": "bonsai-export bench out/bonsai --report out/bench\n"
-             "  bonsai-export bench out/tiny --threads 2 --repeats 3 --no-baselines",
+             "  bonsai-export bench out/tiny --threads 2 --repeats 3 --no-baselines\n"
+             "  bonsai-export bench out/bonsai --device adb --runner-dir build-android/install --threads 2,4",
     "bench-kernels": "bonsai-export bench-kernels --quick --json-out kernels.json",
     "eval": "bonsai-export eval out/bonsai --reference deepgrove/Bonsai --report out/bonsai-eval\n"
             "  bonsai-export eval out/tiny --tasks bonsai_qa --limit 20        (the offline task shipped with us)",
@@ -157,6 +158,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.device == "adb":
+        return _bench_device(args)
     from .bench import chart, markdown, run_bench
 
     results = run_bench(Path(args.artifact), args)
@@ -166,6 +169,22 @@ def cmd_bench(args) -> int:
     prefix.with_suffix(".md").write_text(markdown(results))
     chart(results, prefix.with_suffix(".png"))
     print(markdown(results))
+    return 0
+
+
+def _bench_device(args) -> int:
+    from .device_bench import device_bench, markdown
+
+    if args.runner_dir is None:
+        raise BonsaiError("--device adb needs --runner-dir: the folder of bonsai_runner built for the device and "
+                          "its libraries (android_demo/README.md, section 8)")
+    report = device_bench(Path(args.artifact), args.serial, Path(args.runner_dir), args.threads, args.prompt_tokens,
+                          args.new_tokens, args.repeats)
+    prefix = Path(args.report)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    prefix.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    prefix.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
     return 0
 
 
@@ -257,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the bf16 eager reference and the XNNPACK 8da4w .pte")
     p.add_argument("--report", default="bench", help="report path prefix: PREFIX.json, PREFIX.md, PREFIX.png")
+    p.add_argument("--device", choices=["adb"],
+                   help="time the .pte on an Android device through adb with bonsai_runner, beside this host "
+                        "(exit 3 when no device is attached)")
+    p.add_argument("--serial", help="--device adb: which device (adb -s)")
+    p.add_argument("--runner-dir", help="--device adb: folder of bonsai_runner built for the device + its .so files")
+    p.add_argument("--prompt-tokens", type=int, default=128, help="--device adb: prompt length (default 128)")
+    p.add_argument("--new-tokens", type=int, default=128, help="--device adb: tokens generated (default 128)")
 
     p = add("eval", cmd_eval, "score an artifact on lm-evaluation-harness tasks, beside the float reference and "
             "Bonsai's published numbers (needs lm-eval: pip install 'bonsai-export[eval]')")
@@ -288,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BonsaiError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         return 130
 
