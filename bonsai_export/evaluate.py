@@ -8,6 +8,7 @@ left-truncated (counted in the report). lm-eval is an optional dependency: `pip 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from importlib import metadata
@@ -94,12 +95,19 @@ class RunnerLM(LM):
         return _cut_at_stop(self.tokenizer.decode(ids), until)
 
 
+@functools.lru_cache(maxsize=4)
+def _task_manager(include: tuple[str, ...]):
+    """lm-eval's task index over its own tasks, ours and `include` (indexing takes ~10 s: built once)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=[str(LOCAL_TASKS), *include])
+
+
 def run_tasks(lm: RunnerLM, tasks: list[str], *, limit: int | None, include: list[Path] = ()) -> dict:
     """lm-eval's simple_evaluate on `lm`: its results dict (with per-item samples)."""
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=[str(LOCAL_TASKS), *map(str, include)])
+    manager = _task_manager(tuple(map(str, include)))
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise BonsaiError(f"--tasks: unknown lm-eval task(s) {', '.join(unknown)}; `lm-eval ls tasks` lists them "
