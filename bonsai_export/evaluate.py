@@ -149,10 +149,10 @@ def compare_items(art: dict, ref: dict, name: str) -> dict:
     for leaf in _leaves(art, name):
         ref_docs = {s["doc_id"]: s for s in ref["samples"][leaf]}
         for s in art["samples"][leaf]:
+            if not all(isinstance(r, (tuple, list)) for r in s["filtered_resps"]):  # not (loglikelihood, greedy)
+                continue
             a = [r[0] for r in s["filtered_resps"]]
             b = [r[0] for r in ref_docs[s["doc_id"]]["filtered_resps"]]
-            if not (a and isinstance(a[0], float)):  # not a loglikelihood task
-                continue
             deltas += [abs(x - y) for x, y in zip(a, b)]
             same += a.index(max(a)) == b.index(max(b))
             count += 1
