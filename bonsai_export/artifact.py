@@ -88,10 +88,45 @@ def read_manifest(folder: Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise BonsaiError(f"{path}: not valid JSON ({exc})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BonsaiError(f"{path}: format_version {manifest.get('format_version')!r}, this bonsai-export reads "
-                          f"{FORMAT_VERSION}; re-export with this version")
+    version = manifest.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise BonsaiError(f"{path}: written by a newer bonsai-export (format {version}, made by "
+                          f"{manifest.get('bonsai_export_version', '?')}); this {__version__} reads format "
+                          f"{FORMAT_VERSION}: upgrade bonsai-export, or re-export with this one")
+    if version != FORMAT_VERSION:
+        raise BonsaiError(f"{path}: format_version {version!r}, this bonsai-export reads {FORMAT_VERSION}; "
+                          f"re-export with this version")
     return manifest
+
+
+def check_sizes(folder: Path, manifest: dict) -> None:
+    """The cheap part of verify(), run before a runtime opens the folder: a truncated or missing file gets this
+    message instead of a runtime's parse error."""
+    for name, entry in manifest["files"].items():
+        path = Path(folder) / name
+        if not path.is_file():
+            raise BonsaiError(f"{path}: missing (the manifest lists it); re-export the folder")
+        if path.stat().st_size != entry["bytes"]:
+            raise BonsaiError(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']} (truncated or "
+                              f"replaced); re-export, or run `bonsai-export verify {folder}`")
+
+
+def verify(folder: Path) -> list[str]:
+    """Every problem of an artifact folder against its manifest (format version, each file's size and sha256,
+    files the manifest does not list); empty when the folder is exactly what export wrote."""
+    manifest = read_manifest(folder)
+    problems = []
+    for name, entry in manifest["files"].items():
+        path = Path(folder) / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif path.stat().st_size != entry["bytes"]:
+            problems.append(f"{name}: {path.stat().st_size} bytes, expected {entry['bytes']}")
+        elif sha256(path) != entry["sha256"]:
+            problems.append(f"{name}: sha256 differs from the manifest (modified or corrupt)")
+    listed = set(manifest["files"]) | {MANIFEST}
+    problems += [f"{p.name}: not in the manifest" for p in sorted(Path(folder).iterdir()) if p.name not in listed]
+    return problems
 
 
 def is_artifact(path) -> bool:

@@ -133,7 +133,27 @@ def worker(spec: dict) -> dict:
     return {**out, "load_s": load_s, "peak_rss_mb": peak, "peak_rss_over_baseline_mb": peak - baseline}
 
 
+def runner_worker(spec: dict) -> dict:
+    """The .pte through the C++ bonsai_runner (no Python in the process: the footprint a phone app would have).
+    Every run is a fresh process, so each figure includes nothing of the others."""
+    from .device_bench import run_on_host, runner_args
+
+    folder, threads, repeats, out = Path(spec["path"]), spec["threads"], spec["repeats"], {}
+    for n in spec["prefill_lengths"]:
+        if n + 2 <= spec["max_seq_len"]:
+            runs = run_on_host(folder, runner_args(n, 2, threads), repeats)
+            out[f"prefill_{n}_tps"] = statistics.median(r["prefill_tps"] for r in runs)
+    runs = run_on_host(folder, runner_args(128, spec["decode_tokens"] + 1, threads), repeats)
+    peak = max(r["peak_rss_mib"] for r in runs)
+    return {**out, "ttft_s": statistics.median(r["ttft_s"] for r in runs),
+            "decode_tps": statistics.median(r["decode_tps"] for r in runs),
+            "load_s": statistics.median(r["load_s"] for r in runs), "peak_rss_mb": peak,
+            "peak_rss_over_artifact_mb": peak - (folder / A.PTE_FILE).stat().st_size / 2**20}
+
+
 def _run_worker(spec: dict) -> dict:
+    if spec["kind"] == "pte-runner":
+        return runner_worker(spec)
     # The worker must import this very package, not a bonsai_export folder in the working directory.
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "bonsai_export.bench", "--worker", json.dumps(spec)]
@@ -184,6 +204,8 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
 
 
 def _specs(folder: Path, manifest: dict, args) -> list[dict]:
+    from .runners import native_dir
+
     base = {"repeats": args.repeats, "prefill_lengths": list(PREFILL_LENGTHS), "decode_tokens": DECODE_TOKENS,
             "max_seq_len": manifest["model"]["max_seq_len"]}
     specs = []
@@ -191,6 +213,8 @@ def _specs(folder: Path, manifest: dict, args) -> list[dict]:
         label = a["type"] if a["type"] == "pte" else f"onnx-{manifest['options'].get('ternary_op', 'custom')}"
         specs.append({**base, "label": label, "kind": "artifact", "path": str(folder), "backend": a["type"],
                       "bytes_per_token": bytes_per_token(manifest)})
+        if a["type"] == "pte" and (native_dir() / "bonsai_runner").is_file():
+            specs.append({**specs[-1], "label": "pte (C++ runner)", "kind": "pte-runner"})
     source = manifest["source"]["checkpoint"]
     if args.baselines:
         specs.append({**base, "label": "bf16-eager", "kind": "bf16-eager", "path": source})
@@ -228,7 +252,7 @@ def run_bench(folder: Path, args) -> dict:
 
 def markdown(results: dict) -> str:
     cols = ["prefill_64_tps", "prefill_128_tps", "prefill_512_tps", "ttft_s", "decode_tps", "roofline_share",
-            "load_s", "peak_rss_mb", "peak_rss_over_baseline_mb"]
+            "load_s", "peak_rss_mb", "peak_rss_over_baseline_mb", "peak_rss_over_artifact_mb"]
     lines = [f"# Benchmark of `{results['artifact']}`", "",
              f"CPU: {results['environment']['cpu']} ({results['environment']['cores']} cores, kernels "
              f"{results['environment']['isa']}). Artifact {results['artifact_bytes'] / 1e6:.1f} MB, ternary "

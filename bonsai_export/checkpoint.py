@@ -190,6 +190,16 @@ def _reject_leftovers(tensors: dict) -> None:
                       f"has parts bonsai-export's Llama model does not implement")
 
 
+def _check_tokenizer(folder: Path, vocab_size: int) -> None:
+    """A tokenizer from another model gives ids past the embedding table: refuse it here, not at generation."""
+    from .tokenizer import Tokenizer
+
+    pieces = Tokenizer(folder).vocab_size
+    if pieces > vocab_size:
+        raise BonsaiError(f"{folder}: the tokenizer has {pieces} tokens but the model's vocab_size is {vocab_size} "
+                          f"(tokenizer of another model?); copy in the checkpoint's own tokenizer files")
+
+
 def load(source: str | Path, progress: bool = True) -> Checkpoint:
     """Read and validate a checkpoint into the canonical form."""
     folder = resolve(source)
@@ -219,5 +229,6 @@ def load(source: str | Path, progress: bool = True) -> Checkpoint:
     _reject_leftovers(tensors)
     if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise BonsaiError(f"{folder}: no tokenizer.json or tokenizer.model; copy the model's tokenizer files in")
+    _check_tokenizer(folder, args.vocab_size)
     generation = _read_json(folder / "generation_config.json", required=False)
     return Checkpoint(args, str(source), folder, fmt, dense, ternary, generation)

@@ -29,6 +29,7 @@ EXAMPLES = {
     "bench": "bonsai-export bench out/bonsai --report out/bench\n"
              "  bonsai-export bench out/tiny --threads 2 --repeats 3 --no-baselines\n"
              "  bonsai-export bench out/bonsai --device adb --runner-dir build-android/install --threads 2,4",
+    "verify": "bonsai-export verify out/bonsai\n  bonsai-export --json verify out/bonsai",
     "bench-kernels": "bonsai-export bench-kernels --quick --json-out kernels.json",
     "eval": "bonsai-export eval out/bonsai --reference deepgrove/Bonsai --report out/bonsai-eval\n"
             "  bonsai-export eval out/tiny --tasks bonsai_qa --limit 20        (the offline task shipped with us)",
@@ -41,11 +42,16 @@ def _load(model: str | None, quiet: bool):
     return checkpoint.load(model if model else _default(), progress=not quiet)
 
 
+def _emit(args, text: str, data: dict) -> None:
+    """The command's result: `text` for people, or with --json one JSON object for scripts."""
+    print(json.dumps(data, default=str) if args.json else text)
+
+
 def cmd_make_checkpoint(args) -> int:
     from .synthetic import make_checkpoint
 
     out = make_checkpoint(args.preset, args.out, seed=args.seed, progress=not args.quiet)
-    print(out)
+    _emit(args, str(out), {"checkpoint": str(out), "preset": args.preset, "seed": args.seed})
     return 0
 
 
@@ -53,7 +59,7 @@ def cmd_info(args) -> int:
     from .info import describe, render
 
     d = describe(_load(args.model, args.quiet))
-    print(json.dumps(d, indent=2) if args.json else render(d))
+    _emit(args, render(d), d)
     return 0
 
 
@@ -66,8 +72,8 @@ def cmd_export(args) -> int:
                        threads=args.threads)
     manifest = export(args.model if args.model else _default(), args.output, cfg, force=args.force)
     m = manifest["model"]
-    print(f"{args.output}: {', '.join(a['file'] for a in manifest['artifacts'])}; ternary weights "
-          f"{m['bits_per_ternary_weight']:.3f} bits/weight")
+    _emit(args, f"{args.output}: {', '.join(a['file'] for a in manifest['artifacts'])}; ternary weights "
+                f"{m['bits_per_ternary_weight']:.3f} bits/weight", {"output": str(args.output), **manifest})
     return 0
 
 
@@ -82,13 +88,22 @@ def cmd_run(args) -> int:
     from .runners import open_runner
     from .tokenizer import StreamDecoder, Tokenizer
 
+    if not args.prompt.strip():
+        raise BonsaiError("--prompt: empty; give the text to continue, e.g. --prompt \"Once upon a time\"")
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     runner = open_runner(args.model, act_quant=args.act_quant, max_seq_len=args.max_seq_len, threads=args.threads)
     tok = Tokenizer(runner.tokenizer_dir)
     stream = StreamDecoder(tok)
-    print(args.prompt, end="", flush=True)
+    show = (lambda text: print(text, end="", flush=True)) if not args.json else (lambda text: None)
+    show(args.prompt)
     res = generate(runner, tok.encode(args.prompt, bos_id=runner.bos_id), cfg, runner.eos_ids,
-                   runner.max_seq_len, on_token=lambda t: print(stream.push(t), end="", flush=True))
+                   runner.max_seq_len, on_token=lambda t: show(stream.push(t)))
+    if args.json:
+        _emit(args, "", {"backend": runner.name, "prompt": args.prompt, "text": tok.decode(res.tokens),
+                         "tokens": res.tokens, "prompt_tokens": res.prompt_tokens, "prefill_tps": res.prefill_tps,
+                         "decode_tps": res.decode_tps, "stopped_at_eos": res.stopped_at_eos,
+                         "hit_max_seq_len": res.hit_max_seq_len})
+        return 0
     print()
     if not args.quiet:
         end = "stopped at EOS" if res.stopped_at_eos else ("stopped at max_seq_len" if res.hit_max_seq_len else "")
@@ -119,9 +134,9 @@ def cmd_validate(args) -> int:
     report.update(artifact=str(args.artifact), backend=art.name, reference=str(source), options=manifest["options"])
     paths = write_reports(report, Path(args.report))
     t = report["text"]
-    print(f"perplexity reference {t['perplexity_reference']:.3f} artifact {t['perplexity_artifact']:.3f}; "
+    _emit(args, f"perplexity reference {t['perplexity_reference']:.3f} artifact {t['perplexity_artifact']:.3f}; "
           f"top-1 {t['top1_agreement']:.4f}; mean KL {t['mean_kl']:.3g}; greedy identical over {args.steps} steps: "
-          f"{report['decode']['greedy_identical']}; reports: {', '.join(map(str, paths))}")
+          f"{report['decode']['greedy_identical']}; reports: {', '.join(map(str, paths))}", report)
     for failure in report["failures"]:
         print(f"{'FAIL' if args.gates else 'gate not enforced'}: {failure}", file=sys.stderr)
     return 1 if report["failures"] and args.gates else 0
@@ -148,12 +163,13 @@ def cmd_eval(args) -> int:
     report.update(artifact=str(args.artifact), backend=art.name, reference=args.reference,
                   options=A.read_manifest(Path(args.artifact))["options"])
     paths = write_reports(report, Path(args.report))
+    lines = []
     for name, t in report["tasks"].items():
         ref_score = t.get("reference", {}).get(t["metric"])
-        print(f"{name}: {t['metric']} {t['artifact'].get(t['metric'], float('nan')):.2f}"
-              + (f" (reference {ref_score:.2f})" if ref_score is not None else "")
-              + (f", published {t['published']:.2f}" if t["published"] is not None else ""))
-    print(f"reports: {', '.join(map(str, paths))}")
+        lines.append(f"{name}: {t['metric']} {t['artifact'].get(t['metric'], float('nan')):.2f}"
+                     + (f" (reference {ref_score:.2f})" if ref_score is not None else "")
+                     + (f", published {t['published']:.2f}" if t["published"] is not None else ""))
+    _emit(args, "\n".join([*lines, f"reports: {', '.join(map(str, paths))}"]), report)
     return 0
 
 
@@ -168,7 +184,7 @@ def cmd_bench(args) -> int:
     prefix.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     prefix.with_suffix(".md").write_text(markdown(results))
     chart(results, prefix.with_suffix(".png"))
-    print(markdown(results))
+    _emit(args, markdown(results), results)
     return 0
 
 
@@ -184,8 +200,19 @@ def _bench_device(args) -> int:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     prefix.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     prefix.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    _emit(args, markdown(report), report)
     return 0
+
+
+def cmd_verify(args) -> int:
+    from . import artifact as A
+
+    problems = A.verify(Path(args.artifact))
+    files = A.read_manifest(Path(args.artifact))["files"]
+    text = "\n".join(f"FAIL {p}" for p in problems) if problems else \
+        f"{args.artifact}: OK ({len(files)} files match the manifest, format {A.FORMAT_VERSION})"
+    _emit(args, text, {"artifact": str(args.artifact), "ok": not problems, "problems": problems})
+    return 1 if problems else 0
 
 
 def _add_model(p, required: bool = False) -> None:
@@ -197,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bonsai-export", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bonsai-export {__version__}")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or timing lines")
+    parser.add_argument("--json", action="store_true",
+                        help="print the result as one JSON object on stdout (errors too); implies --quiet")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, func, help_):
@@ -213,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("info", cmd_info, "print a checkpoint's format, shape, parameter counts, sparsity and artifact sizes")
     _add_model(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON (as the global --json)")
 
     p = add("export", cmd_export, "export a checkpoint to an ExecuTorch (.pte) and/or ONNX artifact folder")
     _add_model(p)
@@ -297,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--report", default="eval", help="report path prefix: PREFIX.json and PREFIX.md")
 
+    p = add("verify", cmd_verify, "check an artifact folder against its manifest: format version, every file's "
+            "size and sha256, unlisted files; exits 1 on any difference")
+    p.add_argument("artifact", help="artifact folder written by `bonsai-export export`")
+
     try:
         from . import bench_kernels
     except ImportError:  # the kernel benchmark lands with the native kernels
@@ -309,12 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.quiet = args.quiet or args.json
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
         return args.func(args)
     except BonsaiError as exc:
+        code = getattr(exc, "exit_code", 2)
         print(f"error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
+        if args.json:
+            print(json.dumps({"error": str(exc), "exit_code": code}))
+        return code
     except KeyboardInterrupt:
         return 130
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,6 +21,8 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if not math.isfinite(self.temperature):
+            raise BonsaiError(f"--temperature: expected a finite number >= 0, got {self.temperature}")
         if self.max_new_tokens < 1:
             raise BonsaiError(f"--max-new-tokens: expected >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -74,7 +77,8 @@ def generate(forward: Forward, prompt: list[int], cfg: SamplingConfig, eos_ids: 
     if not prompt:
         raise BonsaiError("prompt: empty after tokenization")
     if len(prompt) >= max_seq_len:
-        raise BonsaiError(f"prompt: {len(prompt)} tokens leave no room in max_seq_len={max_seq_len}")
+        raise BonsaiError(f"prompt: {len(prompt)} tokens leave no room in max_seq_len={max_seq_len}; shorten the "
+                          f"prompt, or use a larger --max-seq-len (artifacts: at export)")
     gen = torch.Generator().manual_seed(cfg.seed)
     res = GenerationResult(prompt_tokens=len(prompt))
     with torch.no_grad():

@@ -33,7 +33,11 @@ def load_et_ops() -> Path:
                               f"(or set BONSAI_NATIVE_DIR to a build folder holding {ET_OPS_LIB})")
         import executorch.runtime  # noqa: F401  (loads libexecutorch.so, which our library links to)
 
-        ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        try:
+            ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:  # built for another CPU or another executorch: dlopen's reason, one line
+            raise BonsaiError(f"{path}: cannot be loaded ({exc}); reinstall bonsai-export on this machine "
+                              f"(`pip install --force-reinstall .`)") from None
         _loaded_et_ops = path
     return _loaded_et_ops
 
@@ -78,7 +82,11 @@ class PteRunner(Runner):
         self.tokenizer_dir = Path(folder)
         if threads:
             portable_lib._unsafe_reset_threadpool(threads)
-        self.program = Runtime.get().load_program(str(Path(folder) / A.PTE_FILE))
+        try:
+            self.program = Runtime.get().load_program(str(Path(folder) / A.PTE_FILE))
+        except (RuntimeError, ValueError) as exc:
+            raise BonsaiError(f"{Path(folder) / A.PTE_FILE}: ExecuTorch cannot load it ({exc}); run `bonsai-export "
+                              f"verify {folder}`, or re-export") from None
         meta = {m: self.program.load_method(m).execute([]) for m in (A.META_MAX_SEQ_LEN, A.META_BOS_ID,
                                                                        A.META_EOS_IDS)}
         self.max_seq_len, self.bos_id = int(meta[A.META_MAX_SEQ_LEN][0]), int(meta[A.META_BOS_ID][0])
@@ -110,7 +118,12 @@ def onnx_session(model: Path, op_library: Path | None, threads: int = 0):
         if not Path(op_library).is_file():
             raise BonsaiError(f"{op_library}: missing; this model needs our ONNX Runtime op library "
                               f"({A.ORT_OPS_LIB}, built by `pip install .` and copied into the export folder)")
-        opts.register_custom_ops_library(str(op_library))
+        try:
+            opts.register_custom_ops_library(str(op_library))
+        except Exception as exc:  # dlopen failure: built for another CPU, or a damaged file
+            raise BonsaiError(f"{op_library}: ONNX Runtime cannot load it ({str(exc).strip()}); re-export the "
+                              f"folder with a bonsai-export installed on this machine, or use --ternary-op stock") \
+                from None
     try:
         return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -168,6 +181,7 @@ def open_runner(path: str | Path | None, act_quant: str = "none", max_seq_len: i
     else is a checkpoint run by the eager model."""
     if path is not None and A.is_artifact(path):
         manifest = A.read_manifest(Path(path))
+        A.check_sizes(Path(path), manifest)
         kinds = [a["type"] for a in manifest["artifacts"]]
         threads = threads or manifest["options"].get("threads", 0)
         if backend is not None and backend not in kinds:

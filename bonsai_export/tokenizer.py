@@ -15,17 +15,24 @@ class Tokenizer:
 
     def __init__(self, folder: Path):
         folder = Path(folder)
-        if (folder / "tokenizer.json").is_file():
-            from tokenizers import Tokenizer as HFTokenizer
+        self._hf = self._sp = None
+        try:
+            if (folder / "tokenizer.json").is_file():
+                from tokenizers import Tokenizer as HFTokenizer
 
-            self._hf = HFTokenizer.from_file(str(folder / "tokenizer.json"))
-            self._sp = None
-        elif (folder / "tokenizer.model").is_file():
-            import sentencepiece as spm
+                self._hf = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+            elif (folder / "tokenizer.model").is_file():
+                import sentencepiece as spm
 
-            self._hf, self._sp = None, spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-        else:
-            raise BonsaiError(f"{folder}: no tokenizer.json or tokenizer.model")
+                self._sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+            else:
+                raise BonsaiError(f"{folder}: no tokenizer.json or tokenizer.model")
+        except Exception as exc:  # tokenizers / sentencepiece raise their own types on a corrupt file
+            if isinstance(exc, BonsaiError):
+                raise
+            name = "tokenizer.json" if (folder / "tokenizer.json").is_file() else "tokenizer.model"
+            raise BonsaiError(f"{folder / name}: cannot be read ({str(exc).splitlines()[0][:200]}); copy in the "
+                              f"model's tokenizer files again") from None
 
     @classmethod
     def from_spm(cls, model_file: Path) -> "Tokenizer":

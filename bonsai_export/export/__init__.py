@@ -6,6 +6,7 @@ interrupted export never leaves a half-written artifact.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -24,12 +25,44 @@ from ..model import TernaryLinear, from_checkpoint
 log = logging.getLogger(__name__)
 
 
+_bar = None  # the running export's stage bar (tqdm), None when progress is off
+
+
 @contextmanager
 def stage(name: str):
+    """One named step of the export: the bar shows it while it runs, the log gets its duration."""
     start = time.perf_counter()
-    log.info("[%s] ...", name)
+    if _bar is not None:
+        _bar.set_description_str(name)
     yield
+    if _bar is not None:
+        _bar.update(1)
     log.info("[%s] done in %.1f s", name, time.perf_counter() - start)
+
+
+def _stage_count(cfg: A.ExportConfig) -> int:
+    pte, onnx = cfg.format in ("pte", "all"), cfg.format in ("onnx", "all")
+    return 4 + 3 * pte + onnx  # load, build, [export, lower, serialize], [ONNX graph], tokenizer, manifest
+
+
+@contextmanager
+def _progress(cfg: A.ExportConfig):
+    global _bar
+    if not log.isEnabledFor(logging.INFO):  # --quiet
+        yield
+        return
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(), tqdm(total=_stage_count(cfg), unit="stage", bar_format=BAR) as bar:
+        _bar = bar
+        try:
+            yield
+        finally:
+            _bar = None
+
+
+BAR = "{desc:<28} {n_fmt}/{total_fmt} stages |{bar:20}| {elapsed}"
 
 
 def ternary_stats(model) -> dict:
@@ -48,25 +81,65 @@ def build_model(ckpt: C.Checkpoint, cfg: A.ExportConfig):
 def _prepare_out(out: Path, force: bool) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise BonsaiError(f"{out}: exists and is not empty; choose a new -o folder or pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(out)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    except OSError as exc:
+        raise BonsaiError(f"{out}: cannot write there ({exc.strerror}); choose a writable -o folder") from None
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Staging folders of exports that were killed (their process is gone) are removed by the next export."""
+    for folder in out.parent.glob(f".{out.name}.partial-*"):
+        pid = folder.name.split("-")[1] if folder.name.count("-") >= 2 else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd, rename_exchange = -100, 2
+        return libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    except (AttributeError, OSError):
+        return False
 
 
 def _commit(tmp: Path, out: Path) -> None:
+    """Put the finished folder in place: no moment exists at which OUT_DIR is missing or half-written."""
     tmp.chmod(0o755)
-    if out.exists():
+    if not out.exists():
+        os.replace(tmp, out)
+    elif out.is_dir() and _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous artifact
+    else:  # a file in the way, or no renameat2: two renames, the previous artifact kept until the second is done
         old = out.with_name(f".{out.name}.old")
         os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    else:
-        os.replace(tmp, out)
 
 
 def export(source: str | Path, out: str | Path, cfg: A.ExportConfig, force: bool = False) -> dict:
     """Export a checkpoint (hub id or folder) to an artifact folder; returns the manifest."""
     out = Path(out)
-    with stage("load"):
+    with _progress(cfg):
+        return _export(source, out, cfg, force)
+
+
+def _export(source: str | Path, out: Path, cfg: A.ExportConfig, force: bool) -> dict:
+    with stage("load (download, ternarize)"):
         ckpt = C.load(source)
     tmp = _prepare_out(out, force)
     try:
@@ -81,8 +154,13 @@ def export(source: str | Path, out: str | Path, cfg: A.ExportConfig, force: bool
         with stage("tokenizer"):
             for f in ckpt.tokenizer_files:
                 shutil.copyfile(f, tmp / f.name)
-        manifest = A.write_manifest(tmp, body)
-        _commit(tmp, out)
+        with stage("manifest"):
+            manifest = A.write_manifest(tmp, body)
+            _commit(tmp, out)
+    except OSError as exc:  # disk full, permissions: the previous artifact, if any, is untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BonsaiError(f"{out}: writing the artifact failed ({exc.strerror or exc}); free space or choose "
+                          f"another -o folder (nothing was changed)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -101,15 +179,13 @@ def model_info(ckpt: C.Checkpoint, model) -> dict:
 def _write_pte(model, folder: Path) -> dict:
     from .executorch import to_pte
 
-    with stage("lower to ExecuTorch"):
-        data = to_pte(model)
-    with stage("serialize"):
-        (folder / A.PTE_FILE).write_bytes(data)
+    data = to_pte(model)  # stages export, lower, serialize
+    (folder / A.PTE_FILE).write_bytes(data)
     return {"type": "pte", "file": A.PTE_FILE, "op_library": "libbonsai_et_ops.so"}
 
 
 def _write_onnx(model, folder: Path, cfg: A.ExportConfig) -> dict:
     from .onnx import to_folder
 
-    with stage(f"build ONNX graph ({cfg.ternary_op} ternary op)"):
+    with stage(f"ONNX graph ({cfg.ternary_op} op)"):
         return to_folder(model, folder, cfg.ternary_op, {"bonsai_export_options": json.dumps(cfg.to_dict())})

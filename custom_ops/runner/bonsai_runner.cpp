@@ -9,11 +9,12 @@
 // stdout: the generated token ids, comma-separated, on one line; then one JSON line of timings (also written to
 // --json FILE), with the generated text when a tokenizer was found.
 //
-// Memory: decode streams every weight once per token (~150 MB for Bonsai-500M) and attention the KV cache, so
-// page walks matter: by default the program is read into anonymous memory advised for transparent huge pages and
-// the method's planned buffers (the KV caches) are allocated the same way. On a 4 KiB-page file mapping
-// (--mmap, ExecuTorch's Mmap load mode) decode ran ~25% slower on the x86 machines we measured. Where the kernel
-// has no THP the advice is ignored and nothing else changes.
+// Memory: decode streams every weight once per token (~150 MB for Bonsai-500M), so page walks matter: by default
+// the program is read into anonymous memory advised for transparent huge pages. On a 4 KiB-page file mapping
+// (--mmap, ExecuTorch's Mmap load mode) decode ran ~25% slower on the x86 machines we measured; where the kernel
+// has no THP the advice is ignored and nothing else changes. The method's planned buffers (KV caches sized for
+// max_seq_len, activations sized for the longest prompt) stay in 4 KiB pages: only the pages a run writes become
+// resident, so a 256-token run of Bonsai-500M peaks at the program + ~110 MiB instead of + ~320 MiB.
 #include <executorch/extension/data_loader/buffer_data_loader.h>
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
@@ -173,20 +174,20 @@ std::string json_ids(const std::vector<int64_t>& ids) {
   return out + "]";
 }
 
-// Anonymous memory, 2 MiB-aligned and advised for transparent huge pages (best effort).
-class HugeBuffer {
+// Anonymous memory, 2 MiB-aligned, optionally advised for transparent huge pages (best effort).
+class AnonBuffer {
  public:
-  explicit HugeBuffer(size_t size) : size_(size ? size : 1) {
+  AnonBuffer(size_t size, bool huge_pages) : size_(size ? size : 1) {
     constexpr size_t kHuge = size_t(2) << 20;
     mapped_ = (size_ + 2 * kHuge - 1) / kHuge * kHuge;
     base_ = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base_ == MAP_FAILED) die("cannot allocate " + std::to_string(size_) + " bytes");
     data_ = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(base_) + kHuge - 1) / kHuge * kHuge);
-    madvise(data_, mapped_ - size_t(data_ - static_cast<uint8_t*>(base_)), MADV_HUGEPAGE);
+    if (huge_pages) madvise(data_, mapped_ - size_t(data_ - static_cast<uint8_t*>(base_)), MADV_HUGEPAGE);
   }
-  ~HugeBuffer() { munmap(base_, mapped_); }
-  HugeBuffer(const HugeBuffer&) = delete;
-  HugeBuffer& operator=(const HugeBuffer&) = delete;
+  ~AnonBuffer() { munmap(base_, mapped_); }
+  AnonBuffer(const AnonBuffer&) = delete;
+  AnonBuffer& operator=(const AnonBuffer&) = delete;
   uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
 
@@ -196,22 +197,22 @@ class HugeBuffer {
   uint8_t* data_;
 };
 
-std::unique_ptr<HugeBuffer> read_file(const std::string& path) {
+std::unique_ptr<AnonBuffer> read_file(const std::string& path) {
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) die("cannot open " + path);
   std::fseek(f, 0, SEEK_END);
   const long size = std::ftell(f);
   std::fseek(f, 0, SEEK_SET);
-  auto buf = std::make_unique<HugeBuffer>(size_t(size > 0 ? size : 0));
+  auto buf = std::make_unique<AnonBuffer>(size_t(size > 0 ? size : 0), /*huge_pages=*/true);
   const bool ok = size > 0 && std::fread(buf->data(), 1, size_t(size), f) == size_t(size);
   std::fclose(f);
   if (!ok) die("cannot read " + path);
   return buf;
 }
 
-// The forward method's planned buffers (KV caches, activations), in huge-page memory.
+// The forward method's planned buffers (KV caches, activations).
 struct PlannedMemory {
-  std::vector<std::unique_ptr<HugeBuffer>> buffers;
+  std::vector<std::unique_ptr<AnonBuffer>> buffers;
   std::vector<executorch::runtime::Span<uint8_t>> spans;
   std::unique_ptr<executorch::runtime::HierarchicalAllocator> allocator;
 };
@@ -252,7 +253,7 @@ int main(int argc, char** argv) {
   if (o.threads > 0) executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(uint32_t(o.threads));
   const double t0 = now_s();
   // Declared before the Module, which refers to them until it is destroyed.
-  std::unique_ptr<HugeBuffer> program;
+  std::unique_ptr<AnonBuffer> program;
   PlannedMemory planned;
   std::unique_ptr<Module> module;
   if (o.mmap) {
@@ -270,7 +271,7 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < meta->num_memory_planned_buffers(); ++i) {
       const auto size = meta->memory_planned_buffer_size(i);
       if (!size.ok()) die("cannot load " + o.model);
-      planned.buffers.push_back(std::make_unique<HugeBuffer>(size_t(*size)));
+      planned.buffers.push_back(std::make_unique<AnonBuffer>(size_t(*size), /*huge_pages=*/false));
       planned.spans.emplace_back(planned.buffers.back()->data(), size_t(*size));
     }
     planned.allocator = std::make_unique<executorch::runtime::HierarchicalAllocator>(
