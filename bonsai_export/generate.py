@@ -1,4 +1,5 @@
-"""Token generation over any runner that maps (tokens[1, T], input_pos) -> logits[1, T, V] with its own KV cache."""
+"""Token generation over any runner that maps (tokens[1, T], input_pos[1]) -> the last position's logits [1, 1, V]
+with its own KV cache (runners.py)."""
 
 from __future__ import annotations
 

@@ -133,13 +133,18 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        t = tokens.shape[1]  # tokens: [1, T]; input_pos: [1], position of tokens[:, 0]
-        pos = input_pos + torch.arange(t, device=tokens.device)  # [T]
+        """tokens [1, T]; input_pos [P] with P = 1 or T, input_pos[0] = the position of tokens[:, 0].
+        Returns the logits of the last P positions, [1, P, vocab]: input_pos [1] (ExecuTorch's LLM-runner
+        contract) asks for the next token only and skips the head on the rest of the prompt (a fifth of prefill
+        time at Bonsai's size); the positions of all T tokens ask for every position, as scoring needs."""
+        t = tokens.shape[1]
+        start = input_pos[:1]
+        pos = start + torch.arange(t, device=tokens.device)  # [T]
         cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # [T, 1, hd]
         h = self.embed_tokens(tokens)
         for layer in self.layers:
-            h = layer(h, cos, sin, pos, input_pos)
-        return self.lm_head(self.norm(h)).float()
+            h = layer(h, cos, sin, pos, start)
+        return self.lm_head(self.norm(h[:, t - input_pos.shape[0]:])).float()
 
     def reset_cache(self) -> None:
         for layer in self.layers:

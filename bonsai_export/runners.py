@@ -1,6 +1,8 @@
 """Runners: one interface over the eager model and every artifact, for `run`, `validate` and `bench`.
 
-A runner maps (tokens[1, T] int64, input_pos[1] int64) -> logits[1, T, vocab] float32 and keeps its own KV cache.
+A runner maps (tokens[1, T] int64, input_pos[P] int64) -> logits[1, P, vocab] float32 and keeps its own KV cache,
+as the model does: input_pos[0] is the position of tokens[:, 0]; [start] asks for the last position's logits only
+(generation), positions(start, T) for every position (scoring).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def load_et_ops() -> Path:
                               f"(`pip install --force-reinstall .`)") from None
         _loaded_et_ops = path
     return _loaded_et_ops
+
+
+def positions(start: int, t: int) -> torch.Tensor:
+    """input_pos asking for the logits of all `t` tokens that start at `start`."""
+    return torch.arange(start, start + t)
 
 
 class Runner:
@@ -172,7 +179,7 @@ class OnnxRunner(Runner):
             feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = k[:, :, :pos], v[:, :, :pos]
         out = self.session.run(None, feeds)
         self.past = [(out[1 + 2 * i], out[2 + 2 * i]) for i in range(self.n_layers)]
-        return torch.from_numpy(out[0])
+        return torch.from_numpy(out[0][:, t - input_pos.shape[0]:])  # the graph gives all T; keep the last P
 
 
 def open_runner(path: str | Path | None, act_quant: str = "none", max_seq_len: int | None = None,

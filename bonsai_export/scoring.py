@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .runners import Runner
+from .runners import Runner, positions
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Scorer:
         """log-softmax of the logits of `tokens` placed at positions pos.. : [T, vocab] float64."""
         self.stats.forward_calls += 1
         self.stats.tokens += len(tokens)
-        logits = self.runner(torch.tensor([tokens], dtype=torch.long), torch.tensor([pos], dtype=torch.long))
+        logits = self.runner(torch.tensor([tokens], dtype=torch.long), positions(pos, len(tokens)))
         return torch.log_softmax(logits[0].double(), dim=-1)
 
     def loglikelihoods(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:

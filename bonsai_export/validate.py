@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .errors import BonsaiError
-from .runners import Runner
+from .runners import Runner, positions
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,8 @@ def text_check(ref: Runner, art: Runner, ids: list[int], window: int, max_tokens
             break
         inputs, targets = torch.tensor([chunk[:-1]]), torch.tensor(chunk[1:])
         ref.reset(), art.reset()
-        r, a = ref(inputs, torch.tensor([0]))[0], art(inputs, torch.tensor([0]))[0]
+        every = positions(0, inputs.shape[1])
+        r, a = ref(inputs, every)[0], art(inputs, every)[0]
         for name, logits in (("reference", r), ("artifact", a)):
             nll[name] += float(torch.nn.functional.cross_entropy(logits.double(), targets, reduction="sum"))
         stats.append(_compare(r, a))

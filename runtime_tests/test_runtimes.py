@@ -10,7 +10,7 @@ import torch
 from bonsai_export import artifact as A
 from bonsai_export.export import build_model
 from bonsai_export.model import from_checkpoint
-from bonsai_export.runners import EagerRunner, open_runner
+from bonsai_export.runners import EagerRunner, open_runner, positions
 from bonsai_export.tokenizer import Tokenizer
 from bonsai_export.validate import Gates, held_out_text, validate
 
@@ -40,7 +40,7 @@ def test_backend_matches_eager_with_same_settings(ckpt, artifacts, options, back
     tokens = torch.tensor([Tokenizer(ckpt.folder).encode(PROMPT, bos_id=ckpt.args.bos_id)])
     errors, pos = [], 0
     for step in range(options["decode_steps"] + 1):
-        want, got = eager(tokens, torch.tensor([pos])), runner(tokens, torch.tensor([pos]))
+        want, got = eager(tokens, positions(pos, tokens.shape[1])), runner(tokens, positions(pos, tokens.shape[1]))
         errors.append(float((got - want).abs().max() / want.std()))
         nxt = int(want[0, -1].argmax())
         if backend != "onnx-stock" or act == "none":

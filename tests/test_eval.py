@@ -19,7 +19,7 @@ from bonsai_export.cli import main  # noqa: E402
 from bonsai_export.export import export  # noqa: E402
 from bonsai_export.model import from_checkpoint  # noqa: E402
 from bonsai_export import checkpoint  # noqa: E402
-from bonsai_export.runners import EagerRunner, Runner, open_runner  # noqa: E402
+from bonsai_export.runners import EagerRunner, Runner, open_runner, positions  # noqa: E402
 from bonsai_export.scoring import Scorer  # noqa: E402
 from bonsai_export.synthetic import cached_preset  # noqa: E402
 from bonsai_export.tokenizer import Tokenizer  # noqa: E402
@@ -95,7 +95,7 @@ def from_scratch(runner: Runner, context: list[int], continuation: list[int]) ->
     """The oracle: context + continuation[:-1] in one call from position 0."""
     runner.reset()
     ids = context + continuation
-    logits = runner(torch.tensor([ids[:-1]]), torch.tensor([0]))[0, len(context) - 1:]
+    logits = runner(torch.tensor([ids[:-1]]), positions(0, len(ids) - 1))[0, len(context) - 1:]
     return float(torch.log_softmax(logits.double(), -1).gather(1, torch.tensor(continuation)[:, None]).sum())
 
 

@@ -10,7 +10,7 @@ from bonsai_export import artifact as A
 from bonsai_export import checkpoint
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import build_model, export
-from bonsai_export.runners import PteRunner, load_et_ops, native_dir
+from bonsai_export.runners import PteRunner, load_et_ops, native_dir, positions
 
 MAX_SEQ = 96
 PROMPTS = {"short": [1, 415, 2936, 9060, 285, 1142, 754], "long": [1] + list(range(3000, 3022))}
@@ -30,8 +30,8 @@ def compare_steps(runner, model, ids, steps=48) -> list[float]:
     errors, pos, tokens = [], 0, torch.tensor([ids])
     for step in range(steps + 1):
         with torch.no_grad():
-            want = model(tokens, torch.tensor([pos]))
-        got = runner(tokens, torch.tensor([pos]))
+            want = model(tokens, positions(pos, tokens.shape[1]))
+        got = runner(tokens, positions(pos, tokens.shape[1]))
         assert got.shape == want.shape
         errors.append(float((got - want).abs().max()) / float(want.std()))
         nxt = int(want[0, -1].argmax())

@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from bonsai_export.runners import positions
 from bonsai_export import checkpoint, formats, ops
 from bonsai_export.config import llama_config
 from bonsai_export.generate import SamplingConfig, generate
@@ -40,7 +41,7 @@ def stock_llama(ckpt) -> LlamaForCausalLM:
 def test_logits_match_stock_transformers_llama(ckpt, prompt_ids):
     ours = from_checkpoint(ckpt, act_quant="none")
     with torch.no_grad():
-        got = ours(torch.tensor([prompt_ids]), torch.tensor([0]))
+        got = ours(torch.tensor([prompt_ids]), positions(0, len(prompt_ids)))
         want = stock_llama(ckpt)(torch.tensor([prompt_ids])).logits
     assert got.shape == want.shape == (1, len(prompt_ids), ckpt.args.vocab_size)
     assert want.abs().max() > 1  # not a degenerate comparison
@@ -75,8 +76,8 @@ def test_incremental_decoding_matches_full_recompute(ckpt, prompt_ids, act_quant
 
 def test_int8_activations_stay_close_to_float(ckpt, prompt_ids):
     with torch.no_grad():
-        exact = from_checkpoint(ckpt, "none")(torch.tensor([prompt_ids]), torch.tensor([0]))
-        int8 = from_checkpoint(ckpt, "int8")(torch.tensor([prompt_ids]), torch.tensor([0]))
+        exact = from_checkpoint(ckpt, "none")(torch.tensor([prompt_ids]), positions(0, len(prompt_ids)))
+        int8 = from_checkpoint(ckpt, "int8")(torch.tensor([prompt_ids]), positions(0, len(prompt_ids)))
     rel = (int8 - exact).norm() / exact.norm()
     assert 0 < rel < 0.05
     agree = (int8.argmax(-1) == exact.argmax(-1)).float().mean()

@@ -14,7 +14,7 @@ from bonsai_export import checkpoint, formats
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import build_model, export
 from bonsai_export.export import onnx as O
-from bonsai_export.runners import OnnxRunner, native_dir, onnx_session, open_runner
+from bonsai_export.runners import OnnxRunner, native_dir, onnx_session, open_runner, positions
 
 MAX_SEQ = 96
 PROMPTS = {"short": [1, 415, 2936, 9060, 285, 1142, 754], "long": [1] + list(range(3000, 3022))}
@@ -65,8 +65,8 @@ def test_onnx_matches_eager_over_prefill_and_48_decode_steps(exported, eager, pr
     tokens, pos, worst, flipped = torch.tensor([PROMPTS[prompt]]), 0, 0.0, False
     for step in range(DECODE_STEPS + 1):
         with torch.no_grad():
-            want = model(tokens, torch.tensor([pos]))
-        got = runner(tokens, torch.tensor([pos]))
+            want = model(tokens, positions(pos, tokens.shape[1]))
+        got = runner(tokens, positions(pos, tokens.shape[1]))
         assert got.shape == want.shape and got.dtype == torch.float32
         err, std = float((got - want).abs().max()), float(want.std())
         worst = max(worst, err / std)
@@ -153,9 +153,9 @@ def test_manifest_genai_config_and_library_in_the_folder(exported):
 def test_runner_rewinds_and_resets(exported):
     out, _, _ = exported
     runner = open_runner(out)
-    first = runner(torch.tensor([PROMPTS["short"]]), torch.tensor([0]))
+    first = runner(torch.tensor([PROMPTS["short"]]), positions(0, len(PROMPTS["short"])))
     runner(torch.tensor([[5]]), torch.tensor([len(PROMPTS["short"])]))
-    again = runner(torch.tensor([PROMPTS["short"]]), torch.tensor([0]))  # pos 0 again: the cache rewinds
+    again = runner(torch.tensor([PROMPTS["short"]]), positions(0, len(PROMPTS["short"])))  # pos 0 again: the cache rewinds
     assert torch.equal(first, again)
     with pytest.raises(BonsaiError, match="cache holds only"):
         runner(torch.tensor([[5]]), torch.tensor([40]))
@@ -275,8 +275,8 @@ def test_external_data_past_the_limit(tmp_path, tiny_ckpt, monkeypatch, eager):
     eager["none"].reset_cache()
     tokens = torch.tensor([PROMPTS["short"]])
     with torch.no_grad():
-        want = eager["none"](tokens, torch.tensor([0]))
-    got = open_runner(out)(tokens, torch.tensor([0]))
+        want = eager["none"](tokens, positions(0, tokens.shape[1]))
+    got = open_runner(out)(tokens, positions(0, tokens.shape[1]))
     assert float((got - want).abs().max()) <= TOL["stock"]["none"] * float(want.std())
 
 
@@ -290,8 +290,8 @@ def test_both_attention_kernels_match_eager(tmp_path, tiny_ckpt, monkeypatch, ea
     model.reset_cache()
     for tokens, pos in ((PROMPTS["long"], 0), ([7], len(PROMPTS["long"])), ([9, 11], len(PROMPTS["long"]) + 1)):
         with torch.no_grad():
-            want = model(torch.tensor([tokens]), torch.tensor([pos]))
-        got = runner(torch.tensor([tokens]), torch.tensor([pos]))
+            want = model(torch.tensor([tokens]), positions(pos, len(tokens)))
+        got = runner(torch.tensor([tokens]), positions(pos, len(tokens)))
         assert float((got - want).abs().max()) <= TOL["custom"] * float(want.std())
 
 

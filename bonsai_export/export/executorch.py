@@ -31,11 +31,12 @@ def to_pte(model: Transformer) -> bytes:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
-    # An example length >= 2, else torch.export specialises the dynamic dim to 1.
-    example = (torch.tensor([[model.args.bos_id, model.args.bos_id]]), torch.tensor([0]))
+    # Example sizes >= 2 and different from each other, else torch.export specialises or unifies the dynamic dims.
+    example = (torch.tensor([[model.args.bos_id] * 3]), torch.tensor([0, 1]))
     seq = Dim("seq", min=1, max=model.max_seq_len)
+    n_logits = Dim("n_logits", min=1, max=model.max_seq_len)
     with stage("export (torch.export)"), torch.no_grad():
-        program = export(model, example, dynamic_shapes=({1: seq}, None), strict=False)
+        program = export(model, example, dynamic_shapes=({1: seq}, {0: n_logits}), strict=False)
     with stage("lower (XNNPACK, our ops)"):
         edge = to_edge_transform_and_lower(
             program, partitioner=[XnnpackPartitioner()], constant_methods=metadata(model),
