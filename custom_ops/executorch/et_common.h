@@ -1,5 +1,5 @@
 // What the ExecuTorch op bindings share: the core's parallel-for hook backed by ExecuTorch's threadpool, the
-// tensor descriptions for the core's validators, and the output resize of the linear ops.
+// tensor descriptions for the core's validators, and the output checks and resize of the linear ops.
 #ifndef BONSAI_ET_COMMON_H
 #define BONSAI_ET_COMMON_H
 
@@ -55,14 +55,24 @@ bool contiguous(const Tensors&... tensors) {
   return (executorch::runtime::tensor_is_default_dim_order(tensors) && ...);
 }
 
-// Resizes out to x's shape with the last dim replaced by n (x.dim() in [1, BONSAI_MAX_RANK], checked by the
-// core's validator).
-inline executorch::runtime::Error resize_last_dim(executorch::aten::Tensor& out, const executorch::aten::Tensor& x,
-                                                  int64_t n) {
-  executorch::aten::SizesType sizes[BONSAI_MAX_RANK];
+// The output side both linear ops share, after the core's validator passed: out is float32, the inputs are
+// contiguous, and out is resized to x's shape with the last dim n. False (with the error logged and set on ctx)
+// otherwise.
+inline bool linear_out_ready(executorch::runtime::KernelRuntimeContext& ctx, const char* op,
+                             const executorch::aten::Tensor& x, const executorch::aten::Tensor& weight,
+                             const executorch::aten::Tensor& scales, int64_t n, executorch::aten::Tensor& out) {
+  using executorch::runtime::Error;
+  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == executorch::aten::ScalarType::Float, InvalidArgument, false,
+                      "%s: out must be float32", op);
+  ET_KERNEL_CHECK_MSG(ctx, contiguous(x, weight, scales), InvalidArgument, false,
+                      "%s: x, weight and scales must be contiguous", op);
+  executorch::aten::SizesType sizes[BONSAI_MAX_RANK];  // x.dim() in [1, BONSAI_MAX_RANK]: checked by the core
   for (int64_t d = 0; d + 1 < x.dim(); ++d) sizes[d] = x.size(d);
   sizes[x.dim() - 1] = static_cast<executorch::aten::SizesType>(n);
-  return executorch::runtime::resize_tensor(out, {sizes, static_cast<size_t>(x.dim())});
+  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, {sizes, static_cast<size_t>(x.dim())}) ==
+                               Error::Ok, InvalidArgument, false, "%s: cannot resize out to [..., %lld]", op,
+                      (long long)n);
+  return true;
 }
 
 }  // namespace bonsai_et

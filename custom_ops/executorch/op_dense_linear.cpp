@@ -21,12 +21,7 @@ Tensor& dense_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tenso
   const int checked = bonsai_check_dense_linear("bonsai::dense_linear", xd.get(), wd.get(), sd.get(), in_features,
                                                 weight_bits, &m, &n);
   ET_KERNEL_CHECK_MSG(ctx, checked == BONSAI_OK, InvalidArgument, out, "%s", bonsai_last_error());
-  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float, InvalidArgument, out,
-                      "bonsai::dense_linear: out must be float32");
-  ET_KERNEL_CHECK_MSG(ctx, contiguous(x, weight, scales), InvalidArgument, out,
-                      "bonsai::dense_linear: x, weight and scales must be contiguous");
-  ET_KERNEL_CHECK_MSG(ctx, resize_last_dim(out, x, n) == Error::Ok, InvalidArgument, out,
-                      "bonsai::dense_linear: cannot resize out to [..., %lld]", (long long)n);
+  if (!linear_out_ready(ctx, "bonsai::dense_linear", x, weight, scales, n, out)) return out;
   if (m == 0) return out;  // an empty x: nothing to compute
   const bonsai_parallel par = et_parallel();
   const int status = bonsai_dense_linear(x.const_data_ptr<float>(), m, in_features, weight.const_data_ptr(),

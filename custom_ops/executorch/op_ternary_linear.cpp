@@ -21,12 +21,7 @@ Tensor& ternary_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Ten
   const int checked = bonsai_check_ternary_linear("bonsai::ternary_linear", xd.get(), pd.get(), sd.get(),
                                                   in_features, act_bits, &m, &n);
   ET_KERNEL_CHECK_MSG(ctx, checked == BONSAI_OK, InvalidArgument, out, "%s", bonsai_last_error());
-  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float, InvalidArgument, out,
-                      "bonsai::ternary_linear: out must be float32");
-  ET_KERNEL_CHECK_MSG(ctx, contiguous(x, packed, scales), InvalidArgument, out,
-                      "bonsai::ternary_linear: x, packed and scales must be contiguous");
-  ET_KERNEL_CHECK_MSG(ctx, resize_last_dim(out, x, n) == Error::Ok, InvalidArgument, out,
-                      "bonsai::ternary_linear: cannot resize out to [..., %lld]", (long long)n);
+  if (!linear_out_ready(ctx, "bonsai::ternary_linear", x, packed, scales, n, out)) return out;
   if (m == 0) return out;  // an empty x: nothing to compute
 
   const bonsai_parallel par = et_parallel();
