@@ -16,11 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import bonsai_export
 from bonsai_export import artifact as A
 from bonsai_export.cli import main
 from bonsai_export.export import export
 
-REPO = Path(__file__).resolve().parents[1]
+# Subprocesses import the bonsai_export this test imported (installed, or the source tree in development).
+PACKAGE_PARENT = str(Path(bonsai_export.__file__).resolve().parents[1])
 Q = "model.layers.0.self_attn.q_proj"
 
 
@@ -181,7 +183,7 @@ def test_executorch_op_library_for_another_cpu(artifact, tmp_path):
     native = tmp_path / "native"
     native.mkdir()
     (native / "libbonsai_et_ops.so").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(57))
-    env = {**os.environ, "BONSAI_NATIVE_DIR": str(native), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "BONSAI_NATIVE_DIR": str(native), "PYTHONPATH": PACKAGE_PARENT}
     result = subprocess.run([sys.executable, "-m", "bonsai_export", "--quiet", "run", str(artifact), "--prompt", "x"],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -215,7 +217,7 @@ def test_same_inputs_give_byte_identical_artifacts(tiny_ckpt, artifact, tmp_path
 
 def test_killed_export_leaves_the_previous_artifact(tiny_ckpt, art_copy, tmp_path):
     before = A.read_manifest(art_copy)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": PACKAGE_PARENT}
     proc = subprocess.Popen([sys.executable, "-m", "bonsai_export", "export", str(tiny_ckpt), "-o", str(art_copy),
                              "--format", "all", "--max-seq-len", "32", "--force"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)

@@ -26,7 +26,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import bonsai_export
+
 REPO = Path(__file__).resolve().parents[1]
+PACKAGE_PARENT = str(Path(bonsai_export.__file__).resolve().parents[1])
 ORT_EXAMPLES = 16  # per mutation kind
 ET_EXAMPLES = 6  # per op and mutation kind
 TIMEOUT_S = 240
@@ -42,7 +45,8 @@ def row_bytes(k: int) -> int:
 
 def run_worker(kind: str, examples: int) -> dict:
     """Runs this file as `python test_native_fuzz.py KIND N`; returns its JSON report (last stdout line)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    # The worker imports the bonsai_export this test imported (installed, or the source tree in development).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, __file__, kind, str(examples)], capture_output=True, text=True,
                           timeout=TIMEOUT_S, env=env, cwd=REPO)
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
