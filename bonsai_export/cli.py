@@ -93,11 +93,11 @@ def cmd_run(args) -> int:
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     runner = open_runner(args.model, act_quant=args.act_quant, max_seq_len=args.max_seq_len, threads=args.threads)
     tok = Tokenizer(runner.tokenizer_dir)
-    stream = StreamDecoder(tok)
+    prompt = tok.encode(args.prompt, bos_id=runner.bos_id)
+    stream = StreamDecoder(tok, context=prompt[-1:])
     show = (lambda text: print(text, end="", flush=True)) if not args.json else (lambda text: None)
     show(args.prompt)
-    res = generate(runner, tok.encode(args.prompt, bos_id=runner.bos_id), cfg, runner.eos_ids,
-                   runner.max_seq_len, on_token=lambda t: show(stream.push(t)))
+    res = generate(runner, prompt, cfg, runner.eos_ids, runner.max_seq_len, on_token=lambda t: show(stream.push(t)))
     if args.json:
         _emit(args, "", {"backend": runner.name, "prompt": args.prompt, "text": tok.decode(res.tokens),
                          "tokens": res.tokens, "prompt_tokens": res.prompt_tokens, "prefill_tps": res.prefill_tps,

@@ -56,10 +56,14 @@ class Tokenizer:
 
 
 class StreamDecoder:
-    """Turns a growing list of ids into text deltas, holding back incomplete UTF-8 byte-fallback sequences."""
+    """Turns a growing list of ids into text deltas, holding back incomplete UTF-8 byte-fallback sequences.
 
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer, self.ids, self.text = tokenizer, [], ""
+    `context` (the prompt's last ids) is decoded in front of the new ids and cut off again: SentencePiece drops the
+    space that starts a decoded text, which would glue the first generated word to the prompt."""
+
+    def __init__(self, tokenizer: Tokenizer, context: list[int] = ()):
+        self.tokenizer, self.ids = tokenizer, list(context)
+        self.text = tokenizer.decode(self.ids)
 
     def push(self, token: int) -> str:
         self.ids.append(token)

@@ -80,3 +80,7 @@ def test_stream_decoder_holds_partial_utf8(tiny_ckpt):
     deltas = [stream.push(i) for i in ids]
     assert "".join(deltas) == "Tea 🙂 for two"
     assert all("\ufffd" not in d for d in deltas)
+    # Continuing a prompt: the first generated word keeps its leading space.
+    prompt, more = tok.encode("Once upon"), tok.encode("Once upon a time")[len(tok.encode("Once upon")):]
+    stream = StreamDecoder(tok, context=prompt[-1:])
+    assert "".join(stream.push(i) for i in more) == " a time"
