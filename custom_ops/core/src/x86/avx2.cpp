@@ -155,6 +155,20 @@ void quantize_row_i8_avx2(const float* x, int64_t k, int8_t* q, float* d) {
   *d = amax / float(kInt8QMax);
 }
 
+// The 4 code planes of one packed block, unpacked once and reused for every token of a tile.
+struct Planes {
+  __m256i c0, c1, c2, c3;
+  explicit Planes(__m256i packed)
+      : c0(plane<0>(packed)), c1(plane<1>(packed)), c2(plane<2>(packed)), c3(plane<3>(packed)) {}
+  // int16 pair sums of codes x q over the block's 128 int8 activations qb (at most 2032 per lane).
+  __m256i dot(const int8_t* qb) const {
+    __m256i p = _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i*)qb));
+    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i*)(qb + 32))));
+    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c2, _mm256_loadu_si256((const __m256i*)(qb + 64))));
+    return _mm256_add_epi16(p, _mm256_maddubs_epi16(c3, _mm256_loadu_si256((const __m256i*)(qb + 96))));
+  }
+};
+
 // acc[m, r] for MR tokens x NR rows over all blocks. The int16 products of up to kInt16Blocks blocks are summed
 // before one vpmaddwd widens them: a block adds at most 4 planes x 2 x 2 x 127 = 2032 per int16 lane.
 constexpr int64_t kInt16Blocks = 8;
@@ -176,16 +190,9 @@ void tile_i8(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_t nbl
       for (int r = 0; r < NR; ++r) {
         const uint8_t* block = w + r * w_stride + b * kBlockBytes;
         if (MR == 1) _mm_prefetch((const char*)(uintptr_t(block) + kPrefetchTiles * NR * w_stride), _MM_HINT_T0);
-        const __m256i packed = _mm256_loadu_si256((const __m256i*)block);
-        const __m256i c0 = plane<0>(packed), c1 = plane<1>(packed), c2 = plane<2>(packed), c3 = plane<3>(packed);
-        for (int m = 0; m < MR; ++m) {
-          const int8_t* qb = q + m * q_stride + b * kBlockK;
-          __m256i p = _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i*)qb));
-          p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i*)(qb + 32))));
-          p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c2, _mm256_loadu_si256((const __m256i*)(qb + 64))));
-          p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c3, _mm256_loadu_si256((const __m256i*)(qb + 96))));
-          part[m][r] = _mm256_add_epi16(part[m][r], p);
-        }
+        const Planes c(_mm256_loadu_si256((const __m256i*)block));
+        for (int m = 0; m < MR; ++m)
+          part[m][r] = _mm256_add_epi16(part[m][r], c.dot(q + m * q_stride + b * kBlockK));
       }
     }
     for (int m = 0; m < MR; ++m)
@@ -207,16 +214,9 @@ void tile_i8_wide(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_
     for (int r = 0; r < NR; ++r) sum[m][r] = _mm256_setzero_si256();
   for (int64_t b = 0; b < nblocks; ++b) {
     for (int r = 0; r < NR; ++r) {
-      const __m256i packed = _mm256_loadu_si256((const __m256i*)(w + r * w_stride + b * kBlockBytes));
-      const __m256i c0 = plane<0>(packed), c1 = plane<1>(packed), c2 = plane<2>(packed), c3 = plane<3>(packed);
-      for (int m = 0; m < MR; ++m) {
-        const int8_t* qb = q + m * q_stride + b * kBlockK;
-        __m256i p = _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i*)qb));
-        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i*)(qb + 32))));
-        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c2, _mm256_loadu_si256((const __m256i*)(qb + 64))));
-        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c3, _mm256_loadu_si256((const __m256i*)(qb + 96))));
-        sum[m][r] = _mm256_add_epi32(sum[m][r], _mm256_madd_epi16(p, ones16));
-      }
+      const Planes c(_mm256_loadu_si256((const __m256i*)(w + r * w_stride + b * kBlockBytes)));
+      for (int m = 0; m < MR; ++m)
+        sum[m][r] = _mm256_add_epi32(sum[m][r], _mm256_madd_epi16(c.dot(q + m * q_stride + b * kBlockK), ones16));
     }
   }
   for (int m = 0; m < MR; ++m)
