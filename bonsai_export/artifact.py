@@ -99,31 +99,32 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def check_sizes(folder: Path, manifest: dict) -> None:
-    """The cheap part of verify(), run before a runtime opens the folder: a truncated or missing file gets this
-    message instead of a runtime's parse error."""
+def _file_problems(folder: Path, manifest: dict, hashes: bool):
+    """Each listed file that is missing, has another size or (hashes=True) another sha256 than the manifest says."""
     for name, entry in manifest["files"].items():
         path = Path(folder) / name
         if not path.is_file():
-            raise BonsaiError(f"{path}: missing (the manifest lists it); re-export the folder")
-        if path.stat().st_size != entry["bytes"]:
-            raise BonsaiError(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']} (truncated or "
-                              f"replaced); re-export, or run `bonsai-export verify {folder}`")
+            yield f"{name}: missing"
+        elif path.stat().st_size != entry["bytes"]:
+            yield f"{name}: {path.stat().st_size} bytes, expected {entry['bytes']}"
+        elif hashes and sha256(path) != entry["sha256"]:
+            yield f"{name}: sha256 differs from the manifest (modified or corrupt)"
+
+
+def check_sizes(folder: Path, manifest: dict) -> None:
+    """The cheap part of verify(), run before a runtime opens the folder: a truncated or missing file gets this
+    message instead of a runtime's parse error."""
+    problem = next(_file_problems(folder, manifest, hashes=False), None)
+    if problem is not None:
+        raise BonsaiError(f"{Path(folder) / problem} (truncated or replaced); re-export the folder, or run "
+                          f"`bonsai-export verify {folder}`")
 
 
 def verify(folder: Path) -> list[str]:
     """Every problem of an artifact folder against its manifest (format version, each file's size and sha256,
     files the manifest does not list); empty when the folder is exactly what export wrote."""
     manifest = read_manifest(folder)
-    problems = []
-    for name, entry in manifest["files"].items():
-        path = Path(folder) / name
-        if not path.is_file():
-            problems.append(f"{name}: missing")
-        elif path.stat().st_size != entry["bytes"]:
-            problems.append(f"{name}: {path.stat().st_size} bytes, expected {entry['bytes']}")
-        elif sha256(path) != entry["sha256"]:
-            problems.append(f"{name}: sha256 differs from the manifest (modified or corrupt)")
+    problems = list(_file_problems(folder, manifest, hashes=True))
     listed = set(manifest["files"]) | {MANIFEST}
     problems += [f"{p.name}: not in the manifest" for p in sorted(Path(folder).iterdir()) if p.name not in listed]
     return problems
