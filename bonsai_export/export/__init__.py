@@ -84,15 +84,21 @@ def _prepare_out(out: Path, force: bool) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(out)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+        return Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out)}{os.getpid()}-", dir=out.parent))
     except OSError as exc:
         raise BonsaiError(f"{out}: cannot write there ({exc.strerror}); choose a writable -o folder") from None
 
 
+def _staging_prefix(out: Path) -> str:
+    """Staging folders are named PREFIX + the exporting process's id + a random suffix, beside OUT_DIR."""
+    return f".{out.name}.partial-"
+
+
 def _remove_stale_staging(out: Path) -> None:
     """Staging folders of exports that were killed (their process is gone) are removed by the next export."""
-    for folder in out.parent.glob(f".{out.name}.partial-*"):
-        pid = folder.name.split("-")[1] if folder.name.count("-") >= 2 else ""
+    prefix = _staging_prefix(out)
+    for folder in out.parent.glob(f"{prefix}*"):
+        pid = folder.name[len(prefix):].split("-")[0]  # OUT_DIR's own name may contain dashes
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -103,7 +109,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # alive, another user's
     return True
 
 
