@@ -179,13 +179,19 @@ def cmd_bench(args) -> int:
     from .bench import chart, markdown, run_bench
 
     results = run_bench(Path(args.artifact), args)
-    prefix = Path(args.report)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    prefix.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    prefix.with_suffix(".md").write_text(markdown(results))
+    prefix = _write_report(args.report, results, markdown(results))
     chart(results, prefix.with_suffix(".png"))
     _emit(args, markdown(results), results)
     return 0
+
+
+def _write_report(prefix: str, data: dict, markdown: str) -> Path:
+    """PREFIX.json and PREFIX.md of a bench report; returns the prefix as a Path."""
+    path = Path(prefix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown)
+    return path
 
 
 def _bench_device(args) -> int:
@@ -196,10 +202,7 @@ def _bench_device(args) -> int:
                           "its libraries (android_demo/README.md, section 8)")
     report = device_bench(Path(args.artifact), args.serial, Path(args.runner_dir), args.threads, args.prompt_tokens,
                           args.new_tokens, args.repeats)
-    prefix = Path(args.report)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    prefix.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    prefix.with_suffix(".md").write_text(markdown(report))
+    _write_report(args.report, report, markdown(report))
     _emit(args, markdown(report), report)
     return 0
 
