@@ -30,8 +30,11 @@ class SpmTokenizer {
     parse_model(reinterpret_cast<const uint8_t*>(data.data()), data.size());
     if (pieces_.empty()) throw std::runtime_error(path + ": no pieces (not a SentencePiece model?)");
     for (size_t id = 0; id < pieces_.size(); ++id) {
-      const Piece& p = pieces_[id];
-      if (p.type == kByte && p.text.size() == 6) byte_ids_[std::stoi(p.text.substr(3, 2), nullptr, 16)] = id;
+      Piece& p = pieces_[id];
+      if (p.type == kByte && p.text.size() == 6) {
+        p.byte = uint8_t(std::stoi(p.text.substr(3, 2), nullptr, 16));
+        byte_ids_[p.byte] = int32_t(id);
+      }
       if (p.type == kNormal || p.type == kUserDefined) ids_.emplace(p.text, int32_t(id));
       if (p.type == kUnknown) unk_id_ = int32_t(id);
     }
@@ -65,7 +68,7 @@ class SpmTokenizer {
       const Piece& p = pieces_[size_t(id)];
       if (p.type == kControl) continue;
       if (p.type == kByte) {
-        out += char(std::stoi(p.text.substr(3, 2), nullptr, 16));
+        out += char(p.byte);
         continue;
       }
       for (size_t i = 0; i < p.text.size();) {
@@ -86,6 +89,7 @@ class SpmTokenizer {
     std::string text;
     float score = 0.f;
     int type = kNormal;
+    uint8_t byte = 0;  // byte pieces (<0xNN>): NN, parsed once at load
   };
   inline static const std::string kSpace = "\xe2\x96\x81";  // U+2581, SentencePiece's visible space
 
