@@ -179,7 +179,7 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerGroup
 
-    from . import checkpoint
+    from . import checkpoint, formats
     from .export import _commit, _prepare_out
     from .export.executorch import to_pte
     from .model import TernaryLinear, from_checkpoint
@@ -187,10 +187,10 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
     ckpt = checkpoint.load(source, progress=False)
     model = from_checkpoint(ckpt, max_seq_len=max_seq_len)
     for name, module in list(model.named_modules()):
-        if isinstance(module, TernaryLinear):
-            w = ckpt.ternary[f"model.{name}"]
+        if isinstance(module, TernaryLinear):  # the same fused projections as ours, scales folded in
             dense = nn.Linear(module.in_features, module.out_features, bias=False)
-            dense.weight.data = w.folded()
+            values = torch.from_numpy(formats.unpack(module.packed.numpy(), module.in_features))
+            dense.weight.data = values.float() * module.scales[:, None]
             model.get_submodule(name.rsplit(".", 1)[0]).register_module(name.rsplit(".", 1)[1], dense)
     quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32)))
     tmp = _prepare_out(out, force=True)

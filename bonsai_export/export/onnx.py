@@ -184,15 +184,14 @@ def _to_bf16_array(weight: torch.Tensor) -> np.ndarray:
 def make_attention(g: GraphBuilder, i: int, attn, x: str, io: dict) -> str:
     """Self-attention of layer i over its KV cache.
 
-          x ─┬─ q_proj ── RotaryEmbedding(position_ids) ─┐
-             ├─ k_proj ── RotaryEmbedding(position_ids) ─┼─ GroupQueryAttention(past_key, past_value,
-             └─ v_proj ──────────────────────────────────┘       seqlens_k, total_seq) ─ o_proj ─> y
-                                                                  └─> present.{i}.key / present.{i}.value
+          x ─ qkv_proj ─ Split ─┬─ q ── RotaryEmbedding(position_ids) ─┐
+                                ├─ k ── RotaryEmbedding(position_ids) ─┼─ GroupQueryAttention(past_key, past_value,
+                                └─ v ──────────────────────────────────┘    seqlens_k, total_seq) ─ o_proj ─> y
+                                                                     └─> present.{i}.key / present.{i}.value
     """
     p, w = f"/model/layers.{i}/attn", f"model.layers.{i}.self_attn"
-    q = g.make_ternary_matmul(f"{p}/q_proj", x, attn.q_proj, f"{w}.q_proj")
-    k = g.make_ternary_matmul(f"{p}/k_proj", x, attn.k_proj, f"{w}.k_proj")
-    v = g.make_ternary_matmul(f"{p}/v_proj", x, attn.v_proj, f"{w}.v_proj")
+    qkv = g.make_ternary_matmul(f"{p}/qkv_proj", x, attn.qkv_proj, f"{w}.qkv_proj")
+    q, k, v = g.node("Split", [qkv, g.const(attn.qkv_split)], f"{p}/qkv_proj/Split", n_out=3, axis=-1)
     q = g.op("RotaryEmbedding", [q, io["position_ids"], io["cos"], io["sin"]], f"{p}/q_rotary/RotaryEmbedding",
              MS_DOMAIN, interleaved=0, num_heads=attn.n_heads)
     k = g.op("RotaryEmbedding", [k, io["position_ids"], io["cos"], io["sin"]], f"{p}/k_rotary/RotaryEmbedding",
@@ -261,12 +260,13 @@ ATTENTION = "gqa"
 
 
 def make_mlp(g: GraphBuilder, i: int, mlp, x: str) -> str:
-    """SwiGLU:  x ─┬─ gate_proj ── Sigmoid ─ Mul ─┐
-                   │       └───────────────────┘    ├─ Mul ── down_proj ─> y
-                   └─ up_proj ──────────────────────┘"""
+    """SwiGLU:  x ─ gate_up_proj ─ Split ─┬─ gate ── Sigmoid ─ Mul ─┐
+                                        │    └──────────────┘   ├─ Mul ── down_proj ─> y
+                                        └─ up ───────────────────┘"""
     p, w = f"/model/layers.{i}/mlp", f"model.layers.{i}.mlp"
-    gate = g.make_ternary_matmul(f"{p}/gate_proj", x, mlp.gate_proj, f"{w}.gate_proj")
-    up = g.make_ternary_matmul(f"{p}/up_proj", x, mlp.up_proj, f"{w}.up_proj")
+    gate_up = g.make_ternary_matmul(f"{p}/gate_up_proj", x, mlp.gate_up_proj, f"{w}.gate_up_proj")
+    gate, up = g.node("Split", [gate_up, g.const([mlp.down_proj.in_features] * 2)], f"{p}/gate_up_proj/Split",
+                      n_out=2, axis=-1)
     silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{p}/act_fn/Sigmoid")], f"{p}/act_fn/Mul")
     return g.make_ternary_matmul(f"{p}/down_proj", g.op("Mul", [silu, up], f"{p}/Mul"), mlp.down_proj,
                                  f"{w}.down_proj")
