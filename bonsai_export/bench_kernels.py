@@ -31,11 +31,10 @@ from bonsai_export import kernels as K
 
 log = logging.getLogger(__name__)
 
-# Bonsai's ternary linears per decoder layer: (name, N, K).
-LAYER = (("q", 1536, 1536), ("k", 768, 1536), ("v", 768, 1536), ("o", 1536, 1536),
-         ("gate", 4096, 1536), ("up", 4096, 1536), ("down", 1536, 4096))
+# Bonsai's ternary matmuls per decoder layer as the model runs them (q/k/v and gate/up fused): (name, N, K).
+LAYER = (("qkv", 3072, 1536), ("o", 1536, 1536), ("gate_up", 8192, 1536), ("down", 1536, 4096))
 N_LAYERS = 16
-SINGLE_SHAPES = ((1536, 1536), (768, 1536), (4096, 1536), (1536, 4096))
+SINGLE_SHAPES = ((3072, 1536), (1536, 1536), (8192, 1536), (1536, 4096))
 ORT_BITS = 2
 ORT_ZERO_POINT = 2  # MatMulNBits' default zero point for bits=2: code = t + 2 decodes back to t exactly
 ORT_IR_VERSION = 10
