@@ -143,12 +143,16 @@ def onnx_session(model: Path, op_library: Path | None, threads: int = 0):
 
 
 class OnnxRunner(Runner):
-    """Runs model.onnx with ONNX Runtime; keeps present.* of each call as the next call's past_key_values.*."""
+    """Runs model.onnx with ONNX Runtime over one preallocated KV cache per layer, [1, Hkv, max_seq_len, D], bound
+    as both past_key_values.* and present.* (GroupQueryAttention's shared-buffer mode, as onnxruntime-genai runs
+    it): each call writes only its new positions in place, instead of copying the whole past into a new present
+    per layer and token."""
 
     name = "onnx"
 
     def __init__(self, folder: Path, manifest: dict, threads: int = 0):
         import numpy as np
+        import onnxruntime as ort
 
         entry = next(a for a in manifest["artifacts"] if a["type"] == "onnx")
         info = manifest["model"]
@@ -156,12 +160,22 @@ class OnnxRunner(Runner):
         self.max_seq_len, self.bos_id, self.eos_ids = info["max_seq_len"], info["bos_id"], tuple(info["eos_ids"])
         library = Path(folder) / entry["op_library"] if entry.get("op_library") else None
         self.session = onnx_session(Path(folder) / entry["file"], library, threads)
-        self.n_layers, self._np = info["n_layers"], np
-        self._empty = np.zeros((1, info["n_kv_heads"], 0, info["head_dim"]), dtype=np.float32)
-        self.reset()
+        self._np, self.filled = np, 0
+        # np.zeros maps untouched pages lazily: resident memory grows with the positions written, not max_seq_len.
+        shape = (1, info["n_kv_heads"], self.max_seq_len, info["head_dim"])
+        self.binding = self.session.io_binding()
+        self.binding.bind_output("logits")  # first: get_outputs() lists outputs in binding order
+        self._caches = []  # keeps the arrays alive while ORT points into them
+        for i in range(info["n_layers"]):
+            for kv in ("key", "value"):
+                cache = np.zeros(shape, dtype=np.float32)
+                value = ort.OrtValue.ortvalue_from_numpy(cache)
+                self.binding.bind_ortvalue_input(f"past_key_values.{i}.{kv}", value)
+                self.binding.bind_ortvalue_output(f"present.{i}.{kv}", value)
+                self._caches.append((cache, value))
 
     def reset(self):
-        self.past = [(self._empty, self._empty)] * self.n_layers
+        self.filled = 0
 
     def __call__(self, tokens, input_pos):
         np = self._np
@@ -169,17 +183,17 @@ class OnnxRunner(Runner):
         if pos + t > self.max_seq_len:
             raise BonsaiError(f"positions {pos}..{pos + t - 1} exceed the artifact's max_seq_len "
                               f"{self.max_seq_len}; re-export with a larger --max-seq-len")
-        cached = self.past[0][0].shape[2]
-        if pos > cached:
-            raise BonsaiError(f"input_pos {pos}: the cache holds only {cached} positions (call in order)")
-        feeds = {"input_ids": tokens.numpy().astype(np.int64),
-                 "attention_mask": np.ones((1, pos + t), dtype=np.int64),
-                 "position_ids": np.arange(pos, pos + t, dtype=np.int64)[None]}
-        for i, (k, v) in enumerate(self.past):  # pos < cached: rewind (the cache keeps positions [0, pos))
-            feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = k[:, :, :pos], v[:, :, :pos]
-        out = self.session.run(None, feeds)
-        self.past = [(out[1 + 2 * i], out[2 + 2 * i]) for i in range(self.n_layers)]
-        return torch.from_numpy(out[0][:, t - input_pos.shape[0]:])  # the graph gives all T; keep the last P
+        if pos > self.filled:
+            raise BonsaiError(f"input_pos {pos}: the cache holds only {self.filled} positions (call in order)")
+        # pos < filled rewinds: attention reads positions [0, pos + t), and this call rewrites [pos, pos + t).
+        self.binding.bind_cpu_input("input_ids", tokens.numpy().astype(np.int64))
+        self.binding.bind_cpu_input("attention_mask", np.ones((1, pos + t), dtype=np.int64))
+        self.binding.bind_cpu_input("position_ids", np.arange(pos, pos + t, dtype=np.int64)[None])
+        self.binding.bind_output("logits")  # unallocated again: its shape follows T
+        self.session.run_with_iobinding(self.binding)
+        self.filled = pos + t
+        logits = self.binding.get_outputs()[0].numpy()
+        return torch.from_numpy(logits[:, t - input_pos.shape[0]:])  # the graph gives all T; keep the last P
 
 
 def open_runner(path: str | Path | None, act_quant: str = "none", max_seq_len: int | None = None,

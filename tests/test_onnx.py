@@ -280,10 +280,8 @@ def test_external_data_past_the_limit(tmp_path, tiny_ckpt, monkeypatch, eager):
     assert float((got - want).abs().max()) <= TOL["stock"]["none"] * float(want.std())
 
 
-@pytest.mark.parametrize("attention", list(O.ATTENTION_KERNELS))
-def test_both_attention_kernels_match_eager(tmp_path, tiny_ckpt, monkeypatch, eager, attention):
-    """GroupQueryAttention (the default) and the standard-op version it was measured against."""
-    monkeypatch.setattr(O, "ATTENTION", attention)
+def test_attention_in_the_shared_cache_matches_eager_over_calls(tmp_path, tiny_ckpt, eager):
+    """GroupQueryAttention writing into the runner's preallocated cache: a prompt, one token, two tokens."""
     out = tmp_path / "art"
     export(tiny_ckpt, out, A.ExportConfig(format="onnx", act_quant="none", head=HEAD, max_seq_len=MAX_SEQ))
     runner, model = open_runner(out), eager["none"]

@@ -196,7 +196,7 @@ def make_attention(g: GraphBuilder, i: int, attn, x: str, io: dict) -> str:
              MS_DOMAIN, interleaved=0, num_heads=attn.n_heads)
     k = g.op("RotaryEmbedding", [k, io["position_ids"], io["cos"], io["sin"]], f"{p}/k_rotary/RotaryEmbedding",
              MS_DOMAIN, interleaved=0, num_heads=attn.n_kv_heads)
-    y = ATTENTION_KERNELS[ATTENTION](g, i, attn, q, k, v, io)  # [B, S, H*D]; writes present.{i}.*
+    y = gqa_kernel(g, i, attn, q, k, v, io)  # [B, S, H*D]; writes present.{i}.*
     return g.make_ternary_matmul(f"{p}/o_proj", y, attn.o_proj, f"{w}.o_proj")
 
 
@@ -209,54 +209,6 @@ def gqa_kernel(g: GraphBuilder, i: int, attn, q: str, k: str, v: str, io: dict) 
         [f"{name}/output_0", f"present.{i}.key", f"present.{i}.value"], name=name, domain=MS_DOMAIN,
         num_heads=attn.n_heads, kv_num_heads=attn.n_kv_heads, scale=attn.head_dim**-0.5, do_rotary=0))
     return f"{name}/output_0"
-
-
-def plain_kernel(g: GraphBuilder, i: int, attn, q: str, k: str, v: str, io: dict) -> str:
-    """Standard ONNX ops (measured against GroupQueryAttention; see ATTENTION).
-
-      k, v [B,S,Hkv*D] -> [B,Hkv,S,D] -> Concat(past) = present -> Expand to H heads ─┐
-      q [B,S,H*D] -> [B,H,S,D] ── MatMul(k^T) * scale + mask[B,1,S,T] ── Softmax ── MatMul(v) -> [B,S,H*D]
-    """
-    p, h, hkv, d = f"/model/layers.{i}/attn/sdpa", attn.n_heads, attn.n_kv_heads, attn.head_dim
-
-    def heads(x: str, n: str, count: int) -> str:  # [B, S, count*D] -> [B, count, S, D]
-        r = g.op("Reshape", [x, g.const([0, 0, count, d])], f"{p}/{n}/Reshape")
-        return g.op("Transpose", [r], f"{p}/{n}/Transpose", perm=[0, 2, 1, 3])
-
-    def present(x: str, kv: str) -> str:  # concat with the past, then repeat each kv head H/Hkv times
-        name = f"{p}/{kv}/Concat"
-        g.nodes.append(helper.make_node("Concat", [f"past_key_values.{i}.{kv}", heads(x, kv, hkv)],
-                                        [f"present.{i}.{kv}"], name=name, axis=2))
-        u = g.op("Unsqueeze", [f"present.{i}.{kv}", g.const([2])], f"{p}/{kv}/Unsqueeze")
-        e = g.op("Expand", [u, g.const([1, 1, h // hkv, 1, 1])], f"{p}/{kv}/Expand")
-        return g.op("Reshape", [e, g.const([0, h, -1, d])], f"{p}/{kv}/RepeatReshape")
-
-    kt = g.op("Transpose", [present(k, "key")], f"{p}/key/TransposeT", perm=[0, 1, 3, 2])
-    scores = g.op("Mul", [g.op("MatMul", [heads(q, "query", h), kt], f"{p}/MatMulQK"),
-                          g.const(attn.head_dim**-0.5, np.float32)], f"{p}/Scale")
-    probs = g.op("Softmax", [g.op("Add", [scores, io["mask"]], f"{p}/AddMask")], f"{p}/Softmax", axis=-1)
-    y = g.op("Transpose", [g.op("MatMul", [probs, present(v, "value")], f"{p}/MatMulV")], f"{p}/TransposeY",
-             perm=[0, 2, 1, 3])
-    return g.op("Reshape", [y, g.const([0, 0, h * d])], f"{p}/ReshapeY")
-
-
-def make_plain_mask(g: GraphBuilder) -> str:
-    """Additive mask [B, 1, S, T]: 0 where key t <= position_ids[b, s] and attention_mask[b, t] == 1, else -inf."""
-    p = "/model/attn_mask/causal"
-    width = g.op("Squeeze", [g.op("Shape", ["attention_mask"], f"{p}/Shape", start=1, end=2)], f"{p}/Squeeze")
-    keys = g.op("Range", [g.const(0), width, g.const(1)], f"{p}/Range")  # [T]
-    pos = g.op("Unsqueeze", ["position_ids", g.const([2])], f"{p}/UnsqueezePos")  # [B, S, 1]
-    causal = g.op("LessOrEqual", [keys, pos], f"{p}/LessOrEqual")  # [B, S, T]
-    padded = g.op("Cast", [g.op("Unsqueeze", ["attention_mask", g.const([1])], f"{p}/UnsqueezeMask")],
-                  f"{p}/CastMask", to=TensorProto.BOOL)  # [B, 1, T]
-    allowed = g.op("And", [causal, padded], f"{p}/And")
-    mask = g.op("Where", [allowed, g.const(0.0, np.float32), g.const(-np.inf, np.float32)], f"{p}/Where")
-    return g.op("Unsqueeze", [mask, g.const([1])], f"{p}/Unsqueeze")  # [B, 1, S, T]
-
-
-# Attention implementation; measured on the tiny model (docs/FORMAT.md): GroupQueryAttention is faster.
-ATTENTION_KERNELS = {"gqa": gqa_kernel, "plain": plain_kernel}
-ATTENTION = "gqa"
 
 
 def make_mlp(g: GraphBuilder, i: int, mlp, x: str) -> str:
@@ -279,9 +231,6 @@ def make_shared_inputs(g: GraphBuilder, model: Transformer) -> dict:
     io = {"position_ids": "position_ids",
           "cos": g.weight("model.rope.cos_cache", _f32(model.rope_cos[:, :half])),
           "sin": g.weight("model.rope.sin_cache", _f32(model.rope_sin[:, :half]))}
-    if ATTENTION == "plain":
-        io["mask"] = make_plain_mask(g)
-        return io
     total = g.op("ReduceSum", ["attention_mask", g.const([1])], "/model/attn_mask/ReduceSum", keepdims=0)
     seqlens = g.op("Sub", [total, g.const(1)], "/model/attn_mask/Sub")
     io["seqlens_k"] = g.op("Cast", [seqlens], "/model/attn_mask/CastSeqlens", to=TensorProto.INT32)
@@ -358,7 +307,7 @@ def genai_config(model: Transformer, custom_ops_library: str | None) -> dict:
     }
     search = {"diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
               "max_length": model.max_seq_len, "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
-              "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+              "num_return_sequences": 1, "past_present_share_buffer": True, "repetition_penalty": 1.0,
               "temperature": 1.0, "top_k": 1, "top_p": 1.0}
     return {"model": {"bos_token_id": a.bos_id, "context_length": model.max_seq_len, "decoder": decoder,
                       "eos_token_id": list(a.eos_ids) if len(a.eos_ids) > 1 else a.eos_ids[0],
