@@ -94,10 +94,12 @@ class PteRunner(Runner):
         except (RuntimeError, ValueError) as exc:
             raise BonsaiError(f"{Path(folder) / A.PTE_FILE}: ExecuTorch cannot load it ({exc}); run `bonsai-export "
                               f"verify {folder}`, or re-export") from None
-        meta = {m: self.program.load_method(m).execute([]) for m in (A.META_MAX_SEQ_LEN, A.META_BOS_ID,
-                                                                       A.META_EOS_IDS)}
-        self.max_seq_len, self.bos_id = int(meta[A.META_MAX_SEQ_LEN][0]), int(meta[A.META_BOS_ID][0])
-        self.eos_ids = tuple(int(e) for e in meta[A.META_EOS_IDS])
+        meta = {m: int(self.program.load_method(m).execute([])[0])
+                for m in (A.META_MAX_CONTEXT_LEN, A.META_MAX_SEQ_LEN, A.META_BOS_ID)}
+        # ExecuTorch's LLM metadata: max_context_len = cache positions, max_seq_len = tokens per forward call.
+        self.max_seq_len, self.call_tokens = meta[A.META_MAX_CONTEXT_LEN], meta[A.META_MAX_SEQ_LEN]
+        self.bos_id = meta[A.META_BOS_ID]
+        self.eos_ids = tuple(int(e) for e in self.program.load_method(A.META_EOS_IDS).execute([]))
         self.method = self.program.load_method("forward")
 
     def __call__(self, tokens, input_pos):
@@ -105,7 +107,13 @@ class PteRunner(Runner):
         if pos + t > self.max_seq_len:
             raise BonsaiError(f"positions {pos}..{pos + t - 1} exceed the artifact's max_seq_len "
                               f"{self.max_seq_len}; re-export with a larger --max-seq-len")
-        return self.method.execute([tokens, input_pos])[0]
+        every = input_pos.shape[0] == t  # else the last position only
+        logits = []
+        for c in range(0, t, self.call_tokens):  # calls of at most call_tokens tokens, in order
+            chunk = tokens[:, c:c + self.call_tokens]
+            n = chunk.shape[1]
+            logits.append(self.method.execute([chunk, positions(pos + c, n) if every else torch.tensor([pos + c])])[0])
+        return torch.cat(logits, dim=1) if every else logits[-1]
 
     # reset(): nothing to do. Attention reads only cache positions [0, input_pos + T), all written by this
     # sequence's calls, so a new sequence simply starts again at input_pos 0.

@@ -79,6 +79,35 @@ def test_cpp_runner_generates_the_same_tokens(exported):
     assert not any(lib.startswith(("libtorch", "libc10", "libpython")) for lib in libs), libs
 
 
+def test_prompts_longer_than_one_call_run_in_several_calls(tiny_ckpt, tmp_path, monkeypatch):
+    """A .pte takes at most get_max_seq_len tokens per forward call (its planned memory is sized for that); the
+    Python and C++ runners feed longer prompts in calls of that size, with the same logits and tokens."""
+    from bonsai_export.export import executorch as X
+    from bonsai_export.runners import EagerRunner
+
+    monkeypatch.setattr(X, "MAX_CALL_TOKENS", 8)
+    cfg = A.ExportConfig(act_quant="none", max_seq_len=MAX_SEQ)
+    export(tiny_ckpt, tmp_path / "art", cfg)
+    model = build_model(checkpoint.load(tiny_ckpt, progress=False), cfg)
+    runner, ids = PteRunner(tmp_path / "art"), PROMPTS["long"]  # 23 tokens: calls of 8, 8 and 7
+    assert (runner.call_tokens, runner.max_seq_len) == (8, MAX_SEQ)
+    with pytest.raises(RuntimeError):  # the program itself refuses a longer call
+        runner.method.execute([torch.tensor([ids]), torch.tensor([0])])
+    with torch.no_grad():
+        want = model(torch.tensor([ids]), positions(0, len(ids)))
+    got = runner(torch.tensor([ids]), positions(0, len(ids)))
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    torch.testing.assert_close(runner(torch.tensor([ids]), torch.tensor([0])), want[:, -1:], rtol=0, atol=1e-4)
+    tokens = greedy(EagerRunner(model, tiny_ckpt), ids, 16)
+    assert greedy(runner, ids, 16) == tokens
+    proc = subprocess.run([str(native_dir() / "bonsai_runner"), str(tmp_path / "art"), "--tokens",
+                           ",".join(map(str, ids)), "--max-new-tokens", "16"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [int(t) for t in proc.stdout.splitlines()[0].split(",")] == tokens
+
+
 TOKENIZER_PROMPTS = ["Once upon a time", "  two  spaces,\ttab and\nnewline ", "naïve café, Ærøskøbing 東京 🌳🚀",
                      "x=1; print(f'{x!r}')  # código", "Z"]
 

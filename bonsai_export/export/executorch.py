@@ -20,9 +20,21 @@ from . import stage
 log = logging.getLogger(__name__)
 
 
+# Most tokens one forward call takes; longer prompts are fed in calls of this size (ExecuTorch's LLM metadata:
+# get_max_seq_len = tokens per call, get_max_context_len = cache positions). The memory planner sizes every
+# activation, the logits among them, for the longest call: at Bonsai's size and max_seq_len 2048 a call of up to
+# 2048 tokens planned 877 MB, which a runtime that allocates planned memory up front (ExecuTorch's Python and
+# Java bindings) makes resident. Prefill speed is flat above ~64 tokens per call.
+MAX_CALL_TOKENS = 256
+
+
+def call_tokens(model: Transformer) -> int:
+    return min(MAX_CALL_TOKENS, model.max_seq_len)
+
+
 def metadata(model: Transformer) -> dict:
     a = model.args
-    return {A.META_MAX_SEQ_LEN: model.max_seq_len, A.META_MAX_CONTEXT_LEN: model.max_seq_len,
+    return {A.META_MAX_SEQ_LEN: call_tokens(model), A.META_MAX_CONTEXT_LEN: model.max_seq_len,
             A.META_VOCAB_SIZE: a.vocab_size, A.META_N_LAYERS: a.n_layers, A.META_USE_KV_CACHE: True,
             A.META_DYNAMIC_SHAPE: True, A.META_BOS_ID: a.bos_id, A.META_EOS_IDS: list(a.eos_ids)}
 
@@ -33,8 +45,8 @@ def to_pte(model: Transformer) -> bytes:
 
     # Example sizes >= 2 and different from each other, else torch.export specialises or unifies the dynamic dims.
     example = (torch.tensor([[model.args.bos_id] * 3]), torch.tensor([0, 1]))
-    seq = Dim("seq", min=1, max=model.max_seq_len)
-    n_logits = Dim("n_logits", min=1, max=model.max_seq_len)
+    seq = Dim("seq", min=1, max=call_tokens(model))
+    n_logits = Dim("n_logits", min=1, max=call_tokens(model))
     with stage("export (torch.export)"), torch.no_grad():
         program = export(model, example, dynamic_shapes=({1: seq}, {0: n_logits}), strict=False)
     with stage("lower (XNNPACK, our ops)"):

@@ -13,7 +13,7 @@
 // the program is read into anonymous memory advised for transparent huge pages. On a 4 KiB-page file mapping
 // (--mmap, ExecuTorch's Mmap load mode) decode ran ~25% slower on the x86 machines we measured; where the kernel
 // has no THP the advice is ignored and nothing else changes. The method's planned buffers (KV caches sized for
-// max_seq_len, activations sized for the longest prompt) stay in 4 KiB pages: only the pages a run writes become
+// max_seq_len, activations sized for the longest call) stay in 4 KiB pages: only the pages a run writes become
 // resident, so a 256-token run of Bonsai-500M peaks at the program + ~110 MiB instead of + ~320 MiB.
 #include <executorch/extension/data_loader/buffer_data_loader.h>
 #include <executorch/extension/module/module.h>
@@ -227,14 +227,24 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// One forward call: logits of the last position -> argmax.
-int64_t step(Module& m, const std::vector<int64_t>& tokens, int64_t pos, int64_t vocab) {
-  auto tok = make_tensor_ptr({1, int32_t(tokens.size())}, std::vector<int64_t>(tokens));
-  auto in_pos = make_tensor_ptr({1}, std::vector<int64_t>{pos});
+// One forward call over tokens [begin, begin + n) at position pos + begin; returns the last position's logits,
+// which live in the method's planned memory until the next call.
+const float* forward(Module& m, const std::vector<int64_t>& tokens, size_t begin, size_t n, int64_t pos,
+                     int64_t vocab) {
+  auto tok = make_tensor_ptr({1, int32_t(n)}, std::vector<int64_t>(tokens.begin() + begin, tokens.begin() + begin + n));
+  auto in_pos = make_tensor_ptr({1}, std::vector<int64_t>{pos + int64_t(begin)});
   auto out = m.forward({EValue(tok), EValue(in_pos)});
   if (!out.ok()) die("forward failed (see the log above)");
   const auto& logits = out->at(0).toTensor();
-  const float* last = logits.const_data_ptr<float>() + (logits.numel() - vocab);
+  return logits.const_data_ptr<float>() + (logits.numel() - vocab);
+}
+
+// Forward calls of at most `chunk` tokens each (the program's get_max_seq_len), then argmax of the last position.
+int64_t step(Module& m, const std::vector<int64_t>& tokens, int64_t pos, int64_t vocab, int64_t chunk) {
+  size_t begin = 0;
+  for (; tokens.size() - begin > size_t(chunk); begin += size_t(chunk))
+    forward(m, tokens, begin, size_t(chunk), pos, vocab);
+  const float* last = forward(m, tokens, begin, tokens.size() - begin, pos, vocab);
   int64_t best = 0;
   for (int64_t v = 1; v < vocab; ++v) best = last[v] > last[best] ? v : best;
   return best;
@@ -279,7 +289,11 @@ int main(int argc, char** argv) {
     planned_memory = planned.allocator.get();
   }
   if (m.load_method("forward", planned_memory) != executorch::runtime::Error::Ok) die("cannot load " + o.model);
-  const int64_t max_seq_len = constant(m, "get_max_seq_len"), vocab = constant(m, "get_vocab_size");
+  // ExecuTorch's LLM metadata: get_max_context_len = KV cache positions, get_max_seq_len = tokens per call.
+  const int64_t max_seq_len = constant(m, "get_max_context_len"), chunk = constant(m, "get_max_seq_len");
+  const int64_t vocab = constant(m, "get_vocab_size");
+  if (chunk < 1 || max_seq_len < 1 || vocab < 1) die(o.model + ": bad metadata (get_max_seq_len " +
+                                                      std::to_string(chunk) + "); re-export it");
   const auto eos = m.execute("get_eos_ids");
   if (tokenizer && int64_t(tokenizer->vocab_size()) != vocab)
     die(o.tokenizer + ": " + std::to_string(tokenizer->vocab_size()) + " pieces, the model has " +
@@ -293,7 +307,7 @@ int main(int argc, char** argv) {
   if (int64_t(o.prompt.size()) >= max_seq_len) die("prompt does not fit max_seq_len " + std::to_string(max_seq_len));
   const double t1 = now_s();
   const double rss_loaded = status_mib("VmRSS:");
-  int64_t token = step(m, o.prompt, 0, vocab);
+  int64_t token = step(m, o.prompt, 0, vocab, chunk);
   const double t2 = now_s();
   std::vector<int64_t> generated;
   for (int64_t pos = int64_t(o.prompt.size());; ++pos) {
@@ -302,7 +316,7 @@ int main(int argc, char** argv) {
     if (is_eos) break;
     generated.push_back(token);
     if (int64_t(generated.size()) >= o.max_new_tokens || pos >= max_seq_len) break;
-    token = step(m, {token}, pos, vocab);
+    token = step(m, {token}, pos, vocab, chunk);
   }
   const double t3 = now_s();
   for (size_t i = 0; i < generated.size(); ++i) std::printf("%s%lld", i ? "," : "", (long long)generated[i]);
