@@ -221,7 +221,9 @@ def _specs(folder: Path, manifest: dict, args) -> list[dict]:
         from .synthetic import cache_dir
 
         cache = cache_dir()
-        ident = f"{Path(source).resolve()}|{base['max_seq_len']}".encode()
+        from .model import FUSED
+
+        ident = f"{Path(source).resolve()}|{base['max_seq_len']}|{sorted(FUSED)}".encode()  # layout changes: rebuild
         key = f"8da4w-{hashlib.sha256(ident).hexdigest()[:12]}"
         specs.append({**base, "label": "pte-8da4w", "kind": "artifact", "backend": "pte",
                       "path": str(export_8da4w(source, base["max_seq_len"], cache / key))})
