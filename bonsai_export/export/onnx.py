@@ -3,15 +3,16 @@
 Why not torch.onnx.export: the graph must use ONNX Runtime's own fused nodes (GroupQueryAttention, RotaryEmbedding,
 MatMulNBits) and our bonsai::TernaryMatMul with names and I/O that onnxruntime-genai expects; emitting them
 directly keeps one choke point per concern and deterministic names, as onnxruntime-genai's builder does:
-    nodes        /model/layers.{i}/attn/q_proj/TernaryMatMul
+    nodes        /model/layers.{i}/attn/qkv_proj/TernaryMatMul
     outputs      {node}/output_{k}
     constants    /model/constants/{dtype}/{value}  (deduplicated by name)
-    weights      the module names of the PyTorch model (model.layers.{i}.self_attn.q_proj.packed, ...)
+    weights      the module names of the PyTorch model (model.layers.{i}.self_attn.qkv_proj.packed, ...)
 
 I/O (optimum / onnxruntime-genai naming; cache layout [batch, kv_heads, seq, head_dim]):
     input_ids int64 [batch, seq], attention_mask int64 [batch, total_seq], position_ids int64 [batch, seq],
     past_key_values.{i}.key|value f32 [batch, kv_heads, past_seq, head_dim]
     -> logits f32 [batch, seq, vocab], present.{i}.key|value f32 [batch, kv_heads, total_seq, head_dim]
+    (or past and present bound to one [batch, kv_heads, max_seq_len, head_dim] buffer, filled in place)
 
 Ternary variants (TERNARY_OPS): "custom" = one bonsai::TernaryMatMul node over the packed t2 buffers
 (docs/FORMAT.md); "stock" = com.microsoft MatMulNBits bits=2 (runs on unmodified ONNX Runtime).
