@@ -14,7 +14,7 @@
 // (--mmap, ExecuTorch's Mmap load mode) decode ran ~25% slower on the x86 machines we measured; where the kernel
 // has no THP the advice is ignored and nothing else changes. The method's planned buffers (KV caches sized for
 // max_seq_len, activations sized for the longest call) stay in 4 KiB pages: only the pages a run writes become
-// resident: a 128 + 128-token run of Bonsai-500M peaks at the program + ~59 MiB (huge pages: + ~320 MiB).
+// resident: a 128 + 128-token run of Bonsai-500M peaks at the program + ~59 MiB.
 #include <executorch/extension/data_loader/buffer_data_loader.h>
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
