@@ -179,7 +179,6 @@ class OnnxRunner(Runner):
         library = Path(folder) / entry["op_library"] if entry.get("op_library") else None
         self.session = onnx_session(Path(folder) / entry["file"], library, threads)
         self._np, self.filled = np, 0
-        # np.zeros maps untouched pages lazily: resident memory grows with the positions written, not max_seq_len.
         shape = (1, info["n_kv_heads"], self.max_seq_len, info["head_dim"])
         self.binding = self.session.io_binding()
         self.binding.bind_output("logits")  # first: get_outputs() lists outputs in binding order
