@@ -155,52 +155,18 @@ void quantize_row_i8_avx2(const float* x, int64_t k, int8_t* q, float* d) {
   *d = amax / float(kInt8QMax);
 }
 
-// The 4 code planes of one packed block, unpacked once and reused for every token of a tile.
-struct Planes {
-  __m256i c0, c1, c2, c3;
-  explicit Planes(__m256i packed)
-      : c0(plane<0>(packed)), c1(plane<1>(packed)), c2(plane<2>(packed)), c3(plane<3>(packed)) {}
-  // int16 pair sums of codes x q over the block's 128 int8 activations qb (at most 2032 per lane).
-  __m256i dot(const int8_t* qb) const {
-    __m256i p = _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i*)qb));
-    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i*)(qb + 32))));
-    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c2, _mm256_loadu_si256((const __m256i*)(qb + 64))));
-    return _mm256_add_epi16(p, _mm256_maddubs_epi16(c3, _mm256_loadu_si256((const __m256i*)(qb + 96))));
-  }
-};
+// int16 pair sums of one packed block's codes x its 128 int8 activations qb (at most 2032 per lane).
+inline __m256i block_dot(__m256i packed, const int8_t* qb) {
+  __m256i p = _mm256_maddubs_epi16(plane<0>(packed), _mm256_loadu_si256((const __m256i*)qb));
+  p = _mm256_add_epi16(p, _mm256_maddubs_epi16(plane<1>(packed), _mm256_loadu_si256((const __m256i*)(qb + 32))));
+  p = _mm256_add_epi16(p, _mm256_maddubs_epi16(plane<2>(packed), _mm256_loadu_si256((const __m256i*)(qb + 64))));
+  return _mm256_add_epi16(p, _mm256_maddubs_epi16(plane<3>(packed), _mm256_loadu_si256((const __m256i*)(qb + 96))));
+}
 
-// acc[m, r] for MR tokens x NR rows over all blocks. The int16 products of up to kInt16Blocks blocks are summed
-// before one vpmaddwd widens them: a block adds at most 4 planes x 2 x 2 x 127 = 2032 per int16 lane.
+// Blocks whose int16 products are summed before one vpmaddwd widens them: a block adds at most
+// 4 planes x 2 x 2 x 127 = 2032 per int16 lane.
 constexpr int64_t kInt16Blocks = 8;
 static_assert(kInt16Blocks * 4 * 2 * 2 * 128 < 32768, "int16 partial sums must not overflow");
-
-template <int MR, int NR>
-void tile_i8(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_t nblocks, const uint8_t* w,
-             int64_t w_stride, int32_t* acc, int64_t acc_stride) {
-  const __m256i ones16 = _mm256_set1_epi16(1);
-  __m256i sum[MR][NR];
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) sum[m][r] = _mm256_setzero_si256();
-  for (int64_t b0 = 0; b0 < nblocks; b0 += kInt16Blocks) {
-    const int64_t b1 = b0 + kInt16Blocks < nblocks ? b0 + kInt16Blocks : nblocks;
-    __m256i part[MR][NR];
-    for (int m = 0; m < MR; ++m)
-      for (int r = 0; r < NR; ++r) part[m][r] = _mm256_setzero_si256();
-    for (int64_t b = b0; b < b1; ++b) {
-      for (int r = 0; r < NR; ++r) {
-        const uint8_t* block = w + r * w_stride + b * kBlockBytes;
-        if (MR == 1) _mm_prefetch((const char*)(uintptr_t(block) + kPrefetchTiles * NR * w_stride), _MM_HINT_T0);
-        const Planes c(_mm256_loadu_si256((const __m256i*)block));
-        for (int m = 0; m < MR; ++m)
-          part[m][r] = _mm256_add_epi16(part[m][r], c.dot(q + m * q_stride + b * kBlockK));
-      }
-    }
-    for (int m = 0; m < MR; ++m)
-      for (int r = 0; r < NR; ++r) sum[m][r] = _mm256_add_epi32(sum[m][r], _mm256_madd_epi16(part[m][r], ones16));
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) acc[m * acc_stride + r] = hsum_i32(sum[m][r]) - qsum[m];
-}
 
 // Products of plane I of NR rows' blocks with MR tokens' 32 activations: each activation vector is loaded once
 // and serves the NR rows.
@@ -219,13 +185,16 @@ inline void plane_products(const __m256i (&packed)[NR], const int8_t* qb, int64_
   }
 }
 
-// Prefill tile (MR > 1), plane by plane: MR x NR int16 sums + NR code planes + 1 activation + 1 product stay in
-// the 16 ymm registers (12 + 4 at 4 x 2... the int32 totals, touched once per kInt16Blocks blocks, may live on
-// the stack). Per block that is 1 activation load per token and plane instead of one per row, and one vpmaddwd
-// per kInt16Blocks blocks instead of one per block.
+// acc[m, r] for MR tokens x NR rows over all blocks; the int16 sums of up to kInt16Blocks blocks are widened by
+// one vpmaddwd. Per block:
+// - decode (MR = 1): each row's block is unpacked into its 4 planes and dotted with the token's 128 activations,
+//   with a prefetch of the same block kPrefetchTiles tiles ahead (the weights stream from DRAM);
+// - prefill (MR > 1): plane by plane, each token's 32 activations are loaded once for the NR rows. MR x NR int16
+//   sums + NR code planes + 1 product fit the 16 ymm registers; the int32 totals, touched once per kInt16Blocks
+//   blocks, may live on the stack.
 template <int MR, int NR>
-void tile_i8_planes(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_t nblocks, const uint8_t* w,
-                    int64_t w_stride, int32_t* acc, int64_t acc_stride) {
+void tile_i8(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_t nblocks, const uint8_t* w,
+             int64_t w_stride, int32_t* acc, int64_t acc_stride) {
   const __m256i ones16 = _mm256_set1_epi16(1);
   __m256i sum[MR][NR];
   for (int m = 0; m < MR; ++m)
@@ -236,13 +205,23 @@ void tile_i8_planes(const int8_t* q, int64_t q_stride, const int32_t* qsum, int6
     for (int m = 0; m < MR; ++m)
       for (int r = 0; r < NR; ++r) part[m][r] = _mm256_setzero_si256();
     for (int64_t b = b0; b < b1; ++b) {
-      __m256i packed[NR];
-      for (int r = 0; r < NR; ++r) packed[r] = _mm256_loadu_si256((const __m256i*)(w + r * w_stride + b * kBlockBytes));
-      const int8_t* qb = q + b * kBlockK;
-      plane_products<0>(packed, qb, q_stride, part);
-      plane_products<1>(packed, qb, q_stride, part);
-      plane_products<2>(packed, qb, q_stride, part);
-      plane_products<3>(packed, qb, q_stride, part);
+      if constexpr (MR == 1) {
+        for (int r = 0; r < NR; ++r) {
+          const uint8_t* block = w + r * w_stride + b * kBlockBytes;
+          _mm_prefetch((const char*)(uintptr_t(block) + kPrefetchTiles * NR * w_stride), _MM_HINT_T0);
+          const __m256i packed = _mm256_loadu_si256((const __m256i*)block);
+          part[0][r] = _mm256_add_epi16(part[0][r], block_dot(packed, q + b * kBlockK));
+        }
+      } else {
+        __m256i packed[NR];
+        for (int r = 0; r < NR; ++r)
+          packed[r] = _mm256_loadu_si256((const __m256i*)(w + r * w_stride + b * kBlockBytes));
+        const int8_t* qb = q + b * kBlockK;
+        plane_products<0>(packed, qb, q_stride, part);
+        plane_products<1>(packed, qb, q_stride, part);
+        plane_products<2>(packed, qb, q_stride, part);
+        plane_products<3>(packed, qb, q_stride, part);
+      }
     }
     for (int m = 0; m < MR; ++m)
       for (int r = 0; r < NR; ++r) sum[m][r] = _mm256_add_epi32(sum[m][r], _mm256_madd_epi16(part[m][r], ones16));
@@ -256,13 +235,6 @@ template <int MR, int NR>
 void rows_i8(const int8_t* q, int64_t q_stride, const int32_t* qsum, int64_t nblocks, const uint8_t* w,
              int64_t w_stride, int64_t n0, int64_t n1, int32_t* acc, int64_t acc_stride) {
   int64_t n = n0;
-  if constexpr (MR > 1) {
-    for (; n + NR <= n1; n += NR)
-      tile_i8_planes<MR, NR>(q, q_stride, qsum, nblocks, w + n * w_stride, w_stride, acc + n, acc_stride);
-    for (; n < n1; ++n)
-      tile_i8_planes<MR, 1>(q, q_stride, qsum, nblocks, w + n * w_stride, w_stride, acc + n, acc_stride);
-    return;
-  }
   for (; n + NR <= n1; n += NR)
     tile_i8<MR, NR>(q, q_stride, qsum, nblocks, w + n * w_stride, w_stride, acc + n, acc_stride);
   for (; n < n1; ++n) tile_i8<MR, 1>(q, q_stride, qsum, nblocks, w + n * w_stride, w_stride, acc + n, acc_stride);
