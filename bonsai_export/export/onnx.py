@@ -113,7 +113,7 @@ class GraphBuilder:
     def make_ternary_matmul(self, name: str, x: str, linear: TernaryLinear, weight_name: str) -> str:
         """x f32 [..., K] -> y f32 [..., N] = ternary linear of `linear` (custom: bonsai::TernaryMatMul over the
         t2 buffers; stock: MatMulNBits bits=2 over the same values)."""
-        k, n = linear.in_features, linear.out_features
+        k = linear.in_features
         if self.ternary_op == "custom":
             packed = self.weight(f"{weight_name}.packed", linear.packed.numpy())
             scales = self.weight(f"{weight_name}.scales", _f32(linear.scales))
@@ -197,11 +197,11 @@ def make_attention(g: GraphBuilder, i: int, attn, x: str, io: dict) -> str:
              MS_DOMAIN, interleaved=0, num_heads=attn.n_heads)
     k = g.op("RotaryEmbedding", [k, io["position_ids"], io["cos"], io["sin"]], f"{p}/k_rotary/RotaryEmbedding",
              MS_DOMAIN, interleaved=0, num_heads=attn.n_kv_heads)
-    y = gqa_kernel(g, i, attn, q, k, v, io)  # [B, S, H*D]; writes present.{i}.*
+    y = make_group_query_attention(g, i, attn, q, k, v, io)  # [B, S, H*D]; writes present.{i}.*
     return g.make_ternary_matmul(f"{p}/o_proj", y, attn.o_proj, f"{w}.o_proj")
 
 
-def gqa_kernel(g: GraphBuilder, i: int, attn, q: str, k: str, v: str, io: dict) -> str:
+def make_group_query_attention(g: GraphBuilder, i: int, attn, q: str, k: str, v: str, io: dict) -> str:
     """com.microsoft GroupQueryAttention: one node, writes present.{i}.* itself."""
     name = f"/model/layers.{i}/attn/GroupQueryAttention"
     g.nodes.append(helper.make_node(
