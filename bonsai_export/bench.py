@@ -67,19 +67,13 @@ class Bf16Reference:
     name = "bf16-eager"
 
     def __init__(self, source: str, max_seq_len: int):
-        from transformers import DynamicCache, LlamaForCausalLM
+        from transformers import DynamicCache
 
         from . import checkpoint
-        from .config import llama_config
+        from .reference import folded_llama
 
-        ckpt = checkpoint.load(source, progress=False)
-        model = LlamaForCausalLM(llama_config(ckpt.args)).to(torch.bfloat16)
-        state = {k: v.to(torch.bfloat16) for k, v in ckpt.dense.items()}
-        state.update({f"{n}.weight": w.folded().to(torch.bfloat16) for n, w in ckpt.ternary.items()})
-        if ckpt.args.tie_embeddings:
-            state["lm_head.weight"] = state["model.embed_tokens.weight"]
-        model.load_state_dict(state, strict=False)
-        self.model, self.cache_cls = model.to(torch.bfloat16).eval(), DynamicCache
+        self.model = folded_llama(checkpoint.load(source, progress=False), torch.bfloat16)
+        self.cache_cls = DynamicCache
         self.max_seq_len, self.cache = max_seq_len, None
 
     def reset(self):

@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaForCausalLM
 
 from bonsai_export.runners import positions
 from bonsai_export import checkpoint, formats, ops
-from bonsai_export.config import llama_config
 from bonsai_export.generate import SamplingConfig, generate
 from bonsai_export.model import from_checkpoint, ternary_values
+from bonsai_export.reference import folded_llama
 from bonsai_export.tokenizer import Tokenizer
 
 PROMPT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest."
@@ -27,22 +26,11 @@ def prompt_ids(ckpt):
     return ids
 
 
-def stock_llama(ckpt) -> LlamaForCausalLM:
-    """transformers' own Llama with T * scales folded into plain fp32 weights."""
-    model = LlamaForCausalLM(llama_config(ckpt.args, attn_implementation="eager")).float().eval()
-    state = {k: v.float() for k, v in ckpt.dense.items()}
-    for name, w in ckpt.ternary.items():
-        state[f"{name}.weight"] = w.folded()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all("rotary" in m for m in missing)
-    return model
-
-
 def test_logits_match_stock_transformers_llama(ckpt, prompt_ids):
     ours = from_checkpoint(ckpt, act_quant="none")
     with torch.no_grad():
         got = ours(torch.tensor([prompt_ids]), positions(0, len(prompt_ids)))
-        want = stock_llama(ckpt)(torch.tensor([prompt_ids])).logits
+        want = folded_llama(ckpt, attn_implementation="eager")(torch.tensor([prompt_ids])).logits
     assert got.shape == want.shape == (1, len(prompt_ids), ckpt.args.vocab_size)
     assert want.abs().max() > 1  # not a degenerate comparison
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
