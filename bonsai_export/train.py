@@ -113,14 +113,15 @@ def train(args: ModelArgs, token_ids: torch.Tensor, steps: int, seed: int):
 def train_tensors(seed: int = 0, steps: int = STEPS) -> dict[str, torch.Tensor]:
     """Tokenize the corpus and train the trained-tiny model; returns Bonsai's checkpoint tensors (latent bf16
     weights + bf16 scales; the head is tied to the embedding)."""
+    import sentencepiece as spm
+
     from .synthetic import mistral_v1_spm
-    from .tokenizer import Tokenizer
 
     args = PRESETS["trained-tiny"]
-    tok = Tokenizer.from_spm(mistral_v1_spm())
+    sp = spm.SentencePieceProcessor(model_file=str(mistral_v1_spm()))
     ids = []
-    for doc in stdlib_docstrings():
-        ids.extend(tok.encode(doc, bos_id=args.bos_id))
+    for doc in stdlib_docstrings():  # each document as SentencePiece encodes it, after BOS
+        ids.extend([args.bos_id, *sp.encode(doc)])
     log.info("corpus: %d tokens of standard-library docstrings", len(ids))
     model = train(args, torch.tensor(ids), steps, seed)
     return {name: t.detach().to(torch.bfloat16).contiguous() for name, t in model.state_dict().items()
