@@ -45,9 +45,9 @@ def split_pair(tokenizer: Tokenizer, bos_id: int, context: str, continuation: st
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
     if not context:  # nothing to condition on but BOS
-        return [bos_id], tokenizer.encode(continuation)
-    whole = tokenizer.encode(context + continuation, bos_id=bos_id)
-    n_context = len(tokenizer.encode(context, bos_id=bos_id))
+        return [bos_id], tokenizer.encode(continuation, specials=False)
+    whole = tokenizer.encode(context + continuation)
+    n_context = len(tokenizer.encode(context))
     return whole[:n_context], whole[n_context:]
 
 
@@ -75,7 +75,7 @@ class RunnerLM(LM):
         return self.scorer.loglikelihoods(pairs)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        return [self.scorer.rolling_loglikelihood(self.tokenizer.encode(r.args[0], bos_id=self.runner.bos_id))
+        return [self.scorer.rolling_loglikelihood(self.tokenizer.encode(r.args[0]))
                 for r in requests]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
@@ -87,7 +87,7 @@ class RunnerLM(LM):
         until = [until] if isinstance(until, str) else list(until)
         max_new = int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
         max_new = max(1, min(max_new, self.runner.max_seq_len - 1))
-        prompt = self.tokenizer.encode(context, bos_id=self.runner.bos_id)
+        prompt = self.tokenizer.encode(context)
         if len(prompt) > self.runner.max_seq_len - max_new:  # keep the end of the prompt, room for max_new
             prompt = prompt[-(self.runner.max_seq_len - max_new):]
             self.scorer.stats.truncated += 1

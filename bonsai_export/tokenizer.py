@@ -1,61 +1,279 @@
-"""Tokenizer loading, streaming detokenization, and building tokenizer.json from a SentencePiece model.
+"""The tokenizer: one `tokenizers` pipeline per folder, equal to transformers' (docs/TOKENIZER.md).
 
-Bonsai uses Mistral v1's SentencePiece BPE model (32000 pieces, byte fallback, <unk>=0 <s>=1 </s>=2).
+- A checkpoint folder is read by `transformers.AutoTokenizer`, the reference; its `backend_tokenizer` is the
+  pipeline transformers itself runs (in transformers 5 a Llama tokenizer rebuilds its pre-tokenizer from
+  tokenizer_config.json, so the file's own pre-tokenizer cannot be trusted).
+- An artifact folder carries that pipeline as its canonical tokenizer.json (`write_canonical`), read with raw
+  `tokenizers`: what bonsai_runner and the Android app implement too.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BonsaiError
 
+log = logging.getLogger(__name__)
+
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPM_MODEL = "tokenizer.model"
+MARKER = "\u2581"  # SentencePiece's visible space
+
+# Strings on which the written pipeline is checked against transformers at export (and the tests' corpus).
+PROBE_TEXTS = (
+    "The capital of France is", "Once upon a time", " leading space", "  two leading spaces", "trailing space ",
+    "a  b   c    d", "tab\there", "\tstarts with a tab", "new\nline\n\nand two", "\n", " ", "   ", ".punct first",
+    "!?", "3 starts with a digit", "2026-12-01 12:00", "café naïve résumé", "Ünïcödé", "日本語のテキスト", "中文 字",
+    "emoji 😀 and 👍🏽", "<s> typed as text", "Hello <s> world", "x</s>y", "<unk>", "<s><s>", "a<s>b</s>c",
+    "<s", "s>", "mixed\t \n spaces", "\u00a0nbsp", "zero\u200bwidth", "def f(x):\n    return x + 1", "",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a pipeline of the supported subset does, as the manifest records it (docs/TOKENIZER.md)."""
+
+    prefix: str  # "first" | "always" | "never" (Metaspace's prepend_scheme) | "legacy" (Prepend normalizer)
+    bos: tuple[int, ...]  # ids the post-processor puts before the text
+    eos: tuple[int, ...]  # and after it
+
+    def to_dict(self) -> dict:
+        return {"file": TOKENIZER_JSON, "prefix": self.prefix, "bos": list(self.bos), "eos": list(self.eos)}
+
 
 class Tokenizer:
-    """tokenizer.json through `tokenizers` when present, tokenizer.model through `sentencepiece` otherwise."""
+    """The folder's pipeline: an artifact's canonical tokenizer.json, or transformers' reading of a checkpoint."""
 
     def __init__(self, folder: Path):
         folder = Path(folder)
-        self._hf = self._sp = None
-        try:
-            if (folder / "tokenizer.json").is_file():
-                from tokenizers import Tokenizer as HFTokenizer
-
-                self._hf = HFTokenizer.from_file(str(folder / "tokenizer.json"))
-            elif (folder / "tokenizer.model").is_file():
-                import sentencepiece as spm
-
-                self._sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-            else:
-                raise BonsaiError(f"{folder}: no tokenizer.json or tokenizer.model")
-        except Exception as exc:  # tokenizers / sentencepiece raise their own types on a corrupt file
-            if isinstance(exc, BonsaiError):
-                raise
-            name = "tokenizer.json" if (folder / "tokenizer.json").is_file() else "tokenizer.model"
-            raise BonsaiError(f"{folder / name}: cannot be read ({str(exc).splitlines()[0][:200]}); copy in the "
-                              f"model's tokenizer files again") from None
-
-    @classmethod
-    def from_spm(cls, model_file: Path) -> "Tokenizer":
-        """A tokenizer over a bare SentencePiece model file."""
-        import sentencepiece as spm
-
-        tok = cls.__new__(cls)
-        tok._hf, tok._sp = None, spm.SentencePieceProcessor(model_file=str(model_file))
-        return tok
+        self.pipeline = (_read_pipeline(folder / TOKENIZER_JSON) if _is_artifact(folder)
+                         else reference_pipeline(folder))
 
     @property
     def vocab_size(self) -> int:
-        return self._hf.get_vocab_size() if self._hf else self._sp.get_piece_size()
+        return self.pipeline.get_vocab_size()
 
-    def encode(self, text: str, bos_id: int | None = None) -> list[int]:
-        ids = self._hf.encode(text, add_special_tokens=False).ids if self._hf else self._sp.encode(text)
-        return ([bos_id] if bos_id is not None else []) + list(ids)
+    def encode(self, text: str, specials: bool = True) -> list[int]:
+        """Ids of `text`; `specials` adds the post-processor's BOS / EOS, as transformers' `tokenizer(text)` does."""
+        return self.pipeline.encode(text, add_special_tokens=specials).ids
 
     def decode(self, ids: list[int]) -> str:
-        return self._hf.decode(ids, skip_special_tokens=True) if self._hf else self._sp.decode(ids)
+        return self.pipeline.decode(ids, skip_special_tokens=True)
+
+
+def _is_artifact(folder: Path) -> bool:
+    from .artifact import MANIFEST
+
+    return (folder / MANIFEST).is_file()
+
+
+def _read_pipeline(path: Path):
+    from tokenizers import Tokenizer as Pipeline
+
+    if not path.is_file():
+        raise BonsaiError(f"{path}: missing; re-export the artifact (it carries its tokenizer)")
+    try:
+        return Pipeline.from_file(str(path))
+    except Exception as exc:  # tokenizers raises its own exception types on a corrupt file
+        raise BonsaiError(f"{path}: cannot be read ({_first_line(exc)}); re-export the artifact") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _transformers_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its notes on legacy behaviour are about the settings we read back anyway
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # a corrupt file surfaces as whatever the parser raises
+        if not any((folder / f).is_file() for f in (TOKENIZER_JSON, SPM_MODEL)):
+            raise BonsaiError(f"{folder}: no {TOKENIZER_JSON} or {SPM_MODEL}; copy the model's tokenizer files "
+                              f"in") from None
+        raise BonsaiError(f"{folder}: transformers cannot read its tokenizer ({_first_line(exc)}); copy in the "
+                          f"model's tokenizer files again") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def reference_pipeline(folder: Path):
+    """transformers' tokenizer of a checkpoint folder, as the `tokenizers` pipeline it runs."""
+    return _reference(Path(folder))[1]
+
+
+def _reference(folder: Path):
+    """(transformers' tokenizer, its pipeline), read once per folder state: loading converts the vocabulary."""
+    stamp = tuple((f, p.stat().st_size, p.stat().st_mtime_ns) for f in (TOKENIZER_JSON, SPM_MODEL, TOKENIZER_CONFIG)
+                  if (p := folder / f).is_file())
+    key = (str(folder.resolve()), stamp)
+    if key not in _REFERENCES:
+        _REFERENCES.clear()
+        _REFERENCES[key] = _read_reference(folder)
+    return _REFERENCES[key]
+
+
+_REFERENCES: dict = {}
+
+
+def _read_reference(folder: Path):
+    from tokenizers import Tokenizer as Pipeline
+
+    ref = _transformers_tokenizer(folder)
+    backend = getattr(ref, "backend_tokenizer", None)
+    if backend is None:
+        raise BonsaiError(f"{folder}: transformers reads its tokenizer as {type(ref).__name__}, which has no "
+                          f"tokenizers pipeline; give the folder a tokenizer.json")
+    pipeline = Pipeline.from_str(backend.to_str())
+    for text in PROBE_TEXTS:  # transformers adds nothing of its own on top of the pipeline, for this lineage
+        if ref(text)["input_ids"] != pipeline.encode(text).ids:
+            raise BonsaiError(f"{folder}: transformers' {type(ref).__name__} encodes {text!r} other than its own "
+                              f"pipeline does; this tokenizer is not supported")
+    return ref, pipeline
+
+
+def settings(pipeline) -> Settings:
+    """The Settings of a pipeline, or one error naming the part outside the subset every runner implements."""
+    spec = json.loads(pipeline.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback") or model.get("dropout") is not None \
+            or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        _unsupported("model", "a SentencePiece-style BPE (byte_fallback, no dropout, no subword affixes)")
+    for tok in spec.get("added_tokens") or []:
+        if tok.get("normalized") or tok.get("lstrip") or tok.get("rstrip") or tok.get("single_word"):
+            _unsupported(f"added token {tok.get('content')!r}", "normalized, lstrip, rstrip and single_word false")
+    prefix = _prefix(spec.get("normalizer"), spec.get("pre_tokenizer"))
+    _check_decoder(spec.get("decoder"))
+    bos, eos = _template(spec.get("post_processor"), spec)
+    return Settings(prefix, bos, eos)
+
+
+def _unsupported(part: str, expected: str):
+    raise BonsaiError(f"tokenizer.json: unsupported {part}; bonsai-export's runners implement {expected} "
+                      f"(docs/TOKENIZER.md)")
+
+
+LEGACY_NORMALIZER = [{"type": "Prepend", "prepend": MARKER},
+                     {"type": "Replace", "pattern": {"String": " "}, "content": MARKER}]
+
+
+def _prefix(normalizer, pre_tokenizer) -> str:
+    if normalizer is not None:
+        if pre_tokenizer is not None or normalizer.get("type") != "Sequence" \
+                or normalizer.get("normalizers") != LEGACY_NORMALIZER:
+            _unsupported("normalizer", "none, or Prepend('▁') + Replace(' ', '▁') without a pre-tokenizer")
+        return "legacy"
+    if (pre_tokenizer or {}).get("type") != "Metaspace" or pre_tokenizer.get("replacement") != MARKER \
+            or pre_tokenizer.get("split") or pre_tokenizer.get("prepend_scheme") not in ("first", "always", "never"):
+        _unsupported("pre_tokenizer", "Metaspace('▁', prepend_scheme first|always|never, split false)")
+    return pre_tokenizer["prepend_scheme"]
+
+
+def _check_decoder(decoder) -> None:
+    steps = [d.get("type") for d in (decoder or {}).get("decoders") or []]
+    if (decoder or {}).get("type") != "Sequence" or steps[:3] != ["Replace", "ByteFallback", "Fuse"] \
+            or steps[3:] not in ([], ["Strip"]):
+        _unsupported("decoder", "Replace('▁', ' '), ByteFallback, Fuse[, Strip(' ', 1, 0)]")
+
+
+def _template(post, spec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if post is None:
+        return (), ()
+    if post.get("type") != "TemplateProcessing":
+        _unsupported("post_processor", "TemplateProcessing")
+    ids = {name: entry["ids"] for name, entry in (post.get("special_tokens") or {}).items()}
+    before, after, seen = [], [], False
+    for item in post.get("single") or []:
+        if "Sequence" in item:
+            seen = True
+        elif "SpecialToken" in item and not seen:
+            before += ids[item["SpecialToken"]["id"]]
+        elif "SpecialToken" in item:
+            after += ids[item["SpecialToken"]["id"]]
+    if not seen:
+        _unsupported("post_processor", "a single template holding $A")
+    return tuple(before), tuple(after)
+
+
+def write_canonical(source: Path, out: Path) -> Settings:
+    """Write the reference pipeline of checkpoint folder `source` into artifact folder `out`: tokenizer.json,
+    a tokenizer_config.json that reads back the same, and the SentencePiece model as shipped."""
+    source, out = Path(source), Path(out)
+    ref, pipeline = _reference(source)
+    found = settings(pipeline)
+    _note_disagreement(source, pipeline)
+    pipeline.save(str(out / TOKENIZER_JSON))
+    (out / TOKENIZER_CONFIG).write_text(json.dumps(_config(source, ref, found), indent=2, ensure_ascii=False) + "\n")
+    if (source / SPM_MODEL).is_file():
+        shutil.copyfile(source / SPM_MODEL, out / SPM_MODEL)
+    _check_written(out, pipeline)
+    return found
+
+
+def _config(source: Path, ref, found: Settings) -> dict:
+    """tokenizer_config.json for the artifact: transformers rebuilds a Llama pipeline from `legacy` and
+    `add_prefix_space`, onnxruntime-genai and ExecuTorch read `add_bos_token`; all set to what the pipeline does."""
+    try:
+        cfg = json.loads((source / TOKENIZER_CONFIG).read_text())
+        cfg = cfg if isinstance(cfg, dict) else {}
+    except (OSError, ValueError):
+        cfg = {}
+    for key in ("auto_map", "tokenizer_file", "vocab_file", "added_tokens_decoder"):  # no remote code, no paths
+        cfg.pop(key, None)
+    cfg.update(tokenizer_class=type(ref).__name__, add_bos_token=bool(found.bos), add_eos_token=bool(found.eos),
+               legacy=found.prefix in ("always", "legacy"), add_prefix_space=found.prefix != "never")
+    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        value = getattr(ref, name, None)
+        if isinstance(value, str):
+            cfg[name] = value
+    return dict(sorted(cfg.items()))
+
+
+def _note_disagreement(source: Path, pipeline) -> None:
+    """A folder with both files whose tokenizer.model alone transformers reads otherwise: say so, once."""
+    if not ((source / SPM_MODEL).is_file() and (source / TOKENIZER_JSON).is_file()):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (SPM_MODEL, TOKENIZER_CONFIG, "special_tokens_map.json", "config.json"):
+            if (source / name).is_file():
+                shutil.copyfile(source / name, Path(tmp) / name)
+        try:
+            alone = _transformers_tokenizer(Path(tmp))
+        except BonsaiError:
+            return
+        for text in PROBE_TEXTS:
+            a, b = alone(text)["input_ids"], pipeline.encode(text).ids
+            if a != b:
+                log.warning("tokenizer: %s and %s disagree on %r (%s vs %s); using %s, as transformers does",
+                            TOKENIZER_JSON, SPM_MODEL, text, b, a, TOKENIZER_JSON)
+                return
+
+
+def _check_written(out: Path, pipeline) -> None:
+    """The artifact's files read back by raw tokenizers and by transformers give the reference ids."""
+    written = _read_pipeline(out / TOKENIZER_JSON)
+    again = _transformers_tokenizer(out)
+    for text in PROBE_TEXTS:
+        want = pipeline.encode(text).ids
+        if written.encode(text).ids != want:
+            raise BonsaiError(f"tokenizer: the written {TOKENIZER_JSON} encodes {text!r} differently; please report")
+        if again(text)["input_ids"] != want:
+            log.warning("tokenizer: transformers reads the artifact's tokenizer files otherwise than the "
+                        "checkpoint's on %r; the runners use %s", text, TOKENIZER_JSON)
+            return
 
 
 class StreamDecoder:
+
     """Turns a growing list of ids into text deltas, holding back incomplete UTF-8 byte-fallback sequences.
 
     `context` (the prompt's last ids) is decoded in front of the new ids and cut off again: SentencePiece drops the

@@ -37,7 +37,7 @@ def test_backend_matches_eager_with_same_settings(ckpt, artifacts, options, back
     runner = _runner(artifacts, backend, act)
     cfg = A.ExportConfig(act_quant=act, max_seq_len=options["max_seq_len"])
     eager = EagerRunner(build_model(ckpt, cfg), ckpt.folder)
-    tokens = torch.tensor([Tokenizer(ckpt.folder).encode(PROMPT, bos_id=ckpt.args.bos_id)])
+    tokens = torch.tensor([Tokenizer(ckpt.folder).encode(PROMPT)])
     errors, pos = [], 0
     for step in range(options["decode_steps"] + 1):
         want, got = eager(tokens, positions(pos, tokens.shape[1])), runner(tokens, positions(pos, tokens.shape[1]))

