@@ -11,13 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-CORPUS = [
-    "The capital of France is", "Once upon a time", " leading space", "  two leading spaces", "trailing space ",
-    "a  b   c    d", "tab\there", "\tstarts with a tab", "new\nline\n\nand two", "\n", " ", "   ", ".punct first",
-    "!?", "3 starts with a digit", "2026-12-01 12:00", "café naïve résumé", "Ünïcödé", "日本語のテキスト", "中文 字",
-    "emoji 😀 and 👍🏽", "<s> typed as text", "Hello <s> world", "x</s>y", "<unk>", "<s><s>", "a<s>b</s>c",
-    "<s", "s>", "mixed\t \n spaces", "\u00a0nbsp", "zero\u200bwidth", "def f(x):\n    return x + 1", "",
-]
+from bonsai_export.tokenizer import PROBE_TEXTS as CORPUS  # the strings export checks
 
 FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
