@@ -6,8 +6,21 @@ embedding and head (exact Bonsai). Both see the same inputs:
   per-step max / mean |delta logits|, KL(reference || artifact) and top-1 agreement; the artifact's own greedy
   continuation gives greedy-token identity;
 - text: windows of a held-out text (the standard library's `pydoc_data.topics` by default) give the perplexity of
-  both, and KL and top-1 agreement over every position.
+  both, and KL and top-1 agreement over every position;
+- generation: text in, greedy text out, against an independent reference (reference.py): the prompt tokenized by
+  transformers' AutoTokenizer of the checkpoint and continued by transformers' greedy `generate` on its own Llama
+  with the ternary scales folded into fp32 weights, beside the same prompt tokenized by the artifact's own
+  tokenizer and continued greedily by the artifact's runner (what `bonsai-export run` prints). Reported: whether
+  the prompt ids are equal, whether the generated ids are equal, the first differing position, both texts.
 Gates (with defaults, each a flag) turn the figures into a verdict: a failure exits with code 1 and says why.
+
+The generation gates: the prompt ids must always be equal (tokenizing is exact: a difference is a wrong tokenizer
+file or reader). The greedy text must be equal (`require_text="exact"`) only for an artifact that computes the
+reference's own math up to float rounding: float activations, bf16 embedding and head, our ternary op (stock
+ONNX's MatMulNBits quantizes activations in blocks of 64). Any quantization legitimately changes greedy tokens: on
+the tiny random-weight checkpoint, 64 greedy tokens from 3 prompts first differ at new token 1-35 with an int8
+head, 1-7 with int4, 1-55 with an int8 embedding, 1-12 with int8 activations, 14-53 through MatMulNBits, where the
+exact .pte and .onnx give all 64 identical; so no shorter horizon would hold for them either.
 """
 
 from __future__ import annotations
@@ -20,7 +33,11 @@ from pathlib import Path
 import torch
 
 from .errors import BonsaiError
+from .generate import SamplingConfig, generate
 from .runners import Runner, positions
+from .tokenizer import Tokenizer
+
+TEXT_GATES = ("exact", "always", "never")  # when the greedy text must equal transformers' (Gates.require_text)
 
 
 @dataclass(frozen=True)
@@ -29,6 +46,19 @@ class Gates:
     max_ppl_increase: float = 0.02  # artifact perplexity / reference perplexity - 1
     max_mean_kl: float = 0.05  # mean KL(reference || artifact) over the held-out text positions, nats
     require_greedy: bool = False  # greedy continuations must be identical over all decode steps
+    require_prompt_ids: bool = True  # the artifact's tokenizer gives the prompt transformers' ids
+    require_text: str = "exact"  # greedy text = transformers' greedy text: for exact artifacts, always or never
+
+    def __post_init__(self):
+        if self.require_text not in TEXT_GATES:
+            raise BonsaiError(f"--require-text: expected one of {', '.join(TEXT_GATES)}, got {self.require_text!r}")
+
+
+def is_exact(options: dict, backend: str) -> bool:
+    """Whether an artifact computes the float reference's math up to float rounding (its export options and the
+    runner's name): float activations, bf16 embedding and head, and not MatMulNBits (stock ONNX)."""
+    quantized = (options.get("act_quant"), options.get("embedding"), options.get("head")) != ("none", "bf16", "bf16")
+    return not quantized and backend != "onnx-stock"
 
 
 def held_out_text(path: str | Path | None) -> str:
@@ -63,7 +93,7 @@ def decode_check(ref: Runner, art: Runner, prompt: list[int], steps: int) -> dic
         tokens = torch.tensor([[path[-1]]])
     stats = _compare(torch.stack(ref_steps), torch.stack(art_steps))
     own = _greedy(art, prompt, steps)
-    first_diff = next((i for i, (x, y) in enumerate(zip(path, own)) if x != y), None)
+    first_diff = first_difference(path, own)
     return {"steps": steps, "per_step_max_abs": stats["max_abs"].tolist(),
             "per_step_mean_abs": stats["mean_abs"].tolist(), "per_step_kl": stats["kl"].tolist(),
             "top1_agreement": float(stats["top1"].mean()), "greedy_identical": first_diff is None,
@@ -79,6 +109,33 @@ def _greedy(runner: Runner, prompt: list[int], steps: int) -> list[int]:
         out.append(int(logits.argmax()))
         tokens = torch.tensor([[out[-1]]])
     return out
+
+
+def first_difference(a: list, b: list) -> int | None:
+    """The first index where two sequences differ (a shorter one differs where it ends); None when equal."""
+    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return None if i == len(a) == len(b) else i
+
+
+def generation_check(art: Runner, lm, prompt: str, max_new_tokens: int, exact: bool) -> dict:
+    """transformers' tokenizer and greedy `generate` on the folded model (`lm`, a reference.ReferenceLM) against
+    the artifact's own tokenizer and its runner's greedy continuation, which stops at EOS as `run` does."""
+    tok = Tokenizer(art.tokenizer_dir)
+    ref_prompt, art_prompt = lm.encode(prompt), tok.encode(prompt)
+    if max(len(ref_prompt), len(art_prompt)) + max_new_tokens > art.max_seq_len:
+        raise BonsaiError(f"--max-new-tokens {max_new_tokens}: prompt + new tokens exceed the artifact's max_seq_len "
+                          f"{art.max_seq_len}")
+    ref_ids = lm.greedy(ref_prompt, max_new_tokens)
+    art.reset()
+    art_ids = generate(art, art_prompt, SamplingConfig(max_new_tokens=max_new_tokens), art.eos_ids, art.max_seq_len).tokens
+    ref_text, art_text = lm.decode(ref_ids), tok.decode(art_ids)
+    return {"prompt": prompt, "max_new_tokens": max_new_tokens, "exact_artifact": exact,
+            "prompt_ids_reference": ref_prompt, "prompt_ids_artifact": art_prompt,
+            "prompt_ids_equal": ref_prompt == art_prompt,
+            "prompt_ids_first_difference": first_difference(ref_prompt, art_prompt),
+            "tokens_reference": ref_ids, "tokens_artifact": art_ids, "tokens_equal": ref_ids == art_ids,
+            "first_difference": first_difference(ref_ids, art_ids),
+            "text_reference": ref_text, "text_artifact": art_text, "text_equal": ref_text == art_text}
 
 
 def text_check(ref: Runner, art: Runner, ids: list[int], window: int, max_tokens: int) -> dict:
@@ -120,6 +177,25 @@ def verdict(report: dict, gates: Gates) -> list[str]:
         failures.append(f"mean KL {text['mean_kl']:.4g} > {gates.max_mean_kl} (--max-mean-kl)")
     if gates.require_greedy and not dec["greedy_identical"]:
         failures.append(f"greedy tokens differ from step {dec['greedy_first_difference']} (--require-greedy)")
+    if "generation" in report:
+        failures += _generation_failures(report["generation"], gates)
+    return failures
+
+
+def _generation_failures(gen: dict, gates: Gates) -> list[str]:
+    failures = []
+    if gates.require_prompt_ids and not gen["prompt_ids_equal"]:
+        i = gen["prompt_ids_first_difference"]
+        failures.append(f"the artifact's tokenizer gives the prompt other ids than transformers' AutoTokenizer from "
+                        f"position {i}: {gen['prompt_ids_artifact'][i:i + 4]} vs {gen['prompt_ids_reference'][i:i + 4]}"
+                        f" (--require-prompt-ids)")
+    gated = gates.require_text == "always" or (gates.require_text == "exact" and gen["exact_artifact"])
+    if gated and not (gen["tokens_equal"] and gen["text_equal"]):
+        where = (f"from new token {gen['first_difference']}" if not gen["tokens_equal"]
+                 else "with the same ids (the detokenizers differ)")
+        failures.append(f"greedy text differs from transformers' greedy text {where}: artifact "
+                        f"{gen['text_artifact'][:80]!r} vs {gen['text_reference'][:80]!r} "
+                        f"(--require-text {gates.require_text})")
     return failures
 
 
@@ -137,22 +213,49 @@ def markdown(report: dict) -> str:
              f"| top-1 agreement ({d['steps']} decode steps) | {d['top1_agreement']:.4f} |",
              f"| greedy tokens identical over {d['steps']} steps | {d['greedy_identical']} |",
              f"| max \\|delta logits\\| per decode step (max) | {max(d['per_step_max_abs']):.3g} |", "",
+             *(_generation_markdown(report["generation"]) if "generation" in report else []),
              f"**Verdict: {'PASS' if not report['failures'] else 'FAIL'}**", ""]
     lines += [f"- {f}" for f in report["failures"]]
     return "\n".join(lines) + "\n"
 
 
+def _cell(value) -> str:
+    """A string or id list as one Markdown table cell: quoted, newlines escaped, pipes escaped."""
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else ", ".join(map(str, value)) or "-"
+    return text.replace("|", "\\|")
+
+
+def _generation_markdown(g: dict) -> list[str]:
+    return [f"Greedy text: prompt {_cell(g['prompt'])}, up to {g['max_new_tokens']} new tokens; transformers' "
+            f"AutoTokenizer and `generate` on its Llama with the scales folded into fp32 weights, beside the "
+            f"artifact's tokenizer and runner.", "",
+            "| | transformers | artifact |", "|---|---|---|",
+            f"| prompt ids | {_cell(g['prompt_ids_reference'])} | {_cell(g['prompt_ids_artifact'])} |",
+            f"| greedy ids | {_cell(g['tokens_reference'])} | {_cell(g['tokens_artifact'])} |",
+            f"| greedy text | {_cell(g['text_reference'])} | {_cell(g['text_artifact'])} |", "",
+            "| metric | value |", "|---|---|",
+            f"| prompt ids identical | {g['prompt_ids_equal']} |",
+            f"| greedy ids identical | {g['tokens_equal']} (first difference: {g['first_difference']}) |",
+            f"| greedy text identical | {g['text_equal']} |",
+            f"| exact artifact (text gated by `--require-text exact`) | {g['exact_artifact']} |", ""]
+
+
 def validate(artifact: Runner, reference: Runner, tokenizer, *, text: str, prompt: str, steps: int,
-             window: int, max_tokens: int, gates: Gates) -> dict:
-    prompt_ids = tokenizer.encode(prompt, bos_id=reference.bos_id)
+             window: int, max_tokens: int, gates: Gates, lm=None, exact: bool = False,
+             max_new_tokens: int = 32) -> dict:
+    """Every check of the module docstring; `lm` (a reference.ReferenceLM) adds the generation check and its gates,
+    `exact` says whether the artifact computes the reference's math (is_exact)."""
+    prompt_ids = tokenizer.encode(prompt)
     window = min(window, artifact.max_seq_len, reference.max_seq_len)
     if len(prompt_ids) + steps > min(artifact.max_seq_len, reference.max_seq_len):
         raise BonsaiError(f"--steps {steps}: prompt + steps exceed the artifact's max_seq_len {artifact.max_seq_len}")
-    ids = tokenizer.encode(text, bos_id=reference.bos_id)
+    ids = tokenizer.encode(text)
     if len(ids) < 2:
         raise BonsaiError("--text: fewer than 2 tokens")
     report = {"gates": asdict(gates), "decode": decode_check(reference, artifact, prompt_ids, steps),
               "text": text_check(reference, artifact, ids, window, max_tokens)}
+    if lm is not None:
+        report["generation"] = generation_check(artifact, lm, prompt, max_new_tokens, exact)
     report["failures"] = verdict(report, gates)
     return report
 
