@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from . import artifact as A
+from . import tokenizer as T
 from .bench import FIRST_TOKEN
 from .errors import BonsaiError
 
@@ -82,7 +83,7 @@ def medians(runs: list[dict]) -> dict:
 def push(adb: list[str], folder: Path, runner_dir: Path) -> None:
     _adb(adb, "shell", f"mkdir -p {DEVICE_DIR}/bin {DEVICE_DIR}/model")
     _adb(adb, "push", *map(str, runner_files(runner_dir)), f"{DEVICE_DIR}/bin/")
-    _adb(adb, "push", str(folder / A.PTE_FILE), str(folder / "tokenizer.model"), f"{DEVICE_DIR}/model/")
+    _adb(adb, "push", str(folder / A.PTE_FILE), str(folder / T.TOKENIZER_JSON), f"{DEVICE_DIR}/model/")
 
 
 def run_on_device(adb: list[str], args: list[str], repeats: int) -> list[dict]:

@@ -96,7 +96,7 @@ def test_device_bench_pushes_runs_and_pulls(fake_adb, runner_dir, pte_folder, tm
     calls = calls[1:]
     pushes = [c for c in calls if c[2] == "push"]
     assert pushes[0][-1] == f"{DEVICE_DIR}/bin/" and "bonsai_runner" in {Path(p).name for p in pushes[0][3:-1]}
-    assert {Path(p).name for p in pushes[1][3:-1]} == {A.PTE_FILE, "tokenizer.model"}
+    assert {Path(p).name for p in pushes[1][3:-1]} == {A.PTE_FILE, "tokenizer.json"}
     runs = [c[3] for c in calls if c[2] == "shell" and "bonsai_runner" in c[3]]
     assert all(f"--json {RESULT_FILE}" in r for r in runs) and sum("--threads 2" in r for r in runs) == 3
     assert [c[3] for c in calls if c[2] == "pull"] == [f"{DEVICE_DIR}/{RESULT_FILE}"] * 6
