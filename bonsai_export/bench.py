@@ -177,6 +177,7 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
     from .export import _commit, _prepare_out
     from .export.executorch import to_pte
     from .model import TernaryLinear, from_checkpoint
+    from .tokenizer import write_canonical
 
     ckpt = checkpoint.load(source, progress=False)
     model = from_checkpoint(ckpt, max_seq_len=max_seq_len)
@@ -189,10 +190,10 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
     quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32)))
     tmp = _prepare_out(out, force=True)
     (tmp / A.PTE_FILE).write_bytes(to_pte(model))
-    for f in ckpt.tokenizer_files:
-        (tmp / f.name).write_bytes(f.read_bytes())
+    settings = write_canonical(ckpt.folder, tmp)
     A.write_manifest(tmp, {"artifacts": [{"type": "pte", "file": A.PTE_FILE}], "options": {"threads": 0},
-                           "model": {"note": "XNNPACK 8da4w baseline"}, "source": {"checkpoint": source}})
+                           "model": {"note": "XNNPACK 8da4w baseline"}, "source": {"checkpoint": source},
+                           "tokenizer": settings.to_dict()})
     _commit(tmp, out)
     return out
 
