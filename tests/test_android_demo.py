@@ -1,10 +1,10 @@
 """android_demo/: the Android project is complete and agrees with the exporter and the C++ sources.
 
-Nothing here builds Android (no NDK, Gradle or Kotlin compiler), so this checks what can be checked statically:
-files, manifest, package layout, CMake wiring, the ONNX I/O names against the exporter's own code, and the
-tokenizer's documented facts (protobuf field numbers, the shipped tokenizer's settings, the worked examples that the
-Kotlin unit test asserts) against sentencepiece. The Kotlin code itself runs in the project's JVM unit tests
-(`./gradlew test`) on a machine with Gradle.
+Nothing here builds Android (no NDK or Gradle), so this checks what can be checked statically: files, manifest,
+package layout, CMake wiring, the ONNX I/O names against the exporter's own code, that the app reads the artifact's
+tokenizer.json, and the tokenizer's worked examples (those the Kotlin unit test asserts) against transformers. The
+app's Android-free Kotlin (tokenizer, sampler, their unit tests) is compiled and run on the JVM in
+test_kotlin_jvm.py, and by `./gradlew test` on a machine with Gradle.
 """
 
 from __future__ import annotations
@@ -156,70 +156,53 @@ def test_manifest_fields_the_app_reads_exist():
     assert '"stock"' in model_folder
 
 
-def _tokenizer_constants() -> dict[str, int]:
-    return {k: int(v) for k, v in re.findall(r"const val (\w+) = (\d+)\b", read(KOTLIN_MAIN / "Tokenizer.kt"))}
+@pytest.fixture(scope="module")
+def bonsai_tokenizer(tmp_path_factory):
+    """transformers' tokenizer of Bonsai's files (Mistral v1's model in the layout make-checkpoint writes)."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizer_layouts import write_layout
 
-
-def test_tokenizer_field_numbers_match_sentencepiece():
-    pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
-    c = _tokenizer_constants()
-    model, piece = pb.ModelProto.DESCRIPTOR.fields_by_name, pb.ModelProto.SentencePiece.DESCRIPTOR.fields_by_name
-    assert (c["MODEL_PIECES"], c["MODEL_TRAINER_SPEC"], c["MODEL_NORMALIZER_SPEC"]) == \
-        (model["pieces"].number, model["trainer_spec"].number, model["normalizer_spec"].number)
-    assert (c["PIECE_PIECE"], c["PIECE_SCORE"], c["PIECE_TYPE"]) == \
-        (piece["piece"].number, piece["score"].number, piece["type"].number)
-    trainer, normalizer = pb.TrainerSpec.DESCRIPTOR.fields_by_name, pb.NormalizerSpec.DESCRIPTOR.fields_by_name
-    assert c["TRAINER_MODEL_TYPE"] == trainer["model_type"].number
-    assert (c["NORMALIZER_NAME"], c["NORMALIZER_ADD_DUMMY_PREFIX"], c["NORMALIZER_REMOVE_EXTRA_WHITESPACES"]) == \
-        (normalizer["name"].number, normalizer["add_dummy_prefix"].number,
-         normalizer["remove_extra_whitespaces"].number)
-    types = dict(pb.ModelProto.SentencePiece.Type.items())
-    for name in ("NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE"):
-        assert c[f"TYPE_{name}"] == types[name], name
-    model_types = dict(pb.TrainerSpec.ModelType.items())
-    assert (c["MODEL_TYPE_UNIGRAM"], c["MODEL_TYPE_BPE"]) == (model_types["UNIGRAM"], model_types["BPE"])
-
-
-def _bonsai_spm():
-    spm = pytest.importorskip("sentencepiece")
+    from bonsai_export.tokenizer import spm_to_tokenizer_json
     try:
         from bonsai_export.synthetic import mistral_v1_spm
 
-        path = mistral_v1_spm()
+        spm = mistral_v1_spm()
     except Exception as exc:  # mistral-common missing
         pytest.skip(f"Bonsai's tokenizer.model is not available: {exc}")
-    return spm, path
+    root = tmp_path_factory.mktemp("android-tok")
+    spm_to_tokenizer_json(spm, root / "base.json")
+    folder = write_layout("json-legacy-normalizer", root / "bonsai", spm, root / "base.json")
+    return transformers.AutoTokenizer.from_pretrained(str(folder))
 
 
-def test_shipped_tokenizer_fits_the_kotlin_assumptions():
-    """Tokenizer.kt implements BPE with the identity normalizer, byte fallback and no user-defined pieces."""
-    spm, path = _bonsai_spm()
-    from sentencepiece import sentencepiece_model_pb2 as pb
+def test_the_app_reads_the_artifacts_tokenizer_json():
+    """The app loads the canonical tokenizer.json export writes (docs/TOKENIZER.md), imports it, and takes BOS
+    from its post-processor rather than adding one of its own."""
+    from bonsai_export.tokenizer import TOKENIZER_JSON
 
-    m = pb.ModelProto()
-    m.ParseFromString(path.read_bytes())
-    assert m.trainer_spec.model_type == pb.TrainerSpec.BPE
-    assert m.normalizer_spec.name == "identity" and not m.normalizer_spec.precompiled_charsmap
-    assert m.trainer_spec.byte_fallback
-    types = {p.type for p in m.pieces}
-    assert pb.ModelProto.SentencePiece.USER_DEFINED not in types and pb.ModelProto.SentencePiece.UNUSED not in types
-    assert sum(p.type == pb.ModelProto.SentencePiece.BYTE for p in m.pieces) == 256
+    model_folder = read(KOTLIN_MAIN / "ModelFolder.kt")
+    assert re.search(r'const val TOKENIZER = "([^"]+)"', model_folder).group(1) == TOKENIZER_JSON
+    assert re.search(r"NEEDED_FILES = setOf\([^)]*\bTOKENIZER\b", model_folder)
+    generator = read(KOTLIN_MAIN / "Generator.kt")
+    assert "tokenizer.encode(prompt)" in generator and not re.search(r"bos_?id", generator, re.I)
+    gradle = read(APP / "build.gradle.kts")
+    assert "implementation(libs.kotlinx.serialization.json)" in gradle  # TokenizerJson.kt's JSON reader
 
 
-def test_documented_tokenizer_examples_match_sentencepiece():
-    """The (text, ids) pairs that TokenizerTest.kt asserts on the Kotlin tokenizer, and Tokenizer.kt's KDoc."""
-    spm, path = _bonsai_spm()
-    sp = spm.SentencePieceProcessor(model_file=str(path))
+def test_documented_tokenizer_examples_match_transformers(bonsai_tokenizer):
+    """The (text, ids) pairs TokenizerTest.kt asserts on Bonsai's tokenizer.json, and Tokenizer.kt's KDoc."""
+    tok = bonsai_tokenizer
     test_kt = read(APP / "src/test/java/org/bonsaiexport/demo/TokenizerTest.kt")
     examples = re.findall(r'"([^"]+)" to intArrayOf\(([\d, ]+)\)', test_kt)
     assert len(examples) >= 3
     for text, ids in examples:
         ids = [int(i) for i in ids.split(",")]
-        assert sp.encode(text) == ids, text
-        assert sp.decode(ids) == text, text
+        assert tok(text)["input_ids"] == ids, text
+        assert tok.decode(ids, skip_special_tokens=True) == text, text
     doc_examples = re.findall(r'^\s*\*\s+"([^"]+)"\s+-> ([^-]+?)\s+-> ([\d ]+)$',
                               read(KOTLIN_MAIN / "Tokenizer.kt"), re.M)
     assert len(doc_examples) >= 2
     for text, pieces, ids in doc_examples:
-        assert sp.encode(text, out_type=str) == pieces.split(), text
-        assert sp.encode(text) == [int(i) for i in ids.split()], text
+        want = tok(text)["input_ids"]
+        assert tok.convert_ids_to_tokens(want) == pieces.split(), text
+        assert want == [int(i) for i in ids.split()], text

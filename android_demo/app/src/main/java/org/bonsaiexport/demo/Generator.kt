@@ -58,7 +58,10 @@ class Generator(private val model: OrtModel, private val tokenizer: Tokenizer) {
     fun generate(prompt: String, settings: Settings, stop: AtomicBoolean): Flow<GenerationEvent> = flow {
         val start = System.nanoTime()
         val folder = model.folder
-        val prompted = longArrayOf(folder.bosId.toLong()) + tokenizer.encode(prompt).map { it.toLong() }
+        // BOS (and any EOS) come from the tokenizer's post-processor, as the reference adds them.
+        val promptIds = tokenizer.encode(prompt)
+        if (promptIds.isEmpty()) throw IllegalArgumentException("the prompt gives no tokens; type some text")
+        val prompted = LongArray(promptIds.size) { promptIds[it].toLong() }
         val room = folder.maxSeqLen - prompted.size
         if (room <= 0) {
             throw IllegalArgumentException(
@@ -68,7 +71,8 @@ class Generator(private val model: OrtModel, private val tokenizer: Tokenizer) {
         }
         val budget = minOf(settings.maxNewTokens, room)
         val sampler = Sampler(settings.temperature, settings.topP)
-        val decoder = tokenizer.StreamDecoder()
+        // After the prompt: the first generated word keeps its leading space.
+        val decoder = tokenizer.streamDecoder(context = promptIds)
 
         model.reset()
         val prefillStart = System.nanoTime()

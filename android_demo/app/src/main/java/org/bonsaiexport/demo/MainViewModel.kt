@@ -79,8 +79,11 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
         val started = System.nanoTime()
         val folder = ModelFolder.open(dir)
         val tok = Tokenizer.load(folder.tokenizerFile)
-        if (tok.vocabSize != folder.vocabSize) {
-            throw ModelFolderException("tokenizer.model has ${tok.vocabSize} pieces, the model ${folder.vocabSize}")
+        // The model may pad its vocabulary; every id the tokenizer can produce needs a logit.
+        if (tok.vocabSize > folder.vocabSize) {
+            throw ModelFolderException(
+                "${ModelFolder.TOKENIZER} has ids up to ${tok.vocabSize - 1}, the model's vocabulary ${folder.vocabSize}",
+            )
         }
         val settings = _state.value.settings
         val loaded = OrtModel.load(folder, settings, getApplication<Application>().applicationInfo.nativeLibraryDir)

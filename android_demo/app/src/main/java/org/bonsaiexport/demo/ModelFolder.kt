@@ -27,7 +27,8 @@ data class IoNames(
 
 /**
  * An ONNX artifact folder written by `bonsai-export export --format onnx`: model.onnx (+ model.onnx.data),
- * genai_config.json, tokenizer.model and bonsai_manifest.json, whose "model" entry gives the shapes.
+ * genai_config.json, tokenizer.json (the reference tokenizer pipeline, docs/TOKENIZER.md) and
+ * bonsai_manifest.json, whose "model" entry gives the shapes.
  */
 class ModelFolder private constructor(
     val dir: File,
@@ -39,7 +40,6 @@ class ModelFolder private constructor(
     val headDim: Int,
     val vocabSize: Int,
     val maxSeqLen: Int,
-    val bosId: Int,
     val eosIds: Set<Int>,
     val io: IoNames,
 ) {
@@ -53,7 +53,7 @@ class ModelFolder private constructor(
     companion object {
         const val MANIFEST = "bonsai_manifest.json"
         const val GENAI_CONFIG = "genai_config.json"
-        const val TOKENIZER = "tokenizer.model"
+        const val TOKENIZER = "tokenizer.json"
         private const val FORMAT_VERSION = 1
 
         /** Files the app needs; an import copies only these (the folder may also hold a .pte and host libraries). */
@@ -97,7 +97,6 @@ class ModelFolder private constructor(
                 headDim = model.getInt("head_dim"),
                 vocabSize = model.getInt("vocab_size"),
                 maxSeqLen = model.getInt("max_seq_len"),
-                bosId = model.getInt("bos_id"),
                 eosIds = eosIds,
                 io = ioNames(genai?.optJSONObject("decoder")),
             )

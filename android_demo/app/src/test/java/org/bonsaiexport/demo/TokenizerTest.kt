@@ -2,47 +2,115 @@ package org.bonsaiexport.demo
 
 import org.junit.Assert.assertArrayEquals
 import org.junit.Assert.assertEquals
+import org.junit.Assert.assertThrows
+import org.junit.Assert.assertTrue
 import org.junit.Assume.assumeTrue
 import org.junit.Test
-import java.io.ByteArrayOutputStream
 import java.io.File
 
 /**
- * JVM tests of the tokenizer (`./gradlew test`). A small model written here checks the BPE rules; Bonsai's own
- * tokenizer.model (set BONSAI_TOKENIZER_MODEL to it) checks the ids below, which the repository's Python tests
- * check against sentencepiece itself.
+ * JVM tests of the tokenizer (`./gradlew test`, and tests/test_kotlin_jvm.py without Gradle). A small
+ * tokenizer.json written here checks the rules of docs/TOKENIZER.md one by one; Bonsai's exported tokenizer.json
+ * (set BONSAI_TOKENIZER_JSON to it) checks the ids below, which the repository's Python tests check against
+ * transformers. tests/test_kotlin_jvm.py compares every layout and the whole corpus with transformers.
  */
 class TokenizerTest {
+    private fun pieces(tok: Tokenizer, text: String): List<String?> =
+        tok.encode(text, addSpecialTokens = false).map(tok::piece)
+
     @Test
-    fun mergesByScoreAndFallsBackToBytes() {
-        val tok = Tokenizer.parse(smallModel())
-        // "▁ab" beats "ab" and "▁a"; "é" is not a piece: its two UTF-8 bytes.
-        assertEquals(listOf("▁ab", "c"), tok.encode("abc").map(tok::piece))
-        assertEquals(listOf("▁ab", "<0xC3>", "<0xA9>"), tok.encode("abé").map(tok::piece))
-        assertEquals("abé", tok.decode(tok.encode("abé")))
+    fun mergesByRankNotByLength() {
+        val tok = Tokenizer.parse(smallTokenizerJson())
+        // (b, c) has the lowest rank, so "▁abc" never becomes "▁ab" + "c"
+        assertEquals(listOf("▁a", "bc"), pieces(tok, "abc"))
+        assertEquals(listOf("▁ab"), pieces(tok, "ab"))
+        assertArrayEquals(intArrayOf(BOS, tok.encode("ab", addSpecialTokens = false)[0]), tok.encode("ab"))
+    }
+
+    @Test
+    fun codePointsWithoutPieceFallBackToBytes() {
+        val tok = Tokenizer.parse(smallTokenizerJson())
+        assertEquals(listOf("▁a", "<0xC3>", "<0xA9>"), pieces(tok, "aé"))
+        assertEquals("aé", tok.decode(tok.encode("aé")))
         assertEquals("ab c", tok.decode(tok.encode("ab c")))
     }
 
     @Test
-    fun streamHoldsBackIncompleteCharacters() {
-        val tok = Tokenizer.parse(smallModel())
-        val stream = tok.StreamDecoder()
-        val ids = tok.encode("abé")
-        assertEquals("ab", stream.push(ids[0]))
-        assertEquals("", stream.push(ids[1]))
-        assertEquals("é", stream.push(ids[2]))
-        assertEquals("", stream.flush())
+    fun addedTokensAreCutLeftmostLongest() {
+        val tok = Tokenizer.parse(smallTokenizerJson())
+        // "<x><y>" wins over "<x>"; the segment after it is not at offset 0: no "▁" (prepend_scheme first)
+        assertEquals(listOf("▁a", "<x><y>", "b"), pieces(tok, "a<x><y>b"))
+        assertEquals(listOf("<x>", "b"), pieces(tok, "<x>b"))
+        assertEquals(listOf("▁a", "<s>", "▁", "b"), pieces(tok, "a<s> b"))
+        // special tokens vanish from the text, other added tokens stay
+        assertEquals("a<x><y>b", tok.decode(tok.encode("a<x><y>b")))
+        assertEquals("ab", tok.decode(tok.encode("a</s>b")))
     }
 
     @Test
-    fun emptyTextHasNoTokens() {
-        assertEquals(0, Tokenizer.parse(smallModel()).encode("").size)
+    fun prefixSchemes() {
+        val always = Tokenizer.parse(smallTokenizerJson(preTokenizer = metaspace("always")))
+        assertEquals(listOf("▁a", "<s>", "▁", "b"), pieces(always, "a<s>b"))
+        assertEquals(listOf("▁a"), pieces(always, " a"))
+        val never = Tokenizer.parse(smallTokenizerJson(preTokenizer = metaspace("never")))
+        assertEquals(listOf("ab"), pieces(never, "ab"))
+        // the legacy normalizer prepends even to a segment that starts with a space
+        val legacy = Tokenizer.parse(smallTokenizerJson(normalizer = LEGACY_NORMALIZER, preTokenizer = "null"))
+        assertEquals(listOf("▁", "▁a"), pieces(legacy, " a"))
+        assertEquals(listOf("▁a", "<s>", "▁", "b"), pieces(legacy, "a<s>b"))
     }
 
     @Test
-    fun bonsaiTokenizerMatchesSentencePiece() {
-        val path = System.getenv("BONSAI_TOKENIZER_MODEL")
-        assumeTrue("set BONSAI_TOKENIZER_MODEL to Bonsai's tokenizer.model", path != null && File(path).isFile)
+    fun emptyTextIsTheTemplateOnly() {
+        val tok = Tokenizer.parse(smallTokenizerJson())
+        assertArrayEquals(intArrayOf(BOS), tok.encode(""))
+        assertEquals(0, tok.encode("", addSpecialTokens = false).size)
+    }
+
+    @Test
+    fun streamHoldsBackByteRuns() {
+        val tok = Tokenizer.parse(smallTokenizerJson())
+        val stream = tok.streamDecoder()
+        val ids = tok.encode("aéb")
+        assertEquals(listOf("", "a", "", "", "éb", ""), ids.map { stream.push(it) } + stream.flush())
+    }
+
+    @Test
+    fun invalidByteRunsDecodeAsOneReplacementPerByte() {
+        val tok = Tokenizer.parse(smallTokenizerJson())
+        // "▁a", then the first byte of é alone, "b", then the second byte alone: both runs are invalid UTF-8
+        val ids = listOf("▁a", "<0xC3>", "b", "<0xA9>").map { PIECES.indexOf(it) }.toIntArray()
+        assertEquals("a\uFFFDb\uFFFD", tok.decode(ids))
+    }
+
+    @Test
+    fun streamAfterPromptKeepsTheFirstSpace() {
+        val tok = Tokenizer.parse(smallTokenizerJson())
+        val next = PIECES.indexOf("▁a")
+        assertEquals(" a", tok.streamDecoder(tok.encode("ab")).push(next))
+        assertEquals("a", tok.streamDecoder(tok.encode("")).push(next))
+    }
+
+    @Test
+    fun refusesPipelinesOutsideTheSubset() {
+        val cases = mapOf(
+            "pre_tokenizer.type" to smallTokenizerJson(preTokenizer = """{"type": "ByteLevel"}"""),
+            "model.dropout" to smallTokenizerJson().replace("\"dropout\": null", "\"dropout\": 0.1"),
+            "added_tokens[0].lstrip" to smallTokenizerJson().replace("\"lstrip\": false", "\"lstrip\": true"),
+            "normalizer" to smallTokenizerJson(normalizer = """{"type": "NFKC"}""", preTokenizer = "null"),
+            "decoder" to smallTokenizerJson().replace("\"stop\": 0", "\"stop\": 1"),
+            "truncation" to smallTokenizerJson().replace("\"truncation\": null", "\"truncation\": {}"),
+        )
+        for ((part, json) in cases) {
+            val e = assertThrows(TokenizerFormatException::class.java) { Tokenizer.parse(json) }
+            assertTrue("${e.message} names $part", e.message!!.contains("tokenizer.json: $part "))
+        }
+    }
+
+    @Test
+    fun bonsaiTokenizerMatchesTransformers() {
+        val path = System.getenv("BONSAI_TOKENIZER_JSON")
+        assumeTrue("set BONSAI_TOKENIZER_JSON to an exported Bonsai tokenizer.json", path != null && File(path).isFile)
         val tok = Tokenizer.load(File(path!!))
         for ((text, ids) in BONSAI_EXAMPLES) {
             assertArrayEquals(text, ids, tok.encode(text))
@@ -51,66 +119,51 @@ class TokenizerTest {
     }
 
     companion object {
-        /** (text, ids) with Bonsai's (Mistral v1's) tokenizer; verified against sentencepiece by the Python tests. */
+        const val BOS = 1
+
+        /** (text, ids) with Bonsai's (Mistral v1's) exported tokenizer; checked against transformers in Python. */
         val BONSAI_EXAMPLES = listOf(
-            "Hello world" to intArrayOf(22557, 1526),
-            "The capital of France is" to intArrayOf(415, 5565, 302, 4843, 349),
-            "naïve café 日本語 🙂" to intArrayOf(1879, 28920, 333, 28345, 28705, 29142, 29119, 30321, 28705, 29340),
+            "Hello world" to intArrayOf(1, 22557, 1526),
+            "The capital of France is" to intArrayOf(1, 415, 5565, 302, 4843, 349),
+            "naïve café 日本語 🙂" to intArrayOf(1, 1879, 28920, 333, 28345, 28705, 29142, 29119, 30321, 28705, 29340),
+            "a  b   c" to intArrayOf(1, 264, 28705, 287, 259, 277),
         )
 
-        /** A BPE ModelProto: <unk>, <s>, </s>, the 256 byte pieces, then a few scored pieces. */
-        fun smallModel(): ByteArray {
-            val out = ByteArrayOutputStream()
-            fun piece(text: String, score: Float, type: Int) {
-                val body = ByteArrayOutputStream()
-                body.field(Tokenizer.PIECE_PIECE, text.toByteArray())
-                body.fixed32(Tokenizer.PIECE_SCORE, score.toRawBits())
-                body.varint(Tokenizer.PIECE_TYPE, type.toLong())
-                out.field(Tokenizer.MODEL_PIECES, body.toByteArray())
-            }
-            piece("<unk>", 0f, Tokenizer.TYPE_UNKNOWN)
-            piece("<s>", 0f, Tokenizer.TYPE_CONTROL)
-            piece("</s>", 0f, Tokenizer.TYPE_CONTROL)
-            for (b in 0 until 256) piece(String.format("<0x%02X>", b), 0f, Tokenizer.TYPE_BYTE)
-            for ((i, p) in listOf("▁ab", "ab", "▁a", "▁", "a", "b", "c").withIndex()) {
-                piece(p, -i.toFloat(), Tokenizer.TYPE_NORMAL)
-            }
-            val trainer = ByteArrayOutputStream().apply {
-                varint(Tokenizer.TRAINER_MODEL_TYPE, Tokenizer.MODEL_TYPE_BPE.toLong())
-            }
-            out.field(Tokenizer.MODEL_TRAINER_SPEC, trainer.toByteArray())
-            val normalizer = ByteArrayOutputStream().apply {
-                field(Tokenizer.NORMALIZER_NAME, "identity".toByteArray())
-                varint(Tokenizer.NORMALIZER_ADD_DUMMY_PREFIX, 1)
-                varint(Tokenizer.NORMALIZER_REMOVE_EXTRA_WHITESPACES, 0)
-            }
-            out.field(Tokenizer.MODEL_NORMALIZER_SPEC, normalizer.toByteArray())
-            return out.toByteArray()
-        }
+        const val LEGACY_NORMALIZER = """{"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}"""
 
-        private fun ByteArrayOutputStream.rawVarint(value: Long) {
-            var v = value
-            while (v and 0x7FL.inv() != 0L) {
-                write(((v and 0x7F) or 0x80).toInt())
-                v = v ushr 7
-            }
-            write(v.toInt())
-        }
+        fun metaspace(scheme: String): String =
+            """{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "$scheme", "split": false}"""
 
-        private fun ByteArrayOutputStream.varint(field: Int, value: Long) {
-            rawVarint((field shl 3).toLong())
-            rawVarint(value)
-        }
+        /**
+         * A tokenizer.json as `tokenizers` writes one: <unk> <s> </s>, the 256 byte pieces, a few pieces and
+         * ranked merges, two non-special added tokens (<x> and <x><y>), BOS by the post-processor.
+         */
+        /** The small tokenizer's pieces; a piece's id is its index. */
+        val PIECES = listOf("<unk>", "<s>", "</s>") + (0 until 256).map { String.format("<0x%02X>", it) } +
+            listOf("▁", "a", "b", "c", "ab", "bc", "▁a", "▁ab", "<x>", "<x><y>")
 
-        private fun ByteArrayOutputStream.field(field: Int, bytes: ByteArray) {
-            rawVarint(((field shl 3) or 2).toLong())
-            rawVarint(bytes.size.toLong())
-            write(bytes)
-        }
-
-        private fun ByteArrayOutputStream.fixed32(field: Int, bits: Int) {
-            rawVarint(((field shl 3) or 5).toLong())
-            for (k in 0 until 4) write((bits ushr (8 * k)) and 0xFF)
+        fun smallTokenizerJson(normalizer: String = "null", preTokenizer: String = metaspace("first")): String {
+            val vocab = PIECES.withIndex().joinToString(", ") { (id, p) -> "\"$p\": $id" }
+            val merges = listOf("b" to "c", "▁" to "a", "a" to "b", "▁a" to "b")
+                .joinToString(", ") { (l, r) -> "[\"$l\", \"$r\"]" }
+            fun added(content: String, special: Boolean) = """{"id": ${PIECES.indexOf(content)},
+                "content": "$content", "single_word": false, "lstrip": false, "rstrip": false,
+                "normalized": false, "special": $special}"""
+            val addedTokens = listOf(added("<unk>", true), added("<s>", true), added("</s>", true),
+                added("<x>", false), added("<x><y>", false))
+            return """{"version": "1.0", "truncation": null, "padding": null,
+                "added_tokens": [${addedTokens.joinToString(", ")}],
+                "normalizer": $normalizer, "pre_tokenizer": $preTokenizer,
+                "post_processor": {"type": "TemplateProcessing",
+                    "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                    "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+                "decoder": {"type": "Sequence", "decoders": [
+                    {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"},
+                    {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+                "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                    "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                    "vocab": {$vocab}, "merges": [$merges]}}"""
         }
     }
 }
