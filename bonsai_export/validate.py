@@ -127,7 +127,8 @@ def generation_check(art: Runner, lm, prompt: str, max_new_tokens: int, exact: b
                           f"{art.max_seq_len}")
     ref_ids = lm.greedy(ref_prompt, max_new_tokens)
     art.reset()
-    art_ids = generate(art, art_prompt, SamplingConfig(max_new_tokens=max_new_tokens), art.eos_ids, art.max_seq_len).tokens
+    greedy = SamplingConfig(max_new_tokens=max_new_tokens)  # temperature 0, as `run` defaults to
+    art_ids = generate(art, art_prompt, greedy, art.eos_ids, art.max_seq_len).tokens
     ref_text, art_text = lm.decode(ref_ids), tok.decode(art_ids)
     return {"prompt": prompt, "max_new_tokens": max_new_tokens, "exact_artifact": exact,
             "prompt_ids_reference": ref_prompt, "prompt_ids_artifact": art_prompt,
