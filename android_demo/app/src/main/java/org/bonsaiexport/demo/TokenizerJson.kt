@@ -100,7 +100,7 @@ object TokenizerJson {
     private fun readVocab(node: Node): Map<String, Int> {
         val entries = node.obj()
         val vocab = HashMap<String, Int>(entries.size * 2)
-        for ((piece, id) in entries) vocab[piece] = node[piece].int()
+        for (piece in entries.keys) vocab[piece] = node[piece].id()
         return vocab
     }
 
@@ -180,7 +180,7 @@ object TokenizerJson {
             }
             val content = t["content"].string()
             if (content.isEmpty()) t["content"].refuse("empty", "a non-empty string")
-            AddedToken(t["id"].int(), content, t["special"].bool() == true)
+            AddedToken(t["id"].id(), content, t["special"].bool() == true)
         }
     }
 
@@ -201,7 +201,7 @@ object TokenizerJson {
                 continue
             }
             val name = piece["SpecialToken"]["id"].string()
-            val ids = node["special_tokens"][name]["ids"].array().map { it.int() }
+            val ids = node["special_tokens"][name]["ids"].array().map { it.id() }
             (if (seenText) after else before).addAll(ids)
         }
         if (!seenText) node["single"].refuse("without \$A", "special tokens, one \$A, special tokens")
@@ -254,6 +254,9 @@ object TokenizerJson {
         fun stringOrNull(): String? = (value as? JsonPrimitive)?.takeIf { it.isString }?.content
 
         fun int(): Int = intOrNull() ?: refuse(kind(), "an integer")
+
+        /** A token id: an integer >= 0. */
+        fun id(): Int = int().also { if (it < 0) refuse("$it", "an id >= 0") }
 
         fun intOrNull(): Int? = (value as? JsonPrimitive)?.takeIf { !it.isString }?.intOrNull
 
