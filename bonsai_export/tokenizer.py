@@ -145,9 +145,13 @@ def settings(pipeline) -> Settings:
     """The Settings of a pipeline, or one error naming the part outside the subset every runner implements."""
     spec = json.loads(pipeline.to_str())
     model = spec.get("model") or {}
-    if model.get("type") != "BPE" or not model.get("byte_fallback") or model.get("dropout") is not None \
+    if model.get("type") != "BPE" or not model.get("byte_fallback") or not model.get("fuse_unk") \
+            or model.get("ignore_merges") or model.get("dropout") is not None \
             or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
-        _unsupported("model", "a SentencePiece-style BPE (byte_fallback, no dropout, no subword affixes)")
+        _unsupported("model", "a SentencePiece-style BPE (byte_fallback, fuse_unk, merges, no dropout, no affixes)")
+    for part in ("truncation", "padding"):
+        if spec.get(part) is not None:
+            _unsupported(part, "none")
     for tok in spec.get("added_tokens") or []:
         if tok.get("normalized") or tok.get("lstrip") or tok.get("rstrip") or tok.get("single_word"):
             _unsupported(f"added token {tok.get('content')!r}", "normalized, lstrip, rstrip and single_word false")
@@ -178,10 +182,15 @@ def _prefix(normalizer, pre_tokenizer) -> str:
     return pre_tokenizer["prepend_scheme"]
 
 
+DECODER = [{"type": "Replace", "pattern": {"String": MARKER}, "content": " "}, {"type": "ByteFallback"},
+           {"type": "Fuse"}]
+STRIP = {"type": "Strip", "content": " ", "start": 1, "stop": 0}
+
+
 def _check_decoder(decoder) -> None:
-    steps = [d.get("type") for d in (decoder or {}).get("decoders") or []]
-    if (decoder or {}).get("type") != "Sequence" or steps[:3] != ["Replace", "ByteFallback", "Fuse"] \
-            or steps[3:] not in ([], ["Strip"]):
+    steps = (decoder or {}).get("decoders")
+    if (decoder or {}).get("type") != "Sequence" or not isinstance(steps, list) or steps[:3] != DECODER \
+            or steps[3:] not in ([], [STRIP]):
         _unsupported("decoder", "Replace('▁', ' '), ByteFallback, Fuse[, Strip(' ', 1, 0)]")
 
 
