@@ -93,7 +93,7 @@ def cmd_run(args) -> int:
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     runner = open_runner(args.model, act_quant=args.act_quant, max_seq_len=args.max_seq_len, threads=args.threads)
     tok = Tokenizer(runner.tokenizer_dir)
-    prompt = tok.encode(args.prompt, bos_id=runner.bos_id)
+    prompt = tok.encode(args.prompt)
     stream = StreamDecoder(tok, context=prompt[-1:])
     show = (lambda text: print(text, end="", flush=True)) if not args.json else (lambda text: None)
     show(args.prompt)
