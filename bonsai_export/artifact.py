@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import __version__, formats
 from .errors import BonsaiError
+from .paths import inside
 
 FORMAT_VERSION = 1
 MANIFEST = "bonsai_manifest.json"
@@ -71,23 +72,52 @@ def sha256(path: Path) -> str:
 
 
 def write_manifest(folder: Path, body: dict) -> dict:
-    """Hash every file of the folder into the manifest (written last, so it covers all files)."""
+    """Hash every file of the folder into the manifest (written last, so it covers all files), then seal the
+    manifest itself: an edit to it (an id, a size) is seen by verify and refused by the runners."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
     manifest = {"format_version": FORMAT_VERSION, "bonsai_export_version": __version__, **body,
                 "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}}
+    manifest.pop(SEAL, None)  # a body copied from an older manifest carries the old seal
+    manifest[SEAL] = seal_of(manifest)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def read_manifest(folder: Path) -> dict:
+SEAL = "manifest_sha256"  # sha256 of the manifest's canonical JSON without this key
+
+
+def seal_of(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_manifest(folder: Path, sealed: bool = True) -> dict:
+    """The manifest, its structure checked (every name it gives is a file inside the folder); `sealed`: also
+    refuse a manifest edited after export (verify reports that as a difference instead)."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise BonsaiError(f"{folder}: no {MANIFEST}; not a bonsai-export artifact folder (run `bonsai-export "
                           f"export` first, or pass a checkpoint)")
+    inside(folder, MANIFEST, MANIFEST)
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BonsaiError(f"{path}: not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BonsaiError(f"{path}: not valid JSON ({str(exc)[:200]}); re-export the folder") from None
+    if not isinstance(manifest, dict):
+        raise BonsaiError(f"{path}: expected a JSON object, got {type(manifest).__name__}; re-export the folder")
+    _check_version(path, manifest)
+    _check_structure(Path(folder), manifest)
+    if sealed and manifest_edited(manifest):
+        raise BonsaiError(f"{path}: edited after export (its {SEAL} does not match); re-export the folder, or run "
+                          f"`bonsai-export verify {folder}`")
+    return manifest
+
+
+def manifest_edited(manifest: dict) -> bool:
+    return manifest.get(SEAL) != seal_of(manifest)
+
+
+def _check_version(path: Path, manifest: dict) -> None:
     version = manifest.get("format_version")
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise BonsaiError(f"{path}: written by a newer bonsai-export (format {version}, made by "
@@ -96,7 +126,40 @@ def read_manifest(folder: Path) -> dict:
     if version != FORMAT_VERSION:
         raise BonsaiError(f"{path}: format_version {version!r}, this bonsai-export reads {FORMAT_VERSION}; "
                           f"re-export with this version")
-    return manifest
+
+
+# The manifest fields a runner reads, and their types (checked before any is used).
+_MODEL_FIELDS = ("n_layers", "dim", "vocab_size", "max_seq_len", "bos_id", "n_kv_heads", "head_dim")
+
+
+def _check_structure(folder: Path, manifest: dict) -> None:
+    def bad(what: str):
+        return BonsaiError(f"{folder / MANIFEST}: {what}; re-export the folder")
+
+    files, arts, model = manifest.get("files"), manifest.get("artifacts"), manifest.get("model")
+    if not isinstance(files, dict) or not all(
+            isinstance(e, dict) and _is_int(e.get("bytes")) and isinstance(e.get("sha256"), str)
+            for e in files.values()):
+        raise bad("'files' is not an object of file name -> {bytes, sha256}")
+    for name in files:
+        inside(folder, name, f"{MANIFEST} files")
+    if not isinstance(arts, list) or not all(isinstance(a, dict) and isinstance(a.get("type"), str) for a in arts):
+        raise bad("'artifacts' is not a list of {type, file, ...} objects")
+    for art in arts:  # a .pte's op_library names the package's library; an .onnx folder carries its own
+        for key in ("file", "op_library") if art["type"] == "onnx" else ("file",):
+            if art.get(key) is not None and art.get(key) not in files:
+                raise bad(f"artifact {key} {str(art.get(key))[:80]!r} is not one of the files it lists")
+    if not isinstance(model, dict) or not all(_is_int(model.get(k)) and model[k] >= 0 for k in _MODEL_FIELDS):
+        raise bad(f"'model' lacks one of {', '.join(_MODEL_FIELDS)} as a non-negative integer")
+    eos = model.get("eos_ids")
+    if not isinstance(eos, list) or not all(_is_int(e) for e in eos):
+        raise bad("'model.eos_ids' is not a list of integers")
+    if not isinstance(manifest.get("options"), dict):
+        raise bad("'options' is not an object")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _file_problems(folder: Path, manifest: dict, hashes: bool):
@@ -106,25 +169,26 @@ def _file_problems(folder: Path, manifest: dict, hashes: bool):
         if not path.is_file():
             yield f"{name}: missing"
         elif path.stat().st_size != entry["bytes"]:
-            yield f"{name}: {path.stat().st_size} bytes, expected {entry['bytes']}"
+            yield f"{name}: {path.stat().st_size} bytes, expected {entry['bytes']} (truncated or replaced)"
         elif hashes and sha256(path) != entry["sha256"]:
             yield f"{name}: sha256 differs from the manifest (modified or corrupt)"
 
 
-def check_sizes(folder: Path, manifest: dict) -> None:
-    """The cheap part of verify(), run before a runtime opens the folder: a truncated or missing file gets this
-    message instead of a runtime's parse error."""
-    problem = next(_file_problems(folder, manifest, hashes=False), None)
+def check_files(folder: Path, manifest: dict) -> None:
+    """verify()'s file checks, run before a runtime opens the folder: a runtime given a damaged file (one byte
+    flipped in a .pte) can abort the whole process, so a damaged file gets this message instead."""
+    problem = next(_file_problems(folder, manifest, hashes=True), None)
     if problem is not None:
-        raise BonsaiError(f"{Path(folder) / problem} (truncated or replaced); re-export the folder, or run "
-                          f"`bonsai-export verify {folder}`")
+        raise BonsaiError(f"{Path(folder) / problem}; re-export the folder, or run `bonsai-export verify {folder}`")
 
 
 def verify(folder: Path) -> list[str]:
-    """Every problem of an artifact folder against its manifest (format version, each file's size and sha256,
-    files the manifest does not list); empty when the folder is exactly what export wrote."""
-    manifest = read_manifest(folder)
-    problems = list(_file_problems(folder, manifest, hashes=True))
+    """Every problem of an artifact folder against its manifest (format version, the manifest's own seal, each
+    file's size and sha256, files the manifest does not list); empty when the folder is exactly what export
+    wrote."""
+    manifest = read_manifest(folder, sealed=False)
+    problems = [f"{MANIFEST}: edited after export ({SEAL} does not match)"] if manifest_edited(manifest) else []
+    problems += list(_file_problems(folder, manifest, hashes=True))
     listed = set(manifest["files"]) | {MANIFEST}
     problems += [f"{p.name}: not in the manifest" for p in sorted(Path(folder).iterdir()) if p.name not in listed]
     return problems

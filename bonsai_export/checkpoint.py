@@ -11,6 +11,7 @@ The checkpoint's remote code is never imported.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +22,14 @@ from tqdm import tqdm
 from . import bitnet
 from .config import ModelArgs, from_hf_config
 from .errors import BonsaiError
+from .paths import inside
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                 *TOKENIZER_FILES]
 NORMS = ("input_layernorm", "post_attention_layernorm")
+# Storage dtypes of dense and latent weights that we convert exactly; float8 and others are refused by name.
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @dataclass
@@ -53,6 +57,15 @@ class Checkpoint:
         return [self.folder / f for f in TOKENIZER_FILES if (self.folder / f).is_file()]
 
 
+def root_of(folder: Path) -> Path:
+    """The folder names inside a checkpoint may resolve into: the folder itself, or for a hub snapshot
+    (.../models--org--name/snapshots/REV, whose files link to ../../blobs) the repository's cache folder."""
+    folder = Path(folder)
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent
+    return folder
+
+
 def resolve(source: str | Path) -> Path:
     """A local folder as is; anything else is taken as a hub id and downloaded (only the files we read)."""
     path = Path(source).expanduser()
@@ -75,25 +88,44 @@ def resolve(source: str | Path) -> Path:
 
 
 def _read_json(path: Path, required: bool = True) -> dict:
+    """A JSON object file of the checkpoint (never one a symlink takes outside it)."""
     if not path.is_file():
         if required:
             raise BonsaiError(f"{path.name}: missing from {path.parent}; a checkpoint folder needs it")
         return {}
+    inside(path.parent, path.name, path.name, root_of(path.parent))
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BonsaiError(f"{path.name}: not valid JSON ({exc})") from None
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BonsaiError(f"{path.name}: not valid JSON ({str(exc)[:200]}); restore the checkpoint's file") from None
+    if not isinstance(data, dict):
+        raise BonsaiError(f"{path.name}: expected a JSON object, got {type(data).__name__}; restore the "
+                          f"checkpoint's file")
+    return data
 
 
-def _shard_files(folder: Path) -> list[Path]:
+def _weight_map(folder: Path) -> dict[str, str] | None:
+    """model.safetensors.index.json's tensor -> shard map, checked (None: a single-file checkpoint)."""
     index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise BonsaiError(f"{index.name}: missing 'weight_map'")
-        shards = [folder / name for name in sorted(set(weight_map.values()))]
+    if not index.is_file():
+        return None
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise BonsaiError(f"{index.name}: missing 'weight_map' (an object of tensor name -> shard file); "
+                          f"restore the checkpoint's index")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise BonsaiError(f"{index.name}: weight_map[{name!r}] is {shard!r}, not a shard file name; restore "
+                              f"the checkpoint's index")
+    return weight_map
+
+
+def _shard_files(folder: Path, weight_map: dict | None) -> list[Path]:
+    if weight_map is not None:
+        shards = [inside(folder, name, "model.safetensors.index.json", root_of(folder))
+                  for name in sorted(set(weight_map.values()))]
     elif (folder / "model.safetensors").is_file():
-        shards = [folder / "model.safetensors"]
+        shards = [inside(folder, "model.safetensors", "model.safetensors", root_of(folder))]
     else:
         raise BonsaiError(f"{folder}: no model.safetensors or model.safetensors.index.json; "
                           f"only safetensors checkpoints are supported")
@@ -104,14 +136,30 @@ def _shard_files(folder: Path) -> list[Path]:
 
 
 def _load_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor, each read from the one shard the index maps it to (a stale copy in another shard is
+    skipped, as transformers does); a tensor the index does not map may appear in one shard only."""
+    weight_map = _weight_map(folder)
     tensors = {}
-    for shard in _shard_files(folder):
+    for shard in _shard_files(folder, weight_map):
         try:
             with safe_open(str(shard), framework="pt") as f:
                 for name in f.keys():
+                    mapped = weight_map.get(name) if weight_map is not None else None
+                    if mapped is not None and (folder / mapped).resolve() != shard.resolve():
+                        continue
+                    if name in tensors:
+                        raise BonsaiError(f"{name}: present in two shards and not in the index's weight_map; "
+                                          f"map it to one shard in model.safetensors.index.json")
                     tensors[name] = f.get_tensor(name)
+        except BonsaiError:
+            raise
         except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise BonsaiError(f"{shard.name}: not a readable safetensors file ({exc})") from None
+            raise BonsaiError(f"{shard.name}: not a readable safetensors file ({str(exc)[:200]}); re-download "
+                              f"or restore it") from None
+    missing = sorted(set(weight_map or ()) - set(tensors))
+    if missing:
+        raise BonsaiError(f"{missing[0]}: the index maps it to {weight_map[missing[0]]}, which does not hold it; "
+                          f"restore the checkpoint's shards and index")
     return tensors
 
 
@@ -120,6 +168,9 @@ def _take(tensors: dict, name: str, shape: tuple, floating: bool = True) -> torc
     if name not in tensors:
         raise BonsaiError(f"{name}: missing from the checkpoint")
     t = tensors.pop(name)
+    if t.dtype.is_floating_point and t.dtype not in FLOAT_DTYPES:
+        raise BonsaiError(f"{name}: dtype {str(t.dtype).replace('torch.', '')} is not supported; store the "
+                          f"weights as bfloat16, float16 or float32")
     if tuple(t.shape) != tuple(shape):
         raise BonsaiError(f"{name}: expected shape {list(shape)}, got {list(t.shape)}")
     if floating != t.dtype.is_floating_point:
@@ -203,6 +254,9 @@ def _check_tokenizer(folder: Path, vocab_size: int) -> None:
 def load(source: str | Path, progress: bool = True) -> Checkpoint:
     """Read and validate a checkpoint into the canonical form."""
     folder = resolve(source)
+    for name in TOKENIZER_FILES:  # read by the tokenizer, which opens them by these names
+        if os.path.lexists(folder / name):
+            inside(folder, name, name, root_of(folder))
     cfg = _read_json(folder / "config.json")
     args = from_hf_config(cfg)
     tensors = _load_tensors(folder)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .errors import BonsaiError
+
+MAX_POSITIONS = 1 << 20  # KV cache positions; more is a typo, not a model (an fp32 cache of 2**31
+# positions is ~800 GB at Bonsai's shape)
 
 
 @dataclass(frozen=True)
@@ -26,14 +30,27 @@ class ModelArgs:
     pad_id: int = 0
 
     def __post_init__(self):
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden_dim",
+                     "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise BonsaiError(f"config: {name} must be positive, got {getattr(self, name)}")
         if self.n_heads % self.n_kv_heads:
             raise BonsaiError(
                 f"config: num_attention_heads ({self.n_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.n_kv_heads})"
             )
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "head_dim", "hidden_dim", "max_seq_len"):
-            if getattr(self, name) <= 0:
-                raise BonsaiError(f"config: {name} must be positive, got {getattr(self, name)}")
+        # Accepted, these give NaN logits or a cache of absurd size rather than an error: refuse them here.
+        if self.max_seq_len > MAX_POSITIONS:
+            raise BonsaiError(f"config: max_position_embeddings {self.max_seq_len} is above {MAX_POSITIONS}, the "
+                              f"longest KV cache bonsai-export allocates; lower it in config.json")
+        for name, value in (("rms_norm_eps", self.norm_eps), ("rope_theta", self.rope_theta)):
+            if not (math.isfinite(value) and value > 0):
+                raise BonsaiError(f"config: {name} must be a positive finite number, got {value}")
+        for name, ids in (("bos_token_id", (self.bos_id,)), ("eos_token_id", self.eos_ids),
+                          ("pad_token_id", (self.pad_id,))):
+            if not all(0 <= i < self.vocab_size for i in ids):
+                raise BonsaiError(f"config: {name} {list(ids) if len(ids) > 1 else ids[0]} is outside the "
+                                  f"vocabulary (0..{self.vocab_size - 1}); fix it in config.json")
 
     @property
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
@@ -79,46 +96,63 @@ PRESETS = {
 def _require(cfg: dict, key: str, types):
     if key not in cfg:
         raise BonsaiError(f"config.json: missing required field '{key}'")
-    value = cfg[key]
-    if not isinstance(value, types) or isinstance(value, bool):
-        raise BonsaiError(f"config.json: field '{key}' has unexpected value {value!r}")
+    if cfg[key] is None:
+        raise BonsaiError(f"config.json: field '{key}' has unexpected value None; expected {_kinds(types)}")
+    return _typed(cfg, key, types, None)
+
+
+def _typed(cfg: dict, key: str, types, default):
+    """cfg[key] if it has one of `types` (never a bool for a number), `default` when absent or null."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise BonsaiError(f"config.json: field '{key}' has unexpected value {repr(value)[:80]}; expected "
+                          f"{_kinds(types)}")
     return value
 
 
+def _kinds(types) -> str:
+    return " or ".join(t.__name__ for t in types)
+
+
 def _eos_ids(value) -> tuple[int, ...]:
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return (value,)
-    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return tuple(value)
-    raise BonsaiError(f"config.json: eos_token_id must be an int or a list of ints, got {value!r}")
+    raise BonsaiError(f"config.json: eos_token_id must be an int or a list of ints, got {repr(value)[:80]}")
 
 
 def from_hf_config(cfg: dict) -> ModelArgs:
     """Validate a Llama-family config.json dict and convert it. Unsupported features raise BonsaiError."""
+    if not isinstance(cfg, dict):
+        raise BonsaiError(f"config.json: expected a JSON object of model settings, got {type(cfg).__name__}; "
+                          f"restore the checkpoint's config.json")
     for key, is_default in _UNSUPPORTED.items():
         if key in cfg and not is_default(cfg[key]):
             raise BonsaiError(
-                f"config.json: unsupported {key}={cfg[key]!r}; bonsai-export implements plain Llama "
+                f"config.json: unsupported {key}={repr(cfg[key])[:80]}; bonsai-export implements plain Llama "
                 f"(default RoPE, full attention, no biases, SiLU MLP)"
             )
-    dim = _require(cfg, "hidden_size", int)
-    n_heads = _require(cfg, "num_attention_heads", int)
-    head_dim = cfg.get("head_dim") or dim // n_heads
+    dim = _require(cfg, "hidden_size", (int,))
+    n_heads = _require(cfg, "num_attention_heads", (int,))
+    number = (int, float)
     return ModelArgs(
-        vocab_size=_require(cfg, "vocab_size", int),
+        vocab_size=_require(cfg, "vocab_size", (int,)),
         dim=dim,
-        n_layers=_require(cfg, "num_hidden_layers", int),
+        n_layers=_require(cfg, "num_hidden_layers", (int,)),
         n_heads=n_heads,
-        n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
-        head_dim=head_dim,
-        hidden_dim=_require(cfg, "intermediate_size", int),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        max_seq_len=_require(cfg, "max_position_embeddings", int),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        bos_id=cfg.get("bos_token_id", 1) if cfg.get("bos_token_id") is not None else 1,
+        n_kv_heads=_typed(cfg, "num_key_value_heads", (int,), n_heads),
+        head_dim=_typed(cfg, "head_dim", (int,), dim // n_heads if n_heads > 0 else 0),
+        hidden_dim=_require(cfg, "intermediate_size", (int,)),
+        norm_eps=float(_typed(cfg, "rms_norm_eps", number, 1e-6)),
+        rope_theta=float(_typed(cfg, "rope_theta", number, 10000.0)),
+        max_seq_len=_require(cfg, "max_position_embeddings", (int,)),
+        tie_embeddings=_typed(cfg, "tie_word_embeddings", (bool,), False),
+        bos_id=_typed(cfg, "bos_token_id", (int,), 1),
         eos_ids=_eos_ids(cfg.get("eos_token_id", 2)),
-        pad_id=cfg.get("pad_token_id") if cfg.get("pad_token_id") is not None else 0,
+        pad_id=_typed(cfg, "pad_token_id", (int,), 0),
     )
 
 

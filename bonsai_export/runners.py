@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from . import artifact as A
+from . import options
 from .errors import BonsaiError
 
 ET_OPS_LIB = "libbonsai_et_ops.so"
@@ -68,6 +69,7 @@ def check_fits(pos: int, t: int, max_seq_len: int) -> None:
 class Runner:
     name = "runner"
     max_seq_len: int
+    vocab_size: int
     bos_id: int
     eos_ids: tuple[int, ...]
     tokenizer_dir: Path
@@ -111,10 +113,10 @@ class PteRunner(Runner):
             raise BonsaiError(f"{Path(folder) / A.PTE_FILE}: ExecuTorch cannot load it ({exc}); run `bonsai-export "
                               f"verify {folder}`, or re-export") from None
         meta = {m: int(self.program.load_method(m).execute([])[0])
-                for m in (A.META_MAX_CONTEXT_LEN, A.META_MAX_SEQ_LEN, A.META_BOS_ID)}
+                for m in (A.META_MAX_CONTEXT_LEN, A.META_MAX_SEQ_LEN, A.META_BOS_ID, A.META_VOCAB_SIZE)}
         # ExecuTorch's LLM metadata: max_context_len = cache positions, max_seq_len = tokens per forward call.
         self.max_seq_len, self.call_tokens = meta[A.META_MAX_CONTEXT_LEN], meta[A.META_MAX_SEQ_LEN]
-        self.bos_id = meta[A.META_BOS_ID]
+        self.bos_id, self.vocab_size = meta[A.META_BOS_ID], meta[A.META_VOCAB_SIZE]
         self.eos_ids = tuple(int(e) for e in self.program.load_method(A.META_EOS_IDS).execute([]))
         self.method = self.program.load_method("forward")
 
@@ -157,6 +159,20 @@ def onnx_session(model: Path, op_library: Path | None, threads: int = 0):
         raise BonsaiError(f"{model}: ONNX Runtime cannot load it: {exc}") from None
 
 
+def _check_onnx_io(session, info: dict, model: Path) -> int:
+    """The graph's cache inputs and logits against the manifest's shape (the caches are allocated from the
+    manifest's numbers); returns the graph's vocabulary size."""
+    past = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+    want = [info["n_kv_heads"], info["head_dim"]]
+    if len(past) != 2 * info["n_layers"] or any([p.shape[1], p.shape[3]] != want for p in past):
+        raise BonsaiError(f"{model}: its caches do not have the manifest's shape ({info['n_layers']} layers, "
+                          f"[kv heads, head dim] {want}); re-export the folder")
+    vocab = session.get_outputs()[0].shape[-1]
+    if not isinstance(vocab, int):
+        raise BonsaiError(f"{model}: logits have no fixed vocabulary size; re-export the folder")
+    return vocab
+
+
 class OnnxRunner(Runner):
     """Runs model.onnx with ONNX Runtime over one preallocated KV cache per layer, [1, Hkv, max_seq_len, D], bound
     as both past_key_values.* and present.* (GroupQueryAttention's shared-buffer mode, as onnxruntime-genai runs
@@ -174,10 +190,11 @@ class OnnxRunner(Runner):
 
         entry = next(a for a in manifest["artifacts"] if a["type"] == "onnx")
         info = manifest["model"]
-        self.tokenizer_dir, self.name = Path(folder), f"onnx-{entry['ternary_op']}"
+        self.tokenizer_dir, self.name = Path(folder), f"onnx-{entry.get('ternary_op')}"
         self.max_seq_len, self.bos_id, self.eos_ids = info["max_seq_len"], info["bos_id"], tuple(info["eos_ids"])
         library = Path(folder) / entry["op_library"] if entry.get("op_library") else None
         self.session = onnx_session(Path(folder) / entry["file"], library, threads)
+        self.vocab_size = _check_onnx_io(self.session, info, Path(folder) / entry["file"])
         self._np, self.filled = np, 0
         shape = (1, info["n_kv_heads"], self.max_seq_len, info["head_dim"])
         self.binding = self.session.io_binding()
@@ -211,22 +228,51 @@ class OnnxRunner(Runner):
         return torch.from_numpy(logits[:, t - input_pos.shape[0]:])  # the graph gives all T; keep the last P
 
 
+def _open_artifact(folder: Path, threads: int, backend: str | None) -> Runner:
+    manifest = A.read_manifest(folder)
+    A.check_files(folder, manifest)
+    kinds = [a["type"] for a in manifest["artifacts"]]
+    # The export's default is for the machine it was made for: here it gets at most this machine's CPUs.
+    default = manifest["options"].get("threads", 0)
+    threads = threads or (min(default, options.cpu_count()) if A._is_int(default) and default > 0 else 0)
+    if backend is not None and backend not in kinds:
+        raise BonsaiError(f"{folder}: holds {', '.join(kinds)}, not {backend}; export with --format {backend}")
+    if "pte" in kinds and backend in (None, "pte"):
+        runner = PteRunner(folder, threads)
+    elif "onnx" in kinds:
+        runner = OnnxRunner(folder, manifest, threads)
+    else:
+        raise BonsaiError(f"{folder}: holds {', '.join(kinds) or 'no artifact'}; this version runs pte and onnx")
+    _check_against_manifest(runner, manifest["model"], folder)
+    return runner
+
+
+def _check_against_manifest(runner: Runner, info: dict, folder: Path) -> None:
+    """The ids and sizes the manifest and the tokenizer carry must be the model's own before any is used."""
+    from .tokenizer import Tokenizer
+
+    model = {"vocab_size": runner.vocab_size, "max_seq_len": runner.max_seq_len, "bos_id": runner.bos_id,
+             "eos_ids": list(runner.eos_ids)}
+    for key, value in model.items():
+        if info[key] != value:
+            raise BonsaiError(f"{folder / A.MANIFEST}: {key} {info[key]} but the model says {value}; re-export the "
+                              f"folder")
+    if not all(0 <= i < runner.vocab_size for i in (runner.bos_id, *runner.eos_ids)):
+        raise BonsaiError(f"{folder}: BOS/EOS ids {[runner.bos_id, *runner.eos_ids]} are outside the model's "
+                          f"vocabulary of {runner.vocab_size}; re-export the folder")
+    pieces = Tokenizer(folder).vocab_size
+    if pieces > runner.vocab_size:
+        raise BonsaiError(f"{folder}: the tokenizer has {pieces} tokens but the model's vocab_size is "
+                          f"{runner.vocab_size} (tokenizer of another model?); re-export the folder")
+
+
 def open_runner(path: str | Path | None, act_quant: str = "none", max_seq_len: int | None = None,
                 threads: int = 0, backend: str | None = None) -> Runner:
     """An artifact folder opens its runtime (`backend` pte or onnx picks one in a folder holding both); anything
     else is a checkpoint run by the eager model."""
+    threads = options.threads(threads)
     if path is not None and A.is_artifact(path):
-        manifest = A.read_manifest(Path(path))
-        A.check_sizes(Path(path), manifest)
-        kinds = [a["type"] for a in manifest["artifacts"]]
-        threads = threads or manifest["options"].get("threads", 0)
-        if backend is not None and backend not in kinds:
-            raise BonsaiError(f"{path}: holds {', '.join(kinds)}, not {backend}; export with --format {backend}")
-        if "pte" in kinds and backend in (None, "pte"):
-            return PteRunner(Path(path), threads)
-        if "onnx" in kinds:
-            return OnnxRunner(Path(path), manifest, threads)
-        raise BonsaiError(f"{path}: holds {', '.join(kinds) or 'no artifact'}; this version runs pte and onnx")
+        return _open_artifact(Path(path), threads, backend)
     from . import checkpoint
     from .model import from_checkpoint
     from .synthetic import default_model

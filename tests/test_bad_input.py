@@ -49,12 +49,11 @@ def art_copy(artifact, tmp_path):
 
 
 def rewrite_manifest(folder: Path, **edits) -> None:
-    """Make the manifest describe the folder's files as they are now (a folder written elsewhere), plus edits."""
+    """Make the manifest describe the folder's files as they are now, sealed (a folder written elsewhere, or by
+    someone who knows the format), with `edits` applied to its model section."""
     manifest = json.loads((folder / A.MANIFEST).read_text())
-    for name in manifest["files"]:
-        manifest["files"][name] = {"bytes": (folder / name).stat().st_size, "sha256": A.sha256(folder / name)}
-    manifest.update(edits)
-    (folder / A.MANIFEST).write_text(json.dumps(manifest))
+    body = {k: v for k, v in manifest.items() if k not in ("files", "format_version", "bonsai_export_version")}
+    A.write_manifest(folder, {**body, "model": {**body["model"], **edits}})
 
 
 # ---- checkpoints ----
@@ -81,7 +80,7 @@ CHECKPOINT_CASES = {
         {**json.loads((f / "config.json").read_text()), "rope_scaling": {"type": "yarn", "factor": 4.0}})),
         "rope_scaling"),
     "tokenizer of another model": (lambda f: grow_tokenizer(f), "the tokenizer has 32005 tokens but the model's vocab"),
-    "corrupt tokenizer": (lambda f: (f / "tokenizer.json").write_text("{not json"), "tokenizer.json: cannot be read"),
+    "corrupt tokenizer": (lambda f: (f / "tokenizer.json").write_text("{not json"), "cannot read its tokenizer"),
 }
 
 

@@ -76,6 +76,7 @@ def _swap_prompt_token(art, prompt_ids: list[int]) -> None:
     path.write_text(json.dumps(data, ensure_ascii=False))
     manifest = json.loads((art / A.MANIFEST).read_text())
     manifest["files"][path.name] = {"bytes": path.stat().st_size, "sha256": A.sha256(path)}
+    manifest[A.SEAL] = A.seal_of(manifest)
     (art / A.MANIFEST).write_text(json.dumps(manifest))
 
 

@@ -7,6 +7,7 @@ interrupted export never leaves a half-written artifact.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from .. import artifact as A
 from .. import checkpoint as C
 from ..dense import quantize_dense_
 from ..errors import BonsaiError
+from ..paths import overlaps
 from ..model import TernaryLinear, from_checkpoint
 from ..tokenizer import write_canonical
 
@@ -79,15 +81,31 @@ def build_model(ckpt: C.Checkpoint, cfg: A.ExportConfig):
     return quantize_dense_(model, cfg.embedding, cfg.head)
 
 
-def _prepare_out(out: Path, force: bool) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+def _prepare_out(out: Path, force: bool, source: Path) -> Path:
+    """The staging folder of an export to `out`, after refusing every `out` whose replacement would lose data."""
+    _refuse_overlap(out, source)
+    nonempty = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    if nonempty and not force:
         raise BonsaiError(f"{out}: exists and is not empty; choose a new -o folder or pass --force to replace it")
+    if nonempty and not A.is_artifact(out):
+        raise BonsaiError(f"{out}: exists and is not an artifact folder (no {A.MANIFEST}); --force replaces only a "
+                          f"previous export: choose a new -o folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(out)
         return Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out)}{os.getpid()}-", dir=out.parent))
     except OSError as exc:
         raise BonsaiError(f"{out}: cannot write there ({exc.strerror}); choose a writable -o folder") from None
+
+
+def _refuse_overlap(out: Path, source: Path) -> None:
+    """The checkpoint being read, a folder inside it or one holding it would be replaced by the artifact."""
+    resolved = out.resolve()
+    if resolved == resolved.parent:
+        raise BonsaiError(f"{out}: is the file system's root; choose a new folder for the artifact, e.g. -o out/model")
+    if overlaps(out, source):
+        raise BonsaiError(f"{out}: is the checkpoint folder {source}, inside it, or holds it; writing there would "
+                          f"replace the checkpoint: choose a -o folder outside it")
 
 
 def _staging_prefix(out: Path) -> str:
@@ -124,10 +142,18 @@ def _exchange(a: Path, b: Path) -> bool:
         return False
 
 
-def _commit(tmp: Path, out: Path) -> None:
+def _commit(tmp: Path, out: Path, force: bool) -> None:
     """Put the finished folder in place: no moment exists at which OUT_DIR is missing or half-written."""
     tmp.chmod(0o755)
-    if not out.exists():
+    if not force:  # rename(2) replaces only a missing or empty folder: an export that finished meanwhile stays
+        try:
+            os.rename(tmp, out)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+            raise BonsaiError(f"{out}: was written by another export while this one ran; choose a new -o folder "
+                              f"or pass --force to replace it") from None
+    elif not out.exists():
         os.replace(tmp, out)
     elif out.is_dir() and _exchange(tmp, out):
         shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous artifact
@@ -147,8 +173,8 @@ def export(source: str | Path, out: str | Path, cfg: A.ExportConfig, force: bool
 
 def _export(source: str | Path, out: Path, cfg: A.ExportConfig, force: bool) -> dict:
     with stage("load (download, ternarize)"):
-        ckpt = C.load(source)
-    tmp = _prepare_out(out, force)
+        ckpt = C.load(source, progress=False)  # the stage bar covers loading
+    tmp = _prepare_out(out, force, C.root_of(ckpt.folder))
     try:
         with stage("build"):
             model = build_model(ckpt, cfg)
@@ -162,7 +188,7 @@ def _export(source: str | Path, out: Path, cfg: A.ExportConfig, force: bool) -> 
             body["tokenizer"] = write_canonical(ckpt.folder, tmp).to_dict()
         with stage("manifest"):
             manifest = A.write_manifest(tmp, body)
-            _commit(tmp, out)
+            _commit(tmp, out, force)
     except OSError as exc:  # disk full, permissions: the previous artifact, if any, is untouched
         shutil.rmtree(tmp, ignore_errors=True)
         raise BonsaiError(f"{out}: writing the artifact failed ({exc.strerror or exc}); free space or choose "
