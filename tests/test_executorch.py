@@ -112,21 +112,23 @@ TOKENIZER_PROMPTS = ["Once upon a time", "  two  spaces,\ttab and\nnewline ", "n
                      "x=1; print(f'{x!r}')  # código", "Z"]
 
 
-def test_cpp_runner_tokenizer_matches_sentencepiece(exported):
-    """The runner's own tokenizer.model reader encodes as SentencePiece does (byte fallback included) and
-    decodes the generated ids to the text the Python tokenizer gives."""
+def test_cpp_runner_tokenizer_matches_the_artifact_pipeline(exported):
+    """The runner's own tokenizer.json reader encodes the prompt as the artifact's pipeline does, with one BOS (the
+    post-processor's; the runner adds none), and decodes the generated ids to the same text, U+FFFD included where
+    a random model stops inside a character (tests/test_runner_tokenizer.py checks every layout)."""
     from bonsai_export.tokenizer import Tokenizer
 
     out, _ = exported
     tok = Tokenizer(out)
+    bos = tok.encode("")
+    assert bos == [1]
     for prompt in TOKENIZER_PROMPTS:
         proc = subprocess.run([str(native_dir() / "bonsai_runner"), str(out), "--prompt", prompt,
                                "--max-new-tokens", "6"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
         timings = json.loads(proc.stdout.strip().splitlines()[1])
-        assert timings["prompt_ids"] == tok.encode(prompt), prompt
-        if timings["text"].isprintable():  # a random model can stop inside a multi-byte character
-            assert timings["text"].strip() == tok.decode(timings["generated_ids"]).strip()
+        assert timings["prompt_ids"] == tok.encode(prompt) and timings["prompt_ids"][1] not in bos, prompt
+        assert timings["text"] == tok.decode(timings["generated_ids"]), prompt
 
 
 def test_executorch_text_llm_runner_runs_the_folder(exported):

@@ -1,0 +1,233 @@
+"""bonsai_runner's tokenizer (custom_ops/runner/bpe_tokenizer.cpp) against the reference.
+
+For every tokenizer layout of this lineage (tokenizer_layouts.LAYOUTS) and every corpus string, the C++ ids over the
+canonical tokenizer.json of the layout (transformers' pipeline for the folder, saved: what export writes into the
+artifact) equal transformers' ids of the checkpoint folder, and decoding them gives what `tokenizers` decodes (skip_special_tokens=True). So do a tokenizer.json
+with the legacy Prepend + Replace normalizer as checkpoints ship it, long prompts, and ids as a model generates them.
+A malformed or unsupported tokenizer.json gives one error line naming the part and exit 2, never a crash.
+
+The tokenizer runs alone in tokenizer_cli (custom_ops/tests/tokenizer_cli.cpp), built here from the source tree
+with AddressSanitizer and UBSan, so an out-of-bounds read on a bad file fails the test instead of passing by luck.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import tokenizer_layouts
+from test_kernels_native_builds import KERNEL_TESTS_ONLY, RUN_TIMEOUT_S, cmake_build, require
+from tokenizer_layouts import CORPUS, LAYOUTS
+
+LEGACY_AS_SHIPPED = "legacy-normalizer-as-shipped"  # the checkpoints' own tokenizer.json, read raw
+CASES = [*LAYOUTS, LEGACY_AS_SHIPPED]
+assert len(CASES) == 14, CASES
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory) -> Path:
+    require("c++")
+    build = tmp_path_factory.mktemp("tokenizer-cli")
+    # Debug: nlohmann/json under the sanitizers compiles ~5x faster at -O0 than optimized, and runs fast enough.
+    cmake_build(build, *KERNEL_TESTS_ONLY, "-DBONSAI_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=Debug", target="tokenizer_cli")
+    return build / "custom_ops" / "runner" / "tokenizer_cli"
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("layouts")
+    tokenizer_layouts.main(root)
+    return root
+
+
+def reference(layouts: Path, case: str) -> tuple[Path, list[list[int]]]:
+    """The tokenizer.json an artifact of this layout carries (transformers' own pipeline, saved) and the reference
+    ids of the corpus (tokenizer_layouts.reference_ids: AutoTokenizer's input_ids), from one load of the folder."""
+    if case == LEGACY_AS_SHIPPED:
+        path = layouts / "_base.tokenizer.json"
+        return path, [pipeline(path).encode(s).ids for s in CORPUS]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(layouts / case))
+    path = layouts / case / "canonical.tokenizer.json"
+    tok.backend_tokenizer.save(str(path))
+    return path, [tok(s)["input_ids"] for s in CORPUS]
+
+
+def canonical(layouts: Path, case: str) -> Path:
+    path = layouts / case / "canonical.tokenizer.json"
+    return path if path.is_file() else reference(layouts, case)[0]
+
+
+def run_cli(cli: Path, tokenizer_json: Path, inputs: list, tmp_path: Path) -> subprocess.CompletedProcess:
+    inputs_file = tmp_path / "inputs.json"
+    inputs_file.write_text(json.dumps(inputs, ensure_ascii=False))
+    return subprocess.run([str(cli), str(tokenizer_json), str(inputs_file)], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
+
+
+def results(cli: Path, tokenizer_json: Path, inputs: list, tmp_path: Path) -> list[dict]:
+    proc = run_cli(cli, tokenizer_json, inputs, tmp_path)
+    assert proc.returncode == 0, f"exit {proc.returncode} (negative = signal):\n{proc.stderr[-3000:]}"
+    out = json.loads(proc.stdout)["results"]
+    assert len(out) == len(inputs)
+    return out
+
+
+def pipeline(path: Path):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_ids_and_text_equal_the_reference(cli, layouts, case, tmp_path):
+    path, want = reference(layouts, case)
+    ref = pipeline(path)
+    got = results(cli, path, CORPUS, tmp_path)
+    for text, ids, r in zip(CORPUS, want, got):
+        assert r["ids"] == ids, f"{case}: {text!r}"
+        assert r["text"] == ref.decode(ids, skip_special_tokens=True), f"{case}: {text!r}"
+
+
+LONG_PROMPTS = [
+    "The quick brown fox, naïve café, 日本語 😀 and <s> then </s>. " * 60,  # ~3500 characters, one BPE segment
+    "a" * 3000 + " " + "\u2581" * 500 + "\t\n" * 300,
+]
+
+
+def test_long_prompts(cli, layouts, tmp_path):
+    path = canonical(layouts, "metaspace-first-legacy-false")
+    ref = pipeline(path)
+    for r, text in zip(results(cli, path, LONG_PROMPTS, tmp_path), LONG_PROMPTS):
+        assert r["ids"] == ref.encode(text).ids
+        assert r["text"] == ref.decode(r["ids"], skip_special_tokens=True)
+
+
+def generated_ids(ref) -> list[list[int]]:
+    """Id sequences a model can produce: a character's bytes cut short or interrupted, specials inside, an id
+    past the vocabulary; the decoder turns bad byte runs into U+FFFD per byte."""
+    byte = {b: ref.token_to_id(f"<0x{b:02X}>") for b in range(256)}
+    word = ref.encode("Paris", add_special_tokens=False).ids
+    return [
+        [byte[0xE6], byte[0x97]],                                    # the first two bytes of a 3-byte character
+        [*word, byte[0xE6], byte[0x97], byte[0xA5], *word],         # a whole one between words
+        [byte[0xE6], 1, byte[0x97], byte[0xA5]],                     # a special token inside the run
+        [byte[0xE6], *word, byte[0x97]],                             # a word inside it
+        [byte[0xC0], byte[0x80], byte[0xED], byte[0xA0], byte[0x80]],  # overlong and surrogate forms
+        [2, 1, 0, *word, 32000],                                     # specials only, then an id past the vocabulary
+        [ref.token_to_id("\u2581"), *word],                          # the Strip decoder's one leading space
+        [],
+    ]
+
+
+def test_decode_of_generated_ids(cli, layouts, tmp_path):
+    for case in ("metaspace-first-legacy-false", "metaspace-first-no-prefix-space"):  # with and without Strip
+        path = canonical(layouts, case)
+        ref = pipeline(path)
+        inputs = generated_ids(ref)
+        for r, ids in zip(results(cli, path, inputs, tmp_path), inputs):
+            assert r["text"] == ref.decode(ids, skip_special_tokens=True), (case, ids)
+
+
+# ---- refusals: one line naming the part, exit 2 ----
+
+def edited(doc: dict, path: str, value) -> dict:
+    """`doc` with the member at dotted `path` replaced by `value` (a copy; the tables are shared, not edited)."""
+    keys = path.split(".")
+    out = dict(doc)
+    node = out
+    for key in keys[:-1]:
+        node[key] = dict(node[key])
+        node = node[key]
+    node[keys[-1]] = value
+    return out
+
+
+# name -> (a function of the canonical file's text and its parsed JSON giving the file's content, the part named)
+MALFORMED = {
+    "truncated": (lambda text, doc: text[: len(text) // 2], "not valid JSON"),
+    "empty": (lambda text, doc: "", "not valid JSON"),
+    "binary": (lambda text, doc: b"\x00\xff\xfe garbage", "not valid JSON"),
+    "invalid UTF-8 in a string": (lambda text, doc: text.encode().replace(b'"<unk>"', b'"\xff<unk>"', 1),
+                                  "not valid JSON"),
+    "trailing garbage": (lambda text, doc: text + " ]", "not valid JSON"),
+    "deeply nested": (lambda text, doc: "[" * 200_000, "not valid JSON"),
+    "a list": (lambda text, doc: "[1, 2]", "top level"),
+    "vocab as a list": (lambda text, doc: json.dumps(edited(doc, "model.vocab", ["a", "b"])), "model.vocab"),
+    "vocab id a string": (lambda text, doc: json.dumps(edited(doc, "model.vocab", {"a": "0"})), "model.vocab"),
+    "vocab id negative": (lambda text, doc: json.dumps(edited(doc, "model.vocab", {"a": -1})), "model.vocab"),
+    "vocab id huge": (lambda text, doc: json.dumps(edited(doc, "model.vocab", {"a": 2**40})), "model.vocab"),
+    "merge a number": (lambda text, doc: json.dumps(edited(doc, "model.merges", [[1, 2]])), "model.merges"),
+    "merge of three": (lambda text, doc: json.dumps(edited(doc, "model.merges", [["a", "b", "c"]])), "model.merges"),
+    "merge off the vocabulary": (lambda text, doc: json.dumps(edited(doc, "model.merges", [["\u2581", "not-a-piece"]])),
+                                 "model.merges[0]"),
+    "model a string": (lambda text, doc: json.dumps(edited(doc, "model", "BPE")), "model"),
+    "added_tokens an object": (lambda text, doc: json.dumps(edited(doc, "added_tokens", {})), "added_tokens"),
+    "added content a number": (lambda text, doc: json.dumps(
+        edited(doc, "added_tokens", [{**doc["added_tokens"][0], "content": 5}])), "added_tokens[0].content"),
+    "added id wrong": (lambda text, doc: json.dumps(
+        edited(doc, "added_tokens", [{**doc["added_tokens"][0], "id": 7}])), "added_tokens[0].id"),
+    "single not a list": (lambda text, doc: json.dumps(edited(doc, "post_processor.single", "$A")),
+                          "post_processor.single"),
+    "decoder a string": (lambda text, doc: json.dumps(edited(doc, "decoder", "Fuse")), "decoder"),
+    "pre_tokenizer ByteLevel": (lambda text, doc: json.dumps(edited(doc, "pre_tokenizer", {
+        "type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True})), "pre_tokenizer"),
+    "Metaspace split": (lambda text, doc: json.dumps(edited(doc, "pre_tokenizer.split", True)), "pre_tokenizer"),
+    "no pre_tokenizer": (lambda text, doc: json.dumps(edited(doc, "pre_tokenizer", None)), "pre_tokenizer"),
+    "normalizer NFKC": (lambda text, doc: json.dumps(edited(doc, "normalizer", {"type": "NFKC"})), "normalizer"),
+    "WordPiece": (lambda text, doc: json.dumps(edited(doc, "model.type", "WordPiece")), "model.type"),
+    "no byte fallback": (lambda text, doc: json.dumps(edited(doc, "model.byte_fallback", False)),
+                         "model.byte_fallback"),
+    "dropout": (lambda text, doc: json.dumps(edited(doc, "model.dropout", 0.1)), "model.dropout"),
+    "normalized added token": (lambda text, doc: json.dumps(
+        edited(doc, "added_tokens", [{**doc["added_tokens"][0], "normalized": True}])),
+        "added_tokens[0].normalized"),
+    "RobertaProcessing": (lambda text, doc: json.dumps(edited(doc, "post_processor", {
+        "type": "RobertaProcessing", "sep": ["</s>", 2], "cls": ["<s>", 1]})), "post_processor"),
+    "Strip at the end": (lambda text, doc: json.dumps(edited(doc, "decoder.decoders", [
+        *doc["decoder"]["decoders"][:3], {"type": "Strip", "content": " ", "start": 0, "stop": 1}])), "decoder"),
+    "truncation": (lambda text, doc: json.dumps(edited(doc, "truncation", {
+        "direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0})), "truncation"),
+}
+assert len(MALFORMED) == 31
+
+
+@pytest.fixture(scope="module")
+def canonical_text(layouts) -> tuple[str, dict]:
+    text = canonical(layouts, "metaspace-first-legacy-false").read_text()
+    return text, json.loads(text)
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_malformed_tokenizer_json_is_refused_on_one_line(cli, canonical_text, name, tmp_path):
+    make, part = MALFORMED[name]
+    bad = tmp_path / "tokenizer.json"
+    content = make(*canonical_text)
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    proc = run_cli(cli, bad, ["x"], tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, f"exit {proc.returncode} (negative = signal):\n{proc.stderr}"
+    assert f"{bad}: {part}" in lines[0], lines[0]
+
+
+def test_runner_refuses_a_bad_tokenizer_json_before_the_model(canonical_text, tmp_path):
+    """bonsai_runner reads tokenizer.json first: a malformed one is refused on one line, whatever the .pte."""
+    from bonsai_export.runners import native_dir
+
+    runner = native_dir() / "bonsai_runner"
+    if not runner.is_file():
+        pytest.skip(f"{runner} not built (pip install .)")
+    (tmp_path / "model.pte").write_bytes(b"not a program")
+    (tmp_path / "tokenizer.json").write_text(canonical_text[0][:1000])
+    proc = subprocess.run([str(runner), str(tmp_path), "--prompt", "hi"], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "tokenizer.json: not valid JSON" in lines[0]
+    (tmp_path / "tokenizer.json").unlink()
+    proc = subprocess.run([str(runner), str(tmp_path), "--prompt", "hi"], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 2 and "--prompt needs" in proc.stderr and "re-export" in proc.stderr, proc.stderr
