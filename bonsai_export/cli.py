@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
+import re
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
+from . import options as O
 from .artifact import ARTIFACT_FORMATS, EMBEDDINGS, HEADS, TERNARY_OPS, ExportConfig
 from .config import PRESETS
 from .errors import BonsaiError
 from .formats import ACT_MODES
-from .validate import TEXT_GATES, Gates
+from .gates import TEXT_GATES, Gates
+from .quiet import session
+
+# Nothing above imports torch: --help and argument errors are answered in a fraction of a second. Each command
+# imports what it needs.
 
 EXAMPLES = {
     "make-checkpoint": "bonsai-export make-checkpoint --preset tiny --out ckpt/tiny",
@@ -56,10 +62,25 @@ def cmd_make_checkpoint(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from . import artifact as A
     from .info import describe, render
 
+    if args.model and A.is_artifact(args.model):
+        return _info_artifact(args, A.read_manifest(Path(args.model)))
     d = describe(_load(args.model, args.quiet))
     _emit(args, render(d), d)
+    return 0
+
+
+def _info_artifact(args, manifest: dict) -> int:
+    """`info` on an export folder: what the manifest says it holds (the checkpoint's own figures need it)."""
+    m, files = manifest["model"], manifest["files"]
+    kinds = ", ".join(a["type"] for a in manifest["artifacts"])
+    text = (f"{args.model}: bonsai-export artifact ({kinds}) of {manifest['source'].get('checkpoint')}\n"
+            f"shape: {m['n_layers']} layers, dim {m['dim']}, vocab {m['vocab_size']}, max_seq_len "
+            f"{m['max_seq_len']}\noptions: {', '.join(f'{k}={v}' for k, v in manifest['options'].items())}\n"
+            f"files: {len(files)}, {sum(f['bytes'] for f in files.values()) / 1e6:.1f} MB")
+    _emit(args, text, {"artifact": str(args.model), **manifest})
     return 0
 
 
@@ -91,7 +112,8 @@ def cmd_run(args) -> int:
     if not args.prompt.strip():
         raise BonsaiError("--prompt: empty; give the text to continue, e.g. --prompt \"Once upon a time\"")
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
-    runner = open_runner(args.model, act_quant=args.act_quant, max_seq_len=args.max_seq_len, threads=args.threads)
+    runner = open_runner(args.model, act_quant=args.act_quant, max_seq_len=args.max_seq_len, threads=args.threads,
+                         backend=args.backend)
     tok = Tokenizer(runner.tokenizer_dir)
     prompt = tok.encode(args.prompt)
     stream = StreamDecoder(tok, context=prompt[-1:])
@@ -128,6 +150,7 @@ def cmd_validate(args) -> int:
     art = open_runner(args.artifact, threads=args.threads, backend=args.backend)
     source = args.reference or manifest["source"]["checkpoint"]
     ckpt = checkpoint.load(source, progress=not args.quiet)
+    _check_reference(ckpt, manifest, source)
     ref = EagerRunner(from_checkpoint(ckpt, act_quant="none", max_seq_len=art.max_seq_len), ckpt.folder)
     gates = Gates(min_top1=args.min_top1, max_ppl_increase=args.max_ppl_increase, max_mean_kl=args.max_mean_kl,
                   require_greedy=args.require_greedy, require_prompt_ids=args.require_prompt_ids,
@@ -149,6 +172,17 @@ def cmd_validate(args) -> int:
     return 1 if report["failures"] and args.gates else 0
 
 
+def _check_reference(ckpt, manifest: dict, source) -> None:
+    """A reference of another shape would fail deep in the comparison: say so before any work."""
+    a, m = ckpt.args, manifest["model"]
+    mine = {"n_layers": a.n_layers, "dim": a.dim, "vocab_size": a.vocab_size, "n_kv_heads": a.n_kv_heads,
+            "head_dim": a.head_dim}
+    diff = [f"{k} {v} vs {m[k]}" for k, v in mine.items() if m.get(k) != v]
+    if diff:
+        raise BonsaiError(f"--reference {source}: not the artifact's model ({'; '.join(diff)}); pass the checkpoint "
+                          f"it was exported from ({manifest['source'].get('checkpoint')})")
+
+
 def cmd_eval(args) -> int:
     from . import artifact as A
     from . import checkpoint
@@ -164,9 +198,9 @@ def cmd_eval(args) -> int:
     ref = None
     if args.reference:  # the float reference: fp32 eager, float activations, the artifact's context length
         ckpt = checkpoint.load(args.reference, progress=not args.quiet)
+        _check_reference(ckpt, A.read_manifest(Path(args.artifact)), args.reference)
         ref = EagerRunner(from_checkpoint(ckpt, act_quant="none", max_seq_len=art.max_seq_len), ckpt.folder)
-    tasks = [t for t in args.tasks.split(",") if t]
-    report = evaluate(art, ref, tasks, limit=args.limit, include=[Path(p) for p in args.include_path])
+    report = evaluate(art, ref, args.tasks, limit=args.limit, include=[Path(p) for p in args.include_path])
     report.update(artifact=str(args.artifact), backend=art.name, reference=args.reference,
                   options=A.read_manifest(Path(args.artifact))["options"])
     paths = write_reports(report, Path(args.report))
@@ -185,7 +219,9 @@ def cmd_bench(args) -> int:
         return _bench_device(args)
     from .bench import chart, markdown, run_bench
 
-    results = run_bench(Path(args.artifact), args)
+    for n in args.threads:
+        O.threads(n, allow_default=False)
+    results = run_bench(Path(args.artifact).resolve(), args)
     prefix = _write_report(args.report, results, markdown(results))
     chart(results, prefix.with_suffix(".png"))
     _emit(args, markdown(results), results)
@@ -225,15 +261,78 @@ def cmd_verify(args) -> int:
     return 1 if problems else 0
 
 
+class UsageError(BonsaiError):
+    """A command line argparse refuses: reported like any bad input (one line, exit 2, JSON under --json)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # argparse prefixes our own "--opt: ..." messages with "argument --opt: "; say it once.
+        message = re.sub(r"^argument ([^:]+): \1: ", r"\1: ", message)
+        raise UsageError(f"{message}; see `{self.prog} --help`")
+
+
+def _arg(check, *extra):
+    """An argparse `type=` from one of our checks: its BonsaiError message becomes argparse's error message."""
+    def parse(text):
+        try:
+            return check(text, *extra)
+        except BonsaiError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = check.__name__
+    return parse
+
+
+def _utf8(text: str, option: str) -> str:
+    """Arguments that are not UTF-8 reach Python as lone surrogates, which fail later inside the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BonsaiError(f"{option}: not valid UTF-8 text; pass the text in UTF-8 (check the terminal's or the "
+                          f"file's encoding)") from None
+    return text
+
+
+def _report_prefix(text: str) -> str:
+    """A report prefix under a file could never be written: refuse it before the (long) measurement."""
+    for folder in Path(text).parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise BonsaiError(f"--report {text}: {folder} is a file, not a folder; choose another prefix")
+            break
+    return text
+
+
+def _thread_list(text: str) -> list[int]:
+    return [O.integer(v, "--threads", 1, O.MAX_EXPORT_THREADS) for v in text.split(",")]
+
+
+def _task_list(text: str) -> list[str]:
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    if not tasks:
+        raise BonsaiError(f"--tasks: no task names in {text!r}; give comma-separated names, e.g. --tasks arc_easy")
+    return tasks
+
+
+def _folder(text: str, option: str) -> str:
+    if not Path(text).is_dir():
+        raise BonsaiError(f"{option} {text}: no such folder; give a folder of lm-eval task YAML files")
+    return text
+
+
 def _add_model(p, required: bool = False) -> None:
     p.add_argument("model", nargs=None if required else "?",
                    help="hub id (org/name) or local checkpoint folder; default: the embedded tiny checkpoint")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bonsai-export", description=__doc__)
+    parser = _Parser(prog="bonsai-export", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bonsai-export {__version__}")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or timing lines")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the libraries' warnings and log lines (otherwise kept in the log file "
+                             "$BONSAI_EXPORT_CACHE/last.log)")
     parser.add_argument("--json", action="store_true",
                         help="print the result as one JSON object on stdout (errors too); implies --quiet")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -248,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", required=True, choices=list(PRESETS),
                    help="tiny / bonsai-500m: random latent weights; trained-tiny: trained on CPU (minutes)")
     p.add_argument("--out", required=True, help="new folder to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_arg(O.seed), default=0)
 
     p = add("info", cmd_info, "print a checkpoint's format, shape, parameter counts, sparsity and artifact sizes")
     _add_model(p)
@@ -267,22 +366,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ternary-op", choices=list(TERNARY_OPS), default=ExportConfig.ternary_op,
                    help="ONNX: custom = bonsai::TernaryMatMul (our op library, copied into the folder); "
                         "stock = com.microsoft MatMulNBits bits=2 (unmodified ONNX Runtime)")
-    p.add_argument("--threads", type=int, default=ExportConfig.threads, help="runner default; 0 = runtime's")
+    p.add_argument("--threads", type=_arg(O.export_threads), default=ExportConfig.threads,
+                   help="runner default; 0 = runtime's")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
 
     p = add("run", cmd_run, "generate text from a checkpoint (eager PyTorch) or an artifact folder (streams tokens)")
     p.add_argument("model", nargs="?",
                    help="artifact folder, hub id or checkpoint folder; default: the embedded tiny checkpoint")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, type=_arg(_utf8, "--prompt"))
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_arg(O.seed), default=0)
     p.add_argument("--act-quant", choices=list(ACT_MODES), default="none",
                    help="checkpoints only (artifacts fix it at export): none = float activations, int8")
     p.add_argument("--max-seq-len", type=int, default=None, help="checkpoints only: KV cache length")
-    p.add_argument("--threads", type=int, default=0, help="artifacts: runtime threads (0 = the export's default)")
+    p.add_argument("--threads", type=_arg(O.threads), default=0,
+                   help="artifacts: runtime threads (0 = the export's default)")
+    p.add_argument("--backend", choices=["pte", "onnx"], help="which artifact of a --format all folder")
 
     p = add("validate", cmd_validate, "check an artifact against the fp32 reference: logits, KL, top-1, greedy "
             "tokens, perplexity; exits 1 when a gate fails")
@@ -290,14 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="checkpoint (hub id or folder); default: the manifest's source checkpoint")
     p.add_argument("--backend", choices=["pte", "onnx"], help="which artifact of a --format all folder")
     p.add_argument("--text", help="held-out UTF-8 text file (default: the standard library's pydoc topics)")
-    p.add_argument("--max-text-tokens", type=int, default=4096, help="held-out tokens scored (default 4096)")
-    p.add_argument("--window", type=int, default=256, help="perplexity window in tokens (default 256)")
-    p.add_argument("--prompt", default="The Python language reference describes",
+    p.add_argument("--max-text-tokens", type=_arg(O.at_least(2, "--max-text-tokens")), default=4096,
+                   help="held-out tokens scored (default 4096)")
+    p.add_argument("--window", type=_arg(O.at_least(2, "--window")), default=256,
+                   help="perplexity window in tokens (default 256)")
+    p.add_argument("--prompt", default="The Python language reference describes", type=_arg(_utf8, "--prompt"),
                    help="prompt of the decode and greedy-text checks")
     p.add_argument("--max-new-tokens", type=int, default=32,
                    help="greedy-text check: tokens generated by transformers and by the artifact (default 32)")
-    p.add_argument("--steps", type=int, default=32, help="decode steps compared (default 32)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--steps", type=_arg(O.at_least(1, "--steps")), default=32,
+                   help="decode steps compared (default 32)")
+    p.add_argument("--threads", type=_arg(O.threads), default=0)
     p.add_argument("--min-top1", type=float, default=Gates.min_top1)
     p.add_argument("--max-ppl-increase", type=float, default=Gates.max_ppl_increase,
                    help="relative, e.g. 0.02 = 2%%")
@@ -312,37 +417,45 @@ def build_parser() -> argparse.ArgumentParser:
                         "artifacts with float activations, bf16 embedding and head, our ternary op (default)")
     p.add_argument("--gates", action=argparse.BooleanOptionalAction, default=True,
                    help="exit 1 when a gate fails (--no-gates: report only, e.g. for random-weight models)")
-    p.add_argument("--report", default="validation", help="report path prefix: PREFIX.json and PREFIX.md")
+    p.add_argument("--report", default="validation", type=_arg(_report_prefix),
+                   help="report path prefix: PREFIX.json and PREFIX.md")
 
     p = add("bench", cmd_bench, "measure prefill/decode speed, TTFT, load time, peak RSS and bandwidth share of an "
             "artifact, beside the bf16 eager reference and an XNNPACK 8da4w .pte")
     p.add_argument("artifact", help="artifact folder written by `bonsai-export export`")
-    p.add_argument("--threads", type=lambda t: [int(v) for v in t.split(",")], default=[1, 2],
+    p.add_argument("--threads", type=_arg(_thread_list), default=[1, 2],
                    help="comma-separated thread counts (default 1,2)")
-    p.add_argument("--repeats", type=int, default=5, help="runs per figure; medians are reported (default 5)")
+    p.add_argument("--repeats", type=_arg(O.at_least(1, "--repeats")), default=5,
+                   help="runs per figure; medians are reported (default 5)")
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the bf16 eager reference and the XNNPACK 8da4w .pte")
-    p.add_argument("--report", default="bench", help="report path prefix: PREFIX.json, PREFIX.md, PREFIX.png")
+    p.add_argument("--report", default="bench", type=_arg(_report_prefix),
+                   help="report path prefix: PREFIX.json, PREFIX.md, PREFIX.png")
     p.add_argument("--device", choices=["adb"],
                    help="time the .pte on an Android device through adb with bonsai_runner, beside this host "
                         "(exit 3 when no device is attached)")
     p.add_argument("--serial", help="--device adb: which device (adb -s)")
     p.add_argument("--runner-dir", help="--device adb: folder of bonsai_runner built for the device + its .so files")
-    p.add_argument("--prompt-tokens", type=int, default=128, help="--device adb: prompt length (default 128)")
-    p.add_argument("--new-tokens", type=int, default=128, help="--device adb: tokens generated (default 128)")
+    p.add_argument("--prompt-tokens", type=_arg(O.at_least(1, "--prompt-tokens")), default=128,
+                   help="--device adb: prompt length (default 128)")
+    p.add_argument("--new-tokens", type=_arg(O.at_least(1, "--new-tokens")), default=128,
+                   help="--device adb: tokens generated (default 128)")
 
     p = add("eval", cmd_eval, "score an artifact on lm-evaluation-harness tasks, beside the float reference and "
             "Bonsai's published numbers (needs lm-eval: pip install 'bonsai-export[eval]')")
     p.add_argument("artifact", help="artifact folder written by `bonsai-export export`")
-    p.add_argument("--tasks", default="arc_easy,arc_challenge,hellaswag,openbookqa,piqa,winogrande,mmlu_continuation",
+    p.add_argument("--tasks", type=_arg(_task_list),
+                   default="arc_easy,arc_challenge,hellaswag,openbookqa,piqa,winogrande,mmlu_continuation",
                    help="comma-separated lm-eval task or group names (default: Bonsai's published set; their data "
                         "comes from the Hugging Face hub; bonsai_qa is a small offline task)")
     p.add_argument("--limit", type=int, default=None, help="first N items of each task (default: all)")
     p.add_argument("--reference", help="checkpoint (hub id or folder) also scored as the fp32 float reference")
     p.add_argument("--backend", choices=["pte", "onnx"], help="which artifact of a --format all folder")
-    p.add_argument("--include-path", action="append", default=[], help="folder of extra lm-eval task YAMLs")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--report", default="eval", help="report path prefix: PREFIX.json and PREFIX.md")
+    p.add_argument("--include-path", action="append", default=[], type=_arg(_folder, "--include-path"),
+                   help="folder of extra lm-eval task YAMLs")
+    p.add_argument("--threads", type=_arg(O.threads), default=0)
+    p.add_argument("--report", default="eval", type=_arg(_report_prefix),
+                   help="report path prefix: PREFIX.json and PREFIX.md")
 
     p = add("verify", cmd_verify, "check an artifact folder against its manifest: format version, every file's "
             "size and sha256, unlisted files; exits 1 on any difference")
@@ -359,19 +472,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.quiet = args.quiet or args.json
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    """The program (argv None: also takes over file descriptor 2 for the libraries' lines, see quiet.py), or a
+    call from Python with its own arguments."""
+    whole_process = argv is None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except UsageError as exc:
+            return _fail(str(exc), 2, "--json" in argv)
+        args.quiet = args.quiet or args.json
+        light = args.command in ("verify", "bench-kernels")  # commands that never import torch
+        with session(args.quiet, args.verbose, whole_process, preload=() if light else ("torch",)) as s:
+            return _call(args, s)
+    except KeyboardInterrupt:  # also during start-up and imports
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _call(args, s) -> int:
     try:
         return args.func(args)
     except BonsaiError as exc:
-        code = getattr(exc, "exit_code", 2)
-        print(f"error: {exc}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"error": str(exc), "exit_code": code}))
-        return code
-    except KeyboardInterrupt:
-        return 130
+        return _fail(f"{exc}{s.hidden()}", getattr(exc, "exit_code", 2), args.json)
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly; no second error when Python flushes
+        _silence_stdout()
+        return 141
+    except Exception as exc:  # a bug: one line here, the traceback in the log
+        where = s.log if s.log is not None else "stderr"
+        if s.log is not None:
+            with open(s.log, "a") as log:
+                log.write(traceback.format_exc())
+        else:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no detail"
+        return _fail(f"internal error ({type(exc).__name__}: {first}); the traceback is in {where}; please report "
+                     f"it with that file", 70, args.json)
+
+
+def _fail(message: str, code: int, as_json: bool) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": message, "exit_code": code}))
+    return code
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout without a descriptor (captured): nothing to flush
+        pass
 
 
 if __name__ == "__main__":
