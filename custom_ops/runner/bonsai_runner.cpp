@@ -7,7 +7,8 @@
 //                 [--threads N] [--mmap] [--json FILE]
 // --prompt is encoded with the folder's tokenizer.json (docs/TOKENIZER.md: its post-processor adds the BOS);
 // --tokens are used as given. stdout: the generated token ids, comma-separated, on one line; then one JSON line of
-// timings (also written to --json FILE), with the generated text when the folder has a tokenizer.json.
+// timings (also written to --json FILE; tokenizer_load_s apart from load_s), with the generated text when the
+// folder has a tokenizer.json.
 //
 // Memory: decode streams every weight once per token (~150 MB for Bonsai-500M), so page walks matter: by default
 // the program is read into anonymous memory advised for transparent huge pages. On a 4 KiB-page file mapping
@@ -254,11 +255,13 @@ int64_t step(Module& m, const std::vector<int64_t>& tokens, int64_t pos, int64_t
 int main(int argc, char** argv) {
   Options o = parse(argc, argv);
   std::unique_ptr<bonsai_runner::BpeTokenizer> tokenizer;
+  const double t_tokenizer = now_s();
   try {
     if (!o.tokenizer.empty()) tokenizer = std::make_unique<bonsai_runner::BpeTokenizer>(o.tokenizer);
   } catch (const std::exception& e) {  // TokenizerError names the part; bad_alloc and the like end here too
     die(e.what());
   }
+  const double tokenizer_load_s = now_s() - t_tokenizer;
   if (!o.prompt_text.empty()) o.prompt = encode_prompt(*tokenizer, o.prompt_text);
   if (o.prompt.empty()) die("--prompt: the tokenizer gives no ids for it");
   if (o.threads > 0) executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(uint32_t(o.threads));
@@ -300,7 +303,9 @@ int main(int argc, char** argv) {
     die(o.tokenizer + ": " + std::to_string(tokenizer->id_count()) + " ids, the model has " +
         std::to_string(vocab) + " logits (tokenizer from another model?)");
   for (int64_t id : o.prompt)
-    if (id >= vocab) die("--tokens: id " + std::to_string(id) + " >= vocab size " + std::to_string(vocab));
+    if (id >= vocab)
+      die((o.prompt_text.empty() ? "--tokens: id " : "--prompt: id ") + std::to_string(id) + " >= vocab size " +
+          std::to_string(vocab));
   if (int64_t(o.prompt.size()) >= max_seq_len) die("prompt does not fit max_seq_len " + std::to_string(max_seq_len));
   const double t1 = now_s();
   const double rss_loaded = status_mib("VmRSS:");
@@ -322,10 +327,10 @@ int main(int argc, char** argv) {
   std::snprintf(timings, sizeof timings,
                 "{\"load_s\": %.6f, \"prompt_tokens\": %zu, \"generated_tokens\": %zu, \"prefill_tps\": %.3f, "
                 "\"decode_tps\": %.3f, \"ttft_s\": %.6f, \"threads\": %lld, \"rss_loaded_mib\": %.1f, "
-                "\"peak_rss_mib\": %.1f, \"program_bytes\": %zu",
+                "\"peak_rss_mib\": %.1f, \"program_bytes\": %zu, \"tokenizer_load_s\": %.6f",
                 t1 - t0, o.prompt.size(), generated.size(), o.prompt.size() / (t2 - t1),
                 decode_steps > 0 ? decode_steps / (t3 - t2) : 0.0, t2 - t1, (long long)o.threads, rss_loaded,
-                status_mib("VmHWM:"), program ? program->size() : size_t(0));
+                status_mib("VmHWM:"), program ? program->size() : size_t(0), tokenizer_load_s);
   std::string json = std::string(timings) + ", \"prompt_ids\": " + json_ids(o.prompt) + ", \"generated_ids\": " +
                      json_ids(generated);
   if (tokenizer) json += ", \"text\": " + json_string(tokenizer->decode({generated.begin(), generated.end()}));

@@ -647,7 +647,7 @@ void BpeTokenizer::bpe(const std::string& word, std::vector<int32_t>& out) const
   };
   size_t unk_len = 0;  // unknown characters waiting to become one fused unk
   for (size_t i = 0; i < word.size();) {
-    const size_t n = utf8_length(word, i);
+    const size_t n = utf8_length(word, i);  // > 0: encode() checked the text, and U+2581 is well-formed
     const int32_t* piece = char_ids_.find(code_point(word, i, n));
     const auto has_byte_piece = [&](char b) { return byte_ids_[static_cast<unsigned char>(b)] >= 0; };
     if (piece) {
