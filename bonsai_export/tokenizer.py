@@ -152,9 +152,12 @@ def settings(pipeline) -> Settings:
     for part in ("truncation", "padding"):
         if spec.get(part) is not None:
             _unsupported(part, "none")
+    vocab = model.get("vocab") or {}
     for tok in spec.get("added_tokens") or []:
         if tok.get("normalized") or tok.get("lstrip") or tok.get("rstrip") or tok.get("single_word"):
             _unsupported(f"added token {tok.get('content')!r}", "normalized, lstrip, rstrip and single_word false")
+        if vocab.get(tok.get("content"), tok.get("id")) != tok.get("id"):  # tokenizers would use the vocab's id
+            _unsupported(f"added token {tok.get('content')!r} id {tok.get('id')}", "the vocabulary's id")
     prefix = _prefix(spec.get("normalizer"), spec.get("pre_tokenizer"))
     _check_decoder(spec.get("decoder"))
     bos, eos = _template(spec.get("post_processor"), spec)
