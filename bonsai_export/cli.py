@@ -254,7 +254,7 @@ def cmd_verify(args) -> int:
     from . import artifact as A
 
     problems = A.verify(Path(args.artifact))
-    files = A.read_manifest(Path(args.artifact))["files"]
+    files = A.read_manifest(Path(args.artifact), sealed=False)["files"]  # an edited manifest is a FAIL line
     text = "\n".join(f"FAIL {p}" for p in problems) if problems else \
         f"{args.artifact}: OK ({len(files)} files match the manifest, format {A.FORMAT_VERSION})"
     _emit(args, text, {"artifact": str(args.artifact), "ok": not problems, "problems": problems})
