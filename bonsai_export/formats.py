@@ -31,6 +31,10 @@ LANES = BLOCK_K // 4  # weights per 2-bit plane of a block (= bytes per block)
 CODE_OFFSET = 1  # code = t + 1
 ACT_MODES = {"none": 0, "int8": 8}  # CLI name -> act_bits
 INT8_QMAX = 127
+# Dense weights (docs/FORMAT.md "Dense weights", bonsai_export/dense.py): the group-wise integer formats of the
+# head and the embedding share one scale per DENSE_GROUP weights along K. Mirrored by BONSAI_DENSE_GROUP in
+# custom_ops/core/include/bonsai/kernels.h (tests/test_kernels.py checks both agree).
+DENSE_GROUP = 32
 
 
 def row_bytes(k: int) -> int:

@@ -7,9 +7,9 @@ import dataclasses
 from . import formats
 from .checkpoint import Checkpoint
 
-# Bytes per weight of the embedding / head formats (bonsai_export/dense.py), scales included: int8 rows carry
-# one fp32 scale each (counted per row below), int4 one fp32 scale per group of 32 weights.
-DENSE_BYTES = {"bf16": 2.0, "int8": 1.0, "int4": 0.5 + 4 / 32}
+# Bytes per weight of the embedding / head formats (bonsai_export/dense.py), scales included: int8 and int4 carry
+# one bf16 scale per group of formats.DENSE_GROUP weights.
+DENSE_BYTES = {"bf16": 2.0, "int8": 1.0 + 2 / formats.DENSE_GROUP, "int4": 0.5 + 2 / formats.DENSE_GROUP}
 
 
 def describe(ckpt: Checkpoint) -> dict:
@@ -24,7 +24,7 @@ def describe(ckpt: Checkpoint) -> dict:
     table = a.vocab_size * a.dim
 
     def table_bytes(kind: str) -> int:
-        return int(table * DENSE_BYTES[kind]) + (4 * a.vocab_size if kind == "int8" else 0)
+        return int(table * DENSE_BYTES[kind])
 
     heads = 0 if a.tie_embeddings else 1
     sizes = {f"embedding {e} + head {h}": packed + norms + table_bytes(e) + heads * table_bytes(h)

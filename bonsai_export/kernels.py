@@ -208,18 +208,27 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, d
 
 
-DENSE_INT4_GROUP = 32  # BONSAI_DENSE_INT4_GROUP (kernels.h)
 # weight_bits -> (stored dtype, weight columns for K): bf16 travels as its raw 16 bits (numpy has no bfloat16).
-_DENSE_WEIGHTS = {16: ((np.uint16, np.int16), lambda k: k), 8: ((np.int8,), lambda k: k),
-                  4: ((np.uint8,), lambda k: (k + 1) // 2)}
+_RAW_BF16 = (np.uint16, np.int16)
+_DENSE_WEIGHTS = {16: (_RAW_BF16, lambda k: k), 8: ((np.int8,), lambda k: k), 4: ((np.uint8,), lambda k: (k + 1) // 2)}
+
+
+def _dense_scales(scales, n: int, k: int, bits: int) -> np.ndarray:
+    """bits 16: float32 [N]; group-wise formats: raw bf16 bits [N, ceil(K / DENSE_GROUP)]."""
+    want = [n] if bits == 16 else [n, -(-k // formats.DENSE_GROUP)]
+    dtypes = (np.float32,) if bits == 16 else _RAW_BF16
+    if not isinstance(scales, np.ndarray) or scales.dtype not in dtypes or list(scales.shape) != want:
+        raise ValueError(f"expected scales {'float32' if bits == 16 else 'raw bf16 uint16/int16'} {want}, got "
+                         f"{getattr(scales, 'dtype', type(scales).__name__)} {list(getattr(scales, 'shape', []))}")
+    return np.ascontiguousarray(scales)
 
 
 def dense_linear(
     x: np.ndarray, weight: np.ndarray, scales: np.ndarray, k: int, bits: int, threads: int | None = None
 ) -> np.ndarray:
     """y float32 [M, N] = x float32 [M, K] @ W.T with W in a dense_linear format (kernels.h): bits 16: raw bf16
-    bits uint16/int16 [N, K], scales [N]; 8: int8 [N, K], scales [N]; 4: uint8 nibbles [N, ceil(K/2)], scales
-    [N, ceil(K/32)]. Float32 accumulation in a kernel-specific order."""
+    bits uint16/int16 [N, K], scales float32 [N]; 8: int8 [N, K]; 4: uint8 nibbles [N, ceil(K/2)]; 8 and 4 with
+    raw bf16 scales [N, ceil(K/32)]. Float32 accumulation in a kernel-specific order."""
     if bits not in _DENSE_WEIGHTS:
         raise ValueError(f"expected bits in {sorted(_DENSE_WEIGHTS)}, got {bits!r}")
     if not isinstance(k, (int, np.integer)) or k <= 0:
@@ -236,11 +245,7 @@ def dense_linear(
     x = _require(x, "x", np.float32, 2)
     if x.shape[1] != k or x.shape[0] == 0:
         raise ValueError(f"expected x float32 [M>0, {k}], got {list(x.shape)}")
-    scales = np.ascontiguousarray(scales)
-    want = (n, -(-k // DENSE_INT4_GROUP)) if bits == 4 else (n,)
-    if not isinstance(scales, np.ndarray) or scales.dtype != np.float32 or scales.size != int(np.prod(want)):
-        raise ValueError(f"expected scales float32 {list(want)}, got {getattr(scales, 'dtype', None)} "
-                         f"{list(getattr(scales, 'shape', []))}")
+    scales = _dense_scales(scales, n, k, bits)
     m = x.shape[0]
     y = np.empty((m, n), dtype=np.float32)
     lib = _load()

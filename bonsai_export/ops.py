@@ -5,10 +5,11 @@
 Every ternary projection (docs/FORMAT.md, bonsai_export/formats.py). act_bits 0: float activations (exact
 Bonsai); 8: per-token absmax int8 activations with int32 accumulation.
 
-    dense_linear(x[..., K] f32, weight, scales f32, int in_features, int weight_bits) -> y[..., N] f32
-Weight-only quantized linear with float activations (the output head). weight_bits 16: bf16 [N, K], scales [N];
-8: int8 [N, K], scales [N]; 4: uint8 [N, ceil(K/2)] two's-complement nibbles (low = even k), scales [N, G] per
-group of 32 along K.
+    dense_linear(x[..., K] f32, weight, scales, int in_features, int weight_bits) -> y[..., N] f32
+Weight-only quantized linear with float activations (the output head; docs/FORMAT.md "Dense weights").
+weight_bits 16: weight bf16 [N, K], scales f32 [N]; 8: int8 codes [N, K]; 4: uint8 [N, ceil(K/2)]
+two's-complement nibbles (low = even k); 8 and 4 take bf16 scales [N, G], one per group of formats.DENSE_GROUP
+weights along K: W[n, k] = code[n, k] * scales[n, k // DENSE_GROUP].
 
     attention(q[1, T, H, D] f32, k_cache[1, Hkv, S, D] f32, v_cache[1, Hkv, S, D] f32, input_pos[1] i64)
         -> y[1, T, H, D] f32
@@ -25,8 +26,6 @@ from __future__ import annotations
 import torch
 
 from . import formats
-
-DENSE_INT4_GROUP = 32  # mirrors BONSAI_DENSE_INT4_GROUP in custom_ops/core/include/bonsai/kernels.h
 
 _lib = torch.library.Library("bonsai", "DEF")
 
@@ -120,13 +119,26 @@ def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)[:, :k].to(torch.int8)
 
 
+def group_scales(scales: torch.Tensor, k: int) -> torch.Tensor:
+    """Scales [N, G] of the group-wise formats -> float32 [N, K], the scale of every weight."""
+    return scales.float().repeat_interleave(formats.DENSE_GROUP, dim=1)[:, :k]
+
+
 def dense_weight(weight: torch.Tensor, scales: torch.Tensor, k: int, bits: int) -> torch.Tensor:
-    """The float32 [N, K] matrix a dense_linear weight stands for."""
-    if bits in (16, 8):
+    """The float32 [N, K] matrix a dense_linear weight stands for (exact: a code times a bf16 scale needs at most
+    16 significant bits)."""
+    if bits == 16:
         return weight.float() * scales.float()[:, None]
+    if bits == 8:
+        return weight.float() * group_scales(scales, k)
     if bits == 4:
-        return unpack_int4(weight, k).float() * scales.float().repeat_interleave(DENSE_INT4_GROUP, dim=1)[:, :k]
+        return unpack_int4(weight, k).float() * group_scales(scales, k)
     raise ValueError(f"dense_linear: expected weight_bits 16, 8 or 4, got {bits}")
+
+
+def raw16(t: torch.Tensor) -> torch.Tensor:
+    """bf16 as its raw 16 bits (numpy has no bfloat16); other dtypes unchanged."""
+    return t.contiguous().view(torch.int16) if t.dtype == torch.bfloat16 else t.contiguous()
 
 
 def _dense_linear(x, weight, scales, in_features, weight_bits):
@@ -135,11 +147,9 @@ def _dense_linear(x, weight, scales, in_features, weight_bits):
     native = _native()
     if native is None or x.numel() == 0 or weight_bits not in (16, 8, 4):
         return x.float() @ dense_weight(weight, scales, in_features, weight_bits).T
-    w = weight.contiguous()
-    w = w.view(torch.int16) if weight_bits == 16 else w  # raw bf16 bits: numpy has no bfloat16
     x2 = x.detach().reshape(-1, in_features).float().contiguous()
     y = torch.from_numpy(native.dense_linear(
-        x2.numpy(), w.numpy(), scales.float().contiguous().numpy(), in_features, weight_bits))
+        x2.numpy(), raw16(weight).numpy(), raw16(scales).numpy(), in_features, weight_bits))
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 

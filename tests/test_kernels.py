@@ -76,6 +76,12 @@ def test_header_constants_match_formats():
         assert K._load().bonsai_row_bytes(k) == formats.row_bytes(k)
 
 
+def test_dense_group_matches_the_c_header():
+    """One group size per language: formats.DENSE_GROUP and kernels.h's BONSAI_DENSE_GROUP."""
+    header = (REPO / "custom_ops" / "core" / "include" / "bonsai" / "kernels.h").read_text()
+    assert re.findall(r"#define BONSAI_DENSE_GROUP (\d+)", header) == [str(formats.DENSE_GROUP)]
+
+
 def test_auto_isa_is_best_supported():
     K.set_isa("auto")
     best = next(isa for isa in ("avx512", "avx2", "dotprod", "neon", "ref") if isa in SUPPORTED)

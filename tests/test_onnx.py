@@ -210,8 +210,12 @@ def test_wrong_dtypes_and_bits_are_refused():
     inputs = {"x": None, "packed": np.full((4, 32), 0x55, np.uint8), "scales": np.ones(4, np.float64)}
     with pytest.raises(Exception, match="TernaryMatMul"):  # ONNX Runtime checks types when the session is built
         _single_node("TernaryMatMul", inputs, {"in_features": 64, "act_bits": 0})
-    sess = _single_node("DenseMatMul", {"x": None, "weight": np.ones((4, 64), np.int8),
-                                        "scales": np.ones(4, np.float32)}, {"in_features": 64, "weight_bits": 4})
+    with pytest.raises(Exception, match="DenseMatMul"):  # int8 codes take bf16 group scales, not float32
+        _single_node("DenseMatMul", {"x": None, "weight": np.ones((4, 64), np.int8),
+                                     "scales": np.ones((4, 2), np.float32)}, {"in_features": 64, "weight_bits": 8})
+    bf16_ones = np.ones((4, 2), np.float32).astype(O._to_bf16_array(torch.ones(1)).dtype)
+    sess = _single_node("DenseMatMul", {"x": None, "weight": np.ones((4, 64), np.int8), "scales": bf16_ones},
+                        {"in_features": 64, "weight_bits": 4})
     with pytest.raises(Exception, match="weight_bits 4 does not fit the weight's dtype"):
         sess.run(None, {"x": np.ones((1, 64), np.float32)})
 
@@ -231,13 +235,15 @@ def test_ternary_and_dense_matmul_nodes_match_the_reference():
         if act_bits == 8:
             np.testing.assert_array_equal(got, want)  # bit-exact by the format's definition
     from bonsai_export import ops
-    from bonsai_export.dense import quantize_weight
+    from bonsai_export.dense import FORMATS, quantize_weight
 
     w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32))
-    for bits in (16, 8, 4):
-        q, s = quantize_weight(w, bits)
+    for fmt, spec in FORMATS.items():
+        bits = spec.bits
+        q, s = quantize_weight(w, fmt)
         weight = O._to_bf16_array(q) if bits == 16 else q.numpy()
-        sess = _single_node("DenseMatMul", {"x": None, "weight": weight, "scales": s.numpy()},
+        scales = s.numpy() if bits == 16 else O._to_bf16_array(s)
+        sess = _single_node("DenseMatMul", {"x": None, "weight": weight, "scales": scales},
                             {"in_features": k, "weight_bits": bits})
         want = ops.dense_weight(q, s, k, bits).numpy()
         np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ want.T, rtol=1e-5, atol=1e-4)
@@ -262,6 +268,31 @@ def test_stock_mapping_is_exact_without_activation_quantization():
     x = rng.standard_normal((4, k)).astype(np.float32)
     got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, (x @ t.T.astype(np.float32)) * scales, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_stock_head_mapping_is_exact(fmt):
+    """MatMulNBits bits=8 / 4 with blocks of DENSE_GROUP, code = q + zero point and the bf16 group scales widened
+    to f32 is the custom op's head matrix exactly (accuracy_level 0: no activation quantization)."""
+    import onnxruntime as ort
+
+    from bonsai_export import dense, ops
+
+    rng = np.random.default_rng(2)
+    k, n, bits = 100, 24, dense.FORMATS[fmt].bits
+    q, s = dense.quantize_weight(torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32)), fmt)
+    codes = (q if bits == 8 else ops.unpack_int4(q, k)).numpy()
+    b, sc = O.nbits_pack(codes, bits, formats.DENSE_GROUP, O._f32(s))
+    node = helper.make_node("MatMulNBits", ["x", "b", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
+                            block_size=formats.DENSE_GROUP, accuracy_level=0)
+    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(b, "b"), numpy_helper.from_array(sc, "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid("com.microsoft", 1)], ir_version=10)
+    x = np.eye(k, dtype=np.float32)  # identity rows: y is W^T itself, so the weights compare exactly
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, ops.dense_weight(q, s, k, bits).numpy().T)
 
 
 def test_external_data_past_the_limit(tmp_path, tiny_ckpt, monkeypatch, eager):

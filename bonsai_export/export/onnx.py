@@ -137,36 +137,49 @@ class GraphBuilder:
                                       input_ids], "/model/embed_tokens/Gather")
             return self.op("Cast", [rows], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
         if isinstance(module, Int8Embedding):
-            q = self.op("Gather", [self.weight("model.embed_tokens.qweight", module.qweight.numpy()), input_ids],
-                        "/model/embed_tokens/Gather")
-            s = self.op("Gather", [self.weight("model.embed_tokens.scale", _f32(module.scale)), input_ids],
-                        "/model/embed_tokens/GatherScale")
-            qf = self.op("Cast", [q], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
-            return self.op("Mul", [qf, s], "/model/embed_tokens/Mul")
+            return self.make_int8_embedding(module, input_ids)
         raise BonsaiError(f"--format onnx: embedding module {type(module).__name__} is not supported")
+
+    def make_int8_embedding(self, module: Int8Embedding, input_ids: str) -> str:
+        """The int8 rows widened by their group scales (docs/FORMAT.md, "Dense weights"):
+
+            input_ids ─ Gather(qweight int8 [V, D]) ─ Cast ────────────────────────────────┐
+                      └ Gather(scales bf16 [V, G]) ─ Cast ─ Gather(column_group, axis -1) ─ Mul ─> h [B, S, D]
+        """
+        p = "/model/embed_tokens"
+        q = self.op("Gather", [self.weight("model.embed_tokens.qweight", module.qweight.numpy()), input_ids],
+                    f"{p}/Gather")
+        s = self.op("Gather", [self.weight("model.embed_tokens.scales", _to_bf16_array(module.scales)), input_ids],
+                    f"{p}/GatherScales")
+        s = self.op("Cast", [s], f"{p}/CastScales", to=TensorProto.FLOAT)  # [B, S, G]
+        groups = self.weight("model.embed_tokens.column_group", module.column_group.numpy())  # int64 [D]
+        s = self.op("Gather", [s, groups], f"{p}/SpreadScales", axis=-1)
+        return self.op("Mul", [self.op("Cast", [q], f"{p}/Cast", to=TensorProto.FLOAT), s], f"{p}/Mul")
 
     def make_head(self, head: DenseLinear, x: str) -> str:
         """x f32 [B, S, dim] -> logits f32 [B, S, vocab] (weight-only formats, float activations).
 
-        custom: one bonsai::DenseMatMul node over the DenseLinear buffers (bf16 / int8 / int4 nibbles).
-        stock:  bf16 -> Cast(W^T bf16 -> f32) + MatMul (exact); int8 -> MatMulNBits bits=8, int4 -> bits=4 with
-                blocks of 32 (the int4 group), same integer weights and scales (int8 activations per block)."""
+        custom: one bonsai::DenseMatMul node over the DenseLinear buffers (bf16, or int8 / int4 codes with bf16
+                group scales).
+        stock:  bf16 -> Cast(W^T bf16 -> f32) + MatMul (exact); int8 -> MatMulNBits bits=8, int4 -> bits=4, with
+                blocks of DENSE_GROUP: the same codes (+ the default zero point) and the group scales widened to
+                f32, so the weights are exactly the custom op's; MatMulNBits quantizes activations to int8 per
+                block (accuracy_level 4), which the custom op does not."""
         k, bits, w = head.in_features, head.bits, head.weight
         if self.ternary_op == "custom":
             weight = _to_bf16_array(w) if bits == 16 else w.numpy()
-            return self.op("DenseMatMul", [x, self.weight("lm_head.weight", weight),
-                                           self.weight("lm_head.scales", _f32(head.scales))],
-                           "/lm_head/DenseMatMul", BONSAI_DOMAIN, in_features=k, weight_bits=bits)
+            scales = _f32(head.scales) if bits == 16 else _to_bf16_array(head.scales)
+            inputs = [x, self.weight("lm_head.weight", weight), self.weight("lm_head.scales", scales)]
+            return self.op("DenseMatMul", inputs, "/lm_head/DenseMatMul", BONSAI_DOMAIN, in_features=k,
+                           weight_bits=bits)
         if bits == 16:
             if not bool((head.scales == 1).all()):
                 raise BonsaiError("internal: a bf16 head must have unit scales")
             wt = self.weight("lm_head.weight_t", np.ascontiguousarray(_to_bf16_array(w).T))  # bf16 [K, vocab]
             return self.op("MatMul", [x, self.op("Cast", [wt], "/lm_head/CastWeight", to=TensorProto.FLOAT)],
                            "/lm_head/MatMul")
-        if bits == 8:
-            return self.make_matmul_nbits("/lm_head", x, w.numpy(), 8, NBITS_BLOCK, head.scales.numpy(), "lm_head")
-        q = ops.unpack_int4(w, k).numpy()
-        return self.make_matmul_nbits("/lm_head", x, q, 4, ops.DENSE_INT4_GROUP, head.scales.numpy(), "lm_head")
+        q = (w if bits == 8 else ops.unpack_int4(w, k)).numpy()
+        return self.make_matmul_nbits("/lm_head", x, q, bits, formats.DENSE_GROUP, _f32(head.scales), "lm_head")
 
     def make_rms_norm(self, name: str, x: str, norm) -> str:
         w = self.weight(f"{name.strip('/').replace('/', '.')}.weight", _f32(norm.weight))

@@ -25,7 +25,7 @@ Tensor& dense_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tenso
   if (m == 0) return out;  // an empty x: nothing to compute
   const bonsai_parallel par = et_parallel();
   const int status = bonsai_dense_linear(x.const_data_ptr<float>(), m, in_features, weight.const_data_ptr(),
-                                         static_cast<int32_t>(weight_bits), scales.const_data_ptr<float>(), n,
+                                         static_cast<int32_t>(weight_bits), scales.const_data_ptr(), n,
                                          out.mutable_data_ptr<float>(), &par);
   ET_KERNEL_CHECK_MSG(ctx, status == BONSAI_OK, Internal, out, "bonsai::dense_linear: %s", bonsai_last_error());
   return out;

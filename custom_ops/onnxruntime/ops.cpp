@@ -124,11 +124,11 @@ struct TernaryMatMul {
   }
 };
 
-// ---- bonsai::DenseMatMul(x f32 [..., K], weight W [N, ...], scales f32) -> y f32 [..., N] ----
-// attributes: in_features (K), weight_bits (16: W bf16 [N, K], scales [N]; 8: W int8 [N, K], scales [N];
-// 4: W uint8 [N, ceil(K/2)] nibbles, scales [N, ceil(K/32)]). One kernel per weight dtype, same op name; the
-// core checks that weight_bits fits the dtype ORT picked the kernel by.
-template <typename W>
+// ---- bonsai::DenseMatMul(x f32 [..., K], weight W [N, ...], scales S) -> y f32 [..., N] ----
+// attributes: in_features (K), weight_bits (16: W bf16 [N, K], S f32 [N]; 8: W int8 [N, K]; 4: W uint8
+// [N, ceil(K/2)] nibbles; 8 and 4 with S bf16 [N, ceil(K/32)]). One kernel per (weight, scale) dtype pair, same op
+// name; the core checks that weight_bits fits the dtypes ORT picked the kernel by.
+template <typename W, typename S>
 struct DenseMatMul {
   static constexpr const char* kName = "bonsai::DenseMatMul";
   int64_t in_features = 0;
@@ -141,7 +141,7 @@ struct DenseMatMul {
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Tensor<float>& x, const Tensor<W>& weight,
-                      const Tensor<float>& scales, Tensor<float>& y) {
+                      const Tensor<S>& scales, Tensor<float>& y) {
     const bonsai_tensor xd = describe(x), wd = describe(weight), sd = describe(scales);
     int64_t m = 0, n = 0;
     if (bonsai_check_dense_linear(kName, &xd, &wd, &sd, in_features, weight_bits, &m, &n) != BONSAI_OK)
@@ -151,7 +151,8 @@ struct DenseMatMul {
       if (m == 0) return Ort::Status(nullptr);  // an empty x: nothing to compute
       const bonsai_parallel par = ort_parallel(ctx);
       return core_status(kName, bonsai_dense_linear(x.Data(), m, in_features, weight.DataRaw(),
-                                                    static_cast<int32_t>(weight_bits), scales.Data(), n, out, &par));
+                                                    static_cast<int32_t>(weight_bits), scales.DataRaw(), n, out,
+                                                    &par));
     });
   }
 };
@@ -170,13 +171,14 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   // The domain and the ops outlive every session that uses them.
   static std::unique_ptr<Ort::Custom::OrtLiteCustomOp> ternary{
       Ort::Custom::CreateLiteCustomOp<bonsai_ort::TernaryMatMul>("TernaryMatMul", "CPUExecutionProvider")};
+  using Ort::BFloat16_t;
   static std::unique_ptr<Ort::Custom::OrtLiteCustomOp> dense[] = {
       std::unique_ptr<Ort::Custom::OrtLiteCustomOp>{Ort::Custom::CreateLiteCustomOp<
-          bonsai_ort::DenseMatMul<Ort::BFloat16_t>>("DenseMatMul", "CPUExecutionProvider")},
+          bonsai_ort::DenseMatMul<BFloat16_t, float>>("DenseMatMul", "CPUExecutionProvider")},
       std::unique_ptr<Ort::Custom::OrtLiteCustomOp>{Ort::Custom::CreateLiteCustomOp<
-          bonsai_ort::DenseMatMul<int8_t>>("DenseMatMul", "CPUExecutionProvider")},
+          bonsai_ort::DenseMatMul<int8_t, BFloat16_t>>("DenseMatMul", "CPUExecutionProvider")},
       std::unique_ptr<Ort::Custom::OrtLiteCustomOp>{Ort::Custom::CreateLiteCustomOp<
-          bonsai_ort::DenseMatMul<uint8_t>>("DenseMatMul", "CPUExecutionProvider")}};
+          bonsai_ort::DenseMatMul<uint8_t, BFloat16_t>>("DenseMatMul", "CPUExecutionProvider")}};
   static std::once_flag once;
   static Ort::CustomOpDomain domain{nullptr};
   try {

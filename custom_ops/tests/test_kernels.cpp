@@ -1,7 +1,7 @@
 // C++ tests of the kernel core through its C ABI: every ISA table this CPU supports against an independent
 // scalar oracle written here (bit-exact integers, float within rounding), over awkward shapes, unaligned
 // buffers and thread counts, plus invalid-argument checks. Covers the ternary linear, the dense head
-// (bonsai_dense_linear, all three weight formats) and cache attention. Run natively (also under ASan) and under qemu-aarch64.
+// (bonsai_dense_linear, every weight format) and cache attention. Run natively (also under ASan) and under qemu-aarch64.
 //
 // Usage: test_kernels [--expect-isa NAME]   (NAME: the table "auto" must pick on this CPU)
 #include <math.h>
@@ -174,13 +174,18 @@ float bf16_round(float v, uint16_t* bits) {  // the bf16 nearest to v (ties to e
 void check_dense(int32_t bits, int64_t m, int64_t n, int64_t k, const bonsai_parallel* par, std::mt19937& rng,
                  const char* isa) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::uniform_int_distribution<int> nibble(-8, 7), byte(-127, 127);
-  const int64_t groups = (k + BONSAI_DENSE_INT4_GROUP - 1) / BONSAI_DENSE_INT4_GROUP;
+  std::uniform_int_distribution<int> nibble(-8, 7), byte(-128, 127);
+  const int64_t groups = (k + BONSAI_DENSE_GROUP - 1) / BONSAI_DENSE_GROUP;
   const int64_t rb = bits == 16 ? 2 * k : bits == 8 ? k : (k + 1) / 2;
   std::vector<uint8_t> w(size_t(n * rb), 0);
   std::vector<double> wf(size_t(n * k));  // decoded weight times its scale
-  std::vector<float> scales(size_t(bits == 4 ? n * groups : n));
-  for (float& s : scales) s = 0.01f + fabsf(normal(rng));
+  // bf16: one float32 scale per row; the group-wise formats: one bf16 scale (raw bits) per group of K.
+  std::vector<float> scales(size_t(bits == 16 ? n : n * groups));
+  std::vector<uint16_t> scale_bits(scales.size());
+  for (size_t i = 0; i < scales.size(); ++i) {
+    scales[i] = 0.01f + fabsf(normal(rng));
+    if (bits != 16) scales[i] = bf16_round(scales[i], &scale_bits[i]);
+  }
   for (int64_t r = 0; r < n; ++r)
     for (int64_t c = 0; c < k; ++c) {
       double v;
@@ -197,7 +202,8 @@ void check_dense(int32_t bits, int64_t m, int64_t n, int64_t k, const bonsai_par
         w[size_t(r * rb + c / 2)] |= uint8_t((q & 15) << (c % 2 ? 4 : 0));
         v = q;
       }
-      wf[size_t(r * k + c)] = v * (bits == 4 ? scales[size_t(r * groups + c / BONSAI_DENSE_INT4_GROUP)] : scales[size_t(r)]);
+      const size_t si = size_t(bits == 16 ? r : r * groups + c / BONSAI_DENSE_GROUP);
+      wf[size_t(r * k + c)] = v * scales[si];
     }
   if (bits == 4 && k % 2)  // garbage in the padding nibble of odd K must be ignored
     for (int64_t r = 0; r < n; ++r) w[size_t(r * rb + rb - 1)] |= 0x70;
@@ -208,7 +214,8 @@ void check_dense(int32_t bits, int64_t m, int64_t n, int64_t k, const bonsai_par
   char where[160];
   snprintf(where, sizeof where, "dense %s bits=%d M=%lld N=%lld K=%lld threads=%d", isa, bits, (long long)m,
            (long long)n, (long long)k, par ? par->num_threads : 1);
-  CHECK(bonsai_dense_linear(xu.ptr, m, k, wu.ptr, bits, scales.data(), n, y.ptr, par) == BONSAI_OK, "%s: %s", where,
+  const void* sp = bits == 16 ? static_cast<const void*>(scales.data()) : scale_bits.data();
+  CHECK(bonsai_dense_linear(xu.ptr, m, k, wu.ptr, bits, sp, n, y.ptr, par) == BONSAI_OK, "%s: %s", where,
         bonsai_last_error());
   for (int64_t r = 0; r < m; ++r)
     for (int64_t o = 0; o < n; ++o) {
@@ -400,11 +407,14 @@ void check_tensor_validation() {
       {"K max", false, {F, {2, INT64_MAX}}, {U8, {5, 64}}, {F, {5}}, INT64_MAX, 0, BONSAI_ERR_SHAPE, "in_features must be"},
       {"K min", false, {F, {2, 130}}, {U8, {5, 64}}, {F, {5}}, INT64_MIN, 0, BONSAI_ERR_SHAPE, "in_features must be"},
       {"act_bits", false, {F, {2, 130}}, {U8, {5, 64}}, {F, {5}}, 130, 4, BONSAI_ERR_ACT_BITS, "act_bits must be 0 or 8"},
-      {"dense ok 4", true, {F, {2, 70}}, {U8, {5, 35}}, {F, {5, 3}}, 70, 4, BONSAI_OK, ""},
+      {"dense ok 4", true, {F, {2, 70}}, {U8, {5, 35}}, {BF, {5, 3}}, 70, 4, BONSAI_OK, ""},
+      {"dense ok 8", true, {F, {2, 70}}, {I8, {5, 70}}, {BF, {5, 3}}, 70, 8, BONSAI_OK, ""},
+      {"dense f32 group scales", true, {F, {2, 70}}, {I8, {5, 70}}, {F, {5, 3}}, 70, 8, BONSAI_ERR_SHAPE,
+       "scales must be bfloat16"},
       {"dense ok 16", true, {F, {2, 70}}, {BF, {5, 70}}, {F, {5}}, 70, 16, BONSAI_OK, ""},
       {"dense dtype", true, {F, {2, 70}}, {I8, {5, 70}}, {F, {5}}, 70, 16, BONSAI_ERR_SHAPE, "does not fit the weight's dtype"},
       {"dense bits", true, {F, {2, 70}}, {I8, {5, 70}}, {F, {5}}, 70, 2, BONSAI_ERR_ACT_BITS, "weight_bits must be"},
-      {"dense groups", true, {F, {2, 70}}, {U8, {5, 35}}, {F, {5, 2}}, 70, 4, BONSAI_ERR_SHAPE, "do not fit K=70"},
+      {"dense groups", true, {F, {2, 70}}, {U8, {5, 35}}, {BF, {5, 2}}, 70, 4, BONSAI_ERR_SHAPE, "do not fit K=70"},
       {"dense scales rank", true, {F, {2, 70}}, {U8, {5, 35}}, {F, {15}}, 70, 4, BONSAI_ERR_SHAPE, "scales must be"},
       {"dense K huge", true, {F, {0, INT64_MAX}}, {U8, {5, 35}}, {F, {5, 3}}, INT64_MAX, 4, BONSAI_ERR_SHAPE, "in_features"},
   };

@@ -1,5 +1,5 @@
 // Weight-only quantized dense linear for the output head (and any non-ternary linear): fp32 activations, weights
-// in bf16, int8 per output channel, or int4 per group of 32 along K (docs/FORMAT.md, "Dense weights").
+// in bf16, or int8 / int4 codes with one bf16 scale per group of 32 along K (docs/FORMAT.md, "Dense weights").
 // Float activations make the result depend only on float summation order, never on an activation quantizer, so
 // every runtime agrees with the eager model to float rounding.
 //
@@ -23,13 +23,6 @@ namespace bonsai {
 namespace {
 
 constexpr int kRefLanes = 16;  // independent partial sums: lets the compiler vectorize without reassociation flags
-
-inline float bf16_to_f32(uint16_t v) {
-  const uint32_t bits = uint32_t(v) << 16;
-  float f;
-  memcpy(&f, &bits, sizeof f);
-  return f;
-}
 
 inline int8_t low_nibble(uint8_t b) { return int8_t(uint8_t(b << 4)) >> 4; }
 inline int8_t high_nibble(uint8_t b) { return int8_t(b) >> 4; }
@@ -62,6 +55,7 @@ float dot_range(const uint8_t* row, const float* x, int64_t k0, int64_t k1) {
   return acc;
 }
 
+// Group-wise formats: each group's partial sum times its scale; bf16: one sum times the row's scale.
 template <int Bits>
 void dense_rows_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
@@ -69,14 +63,14 @@ void dense_rows_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, i
     for (int64_t m = m0; m < m1; ++m) {
       const float* x = p.x + m * p.x_stride;
       float y;
-      if constexpr (Bits == 4) {
+      if constexpr (Bits == 16) {
+        y = dot_range<16>(row, x, 0, p.k) * p.scale<16>(n, 0);
+      } else {
         y = 0.f;
         for (int64_t g = 0; g < p.groups; ++g) {
           const int64_t k0 = g * kDenseChunk, k1 = k0 + kDenseChunk < p.k ? k0 + kDenseChunk : p.k;
-          y += p.scales[n * p.groups + g] * dot_range<4>(row, x, k0, k1);
+          y += p.scale<Bits>(n, g) * dot_range<Bits>(row, x, k0, k1);
         }
-      } else {
-        y = dot_range<Bits>(row, x, 0, p.k) * p.scales[n];
       }
       p.y[m * p.y_stride + n] = y;
     }
@@ -123,7 +117,7 @@ void dense_task(void* ctx, int64_t task) {
 }  // namespace bonsai
 
 extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const void* weight, int32_t weight_bits,
-                                   const float* scales, int64_t n, float* y, const bonsai_parallel* parallel) {
+                                   const void* scales, int64_t n, float* y, const bonsai_parallel* parallel) {
   using namespace bonsai;
   clear_error();
   if (!x || !weight || !scales || !y) return fail(BONSAI_ERR_NULL, "bonsai_dense_linear: null pointer");
@@ -156,8 +150,11 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
     if (workers > grains) workers = grains;
     int64_t scratch_rows = kScratchBytes / (kp * int64_t(sizeof(float)));
     scratch_rows = scratch_rows < 8 ? 8 : scratch_rows > 64 ? 64 : scratch_rows;
-    DenseJob job{table, {xp, kp, k, static_cast<const uint8_t*>(weight), dense_row_bytes(weight_bits, k),
-                         weight_bits, scales, groups, y, n, scratch_rows},
+    const bool grouped = weight_bits != 16;
+    DenseJob job{table,
+                 {xp, kp, k, static_cast<const uint8_t*>(weight), dense_row_bytes(weight_bits, k), weight_bits,
+                  grouped ? nullptr : static_cast<const float*>(scales),
+                  grouped ? static_cast<const uint16_t*>(scales) : nullptr, groups, y, n, scratch_rows},
                  m, n, workers, nullptr, 0};
     if (m > 1) {
       job.scratch_per_task = scratch_rows * kp;

@@ -51,15 +51,14 @@ inline void dense_gemv_tile(const DenseProblem& p, const float* x, int64_t n, in
   F acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V::zero();
   const uint8_t* w = p.w + n * p.w_stride;
-  const float* gs = Bits == 4 ? p.scales + n * p.groups : nullptr;
   auto step = [&](int r, int64_t c, const uint8_t* src) {
     F wv[NV];
     V::template widen<Bits>(src, wv);
     const float* xc = x + c * kDenseChunk;
-    if (Bits == 4) {  // one scale per chunk (= group of 32): scale the chunk's partial sum
+    if (Bits != 16) {  // one scale per chunk (= group of 32): scale the chunk's partial sum
       F part = V::mul(wv[0], V::load(xc));
       for (int i = 1; i < NV; ++i) part = V::fma(wv[i], V::load(xc + i * V::W), part);
-      acc[r][0] = V::fma(V::set1(gs[r * p.groups + c]), part, acc[r][0]);
+      acc[r][c & 1] = V::fma(V::set1(p.scale<Bits>(n + r, c)), part, acc[r][c & 1]);
     } else {
       for (int i = 0; i < NV; ++i) acc[r][i & 1] = V::fma(wv[i], V::load(xc + i * V::W), acc[r][i & 1]);
     }
@@ -81,7 +80,7 @@ inline void dense_gemv_tile(const DenseProblem& p, const float* x, int64_t n, in
   }
   for (int r = 0; r < R; ++r) {
     const float s = V::hsum(V::add(acc[r][0], acc[r][1]));
-    p.y[n + r] = Bits == 4 ? s : s * p.scales[n + r];
+    p.y[n + r] = Bits == 16 ? s * p.scale<Bits>(n + r, 0) : s;
   }
 }
 
@@ -136,7 +135,7 @@ void dense_rows(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64
       for (int64_t c = 0; c < chunks; ++c) {
         F wv[NV];
         load_chunk<V, Bits>(row, c, row_bytes, wv);
-        const F s = V::set1(Bits == 4 ? p.scales[(nb + r) * p.groups + c] : p.scales[nb + r]);
+        const F s = V::set1(p.scale<Bits>(nb + r, c));
         for (int i = 0; i < NV; ++i) V::store(dst + c * kDenseChunk + i * V::W, V::mul(wv[i], s));
       }
     }

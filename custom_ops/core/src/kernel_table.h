@@ -12,27 +12,46 @@
 #define BONSAI_KERNEL_TABLE_H
 
 #include <stdint.h>
+#include <string.h>
 
+#include "bonsai/kernels.h"
 #include "bonsai/ternary_format.h"
 
 namespace bonsai {
 
 // Dense weight-only linear (bonsai_dense_linear) as its kernels see it. Rows of K weights are read in chunks of
-// kDenseChunk (= the int4 group); x rows hold kp = ceil(K / kDenseChunk) * kDenseChunk floats, zero beyond K.
-constexpr int64_t kDenseChunk = 32;
+// kDenseChunk (= the scale group); x rows hold kp = ceil(K / kDenseChunk) * kDenseChunk floats, zero beyond K.
+constexpr int64_t kDenseChunk = BONSAI_DENSE_GROUP;
+static_assert(kDenseChunk == 32, "the SIMD widen<Bits> of every ISA decodes one group of 32 weights");
 inline int64_t dense_row_bytes(int bits, int64_t k) { return bits == 16 ? 2 * k : bits == 8 ? k : (k + 1) / 2; }
+
+// bf16 (raw bits) -> float32: the high half of an fp32, exact.
+inline float bf16_to_f32(uint16_t v) {
+  const uint32_t bits = uint32_t(v) << 16;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
 
 struct DenseProblem {
   const float* x;  // [M, x_stride]
   int64_t x_stride, k;
   const uint8_t* w;  // [N, w_stride]
   int64_t w_stride;
-  int32_t bits;          // 16, 8 or 4
-  const float* scales;   // [N], or [N, groups] for 4 bits
-  int64_t groups;        // ceil(K / 32)
-  float* y;              // [M, y_stride]
+  int32_t bits;                 // 16, 8 or 4
+  const float* channel_scales;  // bits 16: [N]
+  const uint16_t* group_scales; // bits 8 and 4: bf16 [N, groups]
+  int64_t groups;               // ceil(K / kDenseChunk)
+  float* y;                     // [M, y_stride]
   int64_t y_stride;
   int64_t scratch_rows;  // rows of kp floats in each task's scratch (M > 1 widens rows there once)
+
+  // Scale of chunk c of row n (bits 16: the row's); Bits is the kernel's instantiation of `bits`.
+  template <int Bits>
+  float scale(int64_t n, int64_t c) const {
+    if constexpr (Bits == 16) return channel_scales[n];
+    else return bf16_to_f32(group_scales[n * groups + c]);
+  }
 };
 
 // Causal GQA over the cache prefix (bonsai_attention): q/out [T, H, D], caches [Hkv, S, D].

@@ -73,17 +73,19 @@ BONSAI_API int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int6
                                 const float* v_cache, int64_t n_kv_heads, int64_t cache_len, int64_t pos,
                                 float* out, const bonsai_parallel* parallel);
 
-// Weights per int4 group (along K) of bonsai_dense_linear's 4-bit format.
-#define BONSAI_DENSE_INT4_GROUP 32
+// Weights per group along K that share one scale in bonsai_dense_linear's group-wise formats (8 and 4 bits).
+// Mirrors formats.DENSE_GROUP (bonsai_export/formats.py); tests/test_kernels.py checks both agree.
+#define BONSAI_DENSE_GROUP 32
 
 // Weight-only quantized dense linear with float32 activations (the output head): y[M, N] = x[M, K] @ W^T with
-//   weight_bits 16: W bf16 [N, K] (raw uint16 bits), y[m, n] = scales[n] * sum_k W[n, k] x[m, k]
-//   weight_bits 8:  W int8 [N, K], same formula (symmetric per-channel scales[N])
-//   weight_bits 4:  W uint8 [N, ceil(K/2)], two's-complement nibbles (low nibble = even k), scales[N, G] with
-//                   G = ceil(K/32): y[m, n] = sum_g scales[n, g] * sum_{k in group g} W[n, k] x[m, k]
+//   weight_bits 16: W bf16 [N, K] (raw uint16 bits), scales float32 [N]: y[m, n] = scales[n] * sum_k W[n, k] x[m, k]
+//   weight_bits 8:  W int8 codes [N, K]
+//   weight_bits 4:  W uint8 [N, ceil(K/2)], two's-complement nibbles (low nibble = even k)
+// 8 and 4 take scales bf16 [N, G] (raw uint16 bits), G = ceil(K / BONSAI_DENSE_GROUP), one per group of
+// BONSAI_DENSE_GROUP weights along K: y[m, n] = sum_g scales[n, g] * sum_{k in group g} W[n, k] x[m, k].
 // Float32 accumulation; summation order unspecified. Errors: BONSAI_ERR_SHAPE, BONSAI_ERR_ACT_BITS (bad bits).
 BONSAI_API int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const void* weight, int32_t weight_bits,
-                                   const float* scales, int64_t n, float* y, const bonsai_parallel* parallel);
+                                   const void* scales, int64_t n, float* y, const bonsai_parallel* parallel);
 
 // ---- Tensor validation for the runtime bindings (ExecuTorch, ONNX Runtime) ----
 // A runtime hands a kernel whole tensors whose dtype, rank and sizes a malformed program or input may get wrong
@@ -111,8 +113,8 @@ BONSAI_API int bonsai_check_ternary_linear(const char* op, const bonsai_tensor* 
                                            const bonsai_tensor* scales, int64_t in_features, int64_t act_bits,
                                            int64_t* m, int64_t* n);
 
-// dense_linear(x f32 [..., K], weight, scales f32): weight_bits 16: weight bf16 [N, K], scales [N]; 8: int8 [N, K],
-// scales [N]; 4: uint8 [N, ceil(K/2)], scales [N, ceil(K/32)]. Same outputs as bonsai_check_ternary_linear.
+// dense_linear(x f32 [..., K], weight, scales): weight_bits 16: weight bf16 [N, K], scales f32 [N]; 8: int8 [N, K];
+// 4: uint8 [N, ceil(K/2)]; 8 and 4 with scales bf16 [N, ceil(K/32)]. Same outputs as bonsai_check_ternary_linear.
 BONSAI_API int bonsai_check_dense_linear(const char* op, const bonsai_tensor* x, const bonsai_tensor* weight,
                                          const bonsai_tensor* scales, int64_t in_features, int64_t weight_bits,
                                          int64_t* m, int64_t* n);
