@@ -34,10 +34,14 @@ def fails(argv: list[str], message: str, capsys, code: int = 2) -> None:
     assert "Traceback" not in err
 
 
+# These tests are about the folder, not the head's kernel: a bf16 head keeps them independent of its formats.
+ARTIFACT_CONFIG = A.ExportConfig(format="all", max_seq_len=32, head="bf16")
+
+
 @pytest.fixture(scope="module")
 def artifact(tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("bad-input") / "art"
-    export(tiny_ckpt, out, A.ExportConfig(format="all", max_seq_len=32))
+    export(tiny_ckpt, out, ARTIFACT_CONFIG)
     return out
 
 
@@ -209,7 +213,7 @@ def test_verify(art_copy, capsys):
 
 def test_same_inputs_give_byte_identical_artifacts(tiny_ckpt, artifact, tmp_path):
     again = tmp_path / "again"
-    export(tiny_ckpt, again, A.ExportConfig(format="all", max_seq_len=32))
+    export(tiny_ckpt, again, ARTIFACT_CONFIG)
     first, second = A.read_manifest(artifact)["files"], A.read_manifest(again)["files"]
     assert first == second and (artifact / A.MANIFEST).read_bytes() == (again / A.MANIFEST).read_bytes()
 
@@ -233,3 +237,356 @@ def test_killed_export_leaves_the_previous_artifact(tiny_ckpt, art_copy, tmp_pat
     assert all(p.name.startswith(".art.partial-") for p in leftovers)
     export(tiny_ckpt, art_copy, A.ExportConfig(format="pte", max_seq_len=32), force=True)
     assert [p.name for p in art_copy.parent.iterdir()] == ["art"] and A.verify(art_copy) == []
+
+
+# ---- an outsider's inputs, each in its own process (issue 15) ----
+# A native crash, a hang or a traceback fails the case; so does any stderr beyond the one error line, a file
+# written or removed next to the inputs. Cases are built once per module and their processes run 3 at a time.
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.is_symlink(), p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if not p.is_symlink() or p.exists()}
+
+
+def run_cli(args, env_dir: Path, timeout: float = 300, **popen):
+    env = {**os.environ, "PYTHONPATH": PACKAGE_PARENT, "BONSAI_EXPORT_CACHE": str(env_dir)}
+    return subprocess.run([sys.executable, "-m", "bonsai_export", *args], capture_output=True, timeout=timeout,
+                          env=env, **popen)
+
+
+def set_config(folder: Path, **fields) -> None:
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def shard(folder: Path, weight_map_edit=None, stale_copy: bool = False) -> None:
+    """Split model.safetensors into two shards with an index; stale_copy: shard b also holds a NaN copy of a
+    tensor the index maps to shard a (the copy a loader must not read)."""
+    tensors = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    first, second = {n: tensors[n] for n in names[::2]}, {n: tensors[n] for n in names[1::2]}
+    if stale_copy:
+        first[f"{Q}.weight"] = tensors[f"{Q}.weight"]
+        second[f"{Q}.weight"] = torch.full_like(tensors[f"{Q}.weight"], float("nan"))
+    save_file(first, str(folder / "a.safetensors"))
+    save_file(second, str(folder / "b.safetensors"))
+    index = {"metadata": {}, "weight_map": {n: "b.safetensors" for n in second} | {n: "a.safetensors" for n in first}}
+    if weight_map_edit is not None:
+        index = weight_map_edit(index)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def point_outside(folder: Path, name: str) -> None:
+    """Replace `name` by a symlink to a copy of it outside the folder."""
+    outside = folder.parent / f"outside-{name}"
+    shutil.copy(folder / name, outside)
+    (folder / name).unlink()
+    (folder / name).symlink_to(outside)
+
+
+def flip_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def float8(folder: Path) -> None:
+    edit_tensors(folder, lambda t: t.__setitem__(f"{Q}.weight", t[f"{Q}.weight"].to(torch.float8_e4m3fn)))
+
+
+def one_layer(folder: Path) -> None:
+    """A checkpoint of another shape (1 layer instead of 2) that loads."""
+    set_config(folder, num_hidden_layers=1)
+    edit_tensors(folder, lambda t: [t.pop(n) for n in list(t) if n.startswith("model.layers.1.")])
+
+
+def grow_and_reseal(folder: Path) -> None:
+    grow_tokenizer(folder)
+    rewrite_manifest(folder)
+
+
+def manifest_edit(folder: Path, edit) -> None:
+    manifest = json.loads((folder / A.MANIFEST).read_text())
+    edit(manifest)
+    (folder / A.MANIFEST).write_text(json.dumps(manifest))
+
+
+def outside_model(folder: Path) -> None:
+    """The manifest names a model file outside the folder (and lists it, so sizes and hashes would agree)."""
+    shutil.copy(folder / A.ONNX_FILE, folder.parent / "outside_model.onnx")
+
+    def edit(m):
+        m["files"]["../outside_model.onnx"] = m["files"].pop(A.ONNX_FILE)
+        next(a for a in m["artifacts"] if a["type"] == "onnx")["file"] = "../outside_model.onnx"
+        m[A.SEAL] = A.seal_of(m)
+    manifest_edit(folder, edit)
+
+
+CK, ART = "ckpt", "art"  # what a case starts from: a copy of the tiny checkpoint or of the module's artifact
+OUT = "{out}"  # an output folder beside the case's inputs, which must never appear
+# name: (start from, edit of the copy, argv with {dir} = the copy, expected message, exit code)
+HOSTILE = {
+    # checkpoints: config.json
+    "config null": (CK, lambda f: (f / "config.json").write_text("null"), ["export", "{dir}", "-o", OUT],
+                    "config.json: expected a JSON object, got NoneType", 2),
+    "config field of the wrong type": (CK, lambda f: set_config(f, hidden_size="192"), ["export", "{dir}", "-o", OUT],
+                                       "field 'hidden_size' has unexpected value '192'; expected int", 2),
+    "config bool as int": (CK, lambda f: set_config(f, num_hidden_layers=True), ["info", "{dir}"],
+                           "field 'num_hidden_layers' has unexpected value True", 2),
+    "rope_theta 0": (CK, lambda f: set_config(f, rope_theta=0), ["export", "{dir}", "-o", OUT],
+                     "rope_theta must be a positive finite number, got 0", 2),
+    "rms_norm_eps -1": (CK, lambda f: set_config(f, rms_norm_eps=-1), ["info", "{dir}"],
+                        "rms_norm_eps must be a positive finite number, got -1", 2),
+    "bos beyond the vocabulary": (CK, lambda f: set_config(f, bos_token_id=1000000), ["info", "{dir}"],
+                                  "bos_token_id 1000000 is outside the vocabulary (0..31999)", 2),
+    "max_position_embeddings 2**31": (CK, lambda f: set_config(f, max_position_embeddings=2**31), ["info", "{dir}"],
+                                      "max_position_embeddings 2147483648 is above 1048576", 2),
+    "num_key_value_heads 0": (CK, lambda f: set_config(f, num_key_value_heads=0), ["info", "{dir}"],
+                              "n_kv_heads must be positive", 2),
+    # checkpoints: index and shards
+    "index is a list": (CK, lambda f: shard(f, lambda i: [i]), ["info", "{dir}"],
+                        "model.safetensors.index.json: expected a JSON object, got list", 2),
+    "index maps to numbers": (CK, lambda f: shard(f, lambda i: {"weight_map": {k: 3 for k in i["weight_map"]}}),
+                              ["info", "{dir}"], "is 3, not a shard file name", 2),
+    "index maps outside": (CK, lambda f: shard(f, lambda i: {"weight_map": {
+        **i["weight_map"], f"{Q}.weight": "../outside/x.safetensors"}}), ["info", "{dir}"],
+        "'../outside/x.safetensors' points outside", 2),
+    "shard symlinked outside": (CK, lambda f: point_outside(f, "model.safetensors"), ["info", "{dir}"],
+                                "'model.safetensors' points outside", 2),
+    "tokenizer symlinked outside": (CK, lambda f: point_outside(f, "tokenizer.json"), ["info", "{dir}"],
+                                    "'tokenizer.json' points outside", 2),
+    "stale copy in the other shard": (CK, lambda f: shard(f, stale_copy=True), ["info", "{dir}"], None, 0),
+    "float8 weights": (CK, float8, ["info", "{dir}"], "dtype float8_e4m3fn is not supported", 2),
+    # output folders that would lose data
+    "-o the checkpoint": (CK, None, ["export", "{dir}", "-o", "{dir}", "--force"], "would replace the checkpoint", 2),
+    "-o inside the checkpoint": (CK, None, ["export", "{dir}", "-o", "{dir}/sub", "--force"],
+                                 "would replace the checkpoint", 2),
+    "-o a parent of the checkpoint": (CK, None, ["export", "{dir}", "-o", "{dir}/..", "--force"],
+                                      "would replace the checkpoint", 2),
+    "-o /": (CK, None, ["export", "{dir}", "-o", "/", "--force"], "is the file system's root", 2),
+    "--force on a folder that is no artifact": (CK, lambda f: (f.parent / "mine").mkdir() or (
+        f.parent / "mine" / "notes.txt").write_text("keep"), ["export", "{dir}", "-o", "{dir}/../mine", "--force"],
+        "is not an artifact folder", 2),
+    # artifacts
+    "one byte flipped in the .pte": (ART, lambda f: flip_byte(f / A.PTE_FILE, 5000), ["run", "{dir}", "--prompt", "x"],
+                                     "model.pte: sha256 differs from the manifest", 2),
+    "one byte flipped in the .onnx": (ART, lambda f: flip_byte(f / A.ONNX_FILE, 100),
+                                      ["run", "{dir}", "--backend", "onnx", "--prompt", "x"],
+                                      "model.onnx: sha256 differs from the manifest", 2),
+    "manifest edited": (ART, lambda f: manifest_edit(f, lambda m: m["model"].update(bos_id=1000000)),
+                        ["run", "{dir}", "--backend", "onnx", "--prompt", "x"], "edited after export", 2),
+    "manifest edited, verify": (ART, lambda f: manifest_edit(f, lambda m: m["model"].update(bos_id=1000000)),
+                                ["verify", "{dir}"], None, 1),
+    "manifest resealed, .pte": (ART, lambda f: rewrite_manifest(f, bos_id=1000000), ["run", "{dir}", "--prompt", "x"],
+                                "bos_id 1000000 but the model says 1", 2),
+    "manifest resealed, .onnx": (ART, lambda f: rewrite_manifest(f, bos_id=1000000),
+                                 ["run", "{dir}", "--backend", "onnx", "--prompt", "x"],
+                                 "outside the model's vocabulary of 32000", 2),
+    "manifest names a file outside": (ART, outside_model, ["verify", "{dir}"], "'../outside_model.onnx' points outside",
+                                      2),
+    "manifest names a file outside, run": (ART, outside_model, ["run", "{dir}", "--backend", "onnx", "--prompt", "x"],
+                                           "'../outside_model.onnx' points outside", 2),
+    "manifest malformed": (ART, lambda f: manifest_edit(f, lambda m: m.update(files=[1, 2])), ["verify", "{dir}"],
+                           "'files' is not an object", 2),
+    "manifest not JSON": (ART, lambda f: (f / A.MANIFEST).write_text("{"), ["verify", "{dir}"], "not valid JSON", 2),
+    "artifact file symlinked outside": (ART, lambda f: point_outside(f, "tokenizer.model"), ["verify", "{dir}"],
+                                        "'tokenizer.model' points outside", 2),
+    "foreign tokenizer on an artifact": (ART, grow_and_reseal, ["run", "{dir}", "--prompt", "x"],
+                                         "the tokenizer has 32005 tokens but the model's vocab_size is 32000", 2),
+    "info on an artifact folder": (ART, None, ["info", "{dir}"], None, 0),
+    # options
+    "run --threads 100000 (.pte)": (ART, None, ["run", "{dir}", "--prompt", "x", "--threads", "100000"],
+                                    "--threads: expected 0..", 2),
+    "run --threads 100000 (.onnx)": (ART, None, ["run", "{dir}", "--backend", "onnx", "--prompt", "x", "--threads",
+                                                 "100000"], "--threads: expected 0..", 2),
+    "run --threads -1": (ART, None, ["run", "{dir}", "--prompt", "x", "--threads", "-1"], "--threads: expected 0..", 2),
+    "run --seed 2**64": (ART, None, ["run", "{dir}", "--prompt", "x", "--seed", str(2**64)],
+                         "--seed: expected 0..9223372036854775807", 2),
+    "run --prompt invalid UTF-8": (ART, None, ["run", "{dir}", "--prompt", b"\xff\xfe"], "--prompt: not valid UTF-8", 2),
+    "validate --steps 0": (ART, None, ["validate", "{dir}", "--steps", "0"], "--steps: expected >= 1, got 0", 2),
+    "validate --window 0": (ART, None, ["validate", "{dir}", "--window", "0"], "--window: expected >= 2, got 0", 2),
+    "validate --max-text-tokens 0": (ART, None, ["validate", "{dir}", "--max-text-tokens", "0"],
+                                     "--max-text-tokens: expected >= 2, got 0", 2),
+    "validate --report under a file": (ART, None, ["validate", "{dir}", "--report", "{dir}/model.pte/report"],
+                                       "model.pte is a file, not a folder", 2),
+    "validate --reference of another shape": (ART, lambda f: (shutil.copytree(f.parent.parent / "ckpt-src",
+                                                                              f.parent / "other"), one_layer(
+        f.parent / "other")), ["validate", "{dir}", "--reference", "{dir}/../other"],
+        "not the artifact's model (n_layers 1 vs 2)", 2),
+    "bench --threads 0": (ART, None, ["bench", "{dir}", "--threads", "0"], "--threads: expected 1..", 2),
+    "bench --repeats 0": (ART, None, ["bench", "{dir}", "--repeats", "0"], "--repeats: expected >= 1, got 0", 2),
+    "eval --tasks ,": (ART, None, ["eval", "{dir}", "--tasks", ","], "--tasks: no task names", 2),
+    "eval --include-path missing": (ART, None, ["eval", "{dir}", "--include-path", "/nonexistent"],
+                                    "--include-path /nonexistent: no such folder", 2),
+    "--json with a usage error": (ART, None, ["--json", "run", "{dir}"], "the following arguments are required", 2),
+}
+assert len(HOSTILE) == 48
+
+
+@pytest.fixture(scope="module")
+def hostile_results(tiny_ckpt, artifact, tmp_path_factory):
+    """Every HOSTILE case prepared, then run, 3 processes at a time: name -> (result, snapshots, folder)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("hostile")
+    shutil.copytree(tiny_ckpt, root / "ckpt-src")
+    cases = {}
+    for i, (name, (start, edit, argv, _, _)) in enumerate(HOSTILE.items()):
+        case = root / f"case{i}"
+        folder = case / "in"
+        shutil.copytree(tiny_ckpt if start == CK else artifact, folder, symlinks=True)
+        if edit is not None:
+            edit(folder)
+        args = [a if isinstance(a, bytes) else a.format(dir=folder, out=case / "out") for a in argv]
+        args = args if args[0].startswith("--") else ["--quiet", *args]  # no progress bar above the error
+        cases[name] = (case, args, snapshot(case))
+
+    def run(name):
+        case, args, _ = cases[name]
+        return name, run_cli(args, root / "cache" / name.replace("/", "_").replace(" ", "_"), cwd=case)
+
+    with ThreadPoolExecutor(3) as pool:
+        done = dict(pool.map(run, cases))
+    return {name: (done[name], before, snapshot(case), case) for name, (case, _, before) in cases.items()}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_input(name, hostile_results):
+    result, before, after, case = hostile_results[name]
+    *_, message, code = HOSTILE[name]
+    err = result.stderr.decode(errors="replace")
+    assert result.returncode == code, f"exit {result.returncode}: {err[-3000:]}"
+    assert "Traceback" not in err
+    if message is not None:
+        assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err[-3000:]
+    assert after == before, "nothing written or removed beside the inputs"
+    if name == "--json with a usage error":
+        assert json.loads(result.stdout)["exit_code"] == 2
+    if name == "manifest edited, verify":
+        assert f"FAIL {A.MANIFEST}: edited after export" in result.stdout.decode()
+
+
+def test_a_second_export_without_force_never_replaces_the_first(tmp_path):
+    """Two exports to one new folder at once: the one that finishes second refuses instead of replacing."""
+    from bonsai_export.export import _commit
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / A.MANIFEST).write_text("{}")  # the first export, finished meanwhile
+    (tmp_path / "tmp").mkdir()
+    with pytest.raises(bonsai_export.errors.BonsaiError, match="was written by another export while this one ran"):
+        _commit(tmp_path / "tmp", tmp_path / "out", force=False)
+    assert (tmp_path / "out" / A.MANIFEST).read_text() == "{}"
+
+
+# ---- the CLI a user meets on every call ----
+
+def test_help_is_quick_and_imports_no_torch(tmp_path):
+    code = ("import sys, time; t = time.perf_counter(); from bonsai_export.cli import build_parser; "
+            "build_parser().format_help(); print(time.perf_counter() - t, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": PACKAGE_PARENT}).stdout.split()
+    assert out[1] == "False" and float(out[0]) < 1.0, out
+    result = run_cli(["--help"], tmp_path)
+    assert result.returncode == 0 and b"COMMAND" in result.stdout
+
+
+def test_run_prints_only_its_text_and_timing(artifact, tmp_path):
+    """Library warnings and native log lines land in the log file, not on the terminal."""
+    result = run_cli(["run", str(artifact), "--prompt", "Hello", "--max-new-tokens", "3"], tmp_path)
+    assert result.returncode == 0 and result.stdout.decode().startswith("Hello")
+    assert result.stderr.decode().startswith("[pte: ") and result.stderr.count(b"\n") == 1, result.stderr[-2000:]
+    assert b"cpuinfo" in (tmp_path / "last.log").read_bytes(), "the runtime's own lines are kept in the log"
+    quiet = run_cli(["--quiet", "run", str(artifact), "--prompt", "Hello", "--max-new-tokens", "3"], tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == b"" and quiet.stdout == result.stdout
+
+
+def test_broken_pipe_and_ctrl_c(artifact, tmp_path):
+    env = {**os.environ, "PYTHONPATH": PACKAGE_PARENT, "BONSAI_EXPORT_CACHE": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "bonsai_export", "run", str(artifact), "--prompt", "Hello",
+                             "--max-new-tokens", "28"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.read(1)
+    proc.stdout.close()  # `| head -c 1`
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and b"Traceback" not in err and b"Error" not in err, err[-2000:]
+    proc = subprocess.Popen([sys.executable, "-m", "bonsai_export", "run", str(artifact), "--prompt", "x"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+    time.sleep(1.0)  # importing torch
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130 and b"Traceback" not in err and err.strip() == b"interrupted", err[-2000:]
+
+
+# ---- a fuzzer over config.json and safetensors headers ----
+# hypothesis drives `bonsai-export info` in a child process: the exit status is 0 or 2, a refusal is one error
+# line, and no example may crash the process, leave a traceback, or take an internal-error exit.
+
+FUZZ_EXAMPLES = 200  # per target; derandomized, so CI sees the same examples each run
+
+
+def test_fuzz_config_and_safetensors_headers(tiny_ckpt, tmp_path):
+    env = {**os.environ, "PYTHONPATH": PACKAGE_PARENT, "BONSAI_EXPORT_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, __file__, str(tiny_ckpt), str(tmp_path), str(FUZZ_EXAMPLES)],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+
+def _info_refuses_cleanly(folder: Path) -> None:
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["--quiet", "info", str(folder)])
+    lines = err.getvalue().splitlines()
+    assert code in (0, 2), err.getvalue()
+    assert code == 0 or (len(lines) == 1 and lines[0].startswith("error: ")), err.getvalue()
+
+
+def _fuzz(ckpt: Path, work: Path, examples: int) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    folder = work / "fuzz"
+    shutil.copytree(ckpt, folder)
+    config = json.loads((ckpt / "config.json").read_text())
+    weights = (folder / "model.safetensors").read_bytes()
+    scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8)
+    values = st.recursive(scalars, lambda v: st.lists(v, max_size=3) | st.dictionaries(st.text(max_size=5), v,
+                                                                                       max_size=3), max_leaves=6)
+    edits = st.dictionaries(st.sampled_from(sorted(config)), values, min_size=1, max_size=4)
+    once = settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=list(HealthCheck))
+
+    @once
+    @given(edits | values)
+    def fuzz_config(edit):
+        text = json.dumps({**config, **edit} if isinstance(edit, dict) else edit)
+        (folder / "config.json").write_text(text)
+        _info_refuses_cleanly(folder)
+
+    names = st.sampled_from(["model.embed_tokens.weight", "model.norm.weight", f"{Q}.weight", f"{Q}.scales",
+                             "__metadata__"]) | st.text(max_size=6)
+    entry = st.fixed_dictionaries({
+        "dtype": st.sampled_from(["F32", "F16", "BF16", "F64", "I8", "U8", "I32", "I64", "BOOL", "F8_E4M3",
+                                  "F8_E5M2", "F4", "XX"]),
+        "shape": st.lists(st.integers(-1, 300), max_size=3),
+        "data_offsets": st.lists(st.integers(-1, 5000), min_size=2, max_size=2)}) | values
+    headers = st.dictionaries(names, entry, max_size=4)
+
+    @once
+    @given(headers, st.binary(max_size=600), st.booleans())
+    def fuzz_header(header, data, bad_length):
+        (folder / "config.json").write_text(json.dumps(config))
+        raw = json.dumps(header).encode()
+        size = len(raw) + (1 << 40 if bad_length else 0)
+        (folder / "model.safetensors").write_bytes(size.to_bytes(8, "little") + raw + data)
+        _info_refuses_cleanly(folder)
+
+    fuzz_config()
+    fuzz_header()
+    (folder / "model.safetensors").write_bytes(weights)
+
+
+if __name__ == "__main__":
+    _fuzz(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
