@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 import bonsai_export
+from bonsai_export.formats import DENSE_GROUP
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_PARENT = str(Path(bonsai_export.__file__).resolve().parents[1])
@@ -34,7 +35,7 @@ ORT_EXAMPLES = 16  # per mutation kind
 ET_EXAMPLES = 6  # per op and mutation kind
 TIMEOUT_S = 240
 INT64_MAX = 2**63 - 1
-ROW_BYTES_PER_BLOCK, BLOCK_K, INT4_GROUP = 32, 128, 32
+ROW_BYTES_PER_BLOCK, BLOCK_K = 32, 128
 
 
 def row_bytes(k: int) -> int:
@@ -103,7 +104,7 @@ ORT_MUTATIONS = {
     "weight_cols": "do not fit K=",
     "weight_rank": "must be",
     "scales_len": "do not fit K=",
-    "scales_rank": "must be float32",
+    "scales_rank": "scales must be",  # float32 [N] (bf16 weights) or bfloat16 [N, G] (int8 / int4)
     "empty_n": "rows (N)",
     "in_features": "in_features must be in",
     "bits_attr": "must be",          # act_bits not 0/8, weight_bits not 16/8/4
@@ -136,9 +137,9 @@ def weight_shape(op: str, bits: int, n: int, k: int) -> tuple[list[int], list[in
     """(weight or packed shape, scales shape) of a valid problem."""
     if op == "TernaryMatMul":
         return [n, row_bytes(k)], [n]
-    if bits == 4:
-        return [n, (k + 1) // 2], [n, -(-k // INT4_GROUP)]
-    return [n, k], [n]
+    if bits == 16:
+        return [n, k], [n]
+    return [n, k if bits == 8 else (k + 1) // 2], [n, -(-k // DENSE_GROUP)]
 
 
 def build_ort_case(c: dict):
@@ -149,7 +150,8 @@ def build_ort_case(c: dict):
     attrs = {"in_features": k, ("act_bits" if op == "TernaryMatMul" else "weight_bits"): bits}
     bits_name = "act_bits" if op == "TernaryMatMul" else "weight_bits"
     w_dtype = {"TernaryMatMul": np.uint8, 16: np.float32, 8: np.int8, 4: np.uint8}[op if op == "TernaryMatMul" else bits]
-    cast_bf16 = op == "DenseMatMul" and bits == 16  # numpy has no bfloat16: fed as float32, Cast in the graph
+    # numpy has no bfloat16: bf16 weights and the group formats' bf16 scales are fed as float32, Cast in the graph
+    cast_bf16 = {"w": op == "DenseMatMul" and bits == 16, "s": op == "DenseMatMul" and bits != 16}
     x_dtype, x_from_shape, expect = np.float32, False, ORT_MUTATIONS[mutation]
     if mutation == "empty_m":
         x_shape = [0, *x_shape]
@@ -197,20 +199,22 @@ def build_ort_case(c: dict):
 
 
 def ort_model(op, attrs, x_dtype, w_dtype, cast_bf16, x_from_shape):
-    """One bonsai node over graph inputs x, w, s with free dims (optionally x = ConstantOfShape(x), w = Cast(w))."""
+    """One bonsai node over graph inputs x, w, s with free dims (optionally x = ConstantOfShape(x), w and s
+    Cast to bf16 where cast_bf16 says)."""
     from onnx import TensorProto, helper
 
     elem = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE, np.uint8: TensorProto.UINT8,
             np.int8: TensorProto.INT8}
-    nodes, x_name, w_name = [], "x", "w"
+    nodes, names = [], {"x": "x", "w": "w", "s": "s"}
     if x_from_shape:  # lets a graph input describe dims whose byte count numpy would refuse
         nodes.append(helper.make_node("ConstantOfShape", ["x"], ["x_value"],
                                       value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])))
-        x_name = "x_value"
-    if cast_bf16:
-        nodes.append(helper.make_node("Cast", ["w"], ["w_bf16"], to=TensorProto.BFLOAT16))
-        w_name = "w_bf16"
-    nodes.append(helper.make_node(op, [x_name, w_name, "s"], ["y"], domain="bonsai", **attrs))
+        names["x"] = "x_value"
+    for name in ("w", "s"):
+        if cast_bf16[name]:
+            nodes.append(helper.make_node("Cast", [name], [f"{name}_bf16"], to=TensorProto.BFLOAT16))
+            names[name] = f"{name}_bf16"
+    nodes.append(helper.make_node(op, [names["x"], names["w"], names["s"]], ["y"], domain="bonsai", **attrs))
     inputs = [helper.make_tensor_value_info("x", TensorProto.INT64 if x_from_shape else elem[x_dtype], None),
               helper.make_tensor_value_info("w", elem[w_dtype], None),
               helper.make_tensor_value_info("s", TensorProto.FLOAT, None)]
@@ -297,7 +301,8 @@ def et_programs() -> dict:
                     (torch.ones(2, ET_K), torch.full((3, row_bytes(ET_K)), 0x55, dtype=torch.uint8), torch.ones(3)),
                     (dims("x", (0, 16), (1, 300)), dims("p", (0, 48), (1, 128)), dims("s", (0, 64)))),
         "dense": (lambda x, w, s: ops.dense_linear(x, w, s, ET_DENSE_K, 4),
-                  (torch.ones(2, ET_DENSE_K), torch.zeros(3, 35, dtype=torch.uint8), torch.ones(3, 3)),
+                  (torch.ones(2, ET_DENSE_K), torch.zeros(3, 35, dtype=torch.uint8),
+                   torch.ones(3, 3, dtype=torch.bfloat16)),
                   (dims("x", (0, 16), (1, 200)), dims("w", (0, 48), (1, 100)), dims("s", (0, 64), (1, 16)))),
         "attention": (lambda q, k, v, pos: ops.attention(q, k, v, pos),
                       (torch.ones(1, 2, 4, 8), torch.ones(1, 2, 6, 8), torch.ones(1, 2, 6, 8), torch.tensor([0])),
@@ -367,7 +372,8 @@ def et_linear_inputs(c: dict):
         s_shape[1] += other
     elif mutation == "empty_n":
         w_shape[0] = s_shape[0] = 0
-    inputs = [torch.randn(x_shape), torch.randint(0, 256, w_shape, dtype=w_dtype), torch.ones(s_shape)]
+    s_dtype = torch.float32 if c["op"] == "ternary" else torch.bfloat16  # the int4 program's group scales
+    inputs = [torch.randn(x_shape), torch.randint(0, 256, w_shape, dtype=w_dtype), torch.ones(s_shape, dtype=s_dtype)]
     return inputs, expect
 
 
