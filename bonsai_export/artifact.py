@@ -166,6 +166,9 @@ def _check_structure(folder: Path, manifest: dict) -> None:
         raise bad("'model.eos_ids' is not a list of integers")
     if not isinstance(manifest.get("options"), dict):
         raise bad("'options' is not an object")
+    source = manifest.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("checkpoint"), str):
+        raise bad("'source' is not an object naming the checkpoint")
 
 
 def _is_int(value) -> bool:

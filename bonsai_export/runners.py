@@ -234,7 +234,7 @@ def _open_artifact(folder: Path, threads: int, backend: str | None) -> Runner:
     kinds = [a["type"] for a in manifest["artifacts"]]
     # The export's default is for the machine it was made for: here it gets at most this machine's CPUs.
     default = manifest["options"].get("threads", 0)
-    threads = threads or (min(default, options.cpu_count()) if A._is_int(default) and default > 0 else 0)
+    threads = threads or (min(default, options.cpu_count()) if isinstance(default, int) and default > 0 else 0)
     if backend is not None and backend not in kinds:
         raise BonsaiError(f"{folder}: holds {', '.join(kinds)}, not {backend}; export with --format {backend}")
     if "pte" in kinds and backend in (None, "pte"):
