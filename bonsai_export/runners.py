@@ -122,7 +122,12 @@ class PteRunner(Runner):
 
     def __call__(self, tokens, input_pos):
         check_fits(int(input_pos[0]), tokens.shape[1], self.max_seq_len)
-        return in_calls(lambda x, p: self.method.execute([x, p])[0], tokens, input_pos, self.call_tokens)
+        try:
+            return in_calls(lambda x, p: self.method.execute([x, p])[0], tokens, input_pos, self.call_tokens)
+        except RuntimeError as exc:  # a kernel refused its inputs: the runtime logged why (see quiet.py's log)
+            raise BonsaiError(f"{self.tokenizer_dir / A.PTE_FILE}: the ExecuTorch runtime failed running it ({exc}); "
+                              f"re-export the folder with this bonsai-export (its kernels may differ from the "
+                              f"ones it was exported for)") from None
 
     # reset(): nothing to do. Attention reads only cache positions [0, input_pos + T), all written by this
     # sequence's calls, so a new sequence simply starts again at input_pos 0.
