@@ -499,6 +499,8 @@ def test_run_prints_only_its_text_and_timing(artifact, tmp_path):
     assert b"cpuinfo" in (tmp_path / "last.log").read_bytes(), "the runtime's own lines are kept in the log"
     quiet = run_cli(["--quiet", "run", str(artifact), "--prompt", "Hello", "--max-new-tokens", "3"], tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == b"" and quiet.stdout == result.stdout
+    verbose = run_cli(["--verbose", "run", str(artifact), "--prompt", "Hello", "--max-new-tokens", "3"], tmp_path)
+    assert verbose.returncode == 0 and b"cpuinfo" in verbose.stderr and verbose.stdout == result.stdout
 
 
 def test_broken_pipe_and_ctrl_c(artifact, tmp_path):
