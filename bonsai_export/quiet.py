@@ -82,8 +82,7 @@ class _Terminal(io.TextIOBase):
 class Session:
     """One CLI call's output routing; `log` is the file holding what was hidden (None with --verbose)."""
 
-    def __init__(self, quiet: bool, verbose: bool, whole_process: bool):
-        self.quiet, self.verbose, self.whole_process = quiet, verbose, whole_process
+    def __init__(self):
         self.log: Path | None = None
 
     def hidden(self) -> str:
@@ -112,7 +111,7 @@ def session(quiet: bool, verbose: bool, whole_process: bool, preload: tuple[str,
     """Route output for one call. whole_process: also take over fd 2 for the rest of the process (only when we
     are the program; a caller of main() in its own process, a test, keeps its descriptors). preload: modules the
     command will import that bind sys.stderr at import time."""
-    s = Session(quiet, verbose, whole_process)
+    s = Session()
     if not verbose:
         s.log = log_path()
         if whole_process:
