@@ -268,7 +268,7 @@ class UsageError(BonsaiError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # argparse prefixes our own "--opt: ..." messages with "argument --opt: "; say it once.
-        message = re.sub(r"^argument ([^:]+): \1: ", r"\1: ", message)
+        message = re.sub(r"^argument ([^:]+): (?=\1[: ])", "", message)
         raise UsageError(f"{message}; see `{self.prog} --help`")
 
 

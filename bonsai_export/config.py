@@ -45,7 +45,8 @@ class ModelArgs:
                               f"longest KV cache bonsai-export allocates; lower it in config.json")
         for name, value in (("rms_norm_eps", self.norm_eps), ("rope_theta", self.rope_theta)):
             if not (math.isfinite(value) and value > 0):
-                raise BonsaiError(f"config: {name} must be a positive finite number, got {value}")
+                raise BonsaiError(f"config: {name} must be a positive finite number, got {value}; fix it in "
+                                  f"config.json")
         for name, ids in (("bos_token_id", (self.bos_id,)), ("eos_token_id", self.eos_ids),
                           ("pad_token_id", (self.pad_id,))):
             if not all(0 <= i < self.vocab_size for i in ids):
