@@ -84,6 +84,21 @@ def test_cpp_runner_generates_the_same_tokens(exported):
     assert not any(lib.startswith(("libtorch", "libc10", "libpython")) for lib in libs), libs
 
 
+DENSE_CASES = [dict(embedding="int8", head="int8"), dict(embedding="bf16", head="int4")]
+assert len(DENSE_CASES) == 2
+
+
+@pytest.mark.parametrize("dense", DENSE_CASES, ids=lambda d: f"{d['embedding']}-{d['head']}")
+def test_group_wise_embedding_and_heads_match_eager(tiny_ckpt, tmp_path, dense):
+    """bonsai::dense_linear's int8 and int4 heads and the int8 embedding in the .pte, float activations: float
+    rounding only, as the bf16 head (the formats' weights are exact, docs/FORMAT.md)."""
+    cfg = A.ExportConfig(act_quant="none", max_seq_len=MAX_SEQ, **dense)
+    export(tiny_ckpt, tmp_path / "art", cfg)
+    errors = compare_steps(PteRunner(tmp_path / "art"), build_model(checkpoint.load(tiny_ckpt, progress=False), cfg),
+                           PROMPTS["short"], steps=8)
+    assert max(errors) <= 1e-3, errors
+
+
 def test_prompts_longer_than_one_call_run_in_several_calls(tiny_ckpt, tmp_path, monkeypatch):
     """A .pte takes at most get_max_seq_len tokens per forward call (its planned memory is sized for that); the
     Python and C++ runners feed longer prompts in calls of that size, with the same logits and tokens."""

@@ -311,6 +311,24 @@ def test_external_data_past_the_limit(tmp_path, tiny_ckpt, monkeypatch, eager):
     assert float((got - want).abs().max()) <= TOL["stock"]["none"] * float(want.std())
 
 
+DENSE_CASES = [dict(embedding="int8", head="int8"), dict(embedding="bf16", head="int4")]
+assert len(DENSE_CASES) == 2
+
+
+@pytest.mark.parametrize("dense", DENSE_CASES, ids=lambda d: f"{d['embedding']}-{d['head']}")
+def test_group_wise_embedding_and_heads_match_eager(tmp_path, tiny_ckpt, dense):
+    """bonsai::DenseMatMul's int8 and int4 heads and the int8 embedding's Gather / Mul graph, float activations:
+    float rounding only (TOL["custom"]), as the bf16 head."""
+    cfg = A.ExportConfig(format="onnx", act_quant="none", max_seq_len=MAX_SEQ, **dense)
+    export(tiny_ckpt, tmp_path / "art", cfg)
+    model, runner = build_model(checkpoint.load(tiny_ckpt, progress=False), cfg), open_runner(tmp_path / "art")
+    tokens = torch.tensor([PROMPTS["long"]])
+    with torch.no_grad():
+        want = model(tokens, positions(0, tokens.shape[1]))
+    got = runner(tokens, positions(0, tokens.shape[1]))
+    assert float((got - want).abs().max()) <= TOL["custom"] * float(want.std())
+
+
 def test_attention_in_the_shared_cache_matches_eager_over_calls(tmp_path, tiny_ckpt, eager):
     """GroupQueryAttention writing into the runner's preallocated cache: a prompt, one token, two tokens."""
     out = tmp_path / "art"
