@@ -24,11 +24,13 @@ from . import formats, ops  # noqa: F401  (ops defines torch.ops.bonsai.dense_li
 GROUP = formats.DENSE_GROUP
 ROWS_PER_CHUNK = 2048  # rows quantized at once: bounds the search's temporaries (~8 MB each at K = 1536)
 # Scale candidates of the search, as fractions of the range the group's largest weight spans (1 = absmax).
-# Measured on trained-tiny's head (relative RMS weight error, int8 / int4): absmax and its sign flip only,
-# refitted, 0.00398 / 0.06599; down to 0.7 in steps of 1/20 0.00391 / 0.06523, of 1/40 0.00383 / 0.06514, of 1/80
-# 0.00375 / 0.06512; down to 0.5 no better than to 0.7. The time grows with the candidates (1/40: ~25 s for
-# Bonsai's 32000 x 1536 head on this project's 2-core machine).
+# Measured on trained-tiny's head (relative RMS weight error, int8 / int4, every candidate refitted): absmax and
+# its sign flip only, 0.00398 / 0.06599; down to 0.7 in steps of 1/20 0.00391 / 0.06523, of 1/40 0.00383 /
+# 0.06514, of 1/80 0.00375 / 0.06512; down to 0.5 no better than to 0.7.
 SEARCH_FRACTIONS = tuple(1 - i / 40 for i in range(13))  # 1.0, 0.975, ..., 0.7
+# Least-squares refits of the winning scale. Refitting every candidate instead measured the same error (int8
+# 0.00383 both, int4 0.06514 against 0.06504 with two refits of the winner) at 3-7x the time.
+REFITS = 2
 
 
 @dataclass(frozen=True)
@@ -61,23 +63,28 @@ def _sq_error(g: torch.Tensor, d: torch.Tensor, q: torch.Tensor) -> torch.Tensor
 
 
 def search_scales(g: torch.Tensor, fmt: DenseFormat) -> torch.Tensor:
-    """Groups g [..., GROUP] -> the bf16-representable scale of each [..., 1] that minimises the group's squared
-    error sum (w - s * code(w / s))^2 over the candidates: the largest weight mapped to a fraction of qmax or of
-    qmin (SEARCH_FRACTIONS), each also refitted to the least-squares scale of its codes. Absmax (largest weight
-    -> qmax) is the first candidate, so the result is never worse than absmax. Candidates are rounded to bf16
-    before they are scored: the error counted is the stored format's."""
+    """Groups g [..., GROUP] -> the bf16-representable scale of each [..., 1] with the least squared error
+    sum (w - s * code(w / s))^2 among the candidates: the largest weight mapped to a fraction of qmax or of qmin
+    (SEARCH_FRACTIONS), then the winner refitted REFITS times to the least-squares scale of its codes (kept only
+    where that lowers the error). Absmax (largest weight -> qmax) is the first candidate, so the result is never
+    worse than absmax. Candidates are rounded to bf16 before they are scored: the error counted is the stored
+    format's."""
     wmax = g.gather(-1, g.abs().argmax(-1, keepdim=True))  # the largest-magnitude weight, signed
     best_d = _bf16(wmax / fmt.qmax)
     best_err = _sq_error(g, best_d, _codes(g, best_d, fmt))
+
+    def keep_better(d):
+        nonlocal best_d, best_err
+        err = _sq_error(g, d, _codes(g, d, fmt))
+        better = err < best_err
+        best_d, best_err = torch.where(better, d, best_d), torch.where(better, err, best_err)
+
     for target in [fmt.qmax * f for f in SEARCH_FRACTIONS] + [fmt.qmin * f for f in SEARCH_FRACTIONS]:
-        d = _bf16(wmax / target)
-        q = _codes(g, d, fmt)
+        keep_better(_bf16(wmax / target))
+    for _ in range(REFITS):
+        q = _codes(g, best_d, fmt)
         qq = (q * q).sum(-1, keepdim=True)
-        refit = _bf16((g * q).sum(-1, keepdim=True) / torch.where(qq == 0, 1.0, qq))  # argmin_s |g - s q|^2
-        for cand in (d, refit):
-            err = _sq_error(g, cand, _codes(g, cand, fmt))
-            better = err < best_err
-            best_d, best_err = torch.where(better, cand, best_d), torch.where(better, err, best_err)
+        keep_better(_bf16((g * q).sum(-1, keepdim=True) / torch.where(qq == 0, 1.0, qq)))  # argmin_s |g - s q|^2
     return best_d
 
 
