@@ -513,6 +513,7 @@ def _call(args, s) -> int:
 
 
 def _fail(message: str, code: int, as_json: bool) -> int:
+    message = " ".join(message.split())  # one line, whatever a library's text embedded in it holds
     print(f"error: {message}", file=sys.stderr)
     if as_json:
         print(json.dumps({"error": message, "exit_code": code}))
