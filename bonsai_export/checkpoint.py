@@ -154,7 +154,7 @@ def _load_tensors(folder: Path) -> dict[str, torch.Tensor]:
         except BonsaiError:
             raise
         except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise BonsaiError(f"{shard.name}: not a readable safetensors file ({" ".join(str(exc).split())[:200]}); re-download "
+            raise BonsaiError(f"{shard.name}: not a readable safetensors file ({str(exc)[:200]}); re-download "
                               f"or restore it") from None
     missing = sorted(set(weight_map or ()) - set(tensors))
     if missing:
