@@ -91,6 +91,10 @@ PRESETS = {
     # head dominate the training cost.
     "trained-tiny": ModelArgs(dim=128, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=384, max_seq_len=512,
                               tie_embeddings=True),
+    # Trained once on a GPU (bonsai_export/train.py, SMALL_RECIPE), committed in bonsai_export/data/: untied
+    # embedding and head like Bonsai, GQA 2:1.
+    "trained-small": ModelArgs(dim=256, n_layers=8, n_heads=4, n_kv_heads=2, head_dim=64, hidden_dim=1024,
+                               max_seq_len=512),
 }
 
 

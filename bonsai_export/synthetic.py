@@ -8,6 +8,7 @@ SentencePiece tokenizer as tokenizer.model plus tokenizer.json. Linear weights a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -75,11 +76,17 @@ def _tensor(name: str, shape, inv: dict, gen) -> torch.Tensor:
     return torch.randn(shape, generator=gen).to(torch.bfloat16)  # embeddings
 
 
-def _tensors(preset: str, seed: int, progress: bool) -> dict[str, torch.Tensor]:
+def _tensors(preset: str, seed: int, progress: bool, retrain: bool = False) -> dict[str, torch.Tensor]:
     if preset == "trained-tiny":
         from .train import train_tensors
 
         return train_tensors(seed)
+    if preset == "trained-small":
+        from .train import small_tensors
+
+        return small_tensors(seed, retrain)
+    if retrain:
+        raise BonsaiError(f"--retrain: only for the trained-small preset ({preset} has random weights)")
     gen = torch.Generator().manual_seed(seed)
     inv = inventory(PRESETS[preset])
     return {name: _tensor(name, shape, inv, gen)
@@ -87,8 +94,9 @@ def _tensors(preset: str, seed: int, progress: bool) -> dict[str, torch.Tensor]:
                                          leave=False)}
 
 
-def make_checkpoint(preset: str, out: str | Path, seed: int = 0, progress: bool = True) -> Path:
-    """Write a synthetic checkpoint folder; atomically (built in a temporary folder, then renamed)."""
+def make_checkpoint(preset: str, out: str | Path, seed: int = 0, progress: bool = True, retrain: bool = False) -> Path:
+    """Write a synthetic checkpoint folder; atomically (built in a temporary folder, then renamed). trained-small
+    comes from the committed weights unless `retrain`."""
     if preset not in PRESETS:
         raise BonsaiError(f"preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
     out = Path(out)
@@ -98,7 +106,8 @@ def make_checkpoint(preset: str, out: str | Path, seed: int = 0, progress: bool 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_file(_tensors(preset, seed, progress), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(_tensors(preset, seed, progress, retrain), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
         _write_side_files(args, tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private
         if out.exists():
@@ -134,6 +143,10 @@ def cached_preset(preset: str, seed: int = 0) -> Path:
     """A preset checkpoint made once in the user's cache (cache_dir())."""
     cache = cache_dir()
     version = f"-r{TRAIN_RECIPE}" if preset == "trained-tiny" else ""  # a new recipe must not reuse old weights
+    if preset == "trained-small":  # new committed weights must not reuse the old ones
+        from .train import SMALL_FILE
+
+        version = "-" + hashlib.sha256(SMALL_FILE.read_bytes()).hexdigest()[:12]
     folder = cache / f"{preset}{version}-seed{seed}"
     if not (folder / "config.json").is_file():
         logging.info("making the %s checkpoint in %s", preset, folder)

@@ -1,21 +1,54 @@
-"""`make-checkpoint --preset trained-tiny`: a tiny Bonsai-format model trained on offline text, so that top-1
-agreement and perplexity mean something.
+"""Trained presets: Bonsai-format models trained on offline text, so that top-1 agreement and perplexity mean
+something.
 
-Recipe (CPU, a few minutes, deterministic for a given seed and thread count):
+`make-checkpoint --preset trained-tiny` (CPU, a few minutes, deterministic for a given seed and thread count):
 - text: the docstrings of the Python standard library (modules, classes, functions; `pydoc_data` excluded, since
   its topics are the default held-out text of `validate`), tokenized with Bonsai's SentencePiece model;
 - model: the `tiny` shape with QLinear's straight-through ternary layers (latent weight W, forward
   round(clamp(W, -1, 1)) * scales per output channel), everything else as in Llama; AdamW, cosine schedule;
 - output: a folder in Bonsai's own format (latent bf16 weights + bf16 scales), read like any other checkpoint.
+
+`make-checkpoint --preset trained-small` unpacks weights trained once on a GPU and committed in compact form
+(`bonsai_export/data/trained_small.safetensors.xz`); `--retrain` trains them again with the recipe below
+(`SMALL_RECIPE`, CUDA when available, else CPU):
+- text: docstrings and comment blocks of the standard library (seen twice per pass) and its source files, and the
+  docstrings and comment blocks of the exactly pinned dependencies (`SMALL_PACKAGES`); exact duplicates dropped,
+  and every document that shares a 13-word sequence with the held-out text (`pydoc_data.topics`) dropped too
+  (pdb's command docstrings are in its "debugger" topic); every 100th document is kept back as a validation
+  split. 11.7M training tokens from Python 3.11.7 and the pinned versions (the corpus depends on both; its
+  sha256 is in the committed file's metadata and is rebuilt identically);
+- model: the `trained-small` shape, the same straight-through ternary layers, untied embedding and head; the
+  embedding rows of tokens that never occur in the training text start at zero and stay there (they get no
+  gradient), which keeps the committed file small; 3414 steps of 64 x 512 tokens (about 9.5 passes);
+- output: exact ternary values, scales, norms, embedding and head in bf16.
+The committed run: 444 s on one H200 (sharing it with a second experiment; GPU runs are not bit-reproducible).
+Float-reference perplexity 73.5 on `validate`'s held-out slice (first 4096 tokens, windows of 256), 63.5 over the
+whole text, 17.3 on the validation split. Measured on the way: the standard library's text 4 times per pass
+instead of 2: 105; without its source files (1160 steps): 103, and there dim 192 instead of 256 gave 105.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import dataclasses
+import hashlib
+import importlib.metadata
+import importlib.util
+import io
+import json
 import logging
+import lzma
 import math
+import os
+import platform
+import re
+import sys
 import sysconfig
 import time
+import tokenize
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PRESETS, ModelArgs, llama_config
+from .errors import BonsaiError
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +160,355 @@ def train_tensors(seed: int = 0, steps: int = STEPS) -> dict[str, torch.Tensor]:
     model = train(args, torch.tensor(ids), steps, seed)
     return {name: t.detach().to(torch.bfloat16).contiguous() for name, t in model.state_dict().items()
             if "rotary_emb" not in name and name != "lm_head.weight"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# trained-small
+
+SMALL_FILE = Path(__file__).parent / "data" / "trained_small.safetensors.xz"
+# Dependencies pinned to one version in pyproject.toml whose Python sources hold English docstrings and comments.
+SMALL_PACKAGES = ("torch", "transformers", "executorch", "onnx", "onnxruntime", "onnxscript", "huggingface_hub",
+                  "mistral_common", "safetensors", "tokenizers")
+SKIP_DIRS = frozenset({"site-packages", "test", "tests", "pydoc_data", "idlelib", "lib2to3"})
+MIN_CHARS = 80
+NGRAM = 13  # a training document sharing this many consecutive words with the held-out text is dropped
+VAL_EVERY = 100  # every 100th document is the validation split
+DOC_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    seq_len: int = 512
+    batch: int = 64  # windows per step
+    steps: int = 3414  # the committed run's (its time budget on the GPU allowed these)
+    warmup: int = 100  # linear warmup steps, then cosine to 0
+    lr: float = 3e-3  # embedding, head, norms, scales
+    latent_lr: float = 1e-2  # latent ternary weights
+    weight_decay: float = 0.01  # not on the latent weights
+    stdlib_repeats: int = 2  # the standard library's text (closest to the held-out text) is seen this many times
+    code_repeats: int = 1  # the standard library's source files, whole
+
+
+SMALL_RECIPE = Recipe()
+
+
+def _source_texts(path: str) -> tuple[list[str], list[str], str]:
+    """Docstrings and comment blocks (consecutive `#` lines) of one Python file, each at least MIN_CHARS long, and
+    the whole source ("" when it does not parse)."""
+    try:
+        src = Path(path).read_text(encoding="utf-8")
+        tree = ast.parse(src)
+    except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+        return [], [], ""
+    docs = []
+    for node in ast.walk(tree):
+        if isinstance(node, DOC_NODES):
+            doc = ast.get_docstring(node)
+            if doc and len(doc) >= MIN_CHARS:
+                docs.append(doc)
+    comments, block, last = [], [], -2
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type != tokenize.COMMENT:
+                continue
+            if block and tok.start[0] != last + 1:
+                comments.append("\n".join(block))
+                block = []
+            text = tok.string.lstrip("#").strip()
+            if text:
+                block.append(text)
+            last = tok.start[0]
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    if block:
+        comments.append("\n".join(block))
+    return docs, [c for c in comments if len(c) >= MIN_CHARS], src
+
+
+def _py_files(root: Path) -> list[str]:
+    return [str(p) for p in sorted(root.rglob("*.py")) if not SKIP_DIRS & set(p.relative_to(root).parts)]
+
+
+def _package_root(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise BonsaiError(f"{name}: not installed; the trained-small corpus reads its sources (pip install .)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _word_ngrams(text: str, n: int = NGRAM):
+    words = re.findall(r"\w+", text.lower())
+    return (tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def corpus_documents(held_out: str, workers: int | None = None) -> tuple[dict[str, list[str]], dict]:
+    """The trained-small text: {"stdlib", "code", "packages", "val"} documents and a description. stdlib and
+    packages: docstrings and comment blocks; code: the standard library's source files, whole.
+
+    Sources in a fixed order (sorted files; per file its docstrings in AST walk order, then its comment blocks);
+    exact duplicates dropped (first kept), then every document sharing a NGRAM-word sequence with `held_out`."""
+    roots = [("stdlib", Path(sysconfig.get_paths()["stdlib"]))] + [(n, _package_root(n)) for n in SMALL_PACKAGES]
+    jobs = [(group, f) for group, root in roots for f in _py_files(root)]
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+        texts = list(pool.map(_source_texts, [f for _, f in jobs], chunksize=32))
+    seen, docs = set(), []
+    for (group, _), (file_docs, file_comments, source) in zip(jobs, texts):
+        for doc in file_docs + file_comments:
+            if doc not in seen:
+                seen.add(doc)
+                docs.append(("stdlib" if group == "stdlib" else "packages", doc))
+        if group == "stdlib" and source and source not in seen:
+            seen.add(source)
+            docs.append(("code", source))
+    held = set(_word_ngrams(held_out))
+    kept = [(g, d) for g, d in docs if not any(gram in held for gram in _word_ngrams(d))]
+    out = {"stdlib": [], "code": [], "packages": [], "val": []}
+    for i, (group, doc) in enumerate(kept):
+        out["val" if i % VAL_EVERY == VAL_EVERY - 1 else group].append(doc)
+    versions = {n: importlib.metadata.version(n.replace("_", "-")) for n in SMALL_PACKAGES}
+    info = {"python": platform.python_version(), "packages": versions, "files": len(jobs),
+            "documents": len(docs), "dropped_overlapping_held_out": len(docs) - len(kept),
+            **{f"{k}_documents": len(v) for k, v in out.items()}}
+    return out, info
+
+
+def corpus_tokens(workers: int | None = None) -> dict:
+    """Token streams (each document BOS-prefixed, concatenated) of corpus_documents()'s groups, and the held-out
+    text as `validate` encodes it; train_stream() mixes them into the training stream."""
+    import sentencepiece as spm
+
+    from .synthetic import mistral_v1_spm
+    from .validate import held_out_text
+
+    held_out = held_out_text(None)
+    docs, info = corpus_documents(held_out, workers)
+    sp, bos = spm.SentencePieceProcessor(model_file=str(mistral_v1_spm())), PRESETS["trained-small"].bos_id
+
+    def stream(texts):
+        ids = []
+        for text in texts:  # as SentencePiece encodes it, after BOS (Tokenizer is transformers' pipeline now)
+            ids.extend([bos, *sp.encode(text)])
+        return torch.tensor(ids, dtype=torch.int16)  # vocab 32000 fits
+
+    out = {name: stream(texts) for name, texts in docs.items()}
+    out["held_out"] = stream([held_out])
+    info.update({f"{name}_tokens": t.numel() for name, t in out.items()})
+    info["sha256"] = hashlib.sha256(b"".join(out[k].numpy().tobytes() for k in sorted(out))).hexdigest()
+    out["info"] = info
+    log.info("corpus: %s", json.dumps(info))
+    return out
+
+
+def train_stream(data: dict, recipe: Recipe) -> torch.Tensor:
+    """The training stream: the standard library's text stdlib_repeats times, its code code_repeats times, then the
+    packages' text (windows are drawn uniformly from the stream, so repeating a group weights it)."""
+    return torch.cat([data["stdlib"]] * recipe.stdlib_repeats + [data["code"]] * recipe.code_repeats
+                     + [data["packages"]]).long()
+
+
+def _lr_factor(step: int, recipe: Recipe) -> float:
+    if step < recipe.warmup:
+        return (step + 1) / recipe.warmup
+    frac = (step - recipe.warmup) / max(recipe.steps - recipe.warmup - 1, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+@torch.no_grad()
+def stream_nll(model, ids: torch.Tensor, window: int, max_tokens: int, device) -> float:
+    """Mean next-token NLL over non-overlapping windows of `ids` (validate's text_check, in one batch per
+    window, float32)."""
+    ids = ids[: max_tokens + 1].long()
+    total, count = 0.0, 0
+    for start in range(0, ids.numel() - 1, window):
+        chunk = ids[start : start + window + 1].to(device)
+        if chunk.numel() < 2:
+            break
+        logits = model(chunk[None, :-1]).logits[0].float()
+        total += float(F.cross_entropy(logits, chunk[1:], reduction="sum"))
+        count += chunk.numel() - 1
+    return total / count
+
+
+def train_small(args: ModelArgs, data: dict, recipe: Recipe = SMALL_RECIPE, seed: int = 0, device: str | None = None,
+                time_budget: float | None = None, eval_every: int = 500):
+    """Train the trained-small model on corpus_tokens()'s streams. CUDA (bf16 autocast) when available, else CPU
+    (fp32). time_budget (seconds): the speed of steps 10-30 (still in warmup) lowers recipe.steps so that the run
+    fits (the schedule is unchanged up to then, as warmup is longer); the steps actually run are returned with the
+    model."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    train_ids = train_stream(data, recipe)
+    model = build_student(args, seed)
+    with torch.no_grad():  # rows of tokens absent from the training text get no gradient: keep them exactly zero
+        present = torch.zeros(args.vocab_size, dtype=torch.bool)
+        present[train_ids] = True
+        model.model.embed_tokens.weight[~present] = 0
+    model.to(device)
+    latent = [p for n, p in model.named_parameters() if n.endswith("proj.weight")]
+    other = [p for n, p in model.named_parameters() if not n.endswith("proj.weight")]
+    opt = torch.optim.AdamW([{"params": latent, "lr": recipe.latent_lr, "weight_decay": 0.0},
+                             {"params": other, "lr": recipe.lr, "weight_decay": recipe.weight_decay}],
+                            betas=(0.9, 0.95), fused=cuda)
+    base = [g["lr"] for g in opt.param_groups]
+    tokens = train_ids.to(device)
+    offsets = torch.arange(recipe.seq_len + 1, device=device)
+    gen = torch.Generator().manual_seed(seed)
+    log.info("trained-small: %s, %d ternary + %d other parameters, %d training tokens, %s, recipe %s", args,
+             sum(p.numel() for p in latent), sum(p.numel() for p in other), tokens.numel(), device, recipe)
+    start, step, t10 = time.perf_counter(), 0, None
+    while step < recipe.steps:
+        for g, lr in zip(opt.param_groups, base):
+            g["lr"] = lr * _lr_factor(step, recipe)
+        starts = torch.randint(0, tokens.numel() - recipe.seq_len - 1, (recipe.batch,), generator=gen)
+        batch = tokens[starts.to(device)[:, None] + offsets]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            logits = model(batch[:, :-1]).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step in (10, 30) and time_budget:
+            if cuda:
+                torch.cuda.synchronize()
+            t10 = time.perf_counter() if step == 10 else t10
+        if step == 30 and time_budget:
+            per_step = (time.perf_counter() - t10) / 20
+            fit = int((time_budget - (time.perf_counter() - start)) / per_step) + step
+            if fit < recipe.steps:
+                log.info("%.3f s/step: %d steps fit in %.0f s (recipe: %d)", per_step, fit, time_budget, recipe.steps)
+                recipe = dataclasses.replace(recipe, steps=max(fit, step + 1, recipe.warmup + 1))
+        if step % eval_every == 0 or step == recipe.steps or step == 1:
+            model.eval()
+            val = stream_nll(model, data["val"], recipe.seq_len, 64 * recipe.seq_len, device)
+            held = stream_nll(model, data["held_out"], 256, 4096, device)
+            model.train()
+            log.info("step %d/%d loss %.3f val %.3f (ppl %.1f) held-out ppl %.1f (%.0f s)", step, recipe.steps,
+                     loss.item(), val, math.exp(val), math.exp(held), time.perf_counter() - start)
+    return model.cpu().float(), recipe
+
+
+def small_checkpoint_tensors(model) -> dict[str, torch.Tensor]:
+    """Bonsai's tensors of a trained model: exact ternary values round(clamp(W, -1, 1)) as the weights (QLinear reads
+    them unchanged), bf16 scales, norms, embedding and head."""
+    out = {}
+    for name, t in model.state_dict().items():
+        if "rotary_emb" in name:
+            continue
+        t = t.detach().float()
+        if name.endswith("proj.weight"):
+            t = torch.round(torch.clamp(t, -1, 1))
+        out[name] = t.to(torch.bfloat16).contiguous()
+    return out
+
+
+def save_compact(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict, preset: int = 9) -> Path:
+    """xz-compressed safetensors: ternary weights as int8 trits; every bf16 tensor as its low and high bytes in
+    two uint8 tensors (`NAME:lo`, `NAME:hi`), since the sign/exponent bytes compress far better apart."""
+    from safetensors.torch import save
+
+    payload = {}
+    for name, t in tensors.items():
+        if name.endswith("proj.weight"):
+            trits = t.to(torch.int8)
+            if not torch.equal(trits.to(t.dtype), t) or trits.abs().max() > 1:
+                raise BonsaiError(f"{name}: not ternary")
+            payload[name] = trits
+        else:
+            b = t.to(torch.bfloat16).contiguous().view(torch.uint8)
+            payload[f"{name}:lo"], payload[f"{name}:hi"] = b[..., 0::2].contiguous(), b[..., 1::2].contiguous()
+    raw = save(payload, metadata={"bonsai_export": json.dumps(metadata, sort_keys=True)})
+    path = Path(path)
+    path.write_bytes(lzma.compress(raw, preset=preset | lzma.PRESET_EXTREME))
+    return path
+
+
+def load_compact(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """save_compact's file back as Bonsai's bf16 checkpoint tensors, and its metadata."""
+    from safetensors.torch import load
+
+    try:
+        raw = lzma.decompress(Path(path).read_bytes())
+    except (OSError, lzma.LZMAError) as exc:
+        raise BonsaiError(f"{path}: cannot be read ({exc}); reinstall bonsai-export") from None
+    payload = load(raw)
+    out = {}
+    for name, t in payload.items():
+        if name.endswith(":hi"):
+            continue
+        if name.endswith(":lo"):
+            base = name[: -len(":lo")]
+            pair = torch.stack([t, payload[f"{base}:hi"]], dim=-1).flatten(-2)
+            out[base] = pair.view(torch.bfloat16).contiguous()
+        else:
+            out[name] = t.to(torch.bfloat16)
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])  # safetensors: u64 length, JSON header
+    return out, json.loads(header.get("__metadata__", {}).get("bonsai_export", "{}"))
+
+
+def small_tensors(seed: int = 0, retrain: bool = False) -> dict[str, torch.Tensor]:
+    """trained-small's checkpoint tensors: the committed weights, or (retrain) trained again."""
+    if not retrain:
+        if seed != 0:
+            raise BonsaiError(f"--seed {seed}: the committed trained-small weights are seed 0; add --retrain to "
+                              f"train with another seed (a GPU is advised)")
+        return load_compact(SMALL_FILE)[0]
+    model, _ = train_small(PRESETS["trained-small"], corpus_tokens(), seed=seed)
+    return small_checkpoint_tensors(model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m bonsai_export.train: the trained-small training run, writing the compact file (what is
+    committed as bonsai_export/data/trained_small.safetensors.xz)."""
+    p = argparse.ArgumentParser(prog="python -m bonsai_export.train", description=main.__doc__)
+    p.add_argument("--out", help="compact file to write (.safetensors.xz)")
+    p.add_argument("--save-tokens", help="write corpus_tokens() to this file (torch.save) and stop unless --out")
+    p.add_argument("--tokens", help="read the corpus streams from a --save-tokens file instead of building them")
+    p.add_argument("--shape", action="append", default=[], metavar="FIELD=INT",
+                   help="override a field of the trained-small shape (experiments)")
+    p.add_argument("--recipe", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field of SMALL_RECIPE (experiments)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--time-budget", type=float, help="seconds of training; fewer steps when the recipe's would not fit")
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--xz-preset", type=int, default=9, help="lzma preset of --out (9: as committed)")
+    opts = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    if opts.tokens:
+        data = torch.load(opts.tokens)
+    else:
+        data = corpus_tokens()
+    if opts.save_tokens:
+        torch.save(data, opts.save_tokens)
+        if not opts.out:
+            return 0
+    args = PRESETS["trained-small"].replace(**{k: int(v) for k, v in (s.split("=") for s in opts.shape)})
+    fields = {f.name: f.type for f in dataclasses.fields(Recipe)}
+    recipe = dataclasses.replace(SMALL_RECIPE, **{k: (float(v) if fields[k] in (float, "float") else int(v))
+                                                 for k, v in (s.split("=") for s in opts.recipe)})
+    start = time.perf_counter()
+    model, recipe = train_small(args, data, recipe, opts.seed, opts.device, opts.time_budget, opts.eval_every)
+    seconds = time.perf_counter() - start
+    tensors = small_checkpoint_tensors(model)
+    device = torch.cuda.get_device_name() if (opts.device or "cuda") == "cuda" and torch.cuda.is_available() else "cpu"
+    meta = {"shape": dataclasses.asdict(args), "recipe": dataclasses.asdict(recipe), "seed": opts.seed,
+            "corpus": data["info"], "trained_on": device, "train_seconds": round(seconds, 1),
+            "torch": torch.__version__}
+    # the checkpoint as stored (bf16), scored like validate's reference: fp32, windows of 256, first 4096 tokens
+    model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
+    model.eval()
+    meta["held_out_ppl_4096"] = round(math.exp(stream_nll(model, data["held_out"], 256, 4096, "cpu")), 3)
+    log.info("stored weights: held-out perplexity %.3f (first 4096 tokens, windows of 256)", meta["held_out_ppl_4096"])
+    if opts.out:
+        save_compact(tensors, opts.out, meta, opts.xz_preset)
+        log.info("%s: %d bytes; %s", opts.out, Path(opts.out).stat().st_size, json.dumps(meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
