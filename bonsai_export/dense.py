@@ -4,8 +4,9 @@ weights"). This file is the reference encoder; ops.dense_weight is the reference
 `quantize_dense_(model, embedding, head)` swaps them in place, so the eager model and every artifact made from it
 compute the same thing. The formats (`--embedding bf16|int8`, `--head bf16|int8|int4`):
 - bf16: the matrix as the checkpoint stores it (Bonsai's own dtype: lossless).
-- int8 / int4: group-wise, one bf16 scale per DENSE_GROUP (32) weights along K, codes in [-128, 127] / [-8, 7];
-  each group's scale is the candidate that minimises the group's squared error (search_scales).
+- int8: group-wise, one bf16 scale per DENSE_GROUP (32) weights along K, codes in [-128, 127];
+- int4: codes in [0, 15] with a bf16 scale and offset per group (w = s * q + m);
+  each group's scale (and offset) is the candidate that minimises the group's squared error (search_scales).
 The head runs in `bonsai::dense_linear` with float activations, so every runtime agrees with the eager model to
 float rounding (no activation quantizer whose rounding could flip). The int8 embedding is the int8 head format
 read one row at a time.
@@ -23,26 +24,29 @@ from . import formats, ops  # noqa: F401  (ops defines torch.ops.bonsai.dense_li
 
 GROUP = formats.DENSE_GROUP
 ROWS_PER_CHUNK = 2048  # rows quantized at once: bounds the search's temporaries (~8 MB each at K = 1536)
-# Scale candidates of the search, as fractions of the range the group's largest weight spans (1 = absmax).
-# Measured on trained-tiny's head (relative RMS weight error, int8 / int4, every candidate refitted): absmax and
-# its sign flip only, 0.00398 / 0.06599; down to 0.7 in steps of 1/20 0.00391 / 0.06523, of 1/40 0.00383 /
-# 0.06514, of 1/80 0.00375 / 0.06512; down to 0.5 no better than to 0.7.
+# Candidates of the search, as fractions of the range the group's extreme weight spans (1 = absmax / min-max).
+# Measured on trained-tiny's head (relative RMS weight error, int8 / symmetric int4, every candidate refitted):
+# absmax and its sign flip only, 0.00398 / 0.06599; down to 0.7 in steps of 1/20 0.00391 / 0.06523, of 1/40
+# 0.00383 / 0.06514, of 1/80 0.00375 / 0.06512; down to 0.5 no better than to 0.7.
 SEARCH_FRACTIONS = tuple(1 - i / 40 for i in range(13))  # 1.0, 0.975, ..., 0.7
-# Least-squares refits of the winning scale. Refitting every candidate instead measured the same error (int8
-# 0.00383 both, int4 0.06514 against 0.06504 with two refits of the winner) at 3-7x the time.
+# Least-squares refits of the winning candidate. Refitting every candidate instead measured the same error (int8
+# 0.00383 both, symmetric int4 0.06514 against 0.06504 with two refits of the winner) at 3-7x the time.
 REFITS = 2
 
 
 @dataclass(frozen=True)
 class DenseFormat:
-    """A weight-only format of bonsai::dense_linear."""
+    """A weight-only format of bonsai::dense_linear; the group-wise ones decode w = s * q + m per group."""
 
     bits: int  # the op's weight_bits
     qmin: int = 0  # code range of a group-wise integer format
     qmax: int = 0
+    offset: bool = False  # m stored per group (scales [N, G, 2] = (s, m)); else m = 0 (scales [N, G] = s)
 
 
-FORMATS = {"bf16": DenseFormat(16), "int8": DenseFormat(8, -128, 127), "int4": DenseFormat(4, -8, 7)}
+# int4 is asymmetric: on trained-small's head it measured a 27% lower mean KL than symmetric codes in [-8, 7]
+# with the same search (docs/FORMAT.md), for 0.5 bit per weight more.
+FORMATS = {"bf16": DenseFormat(16), "int8": DenseFormat(8, -128, 127), "int4": DenseFormat(4, 0, 15, offset=True)}
 HEAD_BITS = {name: f.bits for name, f in FORMATS.items()}
 EMBEDDING_FORMATS = ("bf16", "int8")
 
@@ -54,56 +58,91 @@ def _bf16(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.bfloat16).float()
 
 
-def _codes(g: torch.Tensor, d: torch.Tensor, fmt: DenseFormat) -> torch.Tensor:
-    return torch.clamp(torch.round(g / torch.where(d == 0, 1.0, d)), fmt.qmin, fmt.qmax)
+def _codes(g: torch.Tensor, s: torch.Tensor, m: torch.Tensor, fmt: DenseFormat) -> torch.Tensor:
+    """clamp(rint((w - m) / s), qmin, qmax); code 0 where s = 0 (such a group decodes to m)."""
+    q = torch.clamp(torch.round((g - m) / torch.where(s == 0, 1.0, s)), fmt.qmin, fmt.qmax)
+    return torch.where(s == 0, 0.0, q)
 
 
-def _sq_error(g: torch.Tensor, d: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    return ((g - q * d) ** 2).sum(-1, keepdim=True)
+def _sq_error(g: torch.Tensor, s: torch.Tensor, m: torch.Tensor, fmt: DenseFormat) -> torch.Tensor:
+    return ((g - (_codes(g, s, m, fmt) * s + m)) ** 2).sum(-1, keepdim=True)
 
 
-def search_scales(g: torch.Tensor, fmt: DenseFormat) -> torch.Tensor:
-    """Groups g [..., GROUP] -> the bf16-representable scale of each [..., 1] with the least squared error
-    sum (w - s * code(w / s))^2 among the candidates: the largest weight mapped to a fraction of qmax or of qmin
-    (SEARCH_FRACTIONS), then the winner refitted REFITS times to the least-squares scale of its codes (kept only
-    where that lowers the error). Absmax (largest weight -> qmax) is the first candidate, so the result is never
-    worse than absmax. Candidates are rounded to bf16 before they are scored: the error counted is the stored
-    format's."""
-    wmax = g.gather(-1, g.abs().argmax(-1, keepdim=True))  # the largest-magnitude weight, signed
-    best_d = _bf16(wmax / fmt.qmax)
-    best_err = _sq_error(g, best_d, _codes(g, best_d, fmt))
+def _candidates(g: torch.Tensor, fmt: DenseFormat):
+    """(s, m) candidates of the groups g [..., GROUP], each [..., 1]; the first is plain absmax / min-max.
+    Symmetric: the largest-magnitude weight (signed) mapped to a fraction of qmax or of qmin (the code absmax
+    never uses). Offset: the range [min, max] trimmed at one end by 1 - fraction of its width."""
+    if not fmt.offset:
+        wmax = g.gather(-1, g.abs().argmax(-1, keepdim=True))
+        zero = torch.zeros_like(wmax)
+        for target in [fmt.qmax * f for f in SEARCH_FRACTIONS] + [fmt.qmin * f for f in SEARCH_FRACTIONS]:
+            yield wmax / target, zero
+        return
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    for f in SEARCH_FRACTIONS:
+        yield (hi - lo) * f / fmt.qmax, lo
+    for f in SEARCH_FRACTIONS[1:]:
+        yield (hi - lo) * f / fmt.qmax, hi - (hi - lo) * f
 
-    def keep_better(d):
-        nonlocal best_d, best_err
-        err = _sq_error(g, d, _codes(g, d, fmt))
+
+def _refit(g: torch.Tensor, s: torch.Tensor, m: torch.Tensor, fmt: DenseFormat):
+    """The least-squares (s, m) of the codes that (s, m) gives: argmin |g - (s q + m)|^2, m fixed at 0 for a
+    symmetric format; (s, m) unchanged where the fit is singular."""
+    q = _codes(g, s, m, fmt)
+    sq, qq, gq = q.sum(-1, keepdim=True), (q * q).sum(-1, keepdim=True), (g * q).sum(-1, keepdim=True)
+    if not fmt.offset:
+        return torch.where(qq == 0, s, gq / torch.where(qq == 0, 1.0, qq)), m
+    n, sg = g.shape[-1], g.sum(-1, keepdim=True)
+    det = n * qq - sq * sq
+    ok = det > 0
+    s_fit = torch.where(ok, (n * gq - sq * sg) / torch.where(ok, det, 1.0), s)
+    return s_fit, torch.where(ok, (sg - s_fit * sq) / n, m)
+
+
+def search_scales(g: torch.Tensor, fmt: DenseFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """Groups g [..., GROUP] -> bf16-representable (s, m) [..., 1] each with the least squared error
+    sum (w - (s * q + m))^2, q = clamp(rint((w - m) / s)), among _candidates, then the winner refitted REFITS
+    times (each refit kept only where it lowers the error). The first candidate is plain absmax (min-max for an
+    offset code), so the result is never worse than that. Candidates are rounded to bf16 before they are scored:
+    the error counted is the stored format's."""
+    best_s = best_m = best_err = None
+
+    def keep_better(s, m):
+        nonlocal best_s, best_m, best_err
+        s, m = _bf16(s), _bf16(m)
+        err = _sq_error(g, s, m, fmt)
+        if best_err is None:
+            best_s, best_m, best_err = s, m, err
+            return
         better = err < best_err
-        best_d, best_err = torch.where(better, d, best_d), torch.where(better, err, best_err)
+        best_s, best_m = torch.where(better, s, best_s), torch.where(better, m, best_m)
+        best_err = torch.where(better, err, best_err)
 
-    for target in [fmt.qmax * f for f in SEARCH_FRACTIONS] + [fmt.qmin * f for f in SEARCH_FRACTIONS]:
-        keep_better(_bf16(wmax / target))
+    for s, m in _candidates(g, fmt):
+        keep_better(s, m)
     for _ in range(REFITS):
-        q = _codes(g, best_d, fmt)
-        qq = (q * q).sum(-1, keepdim=True)
-        keep_better(_bf16((g * q).sum(-1, keepdim=True) / torch.where(qq == 0, 1.0, qq)))  # argmin_s |g - s q|^2
-    return best_d
+        keep_better(*_refit(g, best_s, best_m, fmt))
+    return best_s, best_m
 
 
 def quantize_groups(w: torch.Tensor, fmt: DenseFormat) -> tuple[torch.Tensor, torch.Tensor]:
-    """float [N, K] -> (integer codes as int16 [N, K], bf16 scales [N, ceil(K / GROUP)])."""
+    """float [N, K] -> (integer codes as int16 [N, K], bf16 scales [N, G] (s), or [N, G, 2] (s, m) for an offset
+    code), G = ceil(K / GROUP)."""
     n, k = w.shape
     groups = -(-k // GROUP)
-    codes, scales = torch.empty(n, k, dtype=torch.int16), torch.empty(n, groups, dtype=torch.bfloat16)
+    codes = torch.empty(n, k, dtype=torch.int16)
+    scales = torch.empty(n, groups, *((2,) if fmt.offset else ()), dtype=torch.bfloat16)
     for r in range(0, n, ROWS_PER_CHUNK):
         rows = w[r : r + ROWS_PER_CHUNK]
         g = F.pad(rows, (0, groups * GROUP - k)).view(rows.shape[0], groups, GROUP)  # zero weights past K
-        d = search_scales(g, fmt)
-        codes[r : r + ROWS_PER_CHUNK] = _codes(g, d, fmt).view(rows.shape[0], -1)[:, :k].to(torch.int16)
-        scales[r : r + ROWS_PER_CHUNK] = d[..., 0].to(torch.bfloat16)
+        s, m = search_scales(g, fmt)
+        codes[r : r + ROWS_PER_CHUNK] = _codes(g, s, m, fmt).view(rows.shape[0], -1)[:, :k].to(torch.int16)
+        scales[r : r + ROWS_PER_CHUNK] = (torch.cat((s, m), -1) if fmt.offset else s[..., 0]).to(torch.bfloat16)
     return codes, scales
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """Codes int [N, K] in [-8, 7] -> uint8 [N, ceil(K/2)]: two's-complement nibbles, low nibble = even k."""
+    """Codes int [N, K] in [0, 15] -> uint8 [N, ceil(K/2)]: nibbles, low nibble = even k."""
     if q.shape[1] % 2:
         q = F.pad(q, (0, 1))
     nibbles = (q.to(torch.int16) & 0xF).view(q.shape[0], -1, 2)
@@ -113,7 +152,7 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
 def quantize_weight(weight: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
     """float [N, K] -> (stored weight, scales) of the dense_linear format named `fmt` (a key of FORMATS):
     bf16: (bf16 [N, K], float32 ones [N]); int8: (int8 [N, K], bf16 [N, G]); int4: (uint8 nibbles [N, ceil(K/2)],
-    bf16 [N, G])."""
+    bf16 [N, G, 2] (scale, offset))."""
     w = weight.detach().float()
     spec = FORMATS[fmt]
     if spec.bits == 16:

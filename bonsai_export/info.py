@@ -7,9 +7,9 @@ import dataclasses
 from . import formats
 from .checkpoint import Checkpoint
 
-# Bytes per weight of the embedding / head formats (bonsai_export/dense.py), scales included: int8 and int4 carry
-# one bf16 scale per group of formats.DENSE_GROUP weights.
-DENSE_BYTES = {"bf16": 2.0, "int8": 1.0 + 2 / formats.DENSE_GROUP, "int4": 0.5 + 2 / formats.DENSE_GROUP}
+# Bytes per weight of the embedding / head formats (bonsai_export/dense.py), scales included: int8 carries one
+# bf16 scale per group of formats.DENSE_GROUP weights, int4 a bf16 scale and offset.
+DENSE_BYTES = {"bf16": 2.0, "int8": 1.0 + 2 / formats.DENSE_GROUP, "int4": 0.5 + 4 / formats.DENSE_GROUP}
 
 
 def describe(ckpt: Checkpoint) -> dict:

@@ -214,8 +214,9 @@ _DENSE_WEIGHTS = {16: (_RAW_BF16, lambda k: k), 8: ((np.int8,), lambda k: k), 4:
 
 
 def _dense_scales(scales, n: int, k: int, bits: int) -> np.ndarray:
-    """bits 16: float32 [N]; group-wise formats: raw bf16 bits [N, ceil(K / DENSE_GROUP)]."""
-    want = [n] if bits == 16 else [n, -(-k // formats.DENSE_GROUP)]
+    """bits 16: float32 [N]; 8: raw bf16 bits [N, G] (scales); 4: [N, G, 2] (scale, offset); G = ceil(K / 32)."""
+    groups = -(-k // formats.DENSE_GROUP)
+    want = {16: [n], 8: [n, groups], 4: [n, groups, 2]}[bits]
     dtypes = (np.float32,) if bits == 16 else _RAW_BF16
     if not isinstance(scales, np.ndarray) or scales.dtype not in dtypes or list(scales.shape) != want:
         raise ValueError(f"expected scales {'float32' if bits == 16 else 'raw bf16 uint16/int16'} {want}, got "
@@ -227,8 +228,9 @@ def dense_linear(
     x: np.ndarray, weight: np.ndarray, scales: np.ndarray, k: int, bits: int, threads: int | None = None
 ) -> np.ndarray:
     """y float32 [M, N] = x float32 [M, K] @ W.T with W in a dense_linear format (kernels.h): bits 16: raw bf16
-    bits uint16/int16 [N, K], scales float32 [N]; 8: int8 [N, K]; 4: uint8 nibbles [N, ceil(K/2)]; 8 and 4 with
-    raw bf16 scales [N, ceil(K/32)]. Float32 accumulation in a kernel-specific order."""
+    bits uint16/int16 [N, K], scales float32 [N]; 8: int8 [N, K], raw bf16 scales [N, ceil(K/32)]; 4: uint8
+    nibbles [N, ceil(K/2)], raw bf16 (scale, offset) [N, ceil(K/32), 2]. Float32 accumulation in a kernel-specific
+    order."""
     if bits not in _DENSE_WEIGHTS:
         raise ValueError(f"expected bits in {sorted(_DENSE_WEIGHTS)}, got {bits!r}")
     if not isinstance(k, (int, np.integer)) or k <= 0:

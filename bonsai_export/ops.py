@@ -7,9 +7,9 @@ Bonsai); 8: per-token absmax int8 activations with int32 accumulation.
 
     dense_linear(x[..., K] f32, weight, scales, int in_features, int weight_bits) -> y[..., N] f32
 Weight-only quantized linear with float activations (the output head; docs/FORMAT.md "Dense weights").
-weight_bits 16: weight bf16 [N, K], scales f32 [N]; 8: int8 codes [N, K]; 4: uint8 [N, ceil(K/2)]
-two's-complement nibbles (low = even k); 8 and 4 take bf16 scales [N, G], one per group of formats.DENSE_GROUP
-weights along K: W[n, k] = code[n, k] * scales[n, k // DENSE_GROUP].
+weight_bits 16: weight bf16 [N, K], scales f32 [N]; 8: int8 codes [N, K], bf16 scales [N, G], one per group of
+formats.DENSE_GROUP weights along K: W[n, k] = code[n, k] * scales[n, k // DENSE_GROUP]; 4: uint8 [N, ceil(K/2)]
+nibbles 0..15 (low = even k), bf16 (scale, offset) pairs [N, G, 2]: W = code * scale + offset.
 
     attention(q[1, T, H, D] f32, k_cache[1, Hkv, S, D] f32, v_cache[1, Hkv, S, D] f32, input_pos[1] i64)
         -> y[1, T, H, D] f32
@@ -111,28 +111,25 @@ _define("ternary_linear", "Tensor x, Tensor packed, Tensor scales, int in_featur
 # --- dense_linear ---
 
 def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
-    """uint8 [N, ceil(K/2)] two's-complement nibbles (low nibble = even k) -> int8 [N, K]."""
-    wide = packed.to(torch.int16)
-    low = (wide << 12).to(torch.int16) >> 12
-    high = wide >> 4
-    high = torch.where(high > 7, high - 16, high)
-    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)[:, :k].to(torch.int8)
+    """uint8 [N, ceil(K/2)] nibbles (low nibble = even k) -> codes uint8 [N, K] in [0, 15]."""
+    return torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(packed.shape[0], -1)[:, :k]
 
 
 def group_scales(scales: torch.Tensor, k: int) -> torch.Tensor:
-    """Scales [N, G] of the group-wise formats -> float32 [N, K], the scale of every weight."""
+    """Per-group values [N, G] of the group-wise formats -> float32 [N, K], the value of every weight's group."""
     return scales.float().repeat_interleave(formats.DENSE_GROUP, dim=1)[:, :k]
 
 
 def dense_weight(weight: torch.Tensor, scales: torch.Tensor, k: int, bits: int) -> torch.Tensor:
-    """The float32 [N, K] matrix a dense_linear weight stands for (exact: a code times a bf16 scale needs at most
-    16 significant bits)."""
+    """The float32 [N, K] matrix a dense_linear weight stands for. int8: code * scale, exact (a code of 8 bits
+    times a bf16 scale's 8-bit significand); int4: code * scale + offset, the product exact and the sum rounded
+    once, so any kernel that computes code * scale + offset (multiply then add, or one FMA) gets these weights."""
     if bits == 16:
         return weight.float() * scales.float()[:, None]
     if bits == 8:
         return weight.float() * group_scales(scales, k)
     if bits == 4:
-        return unpack_int4(weight, k).float() * group_scales(scales, k)
+        return unpack_int4(weight, k).float() * group_scales(scales[..., 0], k) + group_scales(scales[..., 1], k)
     raise ValueError(f"dense_linear: expected weight_bits 16, 8 or 4, got {bits}")
 
 

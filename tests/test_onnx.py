@@ -272,27 +272,41 @@ def test_stock_mapping_is_exact_without_activation_quantization():
 
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
 def test_stock_head_mapping_is_exact(fmt):
-    """MatMulNBits bits=8 / 4 with blocks of DENSE_GROUP, code = q + zero point and the bf16 group scales widened
-    to f32 is the custom op's head matrix exactly (accuracy_level 0: no activation quantization)."""
+    """MatMulNBits with blocks of DENSE_GROUP and the group scales widened to f32 is the custom op's head matrix
+    (accuracy_level 0: no activation quantization): int8 (code = q + 128) exactly, int4 (the codes with float zero
+    points -offset / scale) within one float rounding per weight; a group of scale 0 decodes to its offset."""
     import onnxruntime as ort
 
     from bonsai_export import dense, ops
 
     rng = np.random.default_rng(2)
     k, n, bits = 100, 24, dense.FORMATS[fmt].bits
-    q, s = dense.quantize_weight(torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32)), fmt)
-    codes = (q if bits == 8 else ops.unpack_int4(q, k)).numpy()
-    b, sc = O.nbits_pack(codes, bits, formats.DENSE_GROUP, O._f32(s))
-    node = helper.make_node("MatMulNBits", ["x", "b", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    w[0, :32] = 0.25  # a constant group: scale 0, offset 0.25
+    q, s = dense.quantize_weight(torch.from_numpy(w), fmt)
+    if bits == 8:
+        (b, sc), zp = O.nbits_pack(q.numpy(), 8, formats.DENSE_GROUP, O._f32(s)), None
+    else:
+        scale, zp = O.int4_stock_scales(O._f32(s))
+        b, sc = O.nbits_pack(ops.unpack_int4(q, k).numpy().astype(np.int16) - 8, 4, formats.DENSE_GROUP, scale)
+    inputs = ["x", "b", "s"] + (["z"] if zp is not None else [])
+    node = helper.make_node("MatMulNBits", inputs, ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
                             block_size=formats.DENSE_GROUP, accuracy_level=0)
+    inits = [numpy_helper.from_array(b, "b"), numpy_helper.from_array(sc, "s")]
+    if zp is not None:
+        inits.append(numpy_helper.from_array(zp.reshape(-1), "z"))
     graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(b, "b"), numpy_helper.from_array(sc, "s")])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
                                                     helper.make_opsetid("com.microsoft", 1)], ir_version=10)
-    x = np.eye(k, dtype=np.float32)  # identity rows: y is W^T itself, so the weights compare exactly
+    x = np.eye(k, dtype=np.float32)  # identity rows: y is W^T itself, so the weights compare directly
     got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
-    np.testing.assert_array_equal(got, ops.dense_weight(q, s, k, bits).numpy().T)
+    want = ops.dense_weight(q, s, k, bits).numpy().T
+    if bits == 8:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=0, atol=2 * np.spacing(np.abs(want).max()))
+    assert float(ops.dense_weight(q, s, k, bits)[0, 0]) == 0.25
 
 
 def test_external_data_past_the_limit(tmp_path, tiny_ckpt, monkeypatch, eager):

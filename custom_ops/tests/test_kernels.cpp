@@ -174,16 +174,17 @@ float bf16_round(float v, uint16_t* bits) {  // the bf16 nearest to v (ties to e
 void check_dense(int32_t bits, int64_t m, int64_t n, int64_t k, const bonsai_parallel* par, std::mt19937& rng,
                  const char* isa) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::uniform_int_distribution<int> nibble(-8, 7), byte(-128, 127);
+  std::uniform_int_distribution<int> nibble(0, 15), byte(-128, 127);
   const int64_t groups = (k + BONSAI_DENSE_GROUP - 1) / BONSAI_DENSE_GROUP;
   const int64_t rb = bits == 16 ? 2 * k : bits == 8 ? k : (k + 1) / 2;
   std::vector<uint8_t> w(size_t(n * rb), 0);
-  std::vector<double> wf(size_t(n * k));  // decoded weight times its scale
-  // bf16: one float32 scale per row; the group-wise formats: one bf16 scale (raw bits) per group of K.
-  std::vector<float> scales(size_t(bits == 16 ? n : n * groups));
+  std::vector<double> wf(size_t(n * k));  // decoded weight: code * scale (+ offset)
+  // bf16: one float32 scale per row; int8: one bf16 scale (raw bits) per group; int4: (scale, offset) per group.
+  const int64_t per_group = bits == 4 ? 2 : 1;
+  std::vector<float> scales(size_t(bits == 16 ? n : n * groups * per_group));
   std::vector<uint16_t> scale_bits(scales.size());
   for (size_t i = 0; i < scales.size(); ++i) {
-    scales[i] = 0.01f + fabsf(normal(rng));
+    scales[i] = (bits == 4 && i % 2) ? -2.0f * fabsf(normal(rng)) : 0.01f + fabsf(normal(rng));
     if (bits != 16) scales[i] = bf16_round(scales[i], &scale_bits[i]);
   }
   for (int64_t r = 0; r < n; ++r)
@@ -199,11 +200,11 @@ void check_dense(int32_t bits, int64_t m, int64_t n, int64_t k, const bonsai_par
         v = q;
       } else {
         const int q = nibble(rng);
-        w[size_t(r * rb + c / 2)] |= uint8_t((q & 15) << (c % 2 ? 4 : 0));
+        w[size_t(r * rb + c / 2)] |= uint8_t(q << (c % 2 ? 4 : 0));
         v = q;
       }
-      const size_t si = size_t(bits == 16 ? r : r * groups + c / BONSAI_DENSE_GROUP);
-      wf[size_t(r * k + c)] = v * scales[si];
+      const size_t si = size_t(bits == 16 ? r : (r * groups + c / BONSAI_DENSE_GROUP) * per_group);
+      wf[size_t(r * k + c)] = v * scales[si] + (bits == 4 ? double(scales[si + 1]) : 0.0);
     }
   if (bits == 4 && k % 2)  // garbage in the padding nibble of odd K must be ignored
     for (int64_t r = 0; r < n; ++r) w[size_t(r * rb + rb - 1)] |= 0x70;
@@ -223,6 +224,10 @@ void check_dense(int32_t bits, int64_t m, int64_t n, int64_t k, const bonsai_par
       for (int64_t i = 0; i < k; ++i) {
         want += wf[size_t(o * k + i)] * xv[size_t(r * k + i)];
         magnitude += fabs(wf[size_t(o * k + i)] * xv[size_t(r * k + i)]);
+        if (bits == 4) {  // the kernels sum code * scale and offset * x apart: both terms' magnitudes count
+          const size_t si = size_t((o * groups + i / BONSAI_DENSE_GROUP) * 2);
+          magnitude += fabs(double(scales[si + 1]) * xv[size_t(r * k + i)]);
+        }
       }
       const double got = y.ptr[r * n + o];
       CHECK(fabs(got - want) <= kFloatRelTol * magnitude + 1e-30, "y[%lld,%lld] %.9g vs %.9g, %s", (long long)r,
@@ -407,16 +412,17 @@ void check_tensor_validation() {
       {"K max", false, {F, {2, INT64_MAX}}, {U8, {5, 64}}, {F, {5}}, INT64_MAX, 0, BONSAI_ERR_SHAPE, "in_features must be"},
       {"K min", false, {F, {2, 130}}, {U8, {5, 64}}, {F, {5}}, INT64_MIN, 0, BONSAI_ERR_SHAPE, "in_features must be"},
       {"act_bits", false, {F, {2, 130}}, {U8, {5, 64}}, {F, {5}}, 130, 4, BONSAI_ERR_ACT_BITS, "act_bits must be 0 or 8"},
-      {"dense ok 4", true, {F, {2, 70}}, {U8, {5, 35}}, {BF, {5, 3}}, 70, 4, BONSAI_OK, ""},
+      {"dense ok 4", true, {F, {2, 70}}, {U8, {5, 35}}, {BF, {5, 3, 2}}, 70, 4, BONSAI_OK, ""},
+      {"dense int4 pairs", true, {F, {2, 70}}, {U8, {5, 35}}, {BF, {5, 3, 1}}, 70, 4, BONSAI_ERR_SHAPE, "do not fit K=70"},
       {"dense ok 8", true, {F, {2, 70}}, {I8, {5, 70}}, {BF, {5, 3}}, 70, 8, BONSAI_OK, ""},
       {"dense f32 group scales", true, {F, {2, 70}}, {I8, {5, 70}}, {F, {5, 3}}, 70, 8, BONSAI_ERR_SHAPE,
        "scales must be bfloat16"},
       {"dense ok 16", true, {F, {2, 70}}, {BF, {5, 70}}, {F, {5}}, 70, 16, BONSAI_OK, ""},
       {"dense dtype", true, {F, {2, 70}}, {I8, {5, 70}}, {F, {5}}, 70, 16, BONSAI_ERR_SHAPE, "does not fit the weight's dtype"},
       {"dense bits", true, {F, {2, 70}}, {I8, {5, 70}}, {F, {5}}, 70, 2, BONSAI_ERR_ACT_BITS, "weight_bits must be"},
-      {"dense groups", true, {F, {2, 70}}, {U8, {5, 35}}, {BF, {5, 2}}, 70, 4, BONSAI_ERR_SHAPE, "do not fit K=70"},
+      {"dense groups", true, {F, {2, 70}}, {U8, {5, 35}}, {BF, {5, 2, 2}}, 70, 4, BONSAI_ERR_SHAPE, "do not fit K=70"},
       {"dense scales rank", true, {F, {2, 70}}, {U8, {5, 35}}, {F, {15}}, 70, 4, BONSAI_ERR_SHAPE, "scales must be"},
-      {"dense K huge", true, {F, {0, INT64_MAX}}, {U8, {5, 35}}, {F, {5, 3}}, INT64_MAX, 4, BONSAI_ERR_SHAPE, "in_features"},
+      {"dense K huge", true, {F, {0, INT64_MAX}}, {U8, {5, 35}}, {BF, {5, 3, 2}}, INT64_MAX, 4, BONSAI_ERR_SHAPE, "in_features"},
   };
   for (const Linear& c : cases) {
     int64_t m = -1, n = -1;

@@ -391,15 +391,17 @@ int bonsai_check_dense_linear(const char* op, const bonsai_tensor* x, const bons
     return c.error(BONSAI_ERR_SHAPE, "weight_bits " + std::to_string(bits) + " does not fit the weight's dtype " +
                                          dtype_name(weight->dtype) + " (expected " + dtype_name(wtype) + ")");
   const int64_t wk = dense_row_bytes(int(bits), k) / (bits == 16 ? 2 : 1);  // weight elements per row
-  // bf16: one float32 scale per row; the group-wise formats: one bf16 scale per group of kDenseChunk along K.
+  // bf16: one float32 scale per row; int8: one bf16 scale per group of kDenseChunk along K; int4: a bf16
+  // (scale, offset) pair per group.
   const bool grouped = bits != 16;
   const int64_t groups = (k + kDenseChunk - 1) / kDenseChunk;
+  const int32_t s_rank = bits == 16 ? 1 : bits == 8 ? 2 : 3;
   const std::string expect_w = "[N, " + std::to_string(wk) + "]";
-  const std::string expect_s = grouped ? "[N, " + std::to_string(groups) + "]" : "[N]";
+  const std::string expect_s = bits == 16 ? "[N]" : "[N, " + std::to_string(groups) + (bits == 4 ? ", 2]" : "]");
   if (int rc = c.typed("weight", weight, wtype, 2, expect_w)) return rc;
-  if (int rc = c.typed("scales", scales, grouped ? BONSAI_DTYPE_BF16 : BONSAI_DTYPE_F32, grouped ? 2 : 1, expect_s))
+  if (int rc = c.typed("scales", scales, grouped ? BONSAI_DTYPE_BF16 : BONSAI_DTYPE_F32, s_rank, expect_s))
     return rc;
-  if (weight->dims[1] != wk || !dims_are(scales, weight->dims[0], groups))
+  if (weight->dims[1] != wk || !dims_are(scales, weight->dims[0], groups) || (bits == 4 && scales->dims[2] != 2))
     return c.error(BONSAI_ERR_SHAPE, "weight " + dims_str(*weight) + " / scales " + dims_str(*scales) +
                                          " do not fit K=" + std::to_string(k) + " and weight_bits=" +
                                          std::to_string(bits) + " (expected " + expect_w + " / " + expect_s + ")");

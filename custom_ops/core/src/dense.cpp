@@ -1,5 +1,6 @@
 // Weight-only quantized dense linear for the output head (and any non-ternary linear): fp32 activations, weights
-// in bf16, or int8 / int4 codes with one bf16 scale per group of 32 along K (docs/FORMAT.md, "Dense weights").
+// in bf16, int8 codes with one bf16 scale per group of 32 along K, or int4 codes with a bf16 scale and offset per
+// group (docs/FORMAT.md, "Dense weights").
 // Float activations make the result depend only on float summation order, never on an activation quantizer, so
 // every runtime agrees with the eager model to float rounding.
 //
@@ -24,8 +25,6 @@ namespace {
 
 constexpr int kRefLanes = 16;  // independent partial sums: lets the compiler vectorize without reassociation flags
 
-inline int8_t low_nibble(uint8_t b) { return int8_t(uint8_t(b << 4)) >> 4; }
-inline int8_t high_nibble(uint8_t b) { return int8_t(b) >> 4; }
 
 // Weight (row n, column k) widened to float, for one row's pointer.
 template <int Bits>
@@ -38,7 +37,7 @@ inline float weight_at(const uint8_t* row, int64_t k) {
     return float(int8_t(row[k]));
   } else {
     const uint8_t b = row[k >> 1];
-    return float((k & 1) ? high_nibble(b) : low_nibble(b));
+    return float((k & 1) ? b >> 4 : b & 15);
   }
 }
 
@@ -55,7 +54,8 @@ float dot_range(const uint8_t* row, const float* x, int64_t k0, int64_t k1) {
   return acc;
 }
 
-// Group-wise formats: each group's partial sum times its scale; bf16: one sum times the row's scale.
+// Group-wise formats: each group's partial sum times its scale (plus, int4, its offset times the sum of x over
+// the group); bf16: one sum times the row's scale.
 template <int Bits>
 void dense_rows_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
@@ -70,6 +70,11 @@ void dense_rows_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, i
         for (int64_t g = 0; g < p.groups; ++g) {
           const int64_t k0 = g * kDenseChunk, k1 = k0 + kDenseChunk < p.k ? k0 + kDenseChunk : p.k;
           y += p.scale<Bits>(n, g) * dot_range<Bits>(row, x, k0, k1);
+          if constexpr (Bits == 4) {  // the offset times the group's sum of x
+            float sum = 0.f;
+            for (int64_t k = k0; k < k1; ++k) sum += x[k];
+            y += p.offset(n, g) * sum;
+          }
         }
       }
       p.y[m * p.y_stride + n] = y;
@@ -94,6 +99,7 @@ constexpr int64_t kRowGrain = 16;
 constexpr int64_t kScratchBytes = 160 * 1024;
 
 thread_local std::vector<float> t_x;        // zero-padded activations
+thread_local std::vector<float> t_sums;     // int4: sums of x over each group of each token
 thread_local std::vector<float> t_scratch;  // per-task widened weight rows
 
 struct DenseJob {
@@ -151,10 +157,20 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
     int64_t scratch_rows = kScratchBytes / (kp * int64_t(sizeof(float)));
     scratch_rows = scratch_rows < 8 ? 8 : scratch_rows > 64 ? 64 : scratch_rows;
     const bool grouped = weight_bits != 16;
+    const float* sums = nullptr;
+    if (weight_bits == 4) {  // once per call: every row's offsets multiply the same group sums
+      if (t_sums.size() < size_t(m * groups)) t_sums.resize(size_t(m * groups));
+      for (int64_t i = 0; i < m * groups; ++i) {
+        float sum = 0.f;
+        for (int64_t j = 0; j < kDenseChunk; ++j) sum += xp[i * kDenseChunk + j];
+        t_sums[size_t(i)] = sum;
+      }
+      sums = t_sums.data();
+    }
     DenseJob job{table,
                  {xp, kp, k, static_cast<const uint8_t*>(weight), dense_row_bytes(weight_bits, k), weight_bits,
                   grouped ? nullptr : static_cast<const float*>(scales),
-                  grouped ? static_cast<const uint16_t*>(scales) : nullptr, groups, y, n, scratch_rows},
+                  grouped ? static_cast<const uint16_t*>(scales) : nullptr, groups, sums, y, n, scratch_rows},
                  m, n, workers, nullptr, 0};
     if (m > 1) {
       job.scratch_per_task = scratch_rows * kp;

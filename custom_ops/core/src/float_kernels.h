@@ -5,8 +5,8 @@
 //
 // V provides: F (vector of W floats), zero, set1, load, store, add, mul, fma(a, b, c) = a * b + c, max, hsum,
 // hmax, round (to nearest), exp2i (2^n for integral n in [-126, 127]), prefetch, and
-// widen<Bits>(p, out[32 / W]): the 32 weights k..k+31 of a dense row chunk (bf16, int8 or int4 bytes at p) as
-// floats, in K order.
+// widen<Bits>(p, out[32 / W]): the 32 weights k..k+31 of a dense row chunk (bf16, int8 codes or int4 codes 0..15
+// at p) as floats, in K order.
 #ifndef BONSAI_FLOAT_KERNELS_H
 #define BONSAI_FLOAT_KERNELS_H
 
@@ -50,6 +50,7 @@ inline void dense_gemv_tile(const DenseProblem& p, const float* x, int64_t n, in
   constexpr int64_t kPrefetchEvery = 64 / cb > 0 ? 64 / cb : 1;  // one prefetch per cache line
   F acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V::zero();
+  float bias[R] = {};  // int4: sum over groups of offset * (sum of x over the group)
   const uint8_t* w = p.w + n * p.w_stride;
   auto step = [&](int r, int64_t c, const uint8_t* src) {
     F wv[NV];
@@ -59,6 +60,7 @@ inline void dense_gemv_tile(const DenseProblem& p, const float* x, int64_t n, in
       F part = V::mul(wv[0], V::load(xc));
       for (int i = 1; i < NV; ++i) part = V::fma(wv[i], V::load(xc + i * V::W), part);
       acc[r][c & 1] = V::fma(V::set1(p.scale<Bits>(n + r, c)), part, acc[r][c & 1]);
+      if (Bits == 4) bias[r] += p.offset(n + r, c) * p.group_sums[c];
     } else {
       for (int i = 0; i < NV; ++i) acc[r][i & 1] = V::fma(wv[i], V::load(xc + i * V::W), acc[r][i & 1]);
     }
@@ -80,7 +82,7 @@ inline void dense_gemv_tile(const DenseProblem& p, const float* x, int64_t n, in
   }
   for (int r = 0; r < R; ++r) {
     const float s = V::hsum(V::add(acc[r][0], acc[r][1]));
-    p.y[n + r] = Bits == 16 ? s * p.scale<Bits>(n + r, 0) : s;
+    p.y[n + r] = Bits == 16 ? s * p.scale<Bits>(n + r, 0) : s + bias[r];
   }
 }
 
@@ -121,6 +123,7 @@ void dense_rows(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64
     const float* x = p.x + m0 * p.x_stride;
     DenseProblem q = p;
     q.y = p.y + m0 * p.y_stride;
+    if (Bits == 4) q.group_sums = p.group_sums + m0 * p.groups;
     int64_t n = n0;
     for (; n + 4 <= n1; n += 4) dense_gemv_tile<V, Bits, 4>(q, x, n, chunks, row_bytes);
     for (; n < n1; ++n) dense_gemv_tile<V, Bits, 1>(q, x, n, chunks, row_bytes);
@@ -136,7 +139,10 @@ void dense_rows(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64
         F wv[NV];
         load_chunk<V, Bits>(row, c, row_bytes, wv);
         const F s = V::set1(p.scale<Bits>(nb + r, c));
-        for (int i = 0; i < NV; ++i) V::store(dst + c * kDenseChunk + i * V::W, V::mul(wv[i], s));
+        // code * scale (+ offset): the product is exact, so mul-then-add and FMA give the same weight
+        const F o = V::set1(Bits == 4 ? p.offset(nb + r, c) : 0.f);
+        for (int i = 0; i < NV; ++i)
+          V::store(dst + c * kDenseChunk + i * V::W, Bits == 4 ? V::fma(wv[i], s, o) : V::mul(wv[i], s));
       }
     }
     int64_t m = m0;

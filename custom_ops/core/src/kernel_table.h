@@ -40,8 +40,9 @@ struct DenseProblem {
   int64_t w_stride;
   int32_t bits;                 // 16, 8 or 4
   const float* channel_scales;  // bits 16: [N]
-  const uint16_t* group_scales; // bits 8 and 4: bf16 [N, groups]
+  const uint16_t* group_scales; // bits 8: bf16 scales [N, groups]; bits 4: bf16 (scale, offset) [N, groups, 2]
   int64_t groups;               // ceil(K / kDenseChunk)
+  const float* group_sums;      // bits 4: sum of x over each group, [M, groups] (what the offsets multiply)
   float* y;                     // [M, y_stride]
   int64_t y_stride;
   int64_t scratch_rows;  // rows of kp floats in each task's scratch (M > 1 widens rows there once)
@@ -50,8 +51,11 @@ struct DenseProblem {
   template <int Bits>
   float scale(int64_t n, int64_t c) const {
     if constexpr (Bits == 16) return channel_scales[n];
-    else return bf16_to_f32(group_scales[n * groups + c]);
+    else if constexpr (Bits == 8) return bf16_to_f32(group_scales[n * groups + c]);
+    else return bf16_to_f32(group_scales[(n * groups + c) * 2]);
   }
+  // Offset of chunk c of row n (bits 4 only): W = code * scale + offset.
+  float offset(int64_t n, int64_t c) const { return bf16_to_f32(group_scales[(n * groups + c) * 2 + 1]); }
 };
 
 // Causal GQA over the cache prefix (bonsai_attention): q/out [T, H, D], caches [Hkv, S, D].

@@ -247,9 +247,10 @@ struct NeonVec {
     } else if constexpr (Bits == 8) {
       widen_i8(vld1q_s8(reinterpret_cast<const int8_t*>(p)), out);
       widen_i8(vld1q_s8(reinterpret_cast<const int8_t*>(p + 16)), out + 4);
-    } else {  // nibbles: arithmetic shifts sign-extend, zip restores K order
-      const int8x16_t b = vreinterpretq_s8_u8(vld1q_u8(p));
-      const int8x16_t lo = vshrq_n_s8(vshlq_n_s8(b, 4), 4), hi = vshrq_n_s8(b, 4);
+    } else {  // nibbles: a mask and a logical shift give the codes 0..15, zip restores K order
+      const uint8x16_t b = vld1q_u8(p);
+      const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(15)));
+      const int8x16_t hi = vreinterpretq_s8_u8(vshrq_n_u8(b, 4));
       widen_i8(vzip1q_s8(lo, hi), out);
       widen_i8(vzip2q_s8(lo, hi), out + 4);
     }

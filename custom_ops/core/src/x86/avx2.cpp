@@ -91,12 +91,12 @@ struct Avx2Vec {
       for (int i = 0; i < 4; ++i)
         out[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(p + 8 * i))));
     } else {
-      // 16 bytes of nibbles, no shuffles: each 32-bit word (8 weights in K order, low nibble first) is broadcast
-      // and shifted per lane; (u & 15) ^ 0x4B000008 is the float 2^23 + (u ^ 8) and u ^ 8 - 8 is the signed
-      // nibble, so one subtraction of 2^23 + 8 gives the exact weight.
+      // 16 bytes of nibbles, no shuffles: each 32-bit word (8 codes in K order, low nibble first) is broadcast
+      // and shifted per lane; (u & 15) | 0x4B000000 is the float 2^23 + u, so one subtraction of 2^23 gives the
+      // exact code 0..15.
       const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-      const __m256i mask = _mm256_set1_epi32(15), magic = _mm256_set1_epi32(0x4B000008);
-      const __m256 bias = _mm256_set1_ps(8388616.0f);
+      const __m256i mask = _mm256_set1_epi32(15), magic = _mm256_set1_epi32(0x4B000000);
+      const __m256 bias = _mm256_set1_ps(8388608.0f);
       for (int i = 0; i < 4; ++i) {
         uint32_t word;
         memcpy(&word, p + 4 * i, 4);

@@ -234,11 +234,11 @@ struct Avx512Vec {
       out[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + 16))));
     } else {
       // As in AVX2's widen<4>: lanes 0-7 take the nibbles of one 32-bit word, lanes 8-15 of the next, each
-      // shifted into place; (u & 15) ^ 0x4B000008 minus the float 2^23 + 8 is the signed nibble, exactly.
+      // shifted into place; (u & 15) | 0x4B000000 minus the float 2^23 is the code 0..15, exactly.
       const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
       const __m512i shifts = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
-      const __m512i mask = _mm512_set1_epi32(15), magic = _mm512_set1_epi32(0x4B000008);
-      const __m512 bias = _mm512_set1_ps(8388616.0f);
+      const __m512i mask = _mm512_set1_epi32(15), magic = _mm512_set1_epi32(0x4B000000);
+      const __m512 bias = _mm512_set1_ps(8388608.0f);
       for (int i = 0; i < 2; ++i) {
         const __m512i words = _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i*)(p + 8 * i)));
         const __m512i u = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(idx, words), shifts), mask);
