@@ -271,42 +271,35 @@ def test_stock_mapping_is_exact_without_activation_quantization():
 
 
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
-def test_stock_head_mapping_is_exact(fmt):
-    """MatMulNBits with blocks of DENSE_GROUP and the group scales widened to f32 is the custom op's head matrix
-    (accuracy_level 0: no activation quantization): int8 (code = q + 128) exactly, int4 (the codes with float zero
-    points -offset / scale) within one float rounding per weight; a group of scale 0 decodes to its offset."""
+def test_stock_head_mapping_is_exact(fmt, monkeypatch):
+    """GraphBuilder.make_head on stock ops is the custom op's head matrix: int8 (MatMulNBits bits=8, blocks of
+    DENSE_GROUP) exactly, int4 (MatMulNBits bits=4 plus the offsets through the group sums) within a float rounding
+    per weight; a group of scale 0 decodes to its offset. Identity rows as x give y = W^T; accuracy_level 0, so
+    MatMulNBits does not quantize them."""
+    monkeypatch.setattr(O, "NBITS_ACCURACY_LEVEL", 0)
     import onnxruntime as ort
 
-    from bonsai_export import dense, ops
+    from bonsai_export import ops
+    from bonsai_export.dense import DenseLinear
 
     rng = np.random.default_rng(2)
-    k, n, bits = 100, 24, dense.FORMATS[fmt].bits
+    k, n = 100, 24
     w = rng.standard_normal((n, k)).astype(np.float32)
-    w[0, :32] = 0.25  # a constant group: scale 0, offset 0.25
-    q, s = dense.quantize_weight(torch.from_numpy(w), fmt)
-    if bits == 8:
-        (b, sc), zp = O.nbits_pack(q.numpy(), 8, formats.DENSE_GROUP, O._f32(s)), None
-    else:
-        scale, zp = O.int4_stock_scales(O._f32(s))
-        b, sc = O.nbits_pack(ops.unpack_int4(q, k).numpy().astype(np.int16) - 8, 4, formats.DENSE_GROUP, scale)
-    inputs = ["x", "b", "s"] + (["z"] if zp is not None else [])
-    node = helper.make_node("MatMulNBits", inputs, ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
-                            block_size=formats.DENSE_GROUP, accuracy_level=0)
-    inits = [numpy_helper.from_array(b, "b"), numpy_helper.from_array(sc, "s")]
-    if zp is not None:
-        inits.append(numpy_helper.from_array(zp.reshape(-1), "z"))
-    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    w[0, :32] = 0.25  # a constant group: int4 scale 0, offset 0.25
+    head = DenseLinear(torch.from_numpy(w), fmt)
+    g = O.GraphBuilder("stock")
+    y = g.make_head(head, "x")
+    graph = helper.make_graph(g.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], list(g.inits.values()))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
                                                     helper.make_opsetid("com.microsoft", 1)], ir_version=10)
-    x = np.eye(k, dtype=np.float32)  # identity rows: y is W^T itself, so the weights compare directly
-    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
-    want = ops.dense_weight(q, s, k, bits).numpy().T
-    if bits == 8:
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": np.eye(k, dtype=np.float32)})[0]
+    want = ops.dense_weight(head.weight, head.scales, k, head.bits).numpy().T
+    if fmt == "int8":
         np.testing.assert_array_equal(got, want)
     else:
-        np.testing.assert_allclose(got, want, rtol=0, atol=2 * np.spacing(np.abs(want).max()))
-    assert float(ops.dense_weight(q, s, k, bits)[0, 0]) == 0.25
+        np.testing.assert_allclose(got, want, rtol=0, atol=4 * np.spacing(np.abs(want).max()))
+        assert float(want[0, 0]) == 0.25
 
 
 def test_external_data_past_the_limit(tmp_path, tiny_ckpt, monkeypatch, eager):

@@ -74,15 +74,6 @@ def nbits_pack(q: np.ndarray, bits: int, block: int, block_scales: np.ndarray) -
     return packed, np.ascontiguousarray(scales.reshape(-1))
 
 
-def int4_stock_scales(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The int4 format's (scale, offset) pairs [N, G, 2] -> MatMulNBits (scales, float zero points) [N, G], so that
-    (code - zero point) * scale = code * scale + offset up to one rounding. A group with scale 0 decodes to its
-    offset (its codes are 0): scale = offset, zero point = -1."""
-    s, m = pairs[..., 0], pairs[..., 1]
-    flat = s == 0
-    return np.where(flat, m, s), np.where(flat, -1.0, -m / np.where(flat, 1.0, s)).astype(np.float32)
-
-
 class GraphBuilder:
     """Accumulates nodes and initializers; every op goes through node(), every ternary matmul through
     make_ternary_matmul()."""
@@ -131,16 +122,12 @@ class GraphBuilder:
         q = formats.unpack(linear.packed.numpy(), k)
         return self.make_matmul_nbits(name, x, q, 2, NBITS_BLOCK, linear.scales.numpy(), weight_name)
 
-    def make_matmul_nbits(self, name: str, x: str, q: np.ndarray, bits: int, block: int, scales, weight_name: str,
-                          zero_points: np.ndarray | None = None):
-        """MatMulNBits over signed q (code = q + the default zero point), or, with float zero_points [N, n_blocks],
-        dequantized as (code - zero point) * scale."""
+    def make_matmul_nbits(self, name: str, x: str, q: np.ndarray, bits: int, block: int, scales, weight_name: str):
         b, s = nbits_pack(q, bits, block, scales)
-        inputs = [x, self.weight(f"{weight_name}.qweight", b), self.weight(f"{weight_name}.scales", s)]
-        if zero_points is not None:
-            inputs.append(self.weight(f"{weight_name}.zero_points", _f32(zero_points).reshape(-1)))
-        return self.op("MatMulNBits", inputs, f"{name}/MatMulNBits", MS_DOMAIN, K=q.shape[1], N=q.shape[0], bits=bits,
-                       block_size=block, accuracy_level=NBITS_ACCURACY_LEVEL)
+        return self.op("MatMulNBits", [x, self.weight(f"{weight_name}.qweight", b),
+                                       self.weight(f"{weight_name}.scales", s)],
+                       f"{name}/MatMulNBits", MS_DOMAIN, K=q.shape[1], N=q.shape[0], bits=bits, block_size=block,
+                       accuracy_level=NBITS_ACCURACY_LEVEL)
 
     # ---- dense parts ----
     def make_embedding(self, module, input_ids: str) -> str:
@@ -176,9 +163,9 @@ class GraphBuilder:
                 group scales).
         stock:  bf16 -> Cast(W^T bf16 -> f32) + MatMul (exact); int8 -> MatMulNBits bits=8 with blocks of
                 DENSE_GROUP, the same codes (+ the default zero point) and the group scales widened to f32: the
-                custom op's weights exactly; int4 -> bits=4, the same codes with float zero points (-offset /
-                scale): the custom op's weights within a float rounding. MatMulNBits quantizes activations to
-                int8 per block (accuracy_level 4), which the custom op does not."""
+                custom op's weights exactly; int4 -> make_int4_stock_head, the custom op's weights within a
+                float rounding. MatMulNBits quantizes activations to int8 per block (accuracy_level 4), which the
+                custom op does not."""
         k, bits, w = head.in_features, head.bits, head.weight
         if self.ternary_op == "custom":
             weight = _to_bf16_array(w) if bits == 16 else w.numpy()
@@ -195,9 +182,26 @@ class GraphBuilder:
         if bits == 8:
             return self.make_matmul_nbits("/lm_head", x, w.numpy(), 8, formats.DENSE_GROUP, _f32(head.scales),
                                           "lm_head")
-        scale, zero_point = int4_stock_scales(_f32(head.scales))
-        codes = ops.unpack_int4(w, k).numpy().astype(np.int16) - 8  # nbits_pack adds the default zero point 8 back
-        return self.make_matmul_nbits("/lm_head", x, codes, 4, formats.DENSE_GROUP, scale, "lm_head", zero_point)
+        return self.make_int4_stock_head(head, x)
+
+    def make_int4_stock_head(self, head: DenseLinear, x: str) -> str:
+        """The int4 head (W = q * s + o per group) on stock ops, as W x = s (q - 8) x + (o + 8 s) * (sum of x over
+        the group): MatMulNBits bits=4 over the codes with its default zero point 8 (its fast path; float zero
+        points -o / s would be one node but measured 13x slower), plus the offsets through the group sums.
+
+            x ─┬─ MatMulNBits(q, s) ──────────────────────────────────────────┐
+               └─ MatMul(group indicator [K, G]) ─ MatMul(o + 8 s [G, vocab]) ─ Add ─> logits
+        """
+        k, g = head.in_features, -(-head.in_features // formats.DENSE_GROUP)
+        pairs = head.scales.double()  # [vocab, G, 2]
+        codes = ops.unpack_int4(head.weight, k).numpy().astype(np.int16) - 8  # nbits_pack adds 8 back
+        y = self.make_matmul_nbits("/lm_head", x, codes, 4, formats.DENSE_GROUP, _f32(pairs[..., 0]), "lm_head")
+        indicator = np.zeros((k, g), np.float32)
+        indicator[np.arange(k), np.arange(k) // formats.DENSE_GROUP] = 1
+        sums = self.op("MatMul", [x, self.weight("lm_head.group_indicator", indicator)], "/lm_head/GroupSums/MatMul")
+        offsets = _f32((pairs[..., 1] + 8 * pairs[..., 0]).T)  # [G, vocab]
+        bias = self.op("MatMul", [sums, self.weight("lm_head.group_offsets", offsets)], "/lm_head/Offsets/MatMul")
+        return self.op("Add", [y, bias], "/lm_head/Add")
 
     def make_rms_norm(self, name: str, x: str, norm) -> str:
         w = self.weight(f"{name.strip('/').replace('/', '.')}.weight", _f32(norm.weight))
