@@ -206,7 +206,7 @@ def quantize_dense_(model, embedding: str, head: str):
     """Swap model.embed_tokens and model.lm_head for their export formats (in place); returns the model."""
     if embedding not in EMBEDDING_FORMATS or head not in FORMATS:
         raise ValueError(f"expected embedding in {EMBEDDING_FORMATS} and head in {tuple(FORMATS)}, got "
-                         f"{embedding!r} and {head!r} (resolve 'auto' with ExportConfig.resolved first)")
+                         f"{embedding!r} and {head!r}")
     weight = model.embed_tokens.weight.detach()
     model.embed_tokens = Bf16Embedding(weight) if embedding == "bf16" else Int8Embedding(weight)
     model.lm_head = DenseLinear(model.lm_head.weight, head)

@@ -79,7 +79,6 @@ def ternary_stats(model) -> dict:
 
 def build_model(ckpt: C.Checkpoint, cfg: A.ExportConfig):
     """The model exactly as the artifact computes it (eager runners and validators use this too)."""
-    cfg = cfg.resolved()
     model = from_checkpoint(ckpt, act_quant=cfg.act_quant, max_seq_len=cfg.max_seq_len)
     return quantize_dense_(model, cfg.embedding, cfg.head)
 
@@ -170,7 +169,6 @@ def _commit(tmp: Path, out: Path, force: bool) -> None:
 def export(source: str | Path, out: str | Path, cfg: A.ExportConfig, force: bool = False) -> dict:
     """Export a checkpoint (hub id or folder) to an artifact folder; returns the manifest."""
     out = Path(out)
-    cfg = cfg.resolved()  # the manifest and the ONNX metadata record the formats "auto" chose
     with _progress(cfg):
         return _export(source, out, cfg, force)
 
