@@ -142,16 +142,16 @@ def quantize_groups(w: torch.Tensor, fmt: DenseFormat) -> tuple[torch.Tensor, to
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """Codes int [N, K] in [0, 15] -> uint8 [N, ceil(K/2)]: nibbles, low nibble = even k."""
-    if q.shape[1] % 2:
-        q = F.pad(q, (0, 1))
-    nibbles = (q.to(torch.int16) & 0xF).view(q.shape[0], -1, 2)
-    return (nibbles[..., 0] | (nibbles[..., 1] << 4)).to(torch.uint8)
+    """Codes int [N, K] in [0, 15] -> uint8 [N, 16 G]: per group of 32, byte j holds the code of column j in its
+    low nibble and of column 16 + j in its high one (code 0 past K)."""
+    n, k = q.shape
+    halves = F.pad(q.to(torch.int16), (0, -(-k // GROUP) * GROUP - k)).view(n, -1, 2, GROUP // 2)
+    return (halves[:, :, 0] | (halves[:, :, 1] << 4)).to(torch.uint8).view(n, -1)
 
 
 def quantize_weight(weight: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
     """float [N, K] -> (stored weight, scales) of the dense_linear format named `fmt` (a key of FORMATS):
-    bf16: (bf16 [N, K], float32 ones [N]); int8: (int8 [N, K], bf16 [N, G]); int4: (uint8 nibbles [N, ceil(K/2)],
+    bf16: (bf16 [N, K], float32 ones [N]); int8: (int8 [N, K], bf16 [N, G]); int4: (uint8 nibbles [N, 16 G],
     bf16 [N, G, 2] (scale, offset))."""
     w = weight.detach().float()
     spec = FORMATS[fmt]

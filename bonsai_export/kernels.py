@@ -210,7 +210,8 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # weight_bits -> (stored dtype, weight columns for K): bf16 travels as its raw 16 bits (numpy has no bfloat16).
 _RAW_BF16 = (np.uint16, np.int16)
-_DENSE_WEIGHTS = {16: (_RAW_BF16, lambda k: k), 8: ((np.int8,), lambda k: k), 4: ((np.uint8,), lambda k: (k + 1) // 2)}
+_DENSE_WEIGHTS = {16: (_RAW_BF16, lambda k: k), 8: ((np.int8,), lambda k: k),
+                  4: ((np.uint8,), lambda k: -(-k // formats.DENSE_GROUP) * formats.DENSE_GROUP // 2)}
 
 
 def _dense_scales(scales, n: int, k: int, bits: int) -> np.ndarray:
@@ -229,7 +230,7 @@ def dense_linear(
 ) -> np.ndarray:
     """y float32 [M, N] = x float32 [M, K] @ W.T with W in a dense_linear format (kernels.h): bits 16: raw bf16
     bits uint16/int16 [N, K], scales float32 [N]; 8: int8 [N, K], raw bf16 scales [N, ceil(K/32)]; 4: uint8
-    nibbles [N, ceil(K/2)], raw bf16 (scale, offset) [N, ceil(K/32), 2]. Float32 accumulation in a kernel-specific
+    nibbles [N, 16 * ceil(K/32)], raw bf16 (scale, offset) [N, ceil(K/32), 2]. Float32 accumulation in a kernel-specific
     order."""
     if bits not in _DENSE_WEIGHTS:
         raise ValueError(f"expected bits in {sorted(_DENSE_WEIGHTS)}, got {bits!r}")

@@ -8,8 +8,9 @@ Bonsai); 8: per-token absmax int8 activations with int32 accumulation.
     dense_linear(x[..., K] f32, weight, scales, int in_features, int weight_bits) -> y[..., N] f32
 Weight-only quantized linear with float activations (the output head; docs/FORMAT.md "Dense weights").
 weight_bits 16: weight bf16 [N, K], scales f32 [N]; 8: int8 codes [N, K], bf16 scales [N, G], one per group of
-formats.DENSE_GROUP weights along K: W[n, k] = code[n, k] * scales[n, k // DENSE_GROUP]; 4: uint8 [N, ceil(K/2)]
-nibbles 0..15 (low = even k), bf16 (scale, offset) pairs [N, G, 2]: W = code * scale + offset.
+formats.DENSE_GROUP weights along K: W[n, k] = code[n, k] * scales[n, k // DENSE_GROUP]; 4: uint8 [N, 16 G]
+nibbles 0..15 (per group: low nibbles the first 16 columns, high the last 16), bf16 (scale, offset) pairs
+[N, G, 2]: W = code * scale + offset.
 
     attention(q[1, T, H, D] f32, k_cache[1, Hkv, S, D] f32, v_cache[1, Hkv, S, D] f32, input_pos[1] i64)
         -> y[1, T, H, D] f32
@@ -111,8 +112,10 @@ _define("ternary_linear", "Tensor x, Tensor packed, Tensor scales, int in_featur
 # --- dense_linear ---
 
 def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
-    """uint8 [N, ceil(K/2)] nibbles (low nibble = even k) -> codes uint8 [N, K] in [0, 15]."""
-    return torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(packed.shape[0], -1)[:, :k]
+    """uint8 [N, 16 G] (per group of 32: byte j = code of column j | code of column 16 + j << 4) -> codes uint8
+    [N, K] in [0, 15]."""
+    groups = packed.view(packed.shape[0], -1, formats.DENSE_GROUP // 2)
+    return torch.cat((groups & 0xF, groups >> 4), dim=-1).reshape(packed.shape[0], -1)[:, :k]
 
 
 def group_scales(scales: torch.Tensor, k: int) -> torch.Tensor:

@@ -75,7 +75,7 @@ def test_dense_matches_reference(isa, m, n, k, fmt, threads, seed):
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("m, n, k", [(1, 1001, 1536), (2, 67, 33), (7, 129, 31), (64, 301, 96), (64, 47, 1535)])
 def test_dense_awkward_shapes(isa, fmt, m, n, k):
-    """Odd N, K not a multiple of 32 or 16 (partial scale group, odd nibble count), tiles with leftovers."""
+    """Odd N, K not a multiple of 32 or 16 (a partial scale group), tiles with leftovers."""
     bits = dense.FORMATS[fmt].bits
     x, qweight, scales = dense_problem(m * n + k + bits, m, n, k, fmt)
     for threads in (1, 2):
@@ -87,19 +87,18 @@ def bf16_scales(*shape: int) -> torch.Tensor:
 
 
 def test_dense_int4_extremes(isa):
-    """Every code 0..15 in both nibble positions, negative offsets, and a garbage high nibble of the odd-K padding
-    byte."""
-    k, n = 33, 16
-    codes = (np.arange(n * k).reshape(n, k) % 16).astype(np.int16)
-    padded = np.concatenate([codes, np.full((n, 1), 15, np.int16)], axis=1)  # pad nibble 15 (must be ignored)
-    nib = padded.reshape(n, -1, 2)
-    packed = torch.from_numpy((nib[..., 0] | (nib[..., 1] << 4)).astype(np.uint8))
+    """Every code 0..15 in both nibble positions, negative offsets, and garbage (code 15) in the padding codes of
+    a partial last group."""
+    k, n = 45, 16
+    codes = (np.arange(n * k).reshape(n, k) % 16).astype(np.uint8)
+    padded = np.concatenate([codes, np.full((n, 64 - k), 15, np.uint8)], axis=1)  # 2 groups; past K: garbage
+    halves = padded.reshape(n, 2, 2, 16)  # [row, group, half, j]: byte j = half 0 | half 1 << 4
+    packed = torch.from_numpy((halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(n, 32))
     scales = bf16_scales(n, 2, 2)
     scales[..., 1] = -8 * scales[..., 1]  # offsets: the codes span [offset, offset + 15 * scale] around zero
     x = torch.randn(3, k)
-    assert torch.equal(ops.unpack_int4(packed, k), torch.from_numpy(codes.astype(np.uint8)))
-    low_pad_only = torch.tensor([0xFF] * 16 + [0x0F], dtype=torch.uint8)  # pack_int4 pads with nibble 0
-    assert torch.equal(dense.pack_int4(torch.from_numpy(codes)), packed & low_pad_only)
+    assert torch.equal(ops.unpack_int4(packed, k), torch.from_numpy(codes))
+    assert torch.equal(ops.unpack_int4(dense.pack_int4(torch.from_numpy(codes)), k), torch.from_numpy(codes))
     assert_dense_close(native_dense(x, packed, scales, k, 4), x, packed, scales, k, 4)
 
 

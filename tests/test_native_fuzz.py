@@ -138,7 +138,7 @@ def weight_shape(op: str, bits: int, n: int, k: int) -> tuple[list[int], list[in
     if op == "TernaryMatMul":
         return [n, row_bytes(k)], [n]
     groups = -(-k // DENSE_GROUP)
-    return {16: ([n, k], [n]), 8: ([n, k], [n, groups]), 4: ([n, (k + 1) // 2], [n, groups, 2])}[bits]
+    return {16: ([n, k], [n]), 8: ([n, k], [n, groups]), 4: ([n, groups * DENSE_GROUP // 2], [n, groups, 2])}[bits]
 
 
 def build_ort_case(c: dict):
@@ -300,7 +300,7 @@ def et_programs() -> dict:
                     (torch.ones(2, ET_K), torch.full((3, row_bytes(ET_K)), 0x55, dtype=torch.uint8), torch.ones(3)),
                     (dims("x", (0, 16), (1, 300)), dims("p", (0, 48), (1, 128)), dims("s", (0, 64)))),
         "dense": (lambda x, w, s: ops.dense_linear(x, w, s, ET_DENSE_K, 4),
-                  (torch.ones(2, ET_DENSE_K), torch.zeros(3, 35, dtype=torch.uint8),
+                  (torch.ones(2, ET_DENSE_K), torch.zeros(3, 48, dtype=torch.uint8),
                    torch.ones(3, 3, 2, dtype=torch.bfloat16)),  # int4: (scale, offset) per group
                   (dims("x", (0, 16), (1, 200)), dims("w", (0, 48), (1, 100)), dims("s", (0, 64), (1, 16)))),
         "attention": (lambda q, k, v, pos: ops.attention(q, k, v, pos),
@@ -355,7 +355,7 @@ def et_linear_inputs(c: dict):
     if c["op"] == "ternary":
         k, w_cols, s_shape, w_dtype = ET_K, row_bytes(ET_K), [n], torch.uint8
     else:
-        k, w_cols, s_shape, w_dtype = ET_DENSE_K, (ET_DENSE_K + 1) // 2, [n, 3, 2], torch.uint8
+        k, w_cols, s_shape, w_dtype = ET_DENSE_K, 3 * DENSE_GROUP // 2, [n, 3, 2], torch.uint8
     x_shape, w_shape = [m, k], [n, w_cols]
     expect = {"valid": None, "empty_m": None, "x_last_dim": "must end in in_features", "weight_cols": "do not fit K=",
               "scales_len": "do not fit K=", "scales_groups": "do not fit K=", "empty_n": "rows (N)"}[mutation]

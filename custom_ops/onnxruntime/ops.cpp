@@ -125,9 +125,9 @@ struct TernaryMatMul {
 };
 
 // ---- bonsai::DenseMatMul(x f32 [..., K], weight W [N, ...], scales S) -> y f32 [..., N] ----
-// attributes: in_features (K), weight_bits (16: W bf16 [N, K], S f32 [N]; 8: W int8 [N, K]; 4: W uint8
-// [N, ceil(K/2)] nibbles; 8 and 4 with S bf16 [N, ceil(K/32)]). One kernel per (weight, scale) dtype pair, same op
-// name; the core checks that weight_bits fits the dtypes ORT picked the kernel by.
+// attributes: in_features (K), weight_bits (16: W bf16 [N, K], S f32 [N]; 8: W int8 [N, K], S bf16 [N, G]; 4: W
+// uint8 [N, 16 G] nibbles, S bf16 (scale, offset) [N, G, 2]; G = ceil(K/32)). One kernel per (weight, scale) dtype
+// pair, same op name; the core checks that weight_bits fits the dtypes ORT picked the kernel by.
 template <typename W, typename S>
 struct DenseMatMul {
   static constexpr const char* kName = "bonsai::DenseMatMul";

@@ -176,7 +176,7 @@ void check_dense(int32_t bits, int64_t m, int64_t n, int64_t k, const bonsai_par
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_int_distribution<int> nibble(0, 15), byte(-128, 127);
   const int64_t groups = (k + BONSAI_DENSE_GROUP - 1) / BONSAI_DENSE_GROUP;
-  const int64_t rb = bits == 16 ? 2 * k : bits == 8 ? k : (k + 1) / 2;
+  const int64_t rb = bits == 16 ? 2 * k : bits == 8 ? k : groups * (BONSAI_DENSE_GROUP / 2);
   std::vector<uint8_t> w(size_t(n * rb), 0);
   std::vector<double> wf(size_t(n * k));  // decoded weight: code * scale (+ offset)
   // bf16: one float32 scale per row; int8: one bf16 scale (raw bits) per group; int4: (scale, offset) per group.
@@ -199,15 +199,21 @@ void check_dense(int32_t bits, int64_t m, int64_t n, int64_t k, const bonsai_par
         w[size_t(r * rb + c)] = uint8_t(int8_t(q));
         v = q;
       } else {
-        const int q = nibble(rng);
-        w[size_t(r * rb + c / 2)] |= uint8_t(q << (c % 2 ? 4 : 0));
+        const int q = nibble(rng), j = int(c % BONSAI_DENSE_GROUP);  // low nibbles: the group's first 16 codes
+        w[size_t(r * rb + c / BONSAI_DENSE_GROUP * (BONSAI_DENSE_GROUP / 2) + j % (BONSAI_DENSE_GROUP / 2))] |=
+            uint8_t(q << (j < BONSAI_DENSE_GROUP / 2 ? 0 : 4));
         v = q;
       }
       const size_t si = size_t(bits == 16 ? r : (r * groups + c / BONSAI_DENSE_GROUP) * per_group);
       wf[size_t(r * k + c)] = v * scales[si] + (bits == 4 ? double(scales[si + 1]) : 0.0);
     }
-  if (bits == 4 && k % 2)  // garbage in the padding nibble of odd K must be ignored
-    for (int64_t r = 0; r < n; ++r) w[size_t(r * rb + rb - 1)] |= 0x70;
+  if (bits == 4)  // garbage (code 15) in the padding codes of the last group must be ignored
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = k; c < groups * BONSAI_DENSE_GROUP; ++c) {
+        const int64_t j = c % BONSAI_DENSE_GROUP;
+        w[size_t(r * rb + c / BONSAI_DENSE_GROUP * (BONSAI_DENSE_GROUP / 2) + j % (BONSAI_DENSE_GROUP / 2))] |=
+            uint8_t(15 << (j < BONSAI_DENSE_GROUP / 2 ? 0 : 4));
+      }
   std::vector<float> xv(size_t(m * k));
   for (float& v : xv) v = normal(rng);
   Unaligned<uint8_t> wu(w);
@@ -412,17 +418,17 @@ void check_tensor_validation() {
       {"K max", false, {F, {2, INT64_MAX}}, {U8, {5, 64}}, {F, {5}}, INT64_MAX, 0, BONSAI_ERR_SHAPE, "in_features must be"},
       {"K min", false, {F, {2, 130}}, {U8, {5, 64}}, {F, {5}}, INT64_MIN, 0, BONSAI_ERR_SHAPE, "in_features must be"},
       {"act_bits", false, {F, {2, 130}}, {U8, {5, 64}}, {F, {5}}, 130, 4, BONSAI_ERR_ACT_BITS, "act_bits must be 0 or 8"},
-      {"dense ok 4", true, {F, {2, 70}}, {U8, {5, 35}}, {BF, {5, 3, 2}}, 70, 4, BONSAI_OK, ""},
-      {"dense int4 pairs", true, {F, {2, 70}}, {U8, {5, 35}}, {BF, {5, 3, 1}}, 70, 4, BONSAI_ERR_SHAPE, "do not fit K=70"},
+      {"dense ok 4", true, {F, {2, 70}}, {U8, {5, 48}}, {BF, {5, 3, 2}}, 70, 4, BONSAI_OK, ""},
+      {"dense int4 pairs", true, {F, {2, 70}}, {U8, {5, 48}}, {BF, {5, 3, 1}}, 70, 4, BONSAI_ERR_SHAPE, "do not fit K=70"},
       {"dense ok 8", true, {F, {2, 70}}, {I8, {5, 70}}, {BF, {5, 3}}, 70, 8, BONSAI_OK, ""},
       {"dense f32 group scales", true, {F, {2, 70}}, {I8, {5, 70}}, {F, {5, 3}}, 70, 8, BONSAI_ERR_SHAPE,
        "scales must be bfloat16"},
       {"dense ok 16", true, {F, {2, 70}}, {BF, {5, 70}}, {F, {5}}, 70, 16, BONSAI_OK, ""},
       {"dense dtype", true, {F, {2, 70}}, {I8, {5, 70}}, {F, {5}}, 70, 16, BONSAI_ERR_SHAPE, "does not fit the weight's dtype"},
       {"dense bits", true, {F, {2, 70}}, {I8, {5, 70}}, {F, {5}}, 70, 2, BONSAI_ERR_ACT_BITS, "weight_bits must be"},
-      {"dense groups", true, {F, {2, 70}}, {U8, {5, 35}}, {BF, {5, 2, 2}}, 70, 4, BONSAI_ERR_SHAPE, "do not fit K=70"},
-      {"dense scales rank", true, {F, {2, 70}}, {U8, {5, 35}}, {F, {15}}, 70, 4, BONSAI_ERR_SHAPE, "scales must be"},
-      {"dense K huge", true, {F, {0, INT64_MAX}}, {U8, {5, 35}}, {BF, {5, 3, 2}}, INT64_MAX, 4, BONSAI_ERR_SHAPE, "in_features"},
+      {"dense groups", true, {F, {2, 70}}, {U8, {5, 48}}, {BF, {5, 2, 2}}, 70, 4, BONSAI_ERR_SHAPE, "do not fit K=70"},
+      {"dense scales rank", true, {F, {2, 70}}, {U8, {5, 48}}, {F, {15}}, 70, 4, BONSAI_ERR_SHAPE, "scales must be"},
+      {"dense K huge", true, {F, {0, INT64_MAX}}, {U8, {5, 48}}, {BF, {5, 3, 2}}, INT64_MAX, 4, BONSAI_ERR_SHAPE, "in_features"},
   };
   for (const Linear& c : cases) {
     int64_t m = -1, n = -1;

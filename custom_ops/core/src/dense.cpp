@@ -36,8 +36,9 @@ inline float weight_at(const uint8_t* row, int64_t k) {
   } else if constexpr (Bits == 8) {
     return float(int8_t(row[k]));
   } else {
-    const uint8_t b = row[k >> 1];
-    return float((k & 1) ? b >> 4 : b & 15);
+    const int64_t j = k % kDenseChunk;  // byte j % 16 of the group: low nibble for j < 16, high for the rest
+    const uint8_t b = row[k / kDenseChunk * (kDenseChunk / 2) + j % (kDenseChunk / 2)];
+    return float(j < kDenseChunk / 2 ? b & 15 : b >> 4);
   }
 }
 

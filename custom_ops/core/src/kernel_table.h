@@ -23,7 +23,10 @@ namespace bonsai {
 // kDenseChunk (= the scale group); x rows hold kp = ceil(K / kDenseChunk) * kDenseChunk floats, zero beyond K.
 constexpr int64_t kDenseChunk = BONSAI_DENSE_GROUP;
 static_assert(kDenseChunk == 32, "the SIMD widen<Bits> of every ISA decodes one group of 32 weights");
-inline int64_t dense_row_bytes(int bits, int64_t k) { return bits == 16 ? 2 * k : bits == 8 ? k : (k + 1) / 2; }
+// int4 rows hold whole groups (16 bytes each: low nibbles = the group's first 16 codes, high = the last 16).
+inline int64_t dense_row_bytes(int bits, int64_t k) {
+  return bits == 16 ? 2 * k : bits == 8 ? k : (k + kDenseChunk - 1) / kDenseChunk * (kDenseChunk / 2);
+}
 
 // bf16 (raw bits) -> float32: the high half of an fp32, exact.
 inline float bf16_to_f32(uint16_t v) {

@@ -80,8 +80,8 @@ BONSAI_API int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int6
 // Weight-only quantized dense linear with float32 activations (the output head): y[M, N] = x[M, K] @ W^T with
 //   weight_bits 16: W bf16 [N, K] (raw uint16 bits), scales float32 [N]: y[m, n] = scales[n] * sum_k W[n, k] x[m, k]
 //   weight_bits 8:  W int8 codes q [N, K], scales bf16 s [N, G] (raw uint16 bits)
-//   weight_bits 4:  W uint8 [N, ceil(K/2)], codes q 0..15 as nibbles (low nibble = even k), scales bf16 (s, o)
-//                   pairs [N, G, 2]
+//   weight_bits 4:  W uint8 [N, 16 G], codes q 0..15 as nibbles: per group, byte j holds column j in its low
+//                   nibble and column 16 + j in its high one; scales bf16 (s, o) pairs [N, G, 2]
 // with G = ceil(K / BONSAI_DENSE_GROUP), one scale (and offset) per group g of BONSAI_DENSE_GROUP weights along K:
 // W[n, k] = q[n, k] * s[n, g] (+ o[n, g]), y[m, n] = sum_k W[n, k] x[m, k].
 // Float32 accumulation; summation order unspecified. Errors: BONSAI_ERR_SHAPE, BONSAI_ERR_ACT_BITS (bad bits).
@@ -115,7 +115,7 @@ BONSAI_API int bonsai_check_ternary_linear(const char* op, const bonsai_tensor* 
                                            int64_t* m, int64_t* n);
 
 // dense_linear(x f32 [..., K], weight, scales): weight_bits 16: weight bf16 [N, K], scales f32 [N]; 8: int8 [N, K],
-// scales bf16 [N, ceil(K/32)]; 4: uint8 [N, ceil(K/2)], scales bf16 [N, ceil(K/32), 2]. Same outputs as
+// scales bf16 [N, ceil(K/32)]; 4: uint8 [N, 16 ceil(K/32)], scales bf16 [N, ceil(K/32), 2]. Same outputs as
 // bonsai_check_ternary_linear.
 BONSAI_API int bonsai_check_dense_linear(const char* op, const bonsai_tensor* x, const bonsai_tensor* weight,
                                          const bonsai_tensor* scales, int64_t in_features, int64_t weight_bits,

@@ -247,12 +247,10 @@ struct NeonVec {
     } else if constexpr (Bits == 8) {
       widen_i8(vld1q_s8(reinterpret_cast<const int8_t*>(p)), out);
       widen_i8(vld1q_s8(reinterpret_cast<const int8_t*>(p + 16)), out + 4);
-    } else {  // nibbles: a mask and a logical shift give the codes 0..15, zip restores K order
+    } else {  // nibbles: low = codes 0..15 of the chunk, high = codes 16..31, each half in K order
       const uint8x16_t b = vld1q_u8(p);
-      const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(15)));
-      const int8x16_t hi = vreinterpretq_s8_u8(vshrq_n_u8(b, 4));
-      widen_i8(vzip1q_s8(lo, hi), out);
-      widen_i8(vzip2q_s8(lo, hi), out + 4);
+      widen_i8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(15))), out);
+      widen_i8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), out + 4);
     }
   }
 };

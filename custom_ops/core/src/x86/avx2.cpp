@@ -91,18 +91,14 @@ struct Avx2Vec {
       for (int i = 0; i < 4; ++i)
         out[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(p + 8 * i))));
     } else {
-      // 16 bytes of nibbles, no shuffles: each 32-bit word (8 codes in K order, low nibble first) is broadcast
-      // and shifted per lane; (u & 15) | 0x4B000000 is the float 2^23 + u, so one subtraction of 2^23 gives the
-      // exact code 0..15.
-      const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-      const __m256i mask = _mm256_set1_epi32(15), magic = _mm256_set1_epi32(0x4B000000);
-      const __m256 bias = _mm256_set1_ps(8388608.0f);
-      for (int i = 0; i < 4; ++i) {
-        uint32_t word;
-        memcpy(&word, p + 4 * i, 4);
-        const __m256i u = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(word)), shifts), mask);
-        out[i] = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_xor_si256(u, magic)), bias);
-      }
+      // 16 bytes: low nibbles are codes 0..15 of the chunk, high nibbles codes 16..31, each half in K order; two
+      // masks split them and zero-extending loads widen 8 codes at a time.
+      const __m128i b = _mm_loadu_si128((const __m128i*)p), low4 = _mm_set1_epi8(15);
+      const __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+      out[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+      out[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+      out[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+      out[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
     }
   }
 };

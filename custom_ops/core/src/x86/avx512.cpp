@@ -233,17 +233,11 @@ struct Avx512Vec {
       out[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
       out[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + 16))));
     } else {
-      // As in AVX2's widen<4>: lanes 0-7 take the nibbles of one 32-bit word, lanes 8-15 of the next, each
-      // shifted into place; (u & 15) | 0x4B000000 minus the float 2^23 is the code 0..15, exactly.
-      const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-      const __m512i shifts = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
-      const __m512i mask = _mm512_set1_epi32(15), magic = _mm512_set1_epi32(0x4B000000);
-      const __m512 bias = _mm512_set1_ps(8388608.0f);
-      for (int i = 0; i < 2; ++i) {
-        const __m512i words = _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i*)(p + 8 * i)));
-        const __m512i u = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(idx, words), shifts), mask);
-        out[i] = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_xor_si512(u, magic)), bias);
-      }
+      // As in AVX2's widen<4>: low nibbles are codes 0..15 of the chunk, high nibbles codes 16..31; one
+      // zero-extending convert widens each half.
+      const __m128i b = _mm_loadu_si128((const __m128i*)p), low4 = _mm_set1_epi8(15);
+      out[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, low4)));
+      out[1] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), low4)));
     }
   }
 };
