@@ -18,7 +18,7 @@ from . import options
 from .errors import BonsaiError
 
 ET_OPS_LIB = "libbonsai_et_ops.so"
-_loaded_et_ops: Path | None = None
+_loaded_et_ops: ctypes.CDLL | None = None
 
 
 def native_dir() -> Path:
@@ -26,7 +26,7 @@ def native_dir() -> Path:
     return Path(os.environ.get("BONSAI_NATIVE_DIR", Path(__file__).resolve().parent / "_native"))
 
 
-def load_et_ops() -> Path:
+def load_et_ops() -> ctypes.CDLL:
     """Register our ExecuTorch kernels with the runtime the Python bindings use (once per process)."""
     global _loaded_et_ops
     if _loaded_et_ops is None:
@@ -37,12 +37,18 @@ def load_et_ops() -> Path:
         import executorch.runtime  # noqa: F401  (loads libexecutorch.so, which our library links to)
 
         try:
-            ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+            _loaded_et_ops = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
         except OSError as exc:  # built for another CPU or another executorch: dlopen's reason, one line
             raise BonsaiError(f"{path}: cannot be loaded ({exc}); reinstall bonsai-export on this machine "
                               f"(`pip install --force-reinstall .`)") from None
-        _loaded_et_ops = path
+        _loaded_et_ops.bonsai_last_error.restype = ctypes.c_char_p
     return _loaded_et_ops
+
+
+def et_kernel_error() -> str:
+    """Why our ExecuTorch kernel refused its last call on this thread ("" if it did not): ExecuTorch itself
+    reports only an error code, the kernel's message goes to its log."""
+    return load_et_ops().bonsai_last_error().decode(errors="replace")
 
 
 def positions(start: int, t: int) -> torch.Tensor:
@@ -124,7 +130,9 @@ class PteRunner(Runner):
         check_fits(int(input_pos[0]), tokens.shape[1], self.max_seq_len)
         try:
             return in_calls(lambda x, p: self.method.execute([x, p])[0], tokens, input_pos, self.call_tokens)
-        except RuntimeError as exc:  # a kernel refused its inputs: the runtime logged why (see quiet.py's log)
+        except RuntimeError as exc:  # a kernel refused its inputs
+            if why := et_kernel_error():
+                raise BonsaiError(f"{self.tokenizer_dir / A.PTE_FILE}: {why}") from None
             raise BonsaiError(f"{self.tokenizer_dir / A.PTE_FILE}: the ExecuTorch runtime failed running it ({exc}); "
                               f"re-export the folder with this bonsai-export (its kernels may differ from the "
                               f"ones it was exported for)") from None
@@ -198,8 +206,9 @@ class OnnxRunner(Runner):
         self.tokenizer_dir, self.name = Path(folder), f"onnx-{entry.get('ternary_op')}"
         self.max_seq_len, self.bos_id, self.eos_ids = info["max_seq_len"], info["bos_id"], tuple(info["eos_ids"])
         library = Path(folder) / entry["op_library"] if entry.get("op_library") else None
-        self.session = onnx_session(Path(folder) / entry["file"], library, threads)
-        self.vocab_size = _check_onnx_io(self.session, info, Path(folder) / entry["file"])
+        self.model = Path(folder) / entry["file"]
+        self.session = onnx_session(self.model, library, threads)
+        self.vocab_size = _check_onnx_io(self.session, info, self.model)
         self._np, self.filled = np, 0
         shape = (1, info["n_kv_heads"], self.max_seq_len, info["head_dim"])
         self.binding = self.session.io_binding()
@@ -227,7 +236,11 @@ class OnnxRunner(Runner):
         self.binding.bind_cpu_input("attention_mask", np.ones((1, pos + t), dtype=np.int64))
         self.binding.bind_cpu_input("position_ids", np.arange(pos, pos + t, dtype=np.int64)[None])
         self.binding.bind_output("logits")  # unallocated again: its shape follows T
-        self.session.run_with_iobinding(self.binding)
+        try:
+            self.session.run_with_iobinding(self.binding)
+        except Exception as exc:  # onnxruntime's Fail: a kernel refused its inputs; keep the kernel's own words
+            why = str(exc).split("Status Message: ")[-1].strip()
+            raise BonsaiError(f"{self.model}: ONNX Runtime failed running it: {why}") from None
         self.filled = pos + t
         logits = self.binding.get_outputs()[0].numpy()
         return torch.from_numpy(logits[:, t - input_pos.shape[0]:])  # the graph gives all T; keep the last P

@@ -23,6 +23,8 @@ from bonsai_export.export import export
 
 # Subprocesses import the bonsai_export this test imported (installed, or the source tree in development).
 PACKAGE_PARENT = str(Path(bonsai_export.__file__).resolve().parents[1])
+# -P: the subprocess imports the package the tests import (PYTHONPATH), not a source tree under its working folder.
+CLI = [sys.executable, "-P", "-m", "bonsai_export"]
 Q = "model.layers.0.self_attn.q_proj"
 
 
@@ -187,7 +189,7 @@ def test_executorch_op_library_for_another_cpu(artifact, tmp_path):
     native.mkdir()
     (native / "libbonsai_et_ops.so").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(57))
     env = {**os.environ, "BONSAI_NATIVE_DIR": str(native), "PYTHONPATH": PACKAGE_PARENT}
-    result = subprocess.run([sys.executable, "-m", "bonsai_export", "--quiet", "run", str(artifact), "--prompt", "x"],
+    result = subprocess.run([*CLI, "--quiet", "run", str(artifact), "--prompt", "x"],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "libbonsai_et_ops.so: cannot be loaded" in result.stderr and "Traceback" not in result.stderr
@@ -221,7 +223,7 @@ def test_same_inputs_give_byte_identical_artifacts(tiny_ckpt, artifact, tmp_path
 def test_killed_export_leaves_the_previous_artifact(tiny_ckpt, art_copy, tmp_path):
     before = A.read_manifest(art_copy)
     env = {**os.environ, "PYTHONPATH": PACKAGE_PARENT}
-    proc = subprocess.Popen([sys.executable, "-m", "bonsai_export", "export", str(tiny_ckpt), "-o", str(art_copy),
+    proc = subprocess.Popen([*CLI, "export", str(tiny_ckpt), "-o", str(art_copy),
                              "--format", "all", "--max-seq-len", "32", "--force"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     # Kill it once it has started writing: its staging folder appears beside the artifact.
@@ -250,7 +252,7 @@ def snapshot(root: Path) -> dict:
 
 def run_cli(args, env_dir: Path, timeout: float = 300, **popen):
     env = {**os.environ, "PYTHONPATH": PACKAGE_PARENT, "BONSAI_EXPORT_CACHE": str(env_dir)}
-    return subprocess.run([sys.executable, "-m", "bonsai_export", *args], capture_output=True, timeout=timeout,
+    return subprocess.run([*CLI, *args], capture_output=True, timeout=timeout,
                           env=env, **popen)
 
 
@@ -321,6 +323,23 @@ def outside_model(folder: Path) -> None:
         next(a for a in m["artifacts"] if a["type"] == "onnx")["file"] = "../outside_model.onnx"
         m[A.SEAL] = A.seal_of(m)
     manifest_edit(folder, edit)
+
+
+def code3_in(folder: Path, name: str) -> None:
+    """One 2-bit code of the first ternary weight set to the invalid 3 inside `name` (the .onnx and the .pte hold
+    the same packed bytes), the manifest resealed: only the kernels' own check can see it."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(folder / A.ONNX_FILE).graph
+    node = next(n for n in graph.node if n.op_type == "TernaryMatMul")
+    packed = numpy_helper.to_array(next(i for i in graph.initializer if i.name == node.input[1])).tobytes()
+    data = bytearray((folder / name).read_bytes())
+    at = data.find(packed[:512])
+    assert at >= 0 and data.find(packed[:512], at + 1) < 0, "the weight's bytes are not unique in the file"
+    data[at + 100] |= 0b11 << 4
+    (folder / name).write_bytes(bytes(data))
+    rewrite_manifest(folder)
 
 
 CK, ART = "ckpt", "art"  # what a case starts from: a copy of the tiny checkpoint or of the module's artifact
@@ -394,6 +413,11 @@ HOSTILE = {
                                         "'tokenizer.model' points outside", 2),
     "foreign tokenizer on an artifact": (ART, grow_and_reseal, ["run", "{dir}", "--prompt", "x"],
                                          "the tokenizer has 32005 tokens but the model's vocab_size is 32000", 2),
+    "code 3 in the .pte's weights, resealed": (ART, lambda f: code3_in(f, A.PTE_FILE),
+                                               ["run", "{dir}", "--prompt", "x"], "invalid 2-bit code 3 (row 1, weight 196)", 2),
+    "code 3 in the .onnx's weights, resealed": (ART, lambda f: code3_in(f, A.ONNX_FILE),
+                                                ["run", "{dir}", "--backend", "onnx", "--prompt", "x"],
+                                                "invalid 2-bit code 3 (row 1, weight 196)", 2),
     "info on an artifact folder": (ART, None, ["info", "{dir}"], None, 0),
     # options
     "run --threads 100000 (.pte)": (ART, None, ["run", "{dir}", "--prompt", "x", "--threads", "100000"],
@@ -422,7 +446,7 @@ HOSTILE = {
                                     "--include-path /nonexistent: no such folder", 2),
     "--json with a usage error": (ART, None, ["--json", "run", "{dir}"], "the following arguments are required", 2),
 }
-assert len(HOSTILE) == 48
+assert len(HOSTILE) == 50
 
 
 @pytest.fixture(scope="module")
@@ -506,13 +530,13 @@ def test_run_prints_only_its_text_and_timing(artifact, tmp_path):
 
 def test_broken_pipe_and_ctrl_c(artifact, tmp_path):
     env = {**os.environ, "PYTHONPATH": PACKAGE_PARENT, "BONSAI_EXPORT_CACHE": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "bonsai_export", "run", str(artifact), "--prompt", "Hello",
+    proc = subprocess.Popen([*CLI, "run", str(artifact), "--prompt", "Hello",
                              "--max-new-tokens", "28"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     proc.stdout.read(1)
     proc.stdout.close()  # `| head -c 1`
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and b"Traceback" not in err and b"Error" not in err, err[-2000:]
-    proc = subprocess.Popen([sys.executable, "-m", "bonsai_export", "run", str(artifact), "--prompt", "x"],
+    proc = subprocess.Popen([*CLI, "run", str(artifact), "--prompt", "x"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
     time.sleep(1.0)  # importing torch
     proc.send_signal(signal.SIGINT)

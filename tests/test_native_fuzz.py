@@ -112,6 +112,7 @@ ORT_MUTATIONS = {
     "x_dtype": "Type Error",         # ORT refuses the graph when the session is built
     "attr_missing": "No attribute",
     "attr_type": "Attribute name and type don't match",
+    "code3": "invalid 2-bit code 3",  # TernaryMatMul only (DenseMatMul: any byte is a valid weight)
 }
 BAD_K = [0, -1, -(2**63), 2**24 + 1, 2**40, INT64_MAX]
 
@@ -186,15 +187,34 @@ def build_ort_case(c: dict):
         del attrs["in_features" if c["other"] % 2 else bits_name]
     elif mutation == "attr_type":
         attrs["in_features"] = float(k)
+    elif mutation == "code3" and op != "TernaryMatMul":
+        expect = None
     model = ort_model(op, attrs, x_dtype, w_dtype, cast_bf16, x_from_shape)
     rng = np.random.default_rng(len(x_shape) + k)
-    feeds = {"w": rng.integers(0, 255, w_shape).astype(w_dtype) if w_dtype != np.float32
-             else rng.standard_normal(w_shape).astype(np.float32),
+    feeds = {"w": random_weight(rng, op, w_shape, w_dtype, code3=mutation == "code3"),
              "s": np.ones(s_shape, np.float32)}
     feeds["x"] = (np.array(x_shape, np.int64) if x_from_shape  # asarray: a rank-0 draw is a numpy scalar
                   else np.asarray(rng.standard_normal(x_shape), dtype=x_dtype))
     out_shape = [*x_shape[:-1], n] if expect is None else None
     return model, feeds, expect, out_shape
+
+
+def valid_packed(rng, shape) -> np.ndarray:
+    """Packed ternary bytes of codes 0..2 only (FORMAT.md)."""
+    codes = rng.integers(0, 3, (*shape, 4), dtype=np.uint8)
+    return (codes << np.array([0, 2, 4, 6], np.uint8)).sum(-1, dtype=np.uint8)
+
+
+def random_weight(rng, op, shape, dtype, code3=False) -> np.ndarray:
+    """A weight of the op's format; code3: one 2-bit field of a packed ternary weight set to the invalid 3."""
+    if dtype == np.float32:
+        return rng.standard_normal(shape).astype(np.float32)
+    if op != "TernaryMatMul" or dtype != np.uint8:
+        return rng.integers(0, 256, shape).astype(dtype)
+    w = valid_packed(rng, shape)
+    if code3 and w.size:
+        w.reshape(-1)[rng.integers(w.size)] |= np.uint8(3 << 2 * int(rng.integers(4)))
+    return w
 
 
 def ort_model(op, attrs, x_dtype, w_dtype, cast_bf16, x_from_shape):
@@ -257,7 +277,7 @@ def ort_worker(examples: int) -> dict:
 
 # op -> mutations fed at run time to a program with dynamic dims (None: must succeed)
 ET_MUTATIONS = {
-    "ternary": ["valid", "empty_m", "x_last_dim", "weight_cols", "scales_len", "empty_n"],
+    "ternary": ["valid", "empty_m", "x_last_dim", "weight_cols", "scales_len", "empty_n", "code3"],
     "dense": ["valid", "empty_m", "x_last_dim", "weight_cols", "scales_len", "scales_groups", "empty_n"],
     "attention": ["valid", "pos", "pos_wrap", "heads", "head_dim", "cache_len", "v_shape", "empty_t"],
 }
@@ -353,12 +373,13 @@ def et_linear_inputs(c: dict):
 
     m, n, other, mutation = c["m"], c["n"], c["other"], c["mutation"]
     if c["op"] == "ternary":
-        k, w_cols, s_shape, w_dtype = ET_K, row_bytes(ET_K), [n], torch.uint8
+        k, w_cols, s_shape = ET_K, row_bytes(ET_K), [n]
     else:
-        k, w_cols, s_shape, w_dtype = ET_DENSE_K, 3 * DENSE_GROUP // 2, [n, 3, 2], torch.uint8
+        k, w_cols, s_shape = ET_DENSE_K, 3 * DENSE_GROUP // 2, [n, 3, 2]
     x_shape, w_shape = [m, k], [n, w_cols]
     expect = {"valid": None, "empty_m": None, "x_last_dim": "must end in in_features", "weight_cols": "do not fit K=",
-              "scales_len": "do not fit K=", "scales_groups": "do not fit K=", "empty_n": "rows (N)"}[mutation]
+              "scales_len": "do not fit K=", "scales_groups": "do not fit K=", "empty_n": "rows (N)",
+              "code3": "invalid 2-bit code 3"}[mutation]
     if mutation == "empty_m":
         x_shape[0] = 0
     elif mutation == "x_last_dim":
@@ -372,7 +393,15 @@ def et_linear_inputs(c: dict):
     elif mutation == "empty_n":
         w_shape[0] = s_shape[0] = 0
     s_dtype = torch.float32 if c["op"] == "ternary" else torch.bfloat16  # the int4 program's (scale, offset)
-    inputs = [torch.randn(x_shape), torch.randint(0, 256, w_shape, dtype=w_dtype), torch.ones(s_shape, dtype=s_dtype)]
+    # A seed per mutation: the kernel remembers checked buffers by address, size and sampled bytes, and a code3
+    # buffer equal to an earlier valid one but for one byte would look like it (an artifact never does that).
+    rng = np.random.default_rng([m, n, list(ET_MUTATIONS[c["op"]]).index(mutation)])
+    weight = (random_weight(rng, "TernaryMatMul", w_shape, np.uint8, code3=mutation == "code3") if c["op"] == "ternary"
+              else rng.integers(0, 256, w_shape).astype(np.uint8))
+    # copied into torch's own strides: numpy gives an empty [0, C] array stride 0, which ExecuTorch's pybind
+    # asserts on (an abort in its make_tensor_ptr, not in our kernel)
+    packed = torch.empty(w_shape, dtype=torch.uint8).copy_(torch.from_numpy(weight))
+    inputs = [torch.randn(x_shape), packed, torch.ones(s_shape, dtype=s_dtype)]
     return inputs, expect
 
 

@@ -101,11 +101,27 @@ struct TernaryMatMul {
   static constexpr const char* kName = "bonsai::TernaryMatMul";
   int64_t in_features = 0;
   int64_t act_bits = 0;
+  // An exported model's weights are initializers: their codes are checked once, here (a failure is reported by
+  // the first Compute). Weights fed as graph inputs may change every call and are checked every call.
+  bool packed_is_constant = false;
+  std::string packed_error;
 
   TernaryMatMul(const OrtApi* /*api*/, const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
     in_features = ki.GetAttribute<int64_t>("in_features");
     act_bits = ki.GetAttribute<int64_t>("act_bits");
+    int is_constant = 0;
+    const Ort::ConstValue packed = ki.GetTensorConstantInput(1, &is_constant);
+    if (!is_constant) return;
+    const auto type = packed.GetTensorTypeAndShapeInfo();
+    const std::vector<int64_t> shape = type.GetShape();
+    // A constant of another shape or type is refused by Compute's checks, which name the problem.
+    if (type.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 || shape.size() != 2 || shape[0] < 1 ||
+        shape[1] < 1)
+      return;
+    packed_is_constant = true;
+    if (bonsai_check_ternary_codes(kName, packed.GetTensorData<uint8_t>(), shape[0], shape[1]) != BONSAI_OK)
+      packed_error = bonsai_last_error();
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Tensor<float>& x, const Tensor<uint8_t>& packed,
@@ -113,6 +129,9 @@ struct TernaryMatMul {
     const bonsai_tensor xd = describe(x), pd = describe(packed), sd = describe(scales);
     int64_t m = 0, n = 0;
     if (bonsai_check_ternary_linear(kName, &xd, &pd, &sd, in_features, act_bits, &m, &n) != BONSAI_OK)
+      return fail(bonsai_last_error());
+    if (!packed_error.empty()) return fail(packed_error);
+    if (!packed_is_constant && bonsai_check_ternary_codes(kName, packed.Data(), n, pd.dims[1]) != BONSAI_OK)
       return fail(bonsai_last_error());
     return guarded(kName, [&] {
       float* out = allocate_last_dim(y, x.Shape(), n);

@@ -373,6 +373,48 @@ int bonsai_check_ternary_linear(const char* op, const bonsai_tensor* x, const bo
   return c.out_rows("packed", packed, n);
 }
 
+}  // extern "C"
+
+namespace bonsai {
+namespace {
+
+// Index of the first byte holding code 3 (both bits of a 2-bit field set), or -1.
+int64_t first_code3(const uint8_t* p, int64_t bytes) {
+  constexpr uint64_t kLowBits = 0x5555555555555555ull;
+  int64_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {
+    uint64_t w;
+    memcpy(&w, p + i, 8);
+    if (w & (w >> 1) & kLowBits) break;
+  }
+  for (; i < bytes; ++i)
+    if (p[i] & (p[i] >> 1) & 0x55) return i;
+  return -1;
+}
+
+}  // namespace
+}  // namespace bonsai
+
+extern "C" {
+
+int bonsai_check_ternary_codes(const char* op, const uint8_t* packed, int64_t n, int64_t packed_row_bytes) {
+  using namespace bonsai;
+  clear_error();
+  const std::string name = op ? op : "bonsai";
+  if (!packed) return fail(BONSAI_ERR_NULL, name + ": null packed weights");
+  if (n <= 0 || packed_row_bytes <= 0 || n > BONSAI_MAX_ROWS || packed_row_bytes > row_bytes(BONSAI_MAX_K))
+    return fail(BONSAI_ERR_SHAPE, name + ": packed weights [" + std::to_string(n) + ", " +
+                                      std::to_string(packed_row_bytes) + "] out of range");
+  const int64_t at = first_code3(packed, n * packed_row_bytes);
+  if (at < 0) return BONSAI_OK;
+  const int64_t row = at / packed_row_bytes, in_row = at % packed_row_bytes;
+  int plane = 0;
+  while (!((packed[at] >> (2 * plane)) & (packed[at] >> (2 * plane + 1)) & 1)) ++plane;
+  const int64_t weight = in_row / kBlockBytes * kBlockK + plane * kLanes + in_row % kBlockBytes;
+  return fail(BONSAI_ERR_CODES, name + ": packed weights hold the invalid 2-bit code 3 (row " + std::to_string(row) +
+                                    ", weight " + std::to_string(weight) + "): the file is corrupt, export it again");
+}
+
 int bonsai_check_dense_linear(const char* op, const bonsai_tensor* x, const bonsai_tensor* weight,
                               const bonsai_tensor* scales, int64_t in_features, int64_t weight_bits, int64_t* m,
                               int64_t* n) {

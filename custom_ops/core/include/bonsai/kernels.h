@@ -3,7 +3,8 @@
 //
 // Every entry point validates its arguments before touching memory and returns a bonsai_status; on failure
 // bonsai_last_error() (thread-local) says what was wrong. Kernels never read or write outside the ranges the
-// sizes describe. Code 3 in the packed weights is invalid but not checked per call (it is read as +2).
+// sizes describe. Code 3 in the packed weights is invalid; the matmuls read it as +2 rather than pay a pass over
+// the weights per call, and the runtime bindings check each weight buffer once (bonsai_check_ternary_codes).
 #ifndef BONSAI_KERNELS_H
 #define BONSAI_KERNELS_H
 
@@ -22,6 +23,7 @@ typedef enum bonsai_status {
   BONSAI_ERR_ACT_BITS = 3,  // act_bits not in {0, 8}
   BONSAI_ERR_ISA = 4,       // unknown ISA name, or the ISA is not supported by this CPU
   BONSAI_ERR_ALLOC = 5,     // scratch memory or threads could not be allocated
+  BONSAI_ERR_CODES = 6,     // packed weights hold the invalid 2-bit code 3
 } bonsai_status;
 
 // Size limits every entry point enforces (they keep every index and byte count far from int64 overflow).
@@ -120,6 +122,10 @@ BONSAI_API int bonsai_check_ternary_linear(const char* op, const bonsai_tensor* 
 BONSAI_API int bonsai_check_dense_linear(const char* op, const bonsai_tensor* x, const bonsai_tensor* weight,
                                          const bonsai_tensor* scales, int64_t in_features, int64_t weight_bits,
                                          int64_t* m, int64_t* n);
+
+// Code 3 anywhere in packed [n, packed_row_bytes]: BONSAI_ERR_CODES naming the first row and weight that hold it.
+// One pass over the weights: the bindings call it once per constant weight, not per matmul.
+BONSAI_API int bonsai_check_ternary_codes(const char* op, const uint8_t* packed, int64_t n, int64_t packed_row_bytes);
 
 // attention(q f32 [1, T, H, D], k_cache / v_cache f32 [1, Hkv, S, D], input_pos i64 with one element): shapes
 // only; the position itself is data, checked by bonsai_attention.
