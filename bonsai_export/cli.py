@@ -12,7 +12,8 @@ from pathlib import Path
 
 from . import __version__
 from . import options as O
-from .artifact import ARTIFACT_FORMATS, EMBEDDINGS, HEADS, TERNARY_OPS, ExportConfig
+from .artifact import (ARTIFACT_FORMATS, EMBEDDINGS, GGUF_DENSE, GGUF_FALLBACKS, GGUF_TERNARY, HEADS, TERNARY_OPS,
+                       ExportConfig)
 from .config import PRESETS
 from .errors import BonsaiError
 from .formats import ACT_MODES
@@ -27,14 +28,15 @@ EXAMPLES = {
                        "  bonsai-export make-checkpoint --preset trained-small --out ckpt/small",
     "info": "bonsai-export info deepgrove/Bonsai\n  bonsai-export info ckpt/tiny --json",
     "export": "bonsai-export export deepgrove/Bonsai --format pte -o out/bonsai --head int8\n"
-              "  bonsai-export export ckpt/tiny -o out/tiny --act-quant none --max-seq-len 256",
+              "  bonsai-export export ckpt/tiny -o out/tiny --act-quant none --max-seq-len 256\n"
+              "  bonsai-export export deepgrove/Bonsai --format gguf -o out/bonsai-gguf --gguf-head q8_0",
     "run": 'bonsai-export run out/bonsai --prompt "The capital of France is"\n'
            '  bonsai-export run --prompt "Once upon a time"          (the embedded tiny model)\n'
            '  bonsai-export run deepgrove/Bonsai --prompt "The capital of France is" --max-new-tokens 20',
     "validate": "bonsai-export validate out/bonsai --report out/bonsai-validation\n"
                 "  bonsai-export validate out/tiny --reference ckpt/tiny --text notes.txt --min-top1 0.99",
     "bench": "bonsai-export bench out/bonsai --report out/bench\n"
-             "  bonsai-export bench out/tiny --threads 2 --repeats 3 --no-baselines\n"
+             "  bonsai-export bench out/tiny --threads 2 --repeats 3 --no-baselines --no-peers\n"
              "  bonsai-export bench out/bonsai --device adb --runner-dir build-android/install --threads 2,4",
     "verify": "bonsai-export verify out/bonsai\n  bonsai-export --json verify out/bonsai",
     "bench-kernels": "bonsai-export bench-kernels --quick --json-out kernels.json",
@@ -91,7 +93,8 @@ def cmd_export(args) -> int:
 
     cfg = ExportConfig(format=args.format, max_seq_len=args.max_seq_len, act_quant=args.act_quant,
                        embedding=args.embedding, head=args.head, ternary_op=args.ternary_op,
-                       threads=args.threads)
+                       threads=args.threads, gguf_ternary=args.gguf_ternary, gguf_head=args.gguf_head,
+                       gguf_embedding=args.gguf_embedding, gguf_fallback=args.gguf_fallback)
     manifest = export(args.model if args.model else _default(), args.output, cfg, force=args.force)
     m = manifest["model"]
     _emit(args, f"{args.output}: {', '.join(a['file'] for a in manifest['artifacts'])}; ternary weights "
@@ -143,7 +146,7 @@ def cmd_validate(args) -> int:
     from .reference import ReferenceLM
     from .runners import EagerRunner, open_runner
     from .tokenizer import Tokenizer
-    from .validate import Gates, held_out_text, is_exact, validate, write_reports
+    from .validate import Gates, held_out_text, is_exact, summary, validate, write_reports
 
     if not A.is_artifact(args.artifact):
         raise BonsaiError(f"{args.artifact}: not an artifact folder (no {A.MANIFEST}); run `bonsai-export export`")
@@ -162,12 +165,7 @@ def cmd_validate(args) -> int:
                       max_new_tokens=args.max_new_tokens)
     report.update(artifact=str(args.artifact), backend=art.name, reference=str(source), options=manifest["options"])
     paths = write_reports(report, Path(args.report))
-    t, g = report["text"], report["generation"]
-    _emit(args, f"perplexity reference {t['perplexity_reference']:.3f} artifact {t['perplexity_artifact']:.3f}; "
-          f"top-1 {t['top1_agreement']:.4f}; mean KL {t['mean_kl']:.3g}; greedy identical over {args.steps} steps: "
-          f"{report['decode']['greedy_identical']}; prompt ids = transformers': {g['prompt_ids_equal']}; greedy "
-          f"text = transformers': {g['tokens_equal'] and g['text_equal']}; reports: {', '.join(map(str, paths))}",
-          report)
+    _emit(args, f"{summary(report, gates)}\nreports: {', '.join(map(str, paths))}", report)
     for failure in report["failures"]:
         print(f"{'FAIL' if args.gates else 'gate not enforced'}: {failure}", file=sys.stderr)
     return 1 if report["failures"] and args.gates else 0
@@ -358,10 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON (as the global --json)")
 
-    p = add("export", cmd_export, "export a checkpoint to an ExecuTorch (.pte) and/or ONNX artifact folder")
+    p = add("export", cmd_export, "export a checkpoint to an ExecuTorch (.pte) and/or ONNX artifact folder, or a "
+            "GGUF file for llama.cpp")
     _add_model(p)
     p.add_argument("-o", "--output", required=True, help="artifact folder to write")
-    p.add_argument("--format", choices=list(ARTIFACT_FORMATS), default=ExportConfig.format)
+    p.add_argument("--format", choices=list(ARTIFACT_FORMATS), default=ExportConfig.format,
+                   help="all = pte + onnx; gguf (llama.cpp: TQ2_0 ternary layers) is asked for by name, since its "
+                        "blocks need every ternary K to be a multiple of 256")
     p.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: the model's limit)")
     p.add_argument("--act-quant", choices=list(ACT_MODES), default=ExportConfig.act_quant,
                    help="int8: per-token absmax int8 activations; none: float activations (exact Bonsai)")
@@ -375,6 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "stock = com.microsoft MatMulNBits bits=2 (unmodified ONNX Runtime)")
     p.add_argument("--threads", type=_arg(O.export_threads), default=ExportConfig.threads,
                    help="runner default; 0 = runtime's")
+    p.add_argument("--gguf-ternary", choices=list(GGUF_TERNARY), default=ExportConfig.gguf_ternary,
+                   help="GGUF: ternary layers as TQ2_0 (2.06 bits/weight, default) or TQ1_0 (1.69 bits, slower in "
+                        "llama.cpp); per-channel scales folded in, exact up to fp16 rounding of the scale")
+    p.add_argument("--gguf-head", choices=list(GGUF_DENSE), default=ExportConfig.gguf_head,
+                   help="GGUF: output head as f16 (the bf16 values, exact down to 2**-14; default), bf16 (bit-exact), "
+                        "q8_0 or q4_0 (llama.cpp's absmax quantizers)")
+    p.add_argument("--gguf-embedding", choices=list(GGUF_DENSE), default=ExportConfig.gguf_embedding,
+                   help="GGUF: token table, same types as --gguf-head (default f16)")
+    p.add_argument("--gguf-fallback", choices=list(GGUF_FALLBACKS), default=ExportConfig.gguf_fallback,
+                   help="GGUF: a ternary tensor whose K is not a multiple of 256 is refused (none, default), or "
+                        "stored as f16 (exact, 16 bits/weight) or q8_0 (8.5 bits), each listed on one line")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
 
     p = add("run", cmd_run, "generate text from a checkpoint (eager PyTorch) or an artifact folder (streams tokens)")
@@ -428,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report path prefix: PREFIX.json and PREFIX.md")
 
     p = add("bench", cmd_bench, "measure prefill/decode speed, TTFT, load time, peak RSS and bandwidth share of an "
-            "artifact, beside the bf16 eager reference and an XNNPACK 8da4w .pte")
+            "artifact, beside llama.cpp, stock MatMulNBits, the bf16 eager reference and an XNNPACK 8da4w .pte")
     p.add_argument("artifact", help="artifact folder written by `bonsai-export export`")
     p.add_argument("--threads", type=_arg(_thread_list), default=[1, 2],
                    help="comma-separated thread counts (default 1,2)")
@@ -436,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs per figure; medians are reported (default 5)")
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the bf16 eager reference and the XNNPACK 8da4w .pte")
+    p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure llama.cpp on the GGUF of the same checkpoint (needs pip install "
+                        "'.[peers]'; skipped with one line without it) and ONNX Runtime's stock MatMulNBits, with "
+                        "our / llama.cpp ratios")
     p.add_argument("--report", default="bench", type=_arg(_report_prefix),
                    help="report path prefix: PREFIX.json, PREFIX.md, PREFIX.png")
     p.add_argument("--device", choices=["adb"],

@@ -168,6 +168,39 @@ def verdict(report: dict, gates: Gates) -> list[str]:
     return failures
 
 
+def summary(report: dict, gates: Gates) -> str:
+    """The checks as a plain-text table for the terminal: what was measured, the gate, and whether it held."""
+    t, d, g = report["text"], report["decode"], report.get("generation")
+    increase = t["perplexity_artifact"] / t["perplexity_reference"] - 1
+
+    def mark(ok: bool | None) -> str:
+        return "-" if ok is None else "ok" if ok else "FAIL"
+
+    rows = [("perplexity, reference / artifact", f"{t['perplexity_reference']:.3f} / {t['perplexity_artifact']:.3f}"
+             f" ({100 * increase:+.2f}%)", f"<= +{100 * gates.max_ppl_increase:g}%",
+             mark(increase <= gates.max_ppl_increase)),
+            (f"top-1 agreement, {t['tokens']} text tokens", f"{100 * t['top1_agreement']:.2f}%",
+             f">= {100 * gates.min_top1:g}%", mark(t["top1_agreement"] >= gates.min_top1)),
+            ("mean KL, nats", f"{t['mean_kl']:.3g}", f"<= {gates.max_mean_kl:g}", mark(t["mean_kl"] <= gates.max_mean_kl)),
+            (f"greedy tokens identical, {d['steps']} decode steps", "yes" if d["greedy_identical"] else
+             f"no (from step {d['greedy_first_difference']})", "required" if gates.require_greedy else "reported",
+             mark(d["greedy_identical"] if gates.require_greedy else None))]
+    if g is not None:
+        text_gated = gates.require_text == "always" or (gates.require_text == "exact" and g["exact_artifact"])
+        rows += [("prompt ids = transformers'", "yes" if g["prompt_ids_equal"] else "no",
+                  "required" if gates.require_prompt_ids else "reported",
+                  mark(g["prompt_ids_equal"] if gates.require_prompt_ids else None)),
+                 (f"greedy text = transformers', {g['max_new_tokens']} tokens",
+                  "yes" if g["tokens_equal"] and g["text_equal"] else f"no (from token {g['first_difference']})",
+                  "required" if text_gated else "reported",
+                  mark(g["tokens_equal"] and g["text_equal"] if text_gated else None))]
+    header = ("check", "value", "gate", "")
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in (header, *rows)]
+    lines.append(f"verdict: {'PASS' if not report['failures'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
 def _generation_failures(gen: dict, gates: Gates) -> list[str]:
     failures = []
     if gates.require_prompt_ids and not gen["prompt_ids_equal"]:

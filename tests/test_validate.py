@@ -45,9 +45,10 @@ def transformers_greedy(tiny_ckpt) -> dict:
 
 
 def _validate(art, tmp_path, capsys, *extra) -> tuple[int, dict, str]:
+    """-> exit code, the JSON report, stdout + stderr."""
     code = main(["--quiet", "validate", str(art), "--report", str(tmp_path / "rep"), *FAST, *extra])
-    err = capsys.readouterr().err
-    return code, json.loads((tmp_path / "rep.json").read_text()), err
+    out = capsys.readouterr()
+    return code, json.loads((tmp_path / "rep.json").read_text()), out.out + out.err
 
 
 @pytest.mark.parametrize("fmt", ["pte", "onnx"])
@@ -62,6 +63,15 @@ def test_validate_greedy_text_equals_transformers_on_an_exact_artifact(exact_art
     assert g["text_reference"] == g["text_artifact"] == want["new_text"]
     assert g["prompt_ids_equal"] and g["tokens_equal"] and g["text_equal"] and g["first_difference"] is None
     assert "| greedy ids identical | True (first difference: None) |" in (tmp_path / "rep.md").read_text()
+    rows = summary_rows(err)  # the terminal's summary table
+    assert rows["check"] == ["check", "value", "gate"] and "verdict: PASS" in err, err
+    assert rows["top-1 agreement"][-4:] == ["100.00%", ">=", "98%", "ok"], rows
+    assert rows["greedy text = transformers'"][-3:] == ["yes", "required", "ok"], rows
+
+
+def summary_rows(output: str) -> dict[str, list[str]]:
+    """validate's terminal table: the check's name (before its first comma) -> the row's words."""
+    return {line.split(",")[0].split("  ")[0]: line.split() for line in output.splitlines() if "  " in line}
 
 
 def _swap_prompt_token(art, prompt_ids: list[int]) -> None:
@@ -92,6 +102,7 @@ def test_validate_fails_on_an_edited_artifact_tokenizer(exact_artifacts, transfo
            "position 2" in err and "(--require-prompt-ids)" in err
     # the logits checks share the checkpoint's tokenizer on both sides, so only the text check sees the edit
     assert not any("top-1" in f or "perplexity" in f or "KL" in f for f in report["failures"]), report["failures"]
+    assert summary_rows(err)["prompt ids = transformers'"][-3:] == ["no", "required", "FAIL"] and "verdict: FAIL" in err
     code, report, err = _validate(art, tmp_path, capsys, "--no-require-prompt-ids", "--require-text", "never")
     assert code == 0, err
 

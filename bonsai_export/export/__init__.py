@@ -44,8 +44,9 @@ def stage(name: str):
 
 
 def _stage_count(cfg: A.ExportConfig) -> int:
-    pte, onnx = cfg.format in ("pte", "all"), cfg.format in ("onnx", "all")
-    return 4 + 3 * pte + onnx  # load, build, [export, lower, serialize], [ONNX graph], tokenizer, manifest
+    pte, onnx, gguf = cfg.format in ("pte", "all"), cfg.format in ("onnx", "all"), cfg.format == "gguf"
+    return 4 + 3 * pte + onnx + gguf  # load, build, [export, lower, serialize], [ONNX graph], [GGUF], tokenizer,
+    # manifest
 
 
 @contextmanager
@@ -181,11 +182,13 @@ def _export(source: str | Path, out: Path, cfg: A.ExportConfig, force: bool) -> 
         with stage("build"):
             model = build_model(ckpt, cfg)
         body = {"artifacts": [], "options": cfg.to_dict(), "model": model_info(ckpt, model),
-                "source": {"checkpoint": str(source), "format": ckpt.format}}
+                "source": {"checkpoint": _source_name(source), "format": ckpt.format}}
         if cfg.format in ("pte", "all"):
             body["artifacts"].append(_write_pte(model, tmp))
         if cfg.format in ("onnx", "all"):
             body["artifacts"].append(_write_onnx(model, tmp, cfg))
+        if cfg.format == "gguf":
+            body["artifacts"].append(_write_gguf(ckpt, tmp, cfg, model.max_seq_len))
         with stage("tokenizer"):
             body["tokenizer"] = write_canonical(ckpt.folder, tmp).to_dict()
         with stage("manifest"):
@@ -200,6 +203,13 @@ def _export(source: str | Path, out: Path, cfg: A.ExportConfig, force: bool) -> 
         raise
     log.info("wrote %s (%.1f MB)", out, sum(f["bytes"] for f in manifest["files"].values()) / 1e6)
     return manifest
+
+
+def _source_name(source: str | Path) -> str:
+    """The checkpoint as validate and eval will find it later from any folder: a local folder as an absolute
+    path, a hub id as given."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.is_dir() else str(source)
 
 
 def model_info(ckpt: C.Checkpoint, model) -> dict:
@@ -223,3 +233,10 @@ def _write_onnx(model, folder: Path, cfg: A.ExportConfig) -> dict:
 
     with stage(f"ONNX graph ({cfg.ternary_op} op)"):
         return to_folder(model, folder, cfg.ternary_op, {"bonsai_export_options": json.dumps(cfg.to_dict())})
+
+
+def _write_gguf(ckpt: C.Checkpoint, folder: Path, cfg: A.ExportConfig, max_seq_len: int) -> dict:
+    from .gguf import write_gguf
+
+    with stage(f"GGUF ({cfg.gguf_ternary}, head {cfg.gguf_head})"):
+        return write_gguf(ckpt, folder / A.GGUF_FILE, cfg, max_seq_len)
