@@ -544,6 +544,21 @@ def test_broken_pipe_and_ctrl_c(artifact, tmp_path):
     assert proc.wait(timeout=60) == 130 and b"Traceback" not in err and err.strip() == b"interrupted", err[-2000:]
 
 
+def test_ctrl_c_while_the_cli_is_imported(monkeypatch, capsys):
+    """The console script imports the CLI inside run(): a Ctrl-C in that window is one line and exit 130."""
+    import bonsai_export.__main__ as entry
+
+    class Interrupt:  # a finder that is "interrupted" while the CLI module is being found
+        def find_spec(self, name, path=None, target=None):
+            if name == "bonsai_export.cli":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "bonsai_export.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupt(), *sys.meta_path])
+    assert entry.run() == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
 # ---- a fuzzer over config.json and safetensors headers ----
 # hypothesis drives `bonsai-export info` in a child process: the exit status is 0 or 2, a refusal is one error
 # line, and no example may crash the process, leave a traceback, or take an internal-error exit.
