@@ -254,7 +254,16 @@ def test_library_path_env(monkeypatch, tmp_path):
     assert K.library_path() == tmp_path / K.LIB_NAME
     monkeypatch.setenv(K.ENV_LIB, str(tmp_path / "x.so"))
     assert K.library_path() == tmp_path / "x.so"
-    assert isinstance(ctypes.sizeof(K._Parallel), int)
+
+
+def test_parallel_struct_mirrors_the_header():
+    """kernels._Parallel is bonsai_parallel of parallel.h, field by field, as the C compiler lays it out."""
+    header = (REPO / "custom_ops/core/include/bonsai/parallel.h").read_text()
+    body = re.search(r"typedef struct bonsai_parallel \{(.*?)\} bonsai_parallel;", header, re.S).group(1)
+    fields = re.findall(r"(\w+\*?)\s+(\w+);", body)
+    c_types = {"bonsai_parallel_for_fn": ctypes.c_void_p, "void*": ctypes.c_void_p, "int32_t": ctypes.c_int32}
+    assert K._Parallel._fields_ == [(name, c_types[kind]) for kind, name in fields]
+    assert [K._Parallel.runtime_ctx.offset, K._Parallel.num_threads.offset, ctypes.sizeof(K._Parallel)] == [8, 16, 24]
 
 
 def test_bench_kernels_smoke(tmp_path):

@@ -72,14 +72,6 @@ struct Avx2Vec {
     return _mm_cvtss_f32(s);
   }
   static void prefetch(const void* p) { _mm_prefetch((const char*)p, _MM_HINT_T0); }
-  // 32 int8 weights in K order -> 4 x 8 floats.
-  static void widen_i8(__m256i b, F* out) {
-    const __m128i lo = _mm256_castsi256_si128(b), hi = _mm256_extracti128_si256(b, 1);
-    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-    out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-    out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-    out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
-  }
   template <int Bits>
   static void widen(const uint8_t* p, F* out) {
     if constexpr (Bits == 16) {  // bf16 = the high half of an fp32
