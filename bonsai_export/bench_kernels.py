@@ -293,6 +293,11 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def ms(value: float | None) -> str:
+    """A time in ms, or "-" for a peer that was not measured (--no-ort, --no-torch)."""
+    return f"{value:.3f}" if value else "-"
+
+
 def render(results: list[Result], bandwidth: dict[int, float]) -> str:
     head = (f"{'workload':<16}{'M':>4}{'thr':>4}{'MB':>8}{'ours ms':>10}{'p90':>9}{'GB/s':>7}{'%bw':>6}"
             f"{'ort ms':>10}{'vs ort':>8}{'fp32 ms':>10}{'vs fp32':>9}{'ours ms/tok':>13}")
@@ -301,8 +306,8 @@ def render(results: list[Result], bandwidth: dict[int, float]) -> str:
         bw = bandwidth.get(r.threads)
         lines.append(
             f"{r.workload:<16}{r.m:>4}{r.threads:>4}{r.weight_bytes / 1e6:>8.1f}{r.ours_ms:>10.3f}{r.ours_p90_ms:>9.3f}"
-            f"{r.ours_gbps:>7.1f}{(100 * r.ours_gbps / bw if bw else 0):>5.0f}%"
-            f"{(r.ort_ms or 0):>10.3f}{ratio(r.ort_ms, r.ours_ms):>8}{(r.torch_ms or 0):>10.3f}"
+            f"{r.ours_gbps:>7.1f}{f'{100 * r.ours_gbps / bw:.0f}%' if bw else '-':>6}"
+            f"{ms(r.ort_ms):>10}{ratio(r.ort_ms, r.ours_ms):>8}{ms(r.torch_ms):>10}"
             f"{ratio(r.torch_ms, r.ours_ms):>9}{r.ours_ms / r.m:>13.4f}"
         )
     lines.append("memory read bandwidth: " + ", ".join(f"{t} thr {g:.1f} GB/s" for t, g in bandwidth.items()))
