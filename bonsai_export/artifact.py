@@ -16,6 +16,7 @@ FORMAT_VERSION = 1
 MANIFEST = "bonsai_manifest.json"
 PTE_FILE = "model.pte"
 ONNX_FILE = "model.onnx"
+GGUF_FILE = "model.gguf"  # llama.cpp's single-file format (export/gguf.py)
 GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's config, beside model.onnx
 ORT_OPS_LIB = "libbonsai_ort_ops.so"  # our ONNX Runtime custom ops, copied into custom-variant folders
 
@@ -29,10 +30,16 @@ META_DYNAMIC_SHAPE = "enable_dynamic_shape"
 META_BOS_ID = "get_bos_id"
 META_EOS_IDS = "get_eos_ids"
 
-ARTIFACT_FORMATS = ("pte", "onnx", "all")
+# "all" is pte + onnx: a gguf needs every ternary K to be a multiple of 256 (the tiny default's 192 is not), so it
+# is asked for by name (export/gguf.py).
+ARTIFACT_FORMATS = ("pte", "onnx", "all", "gguf")
 EMBEDDINGS = ("bf16", "int8")
 HEADS = ("bf16", "int8", "int4")
 TERNARY_OPS = ("custom", "stock")  # ONNX: bonsai::TernaryMatMul (our library) or com.microsoft MatMulNBits bits=2
+# GGUF: llama.cpp's types (option value -> ggml type in export/gguf.py)
+GGUF_TERNARY = ("tq2_0", "tq1_0")
+GGUF_DENSE = ("f16", "bf16", "q8_0", "q4_0")
+GGUF_FALLBACKS = ("none", "f16", "q8_0")
 
 
 @dataclass(frozen=True)
@@ -48,11 +55,20 @@ class ExportConfig:
     head: str = "bf16"
     ternary_op: str = "custom"  # ONNX only: custom = bonsai::TernaryMatMul; stock = MatMulNBits (unmodified ORT)
     threads: int = 0  # runner default; 0: the runtime's choice
+    # GGUF only. TQ2_0 is what llama.cpp decodes fastest (TQ1_0: 1.69 bits, slower); F16 head and embedding are
+    # the checkpoint's bf16 values exactly (down to 2**-14) in the half type every llama.cpp backend runs.
+    gguf_ternary: str = "tq2_0"
+    gguf_head: str = "f16"
+    gguf_embedding: str = "f16"
+    # A ternary tensor whose K is not a multiple of 256 is refused unless a fallback type is named.
+    gguf_fallback: str = "none"
 
     def __post_init__(self):
         for name, allowed in (("format", ARTIFACT_FORMATS), ("act_quant", tuple(formats.ACT_MODES)),
                               ("embedding", EMBEDDINGS), ("head", HEADS),
-                              ("ternary_op", TERNARY_OPS)):
+                              ("ternary_op", TERNARY_OPS), ("gguf_ternary", GGUF_TERNARY),
+                              ("gguf_head", GGUF_DENSE), ("gguf_embedding", GGUF_DENSE),
+                              ("gguf_fallback", GGUF_FALLBACKS)):
             if getattr(self, name) not in allowed:
                 raise BonsaiError(f"--{name.replace('_', '-')}: expected one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")

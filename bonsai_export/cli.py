@@ -96,9 +96,10 @@ def cmd_export(args) -> int:
                        threads=args.threads, gguf_ternary=args.gguf_ternary, gguf_head=args.gguf_head,
                        gguf_embedding=args.gguf_embedding, gguf_fallback=args.gguf_fallback)
     manifest = export(args.model if args.model else _default(), args.output, cfg, force=args.force)
-    m = manifest["model"]
+    bits = next((a["bits_per_ternary_weight"] for a in manifest["artifacts"] if a["type"] == "gguf"),
+                manifest["model"]["bits_per_ternary_weight"])  # a GGUF's are its blocks', not our packing's
     _emit(args, f"{args.output}: {', '.join(a['file'] for a in manifest['artifacts'])}; ternary weights "
-                f"{m['bits_per_ternary_weight']:.3f} bits/weight", {"output": str(args.output), **manifest})
+                f"{bits:.3f} bits/weight", {"output": str(args.output), **manifest})
     return 0
 
 

@@ -259,6 +259,10 @@ def _open_artifact(folder: Path, threads: int, backend: str | None) -> Runner:
         runner = PteRunner(folder, threads)
     elif "onnx" in kinds:
         runner = OnnxRunner(folder, manifest, threads)
+    elif "gguf" in kinds:
+        raise BonsaiError(f"{folder}: holds a GGUF file ({A.GGUF_FILE}), which bonsai-export does not run; run it "
+                          f"with llama.cpp (llama-cli -m {Path(folder) / A.GGUF_FILE}), or export --format pte or "
+                          f"onnx to run and validate here")
     else:
         raise BonsaiError(f"{folder}: holds {', '.join(kinds) or 'no artifact'}; this version runs pte and onnx")
     _check_against_manifest(runner, manifest["model"], folder)
