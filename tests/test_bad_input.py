@@ -26,6 +26,7 @@ PACKAGE_PARENT = str(Path(bonsai_export.__file__).resolve().parents[1])
 # -P: the subprocess imports the package the tests import (PYTHONPATH), not a source tree under its working folder.
 CLI = [sys.executable, "-P", "-m", "bonsai_export"]
 Q = "model.layers.0.self_attn.q_proj"
+DOWN = "model.layers.0.mlp.down_proj"  # K = 512 in the tiny checkpoint: a TQ2_0 tensor of a GGUF
 
 
 def fails(argv: list[str], message: str, capsys, code: int = 2) -> None:
@@ -445,8 +446,21 @@ HOSTILE = {
     "eval --include-path missing": (ART, None, ["eval", "{dir}", "--include-path", "/nonexistent"],
                                     "--include-path /nonexistent: no such folder", 2),
     "--json with a usage error": (ART, None, ["--json", "run", "{dir}"], "the following arguments are required", 2),
+    # GGUF: llama.cpp's blocks and fp16 scales
+    "gguf of a K=192 checkpoint": (CK, None, ["export", "{dir}", "-o", OUT, "--format", "gguf"],
+                                   f"{Q}.weight [192, 192]: TQ2_0 needs K (the input size, 192) to be a multiple of "
+                                   f"256, llama.cpp's block; pass --gguf-fallback f16", 2),
+    "gguf embedding beyond fp16": (CK, lambda f: edit_tensors(f, lambda t: t["model.embed_tokens.weight"].__setitem__(
+        (5, 0), 1e5)), ["export", "{dir}", "-o", OUT, "--format", "gguf", "--gguf-fallback", "f16"],
+        "model.embed_tokens.weight: values up to 9.984e+04 overflow F16's fp16 range (65504); use --gguf-head / "
+        "--gguf-embedding bf16", 2),
+    "gguf scale beyond fp16": (CK, lambda f: edit_tensors(f, lambda t: t[f"{DOWN}.scales"].__setitem__(0, 1e6)),
+                               ["export", "{dir}", "-o", OUT, "--format", "gguf", "--gguf-fallback", "f16"],
+                               f"{DOWN}.weight: a scale of 9.994e+05 is beyond fp16's range (65504)", 2),
+    "gguf head type unknown": (CK, None, ["export", "{dir}", "-o", OUT, "--format", "gguf", "--gguf-head", "q5_k"],
+                               "invalid choice: 'q5_k'", 2),
 }
-assert len(HOSTILE) == 50
+assert len(HOSTILE) == 54
 
 
 @pytest.fixture(scope="module")

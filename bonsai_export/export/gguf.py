@@ -34,6 +34,7 @@ DENSE_TYPES = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
 FALLBACKS = {"none": None, "f16": "F16", "q8_0": "Q8_0"}  # for ternary tensors whose K the type cannot hold
 FILE_TYPES = {"TQ2_0": "MOSTLY_TQ2_0", "TQ1_0": "MOSTLY_TQ1_0"}  # general.file_type: the ternary layers' type
 FP16_MAX = float(np.finfo(np.float16).max)
+FP16_ROUNDING = 2.0 ** -11  # the worst relative error of rounding a value in fp16's normal range
 
 
 def qtype(name: str):
@@ -70,6 +71,9 @@ def write_gguf(ckpt: C.Checkpoint, path: Path, cfg: A.ExportConfig, max_seq_len:
         data, err = _tensor(ckpt, hf_name, type_name)
         scale_error = max(scale_error, err)
         writer.add_tensor(gguf_name, data, raw_dtype=qtype(type_name))
+    if scale_error > FP16_ROUNDING:  # scales below 2**-14 keep fewer bits in fp16 than rounding alone costs
+        log.warning("gguf: ternary scales below fp16's normal range (2**-14) lose precision in the blocks: worst "
+                    "relative error %.3g", scale_error)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -115,9 +119,7 @@ def _plan(ckpt: C.Checkpoint, cfg: A.ExportConfig) -> dict:
         head_source = "model.embed_tokens.weight" if a.tie_embeddings else "lm_head.weight"
         tensors.append((head_source, "output.weight", head))
     for hf_name, _, type_name in tensors:
-        if type_name in DENSE_TYPES.values() and hf_name in ckpt.dense:
-            _check_k(hf_name, tuple(ckpt.dense[hf_name].shape), type_name,
-                     "--gguf-head / --gguf-embedding f16 or bf16 (any K)")
+        _check_values(ckpt, hf_name, type_name)
     if fallbacks:
         log.warning("gguf: %s needs K to be a multiple of %d; %d tensors stored as %s instead: %s", ternary,
                     block_size(ternary), len(fallbacks), FALLBACKS[cfg.gguf_fallback],
@@ -139,6 +141,28 @@ def _ternary_type(module: str, shape: tuple[int, int], ternary: str, fallback: s
     return FALLBACKS[fallback]
 
 
+# The largest magnitude each type holds: fp16 values, or fp16 block scales times the largest code.
+TYPE_MAX = {"F32": np.inf, "BF16": np.inf, "F16": FP16_MAX, "Q8_0": 127 * FP16_MAX, "Q4_0": 8 * FP16_MAX}
+
+
+def _check_values(ckpt: C.Checkpoint, hf_name: str, type_name: str) -> None:
+    """Refuse, before anything is written, a dense tensor its type cannot hold (K, range) and a ternary scale
+    beyond fp16 (the type of every block scale)."""
+    module = hf_name.removesuffix(".weight")
+    if module in ckpt.ternary:
+        scales = ckpt.ternary[module].scales.abs()
+        if scales.max() > FP16_MAX:
+            raise BonsaiError(f"{hf_name}: a scale of {scales.max():.4g} is beyond fp16's range ({FP16_MAX:.0f}), "
+                              f"the type of TQ2_0 / TQ1_0 block scales (and of the F16 / Q8_0 fallbacks); export "
+                              f"--format pte or onnx")
+        return
+    x = ckpt.dense[hf_name]
+    _check_k(hf_name, tuple(x.shape), type_name, "--gguf-head / --gguf-embedding f16 or bf16 (any K)")
+    if x.abs().max() > TYPE_MAX[type_name]:
+        raise BonsaiError(f"{hf_name}: values up to {x.abs().max():.4g} overflow {type_name}'s fp16 range "
+                          f"({FP16_MAX:.0f}); use --gguf-head / --gguf-embedding bf16")
+
+
 def _check_k(name: str, shape: tuple[int, ...], type_name: str, fix: str) -> None:
     if shape[-1] % block_size(type_name):
         raise BonsaiError(f"{name} {list(shape)}: {type_name} needs K ({shape[-1]}) to be a multiple of "
@@ -153,7 +177,7 @@ def _tensor(ckpt: C.Checkpoint, hf_name: str, type_name: str) -> tuple[np.ndarra
     module = hf_name.removesuffix(".weight")
     if module in ckpt.ternary:
         w = ckpt.ternary[module]
-        values, err = w.folded().numpy(), _scale_error(hf_name, w.scales.numpy())
+        values, err = w.folded().numpy(), _scale_error(w.scales.numpy())
     else:
         values, err = ckpt.dense[hf_name].float().numpy(), 0.0
     a = ckpt.args
@@ -161,19 +185,11 @@ def _tensor(ckpt: C.Checkpoint, hf_name: str, type_name: str) -> tuple[np.ndarra
         values = permute_rope(values, a.n_heads)
     elif module.endswith("self_attn.k_proj"):
         values = permute_rope(values, a.n_kv_heads)
-    data = gguf.quants.quantize(np.ascontiguousarray(values, dtype=np.float32), qtype(type_name))
-    if type_name in DENSE_TYPES.values() and not np.isfinite(gguf.quants.dequantize(data, qtype(type_name))).all():
-        raise BonsaiError(f"{hf_name}: values up to {np.abs(values).max():.4g} overflow {type_name}'s fp16 range "
-                          f"({FP16_MAX:.0f}); use --gguf-head / --gguf-embedding bf16")
-    return data, err
+    return gguf.quants.quantize(np.ascontiguousarray(values, dtype=np.float32), qtype(type_name)), err
 
 
-def _scale_error(name: str, scales: np.ndarray) -> float:
-    """Worst relative error of the scales rounded to fp16 (the blocks' scale type); a scale fp16 cannot hold
-    is refused."""
-    if np.abs(scales).max(initial=0) > FP16_MAX:
-        raise BonsaiError(f"{name}: a scale of {np.abs(scales).max():.4g} is beyond fp16's range ({FP16_MAX:.0f}) "
-                          f"that TQ2_0 / TQ1_0 blocks store their scale in; export --format pte or onnx")
+def _scale_error(scales: np.ndarray) -> float:
+    """Worst relative error of the scales rounded to fp16, the blocks' scale type (range checked by _plan)."""
     nonzero = scales[scales != 0].astype(np.float64)
     rounded = nonzero.astype(np.float16).astype(np.float64)
     return float(np.max(np.abs(rounded - nonzero) / np.abs(nonzero), initial=0.0))
