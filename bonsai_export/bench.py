@@ -3,9 +3,11 @@
 Every measurement runs in a fresh worker process (so load time and peak RSS are its own): prefill tokens/s at
 several prompt lengths, time to first token, decode tokens/s over 128 tokens, load time, peak RSS; medians of
 repeated runs, for 1 and 2 threads. In the same run: the machine's memory read bandwidth and each artifact's share
-of its bandwidth roofline (bytes read per decoded token / bandwidth), the eager PyTorch bf16 reference
-(transformers' Llama with the ternary scales folded in, as people run Bonsai today) and an ExecuTorch XNNPACK
-8da4w export of the same folded model (the conventional ExecuTorch choice).
+of its bandwidth roofline (bytes read per decoded token / bandwidth); the peers (peers.py: llama.cpp on the GGUF
+of the same checkpoint, ONNX Runtime's stock MatMulNBits), with our / llama.cpp ratios and how far llama.cpp's
+greedy tokens agree with ours; the baselines: the eager PyTorch bf16 reference (transformers' Llama with the
+ternary scales folded in, as people run Bonsai today) and an ExecuTorch XNNPACK 8da4w export of the same folded
+model (the conventional ExecuTorch choice). The report itself (Markdown, chart) is bench_report.py.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pathlib import Path
 import torch
 
 from . import artifact as A
+from . import peers as P
+from .bench_report import chart, markdown  # noqa: F401  (the CLI's entry points)
 from .errors import BonsaiError
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,8 @@ log = logging.getLogger(__name__)
 PREFILL_LENGTHS = (64, 128, 512)
 DECODE_TOKENS = 128
 FIRST_TOKEN = 1000  # prompts are ids FIRST_TOKEN.. (content does not change the cost)
+GREEDY_PROMPT = "Once upon a time"  # greedy tokens of every backend from this prompt are compared with llama.cpp's
+GREEDY_TOKENS = 16
 
 
 def _status_mb(field: str) -> float:
@@ -56,6 +62,8 @@ def _median_s(fn, repeats: int) -> float:
 def _open(spec: dict):
     if spec["kind"] == "bf16-eager":
         return Bf16Reference(spec["path"], spec["max_seq_len"])
+    if spec["kind"] == P.LLAMA_CPP:
+        return P.LlamaCppRunner(Path(spec["path"]), spec["threads"], spec["max_seq_len"])
     from .runners import open_runner
 
     return open_runner(spec["path"], threads=spec["threads"], backend=spec.get("backend"))
@@ -90,6 +98,8 @@ class Bf16Reference:
 def _import_runtime(spec: dict) -> None:
     if spec["kind"] == "bf16-eager":
         import transformers  # noqa: F401
+    elif spec["kind"] == P.LLAMA_CPP:
+        import llama_cpp  # noqa: F401
     elif spec.get("backend") == "pte":
         from .runners import load_et_ops
 
@@ -124,7 +134,20 @@ def worker(spec: dict) -> dict:
 
     out["decode_tps"] = spec["decode_tokens"] / _median_s(decode, repeats)
     peak = _status_mb("VmHWM")
+    out["greedy_ids"] = greedy(runner, spec["greedy_prompt_ids"], spec["greedy_tokens"])
+    if hasattr(runner, "tokenize"):
+        out["own_prompt_ids"] = runner.tokenize(GREEDY_PROMPT)
     return {**out, "load_s": load_s, "peak_rss_mb": peak, "peak_rss_over_baseline_mb": peak - baseline}
+
+
+def greedy(runner, prompt_ids: list[int], n: int) -> list[int]:
+    """n greedy (argmax) tokens after the prompt."""
+    runner.reset()
+    logits, ids = runner(torch.tensor([prompt_ids]), torch.tensor([0])), []
+    for pos in range(len(prompt_ids), len(prompt_ids) + n):
+        ids.append(int(logits[0, -1].argmax()))
+        logits = runner(torch.tensor([ids[-1:]]), torch.tensor([pos]))
+    return ids
 
 
 def runner_worker(spec: dict) -> dict:
@@ -139,7 +162,10 @@ def runner_worker(spec: dict) -> dict:
             out[f"prefill_{n}_tps"] = statistics.median(r["prefill_tps"] for r in runs)
     runs = run_on_host(folder, runner_args(128, spec["decode_tokens"] + 1, threads), repeats)
     peak = max(r["peak_rss_mib"] for r in runs)
-    return {**out, "ttft_s": statistics.median(r["ttft_s"] for r in runs),
+    ids = ",".join(map(str, spec["greedy_prompt_ids"]))
+    greedy_run = run_on_host(folder, ["--tokens", ids, "--max-new-tokens", str(spec["greedy_tokens"]),
+                                      "--threads", str(threads)], 1)[0]
+    return {**out, "greedy_ids": greedy_run["generated_ids"], "ttft_s": statistics.median(r["ttft_s"] for r in runs),
             "decode_tps": statistics.median(r["decode_tps"] for r in runs),
             "load_s": statistics.median(r["load_s"] for r in runs), "peak_rss_mb": peak,
             "peak_rss_over_artifact_mb": peak - (folder / A.PTE_FILE).stat().st_size / 2**20}
@@ -188,52 +214,86 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
             dense.weight.data = values.float() * module.scales[:, None]
             model.get_submodule(name.rsplit(".", 1)[0]).register_module(name.rsplit(".", 1)[1], dense)
     quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32)))
-    tmp = _prepare_out(out, force=True)
+    tmp = _prepare_out(out, force=True, source=checkpoint.root_of(ckpt.folder))
     (tmp / A.PTE_FILE).write_bytes(to_pte(model))
     settings = write_canonical(ckpt.folder, tmp)
     A.write_manifest(tmp, {"artifacts": [{"type": "pte", "file": A.PTE_FILE}], "options": {"threads": 0},
                            "model": {"note": "XNNPACK 8da4w baseline"}, "source": {"checkpoint": source},
                            "tokenizer": settings.to_dict()})
-    _commit(tmp, out)
+    _commit(tmp, out, force=True)
     return out
 
 
-def _specs(folder: Path, manifest: dict, args) -> list[dict]:
+def _specs(folder: Path, manifest: dict, args, base: dict) -> list[dict]:
+    """Our artifact's backends (group "ours"), then the peers and the baselines the options ask for."""
     from .runners import native_dir
 
-    base = {"repeats": args.repeats, "prefill_lengths": list(PREFILL_LENGTHS), "decode_tokens": DECODE_TOKENS,
-            "max_seq_len": manifest["model"]["max_seq_len"]}
     specs = []
     for a in manifest["artifacts"]:
+        if a["type"] not in ("pte", "onnx"):
+            continue  # a GGUF in the folder is the llama.cpp peer's
         label = a["type"] if a["type"] == "pte" else f"onnx-{manifest['options'].get('ternary_op', 'custom')}"
-        specs.append({**base, "label": label, "kind": "artifact", "path": str(folder), "backend": a["type"],
-                      "bytes_per_token": bytes_per_token(manifest)})
+        specs.append({**base, "label": label, "group": "ours", "kind": "artifact", "path": str(folder),
+                      "backend": a["type"], "bytes_per_token": bytes_per_token(manifest)})
         if a["type"] == "pte" and (native_dir() / "bonsai_runner").is_file():
             specs.append({**specs[-1], "label": "pte (C++ runner)", "kind": "pte-runner"})
-    source = manifest["source"]["checkpoint"]
+    if getattr(args, "peers", True):
+        specs += _peer_specs(folder, manifest, base, {s["label"] for s in specs})
     if args.baselines:
-        specs.append({**base, "label": "bf16-eager", "kind": "bf16-eager", "path": source})
-        from .synthetic import cache_dir
-
-        cache = cache_dir()
-        from .model import FUSED
-
-        ident = f"{Path(source).resolve()}|{base['max_seq_len']}|{sorted(FUSED)}".encode()  # layout changes: rebuild
-        key = f"8da4w-{hashlib.sha256(ident).hexdigest()[:12]}"
-        specs.append({**base, "label": "pte-8da4w", "kind": "artifact", "backend": "pte",
-                      "path": str(export_8da4w(source, base["max_seq_len"], cache / key))})
+        specs += _baseline_specs(manifest["source"]["checkpoint"], base)
     return specs
+
+
+def _peer_specs(folder: Path, manifest: dict, base: dict, ours: set[str]) -> list[dict]:
+    specs, source = [], manifest["source"]["checkpoint"]
+    if P.STOCK not in ours:
+        stock = P.stock_onnx(source, manifest["options"])
+        specs.append({**base, "label": P.STOCK, "group": "peer", "kind": "artifact", "path": str(stock),
+                      "backend": "onnx", "bytes_per_token": bytes_per_token(A.read_manifest(stock))})
+    missing = P.llama_cpp_missing()
+    if missing is not None:
+        log.warning("bench: llama.cpp peer skipped: llama_cpp is not importable (%s); install it with %s",
+                    missing, P.INSTALL_HINT)
+        return specs
+    try:
+        gguf = P.gguf_summary(P.gguf_file(folder, manifest))
+    except BonsaiError as exc:
+        log.warning("bench: llama.cpp peer skipped: %s", exc)
+        return specs
+    return specs + [{**base, "label": P.LLAMA_CPP, "group": "peer", "kind": P.LLAMA_CPP, "path": gguf["file"],
+                     "bytes_per_token": gguf["bytes_per_token"], "gguf": gguf}]
+
+
+def _baseline_specs(source: str, base: dict) -> list[dict]:
+    from .model import FUSED
+    from .synthetic import cache_dir
+
+    ident = f"{Path(source).resolve()}|{base['max_seq_len']}|{sorted(FUSED)}".encode()  # layout changes: rebuild
+    key = f"8da4w-{hashlib.sha256(ident).hexdigest()[:12]}"
+    return [{**base, "label": "bf16-eager", "group": "baseline", "kind": "bf16-eager", "path": source},
+            {**base, "label": "pte-8da4w", "group": "baseline", "kind": "artifact", "backend": "pte",
+             "path": str(export_8da4w(source, base["max_seq_len"], cache_dir() / key))}]
 
 
 def run_bench(folder: Path, args) -> dict:
     from .bench_kernels import environment, read_bandwidth
+    from .tokenizer import Tokenizer
 
     manifest = A.read_manifest(folder)
-    results = {"artifact": str(folder), "environment": environment(), "options": manifest["options"],
-               "artifact_bytes": sum(f["bytes"] for f in manifest["files"].values()),
+    prompt_ids = Tokenizer(folder).encode(GREEDY_PROMPT)
+    base = {"repeats": args.repeats, "prefill_lengths": list(PREFILL_LENGTHS), "decode_tokens": DECODE_TOKENS,
+            "max_seq_len": manifest["model"]["max_seq_len"], "greedy_prompt_ids": prompt_ids,
+            "greedy_tokens": GREEDY_TOKENS}
+    results = {"artifact": str(folder), "checkpoint": manifest["source"]["checkpoint"],
+               "environment": environment(), "options": manifest["options"], "threads": list(args.threads),
+               "repeats": args.repeats, "prefill_lengths": base["prefill_lengths"],
+               "decode_tokens": DECODE_TOKENS, "artifact_bytes": sum(f["bytes"] for f in manifest["files"].values()),
                "bits_per_ternary_weight": manifest["model"]["bits_per_ternary_weight"],
-               "bytes_per_decoded_token": bytes_per_token(manifest), "runs": []}
-    specs = _specs(folder, manifest, args)
+               "bytes_per_decoded_token": bytes_per_token(manifest),
+               "greedy": {"prompt": GREEDY_PROMPT, "prompt_ids": prompt_ids, "tokens": GREEDY_TOKENS}, "runs": []}
+    specs = _specs(folder, manifest, args, base)
+    results["groups"] = {s["label"]: s["group"] for s in specs}
+    results["gguf"] = next((s["gguf"] for s in specs if "gguf" in s), None)
     for threads in args.threads:
         bandwidth = read_bandwidth(threads, megabytes=512, repeats=5)
         results[f"read_bandwidth_gbs_{threads}t"] = bandwidth
@@ -244,43 +304,40 @@ def run_bench(folder: Path, args) -> dict:
                 roofline = bandwidth * 1e9 / spec["bytes_per_token"]
                 r.update(roofline_tps=roofline, roofline_share=r["decode_tps"] / roofline)
             results["runs"].append(r)
+    results["vs_llama_cpp"] = ratios(results)
+    results["greedy"]["agreement"] = agreement(results)
     return results
 
 
-def markdown(results: dict) -> str:
-    cols = ["prefill_64_tps", "prefill_128_tps", "prefill_512_tps", "ttft_s", "decode_tps", "roofline_share",
-            "load_s", "peak_rss_mb", "peak_rss_over_baseline_mb", "peak_rss_over_artifact_mb"]
-    lines = [f"# Benchmark of `{results['artifact']}`", "",
-             f"CPU: {results['environment']['cpu']} ({results['environment']['cores']} cores, kernels "
-             f"{results['environment']['isa']}). Artifact {results['artifact_bytes'] / 1e6:.1f} MB, ternary "
-             f"{results['bits_per_ternary_weight']:.3f} bits/weight, {results['bytes_per_decoded_token'] / 1e6:.1f} "
-             f"MB read per decoded token.", "",
-             "| backend | threads | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+def ratios(results: dict) -> list[dict]:
+    """Each of our backends over llama.cpp at the same thread count (above 1: ours is faster)."""
+    peer = {r["threads"]: r for r in results["runs"] if r["label"] == P.LLAMA_CPP}
+    keys = ("decode_tps", *(f"prefill_{n}_tps" for n in results.get("prefill_lengths", PREFILL_LENGTHS)))
+    rows = []
     for r in results["runs"]:
-        cells = [f"{r[c]:.3g}" if isinstance(r.get(c), float) else "-" for c in cols]
-        lines.append(f"| {r['label']} | {r['threads']} | " + " | ".join(cells) + " |")
-    bw = [f"{k.split('_')[-1]}: {v:.1f} GB/s" for k, v in results.items() if k.startswith("read_bandwidth")]
-    lines += ["", f"Memory read bandwidth (same run): {', '.join(bw)}. Medians of repeated runs.", ""]
-    return "\n".join(lines)
+        if results["groups"][r["label"]] != "ours" or r["threads"] not in peer:
+            continue
+        p = peer[r["threads"]]
+        rows.append({"label": r["label"], "threads": r["threads"],
+                     **{k: r[k] / p[k] for k in keys if r.get(k) and p.get(k)}})
+    return rows
 
 
-def chart(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = results["runs"]
-    labels = [f"{r['label']}\n{r['threads']}t" for r in runs]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, len(runs) * 1.2), 4))
-    for ax, key, title in ((axes[0], "decode_tps", "decode tokens/s"), (axes[1], "prefill_128_tps",
-                                                                          "prefill tokens/s (128)")):
-        ax.bar(labels, [r.get(key, 0) for r in runs], color="tab:green")
-        ax.set_title(title)
-        ax.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def agreement(results: dict) -> list[dict]:
+    """How far llama.cpp's greedy tokens from the same prompt ids follow each other backend's (first thread count);
+    and whether llama.cpp's own tokenizer gives our prompt ids."""
+    first = results["threads"][0]
+    runs = {r["label"]: r for r in results["runs"] if r["threads"] == first}
+    if P.LLAMA_CPP not in runs:
+        return []
+    peer, rows = runs.pop(P.LLAMA_CPP), []
+    for label, r in runs.items():
+        same = [a == b for a, b in zip(r["greedy_ids"], peer["greedy_ids"])]
+        rows.append({"label": label, "ids": r["greedy_ids"], "llama_cpp_ids": peer["greedy_ids"],
+                     "equal": sum(same), "common_prefix": same.index(False) if False in same else len(same),
+                     "n": len(same)})
+    results["greedy"]["llama_cpp_prompt_ids"] = peer.get("own_prompt_ids")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
