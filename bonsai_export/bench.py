@@ -200,13 +200,15 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
     from torchao.quantization.granularity import PerGroup
 
     from . import checkpoint, formats
-    from .export import _commit, _prepare_out
+    from .export import _commit, _prepare_out, model_info
     from .export.executorch import to_pte
     from .model import TernaryLinear, from_checkpoint
     from .tokenizer import write_canonical
 
     ckpt = checkpoint.load(source, progress=False)
     model = from_checkpoint(ckpt, max_seq_len=max_seq_len)
+    # the shape the runners check against the program (the ternary figures are not this artifact's)
+    shape = {k: v for k, v in model_info(ckpt, model).items() if not k.startswith(("ternary", "bits", "head_bytes"))}
     for name, module in list(model.named_modules()):
         if isinstance(module, TernaryLinear):  # the same fused projections as ours, scales folded in
             dense = nn.Linear(module.in_features, module.out_features, bias=False)
@@ -218,7 +220,7 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
     (tmp / A.PTE_FILE).write_bytes(to_pte(model))
     settings = write_canonical(ckpt.folder, tmp)
     A.write_manifest(tmp, {"artifacts": [{"type": "pte", "file": A.PTE_FILE}], "options": {"threads": 0},
-                           "model": {"note": "XNNPACK 8da4w baseline"}, "source": {"checkpoint": source},
+                           "model": {**shape, "note": "XNNPACK 8da4w baseline"}, "source": {"checkpoint": source},
                            "tokenizer": settings.to_dict()})
     _commit(tmp, out, force=True)
     return out
@@ -268,7 +270,7 @@ def _baseline_specs(source: str, base: dict) -> list[dict]:
     from .model import FUSED
     from .synthetic import cache_dir
 
-    ident = f"{Path(source).resolve()}|{base['max_seq_len']}|{sorted(FUSED)}".encode()  # layout changes: rebuild
+    ident = f"{Path(source).resolve()}|{base['max_seq_len']}|{sorted(FUSED)}|shape2".encode()  # layout changes: rebuild
     key = f"8da4w-{hashlib.sha256(ident).hexdigest()[:12]}"
     return [{**base, "label": "bf16-eager", "group": "baseline", "kind": "bf16-eager", "path": source},
             {**base, "label": "pte-8da4w", "group": "baseline", "kind": "artifact", "backend": "pte",

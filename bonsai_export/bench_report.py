@@ -48,6 +48,10 @@ def _rss_added(run: dict):
     return run.get("peak_rss_over_baseline_mb", run.get("peak_rss_over_artifact_mb"))
 
 
+def _repeats(n) -> str:
+    return f"Medians of {n} runs" if n != 1 else "One run"
+
+
 def _threads(n: int) -> str:
     return f"{n} thread{'s' if n != 1 else ''}"
 
@@ -74,7 +78,7 @@ def _heading(results: dict) -> list[str]:
              f"{number(results['bytes_per_decoded_token'] / 1e6)} MB of weights read per decoded token. Memory "
              f"read bandwidth (same run): {bw}.", ""]
     if results.get("repeats"):
-        lines += [f"Medians of {results['repeats']} runs after a warm-up; decode: {results.get('decode_tokens')} "
+        lines += [f"{_repeats(results['repeats'])} after a warm-up; decode: {results.get('decode_tokens')} "
                   f"greedy tokens after a 16-token prompt. Prefill: one prompt of that many tokens. RSS added: a "
                   f"Python worker's peak over its resident size after imports; the C++ runner's over the .pte's "
                   f"size.", ""]
@@ -160,7 +164,7 @@ def chart(results: dict, path: Path) -> None:
     checkpoint = Path(str(results.get("checkpoint", results["artifact"]))).name
     fig.suptitle(f"bonsai-export bench: {checkpoint} on {env['cpu'] or env['machine']} ({env['cores']} cores), "
                  f"{', '.join(map(str, threads))} threads\n green: ours, orange: peers, gray: baselines; "
-                 f"medians of {results.get('repeats', '?')} runs", fontsize=10)
+                 f"{_repeats(results.get('repeats', '?')).lower()}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
