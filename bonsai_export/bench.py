@@ -228,7 +228,7 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
 
 def _specs(folder: Path, manifest: dict, args, base: dict) -> list[dict]:
     """Our artifact's backends (group "ours"), then the peers and the baselines the options ask for."""
-    from .runners import native_dir
+    from .native import RUNNER, native_dir
 
     specs = []
     for a in manifest["artifacts"]:
@@ -237,7 +237,7 @@ def _specs(folder: Path, manifest: dict, args, base: dict) -> list[dict]:
         label = a["type"] if a["type"] == "pte" else f"onnx-{manifest['options'].get('ternary_op', 'custom')}"
         specs.append({**base, "label": label, "group": "ours", "kind": "artifact", "path": str(folder),
                       "backend": a["type"], "bytes_per_token": bytes_per_token(manifest)})
-        if a["type"] == "pte" and (native_dir() / "bonsai_runner").is_file():
+        if a["type"] == "pte" and (native_dir() / RUNNER).is_file():
             specs.append({**specs[-1], "label": "pte (C++ runner)", "kind": "pte-runner"})
     if getattr(args, "peers", True):
         specs += _peer_specs(folder, manifest, base, {s["label"] for s in specs})

@@ -22,6 +22,7 @@ from . import artifact as A
 from . import tokenizer as T
 from .bench import FIRST_TOKEN
 from .errors import BonsaiError
+from .native import RUNNER, native_dir
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,7 @@ def run_on_device(adb: list[str], args: list[str], repeats: int) -> list[dict]:
 
 
 def run_on_host(folder: Path, args: list[str], repeats: int) -> list[dict]:
-    from .runners import native_dir
-
-    exe = native_dir() / "bonsai_runner"
+    exe = native_dir() / RUNNER
     if not exe.is_file():
         raise BonsaiError(f"{exe}: missing; `pip install .` builds the host runner")
     runs = []

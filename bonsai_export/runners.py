@@ -8,7 +8,6 @@ as the model does: input_pos[0] is the position of tokens[:, 0]; [start] asks fo
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
 import torch
@@ -16,14 +15,9 @@ import torch
 from . import artifact as A
 from . import options
 from .errors import BonsaiError
+from .native import ET_OPS_LIB, native_dir
 
-ET_OPS_LIB = "libbonsai_et_ops.so"
 _loaded_et_ops: ctypes.CDLL | None = None
-
-
-def native_dir() -> Path:
-    """Where the native libraries live: $BONSAI_NATIVE_DIR, else bonsai_export/_native (pip install puts them)."""
-    return Path(os.environ.get("BONSAI_NATIVE_DIR", Path(__file__).resolve().parent / "_native"))
 
 
 def load_et_ops() -> ctypes.CDLL:

@@ -14,7 +14,7 @@ from bonsai_export import artifact as A
 from bonsai_export.cli import main
 from bonsai_export.device_bench import DEVICE_DIR, RESULT_FILE
 from bonsai_export.export import export
-from bonsai_export.runners import native_dir
+from bonsai_export.native import native_dir
 
 FAKE_ADB = """#!{python}
 import json, os, shutil, subprocess, sys

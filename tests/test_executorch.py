@@ -10,7 +10,8 @@ from bonsai_export import artifact as A
 from bonsai_export import checkpoint
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import build_model, export
-from bonsai_export.runners import PteRunner, load_et_ops, native_dir, positions
+from bonsai_export.native import native_dir
+from bonsai_export.runners import PteRunner, load_et_ops, positions
 
 MAX_SEQ = 96
 PROMPTS = {"short": [1, 415, 2936, 9060, 285, 1142, 754], "long": [1] + list(range(3000, 3022))}

@@ -177,7 +177,7 @@ def test_aarch64_runner_under_qemu_matches_the_host_runner(aarch64_device_build,
     for library in (ops / "libbonsai_kernels.so", ops / "executorch" / "libbonsai_et_ops.so",
                     ops / "onnxruntime" / "libbonsai_ort_ops.so", ops / "executorch" / "bonsai_runner"):
         assert elf_machine(library) == 183, f"{library} is not an aarch64 binary"  # EM_AARCH64
-    from bonsai_export.runners import native_dir
+    from bonsai_export.native import native_dir
 
     prompt = "Once upon a time, in a land far away"
     host = run_runner([str(native_dir() / "bonsai_runner")], tiny_pte, prompt)

@@ -56,7 +56,7 @@ def run_worker(kind: str, examples: int) -> dict:
 
 
 def native_library(name: str) -> Path:
-    from bonsai_export.runners import native_dir
+    from bonsai_export.native import native_dir
 
     path = native_dir() / name
     if not path.is_file():
@@ -244,7 +244,7 @@ def ort_model(op, attrs, x_dtype, w_dtype, cast_bf16, x_from_shape):
 
 def ort_worker(examples: int) -> dict:
     import onnxruntime as ort
-    from bonsai_export.runners import native_dir
+    from bonsai_export.native import native_dir
 
     library = str(native_dir() / "libbonsai_ort_ops.so")
     report = {"kinds": set(), "ok": 0, "errors": 0}

@@ -14,7 +14,8 @@ from bonsai_export import checkpoint, formats
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import build_model, export
 from bonsai_export.export import onnx as O
-from bonsai_export.runners import OnnxRunner, native_dir, onnx_session, open_runner, positions
+from bonsai_export.native import native_dir
+from bonsai_export.runners import OnnxRunner, onnx_session, open_runner, positions
 
 MAX_SEQ = 96
 PROMPTS = {"short": [1, 415, 2936, 9060, 285, 1142, 754], "long": [1] + list(range(3000, 3022))}

@@ -215,7 +215,7 @@ def test_malformed_tokenizer_json_is_refused_on_one_line(cli, canonical_text, na
 
 def test_runner_refuses_a_bad_tokenizer_json_before_the_model(canonical_text, tmp_path):
     """bonsai_runner reads tokenizer.json first: a malformed one is refused on one line, whatever the .pte."""
-    from bonsai_export.runners import native_dir
+    from bonsai_export.native import native_dir
 
     runner = native_dir() / "bonsai_runner"
     if not runner.is_file():

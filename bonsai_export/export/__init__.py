@@ -23,6 +23,7 @@ from ..dense import quantize_dense_
 from ..errors import BonsaiError
 from ..paths import overlaps
 from ..model import TernaryLinear, from_checkpoint
+from ..native import ET_OPS_LIB
 from ..tokenizer import write_canonical
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def _write_pte(model, folder: Path) -> dict:
 
     data = to_pte(model)  # stages export, lower, serialize
     (folder / A.PTE_FILE).write_bytes(data)
-    return {"type": "pte", "file": A.PTE_FILE, "op_library": "libbonsai_et_ops.so"}
+    return {"type": "pte", "file": A.PTE_FILE, "op_library": ET_OPS_LIB}
 
 
 def _write_onnx(model, folder: Path, cfg: A.ExportConfig) -> dict:

@@ -356,7 +356,7 @@ def to_folder(model: Transformer, folder: Path, ternary_op: str, metadata: dict[
     import json
     import shutil
 
-    from ..runners import native_dir
+    from ..native import native_dir
 
     library = None
     if ternary_op == "custom":
