@@ -200,8 +200,9 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
     from torchao.quantization.granularity import PerGroup
 
     from . import checkpoint, formats
-    from .export import _commit, _prepare_out, model_info
+    from .export import model_info
     from .export.executorch import to_pte
+    from .export.staging import commit, prepare_out
     from .model import TernaryLinear, from_checkpoint
     from .tokenizer import write_canonical
 
@@ -216,13 +217,13 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
             dense.weight.data = values.float() * module.scales[:, None]
             model.get_submodule(name.rsplit(".", 1)[0]).register_module(name.rsplit(".", 1)[1], dense)
     quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32)))
-    tmp = _prepare_out(out, force=True, source=checkpoint.root_of(ckpt.folder))
+    tmp = prepare_out(out, force=True, source=checkpoint.root_of(ckpt.folder))
     (tmp / A.PTE_FILE).write_bytes(to_pte(model))
     settings = write_canonical(ckpt.folder, tmp)
     A.write_manifest(tmp, {"artifacts": [{"type": "pte", "file": A.PTE_FILE}], "options": {"threads": 0},
                            "model": {**shape, "note": "XNNPACK 8da4w baseline"}, "source": {"checkpoint": source},
                            "tokenizer": settings.to_dict()})
-    _commit(tmp, out, force=True)
+    commit(tmp, out, force=True)
     return out
 
 

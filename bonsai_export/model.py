@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import artifact as A
 from . import formats, ops  # noqa: F401  (ops registers torch.ops.bonsai.ternary_linear)
 from .checkpoint import NORMS, Checkpoint
 from .config import ModelArgs
+from .dense import quantize_dense_
 from .errors import BonsaiError
 
 # Projections that read the same input run as one matrix, their rows concatenated in this order (keys: our
@@ -180,6 +182,12 @@ def from_checkpoint(ckpt: Checkpoint, act_quant: str = "none", max_seq_len: int 
                 ws = [ckpt.ternary[f"model.layers.{i}.{part}"] for part in parts]
                 layer.get_submodule(sub).load(torch.cat([w.values for w in ws]), torch.cat([w.scales for w in ws]))
     return model.eval()
+
+
+def build_model(ckpt: Checkpoint, cfg: A.ExportConfig) -> Transformer:
+    """The model exactly as the artifact of `cfg` computes it: the export's input, and the tests' reference."""
+    model = from_checkpoint(ckpt, act_quant=cfg.act_quant, max_seq_len=cfg.max_seq_len)
+    return quantize_dense_(model, cfg.embedding, cfg.head)
 
 
 def ternary_values(model: Transformer) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bonsai_export import artifact as A
-from bonsai_export.export import build_model
+from bonsai_export.model import build_model
 from bonsai_export.model import from_checkpoint
 from bonsai_export.runners import EagerRunner, open_runner, positions
 from bonsai_export.tokenizer import Tokenizer

@@ -508,13 +508,13 @@ def test_hostile_input(name, hostile_results):
 
 def test_a_second_export_without_force_never_replaces_the_first(tmp_path):
     """Two exports to one new folder at once: the one that finishes second refuses instead of replacing."""
-    from bonsai_export.export import _commit
+    from bonsai_export.export.staging import commit
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / A.MANIFEST).write_text("{}")  # the first export, finished meanwhile
     (tmp_path / "tmp").mkdir()
     with pytest.raises(bonsai_export.errors.BonsaiError, match="was written by another export while this one ran"):
-        _commit(tmp_path / "tmp", tmp_path / "out", force=False)
+        commit(tmp_path / "tmp", tmp_path / "out", force=False)
     assert (tmp_path / "out" / A.MANIFEST).read_text() == "{}"
 
 

@@ -9,7 +9,8 @@ import torch
 from bonsai_export import artifact as A
 from bonsai_export import checkpoint
 from bonsai_export.errors import BonsaiError
-from bonsai_export.export import build_model, export
+from bonsai_export.export import export
+from bonsai_export.model import build_model
 from bonsai_export.native import native_dir
 from bonsai_export.runners import PteRunner, load_et_ops, positions
 

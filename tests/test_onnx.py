@@ -12,8 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 from bonsai_export import artifact as A
 from bonsai_export import checkpoint, formats
 from bonsai_export.errors import BonsaiError
-from bonsai_export.export import build_model, export
+from bonsai_export.export import export
 from bonsai_export.export import onnx as O
+from bonsai_export.model import build_model
 from bonsai_export.native import native_dir
 from bonsai_export.runners import OnnxRunner, onnx_session, open_runner, positions
 

@@ -15,7 +15,7 @@ from torch.export import Dim, export
 
 from .. import artifact as A
 from ..model import Transformer
-from . import stage
+from .stages import stage
 
 log = logging.getLogger(__name__)
 
