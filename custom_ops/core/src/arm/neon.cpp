@@ -10,67 +10,14 @@
 
 #include "../float_kernels.h"
 #include "../kernel_table.h"
+#include "../ternary_kernels.h"
 
 #ifndef BONSAI_NEON_DOTPROD
 #define BONSAI_NEON_DOTPROD 0
 #endif
 
-#if BONSAI_NEON_DOTPROD
-#define BONSAI_NEON_KERNEL(op) op##_dotprod
-#else
-#define BONSAI_NEON_KERNEL(op) op##_neon
-#endif
-
 namespace bonsai {
 namespace {
-
-// Tile sizes. GEMV: 4 rows share each activation load. GEMM: 4 tokens x 2 rows = 8 accumulators plus 8 code
-// registers (4 planes x 2 halves) of one row and activation temporaries, within the 32 NEON registers.
-constexpr int kGemvRows = 4;
-constexpr int kGemmTokens = 4;
-constexpr int kGemmRows = 2;
-// Decode streams the weights from DRAM: the GEMV tile prefetches the same block of the rows kPrefetchTiles tiles
-// ahead (rows are contiguous). Prefetches never fault, so running past the last row is harmless.
-constexpr int kPrefetchTiles = 4;
-
-// Signed weights of one block: t[2*i + h] = weights [32i + 16h, 32i + 16h + 16) of the block.
-inline void unpack_block(const uint8_t* block, int8x16_t t[8]) {
-  const uint8x16_t lo = vld1q_u8(block), hi = vld1q_u8(block + 16);
-  const uint8x16_t mask = vdupq_n_u8(kCodeMask);
-  const int8x16_t offset = vdupq_n_s8(kCodeOffset);
-  t[0] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(lo, mask)), offset);
-  t[1] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(hi, mask)), offset);
-  t[2] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(lo, 2), mask)), offset);
-  t[3] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(hi, 2), mask)), offset);
-  t[4] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(lo, 4), mask)), offset);
-  t[5] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(hi, 4), mask)), offset);
-  t[6] = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(lo, 6)), offset);
-  t[7] = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(hi, 6)), offset);
-}
-
-// acc[0..C) += sum over one block of t * q (q: the block's 128 activations in K order). With C > 1 the products
-// alternate between C independent accumulators, so consecutive sdot / pairwise adds do not wait on each other.
-template <int C>
-inline void dot_block(int32x4_t* acc, const int8x16_t t[8], const int8_t* q) {
-#if BONSAI_NEON_DOTPROD
-  for (int j = 0; j < 8; ++j) acc[j % C] = vdotq_s32(acc[j % C], t[j], vld1q_s8(q + 16 * j));
-#else
-  // 16 products of |t*q| <= 128 per int16 lane stay far below 32767 before widening.
-  int16x8_t p[C];
-  for (int c = 0; c < C; ++c) p[c] = vdupq_n_s16(0);
-  for (int j = 0; j < 8; ++j) {
-    const int8x16_t qj = vld1q_s8(q + 16 * j);
-    p[j % C] = vmlal_s8(p[j % C], vget_low_s8(t[j]), vget_low_s8(qj));
-    p[j % C] = vmlal_high_s8(p[j % C], t[j], qj);
-  }
-  for (int c = 0; c < C; ++c) acc[c] = vpadalq_s16(acc[c], p[c]);
-#endif
-}
-
-// Independent accumulators per (token, row): GEMV tiles have only 4 rows in flight, so they split each row's
-// chain in 4; GEMM tiles already have MR x NR chains.
-template <int MR>
-constexpr int chains() { return MR == 1 ? 4 : 1; }
 
 void quantize_row_i8(const float* x, int64_t k, int8_t* q, float* d) {
   float32x4_t vmax = vdupq_n_f32(0.0f);
@@ -97,116 +44,6 @@ void quantize_row_i8(const float* x, int64_t k, int8_t* q, float* d) {
   memset(q + k, 0, size_t(kp - k));
   *d = amax / float(kInt8QMax);
 }
-
-template <int MR, int NR>
-void tile_i8(const int8_t* q, int64_t q_stride, int64_t nblocks, const uint8_t* w, int64_t w_stride, int32_t* acc,
-             int64_t acc_stride) {
-  constexpr int C = chains<MR>();
-  int32x4_t sum[MR][NR][C];
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r)
-      for (int c = 0; c < C; ++c) sum[m][r][c] = vdupq_n_s32(0);
-  for (int64_t b = 0; b < nblocks; ++b) {
-    for (int r = 0; r < NR; ++r) {
-      const uint8_t* block = w + r * w_stride + b * kBlockBytes;
-      if (MR == 1) __builtin_prefetch((const void*)(uintptr_t(block) + kPrefetchTiles * NR * w_stride));
-      int8x16_t t[8];
-      unpack_block(block, t);
-      for (int m = 0; m < MR; ++m) dot_block<C>(sum[m][r], t, q + m * q_stride + b * kBlockK);
-    }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) {
-      int32x4_t total = sum[m][r][0];
-      for (int c = 1; c < C; ++c) total = vaddq_s32(total, sum[m][r][c]);
-      acc[m * acc_stride + r] = vaddvq_s32(total);
-    }
-}
-
-template <int MR, int NR>
-void rows_i8(const int8_t* q, int64_t q_stride, int64_t nblocks, const uint8_t* w, int64_t w_stride, int64_t n0,
-             int64_t n1, int32_t* acc, int64_t acc_stride) {
-  int64_t n = n0;
-  for (; n + NR <= n1; n += NR) tile_i8<MR, NR>(q, q_stride, nblocks, w + n * w_stride, w_stride, acc + n, acc_stride);
-  for (; n < n1; ++n) tile_i8<MR, 1>(q, q_stride, nblocks, w + n * w_stride, w_stride, acc + n, acc_stride);
-}
-
-void BONSAI_NEON_KERNEL(gemv_t2_i8)(const int8_t* q, int64_t nblocks, const uint8_t* w, int64_t w_stride,
-                                    int64_t n0, int64_t n1, int32_t* acc) {
-  rows_i8<1, kGemvRows>(q, 0, nblocks, w, w_stride, n0, n1, acc, 0);
-}
-
-void BONSAI_NEON_KERNEL(gemm_t2_i8)(const int8_t* q, int64_t q_stride, int64_t m_count, int64_t nblocks,
-                                    const uint8_t* w, int64_t w_stride, int64_t n0, int64_t n1, int32_t* acc,
-                                    int64_t acc_stride) {
-  int64_t m = 0;
-  for (; m + kGemmTokens <= m_count; m += kGemmTokens)
-    rows_i8<kGemmTokens, kGemmRows>(q + m * q_stride, q_stride, nblocks, w, w_stride, n0, n1, acc + m * acc_stride,
-                                    acc_stride);
-  for (; m < m_count; ++m)
-    rows_i8<1, kGemvRows>(q + m * q_stride, 0, nblocks, w, w_stride, n0, n1, acc + m * acc_stride, 0);
-}
-
-// Float weights of 16 signed codes.
-inline void to_float(int8x16_t t, float32x4_t f[4]) {
-  const int16x8_t lo = vmovl_s8(vget_low_s8(t)), hi = vmovl_high_s8(t);
-  f[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo)));
-  f[1] = vcvtq_f32_s32(vmovl_high_s16(lo));
-  f[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi)));
-  f[3] = vcvtq_f32_s32(vmovl_high_s16(hi));
-}
-
-template <int MR, int NR>
-void tile_f32(const float* x, int64_t x_stride, int64_t nblocks, const uint8_t* w, int64_t w_stride,
-              const float* scales, float* y, int64_t y_stride) {
-  float32x4_t sum[MR][NR];
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) sum[m][r] = vdupq_n_f32(0.0f);
-  for (int64_t b = 0; b < nblocks; ++b) {
-    for (int r = 0; r < NR; ++r) {
-      int8x16_t t[8];
-      unpack_block(w + r * w_stride + b * kBlockBytes, t);
-      for (int j = 0; j < 8; ++j) {  // t[j] covers K offsets [16j, 16j + 16) of the block
-        float32x4_t f[4];
-        to_float(t[j], f);
-        for (int m = 0; m < MR; ++m) {
-          const float* xb = x + m * x_stride + b * kBlockK + 16 * j;
-          float32x4_t s = sum[m][r];
-          for (int v = 0; v < 4; ++v) s = vfmaq_f32(s, f[v], vld1q_f32(xb + 4 * v));
-          sum[m][r] = s;
-        }
-      }
-    }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) y[m * y_stride + r] = scales[r] * vaddvq_f32(sum[m][r]);
-}
-
-template <int MR, int NR>
-void rows_f32(const float* x, int64_t x_stride, int64_t nblocks, const uint8_t* w, int64_t w_stride,
-              const float* scales, int64_t n0, int64_t n1, float* y, int64_t y_stride) {
-  int64_t n = n0;
-  for (; n + NR <= n1; n += NR)
-    tile_f32<MR, NR>(x, x_stride, nblocks, w + n * w_stride, w_stride, scales + n, y + n, y_stride);
-  for (; n < n1; ++n) tile_f32<MR, 1>(x, x_stride, nblocks, w + n * w_stride, w_stride, scales + n, y + n, y_stride);
-}
-
-void BONSAI_NEON_KERNEL(gemv_t2_f32)(const float* x, int64_t nblocks, const uint8_t* w, int64_t w_stride,
-                                     const float* scales, int64_t n0, int64_t n1, float* y) {
-  rows_f32<1, kGemvRows>(x, 0, nblocks, w, w_stride, scales, n0, n1, y, 0);
-}
-
-void BONSAI_NEON_KERNEL(gemm_t2_f32)(const float* x, int64_t x_stride, int64_t m_count, int64_t nblocks,
-                                     const uint8_t* w, int64_t w_stride, const float* scales, int64_t n0, int64_t n1,
-                                     float* y, int64_t y_stride) {
-  int64_t m = 0;
-  for (; m + kGemmTokens <= m_count; m += kGemmTokens)
-    rows_f32<kGemmTokens, kGemmRows>(x + m * x_stride, x_stride, nblocks, w, w_stride, scales, n0, n1,
-                                     y + m * y_stride, y_stride);
-  for (; m < m_count; ++m)
-    rows_f32<1, kGemvRows>(x + m * x_stride, 0, nblocks, w, w_stride, scales, n0, n1, y + m * y_stride, 0);
-}
-
 
 // Vector traits of the float kernels (float_kernels.h): 4 floats per q register (the same in both builds).
 struct NeonVec {
@@ -255,17 +92,98 @@ struct NeonVec {
   }
 };
 
+// Building blocks of the ternary kernels (ternary_kernels.h). Tiles: a decode tile's 4 rows share each
+// activation load and split each row's sum into 4 chains; the prefill tile's 4 tokens x 2 rows = 8 accumulators
+// plus 8 code registers (4 planes x 2 halves) of the rows and activation temporaries fit the 32 NEON registers.
+struct NeonTernary {
+  static constexpr int kGemvRows = 4, kGemmTokens = 4, kGemmRows = 2, kGemvChains = 4;
+  static constexpr int kStepBlocks = 1;
+  static constexpr bool kUnsignedCodes = false;
+#if BONSAI_NEON_DOTPROD
+  static constexpr int64_t kFlushBlocks = 256;  // int32 sums: flushing only bounds the loop
+#else
+  // Blocks whose int16 products are summed before vpadalq widens them: at most 16 products |t*q| <= 127 per
+  // int16 lane and block.
+  static constexpr int64_t kFlushBlocks = 8;
+  static_assert(kFlushBlocks * 16 * 127 < 32768, "int16 partial sums must not overflow");
+#endif
+  // Decode streams the weights from DRAM: prefetch the same block of the rows kPrefetchTiles tiles ahead (rows
+  // are contiguous). Prefetches never fault, so running past the last row is harmless.
+  static constexpr int64_t kPrefetchTiles = 4;
+  using V = NeonVec;
+  using Packed = uint8x16x2_t;
+  using Codes = int8x16x2_t;  // t of weights [32i, 32i + 16) and [32i + 16, 32i + 32) of the block
+  using Act = int8x16x2_t;
+#if BONSAI_NEON_DOTPROD
+  using Part = int32x4_t;
+#else
+  using Part = int16x8_t;
+#endif
+  using Sum = int32x4_t;
+
+  static Packed load(const uint8_t* block, int64_t) { return {{vld1q_u8(block), vld1q_u8(block + 16)}}; }
+  static void prefetch(const uint8_t* block, int64_t tile_bytes) {
+    __builtin_prefetch((const void*)(uintptr_t(block) + kPrefetchTiles * tile_bytes));
+  }
+  template <int I>
+  static int8x16_t signed_codes(uint8x16_t bytes) {
+    uint8x16_t c = bytes;
+    if constexpr (I > 0) c = vshrq_n_u8(bytes, 2 * I);
+    if constexpr (I < 3) c = vandq_u8(c, vdupq_n_u8(kCodeMask));
+    return vsubq_s8(vreinterpretq_s8_u8(c), vdupq_n_s8(kCodeOffset));
+  }
+  template <int I>
+  static Codes plane(Packed p) { return {{signed_codes<I>(p.val[0]), signed_codes<I>(p.val[1])}}; }
+  template <int I>
+  static Act act(const int8_t* qb, int64_t) { return {{vld1q_s8(qb + I * kLanes), vld1q_s8(qb + I * kLanes + 16)}}; }
+  static Sum sum_zero() { return vdupq_n_s32(0); }
+#if BONSAI_NEON_DOTPROD
+  static Part part_zero() { return vdupq_n_s32(0); }
+  static Part dot(Part p, Codes t, Act a) { return vdotq_s32(vdotq_s32(p, t.val[0], a.val[0]), t.val[1], a.val[1]); }
+  template <int C>
+  static Sum flush(Sum sum, const Part (&part)[C]) {
+    for (int c = 0; c < C; ++c) sum = vaddq_s32(sum, part[c]);
+    return sum;
+  }
+#else
+  static Part part_zero() { return vdupq_n_s16(0); }
+  static Part dot(Part p, Codes t, Act a) {
+    for (int h = 0; h < 2; ++h) {
+      p = vmlal_s8(p, vget_low_s8(t.val[h]), vget_low_s8(a.val[h]));
+      p = vmlal_high_s8(p, t.val[h], a.val[h]);
+    }
+    return p;
+  }
+  template <int C>
+  static Sum flush(Sum sum, const Part (&part)[C]) {
+    for (int c = 0; c < C; ++c) sum = vpadalq_s16(sum, part[c]);
+    return sum;
+  }
+#endif
+  static int32_t hsum(Sum sum) { return vaddvq_s32(sum); }
+  // The 32 weights of a plane as floats, 4 at a time.
+  static void widen(Codes t, float32x4_t* f) {
+    for (int h = 0; h < 2; ++h) {
+      const int16x8_t lo = vmovl_s8(vget_low_s8(t.val[h])), hi = vmovl_high_s8(t.val[h]);
+      f[4 * h] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo)));
+      f[4 * h + 1] = vcvtq_f32_s32(vmovl_high_s16(lo));
+      f[4 * h + 2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi)));
+      f[4 * h + 3] = vcvtq_f32_s32(vmovl_high_s16(hi));
+    }
+  }
+};
+
 }  // namespace
 
 #if BONSAI_NEON_DOTPROD
 const KernelTable kDotprodTable = {
-    "dotprod", quantize_row_i8, gemv_t2_i8_dotprod, gemm_t2_i8_dotprod, gemv_t2_f32_dotprod, gemm_t2_f32_dotprod,
-    fk::dense_f32<NeonVec>, fk::attend<NeonVec>,
+    "dotprod", quantize_row_i8, tk::gemv_i8<NeonTernary>, tk::gemm_i8<NeonTernary>, tk::gemv_f32<NeonTernary>,
+    tk::gemm_f32<NeonTernary>, fk::dense_f32<NeonVec>, fk::attend<NeonVec>,
 };
 #else
 const KernelTable kNeonTable = {
-    "neon", quantize_row_i8, gemv_t2_i8_neon, gemm_t2_i8_neon, gemv_t2_f32_neon, gemm_t2_f32_neon,
-    fk::dense_f32<NeonVec>, fk::attend<NeonVec>,
+    "neon", quantize_row_i8, tk::gemv_i8<NeonTernary>, tk::gemm_i8<NeonTernary>, tk::gemv_f32<NeonTernary>,
+    tk::gemm_f32<NeonTernary>, fk::dense_f32<NeonVec>, fk::attend<NeonVec>,
 };
 #endif
 
