@@ -29,13 +29,13 @@ import torch
 from . import artifact as A
 from . import peers as P
 from .bench_report import chart, markdown  # noqa: F401  (the CLI's entry points)
+from .device_bench import FIRST_TOKEN
 from .errors import BonsaiError
 
 log = logging.getLogger(__name__)
 
 PREFILL_LENGTHS = (64, 128, 512)
 DECODE_TOKENS = 128
-FIRST_TOKEN = 1000  # prompts are ids FIRST_TOKEN.. (content does not change the cost)
 GREEDY_PROMPT = "Once upon a time"  # greedy tokens of every backend from this prompt are compared with llama.cpp's
 GREEDY_TOKENS = 16
 

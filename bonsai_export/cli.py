@@ -117,7 +117,7 @@ def cmd_run(args) -> int:
     if not args.prompt.strip():
         raise BonsaiError("--prompt: empty; give the text to continue, e.g. --prompt \"Once upon a time\"")
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
-    runner = open_runner(args.model, act_quant=args.act_quant, max_seq_len=args.max_seq_len, threads=args.threads,
+    runner = open_runner(args.model if args.model else _default(), act_quant=args.act_quant, max_seq_len=args.max_seq_len, threads=args.threads,
                          backend=args.backend)
     tok = Tokenizer(runner.tokenizer_dir)
     prompt = tok.encode(args.prompt)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from . import artifact as A
 from . import tokenizer as T
-from .bench import FIRST_TOKEN
 from .errors import BonsaiError
 from .native import RUNNER, native_dir
 
@@ -28,6 +27,7 @@ log = logging.getLogger(__name__)
 
 DEVICE_DIR = "/data/local/tmp/bonsai"
 RESULT_FILE = "result.json"
+FIRST_TOKEN = 1000  # prompts are ids FIRST_TOKEN.. (content does not change the cost)
 METRICS = ("prefill_tps", "ttft_s", "decode_tps", "load_s", "peak_rss_mib")
 ADB_TIMEOUT_S = 600
 

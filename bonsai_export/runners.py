@@ -282,16 +282,15 @@ def _check_against_manifest(runner: Runner, info: dict, folder: Path) -> None:
                           f"{runner.vocab_size} (tokenizer of another model?); re-export the folder")
 
 
-def open_runner(path: str | Path | None, act_quant: str = "none", max_seq_len: int | None = None,
+def open_runner(path: str | Path, act_quant: str = "none", max_seq_len: int | None = None,
                 threads: int = 0, backend: str | None = None) -> Runner:
     """An artifact folder opens its runtime (`backend` pte or onnx picks one in a folder holding both); anything
     else is a checkpoint run by the eager model."""
     threads = options.threads(threads)
-    if path is not None and A.is_artifact(path):
+    if A.is_artifact(path):
         return _open_artifact(Path(path), threads, backend)
     from . import checkpoint
     from .model import from_checkpoint
-    from .synthetic import default_model
 
-    ckpt = checkpoint.load(path if path is not None else default_model())
+    ckpt = checkpoint.load(path)
     return EagerRunner(from_checkpoint(ckpt, act_quant=act_quant, max_seq_len=max_seq_len), ckpt.folder)

@@ -24,20 +24,10 @@ from tqdm import tqdm
 from .checkpoint import NORMS
 from .config import PRESETS, ModelArgs, to_hf_config
 from .errors import BonsaiError
-from .tokenizer import spm_to_tokenizer_json
+from .tokenizer import mistral_v1_spm, spm_to_tokenizer_json
 
 HALF_SHARE = 0.02  # share of latent weights set to exactly +-0.5
 TRAIN_RECIPE = 1  # bump with any change to bonsai_export/train.py that changes the trained-tiny weights
-
-
-def mistral_v1_spm() -> Path:
-    """Mistral v1's SentencePiece model (Bonsai's tokenizer), as shipped in the mistral-common wheel."""
-    import mistral_common
-
-    path = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
-    if not path.is_file():
-        raise BonsaiError(f"{path}: missing; reinstall mistral-common (it ships Bonsai's tokenizer model)")
-    return path
 
 
 def inventory(args: ModelArgs) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

@@ -35,6 +35,16 @@ PROBE_TEXTS = (
 )
 
 
+def mistral_v1_spm() -> Path:
+    """Mistral v1's SentencePiece model (Bonsai's tokenizer), as shipped in the mistral-common wheel."""
+    import mistral_common
+
+    path = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    if not path.is_file():
+        raise BonsaiError(f"{path}: missing; reinstall mistral-common (it ships Bonsai's tokenizer model)")
+    return path
+
+
 @dataclass(frozen=True)
 class Settings:
     """What a pipeline of the supported subset does, as the manifest records it (docs/TOKENIZER.md)."""

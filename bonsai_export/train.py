@@ -149,7 +149,7 @@ def train_tensors(seed: int = 0, steps: int = STEPS) -> dict[str, torch.Tensor]:
     weights + bf16 scales; the head is tied to the embedding)."""
     import sentencepiece as spm
 
-    from .synthetic import mistral_v1_spm
+    from .tokenizer import mistral_v1_spm
 
     args = PRESETS["trained-tiny"]
     sp = spm.SentencePieceProcessor(model_file=str(mistral_v1_spm()))
@@ -277,7 +277,7 @@ def corpus_tokens(workers: int | None = None) -> dict:
     text as `validate` encodes it; train_stream() mixes them into the training stream."""
     import sentencepiece as spm
 
-    from .synthetic import mistral_v1_spm
+    from .tokenizer import mistral_v1_spm
     from .validate import held_out_text
 
     held_out = held_out_text(None)

@@ -164,7 +164,7 @@ def bonsai_tokenizer(tmp_path_factory):
 
     from bonsai_export.tokenizer import spm_to_tokenizer_json
     try:
-        from bonsai_export.synthetic import mistral_v1_spm
+        from bonsai_export.tokenizer import mistral_v1_spm
 
         spm = mistral_v1_spm()
     except Exception as exc:  # mistral-common missing

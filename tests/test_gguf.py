@@ -239,7 +239,7 @@ def test_tokenizer_layouts(layout, small, tmp_path):
     tokenizer.model alone; ids through transformers' GGUF tokenizer against AutoTokenizer on the checkpoint."""
     from transformers import AutoTokenizer
 
-    from bonsai_export.synthetic import mistral_v1_spm
+    from bonsai_export.tokenizer import mistral_v1_spm
 
     folder = tmp_path / "ckpt"
     shutil.copytree(small, folder)

@@ -86,7 +86,7 @@ def canonical(tmp_path_factory):
     """layout name -> (its canonical tokenizer.json, transformers' ids of CORPUS)."""
     from transformers import AutoTokenizer
 
-    from bonsai_export.synthetic import mistral_v1_spm
+    from bonsai_export.tokenizer import mistral_v1_spm
     from bonsai_export.tokenizer import spm_to_tokenizer_json
 
     root = tmp_path_factory.mktemp("kotlin-layouts")

@@ -68,7 +68,7 @@ def reference_ids(folder: Path, corpus=CORPUS) -> list[list[int]]:
 
 
 def main(out: Path) -> None:
-    from bonsai_export.synthetic import mistral_v1_spm
+    from bonsai_export.tokenizer import mistral_v1_spm
     from bonsai_export.tokenizer import spm_to_tokenizer_json
 
     out.mkdir(parents=True, exist_ok=True)
