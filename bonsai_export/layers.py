@@ -1,0 +1,19 @@
+"""The package's layers, lowest first: a module imports only modules of its own layer or of a lower one, and the
+import graph has no circles (tests/test_layers.py checks both, function-local imports included; docs/DESIGN.md
+describes the flow). Nothing imports this module; it is the table the test and the docs read.
+"""
+
+LAYERS: dict[str, tuple[str, ...]] = {
+    # shared vocabulary: errors, paths, the artifact contract (manifest, file names, ExportConfig), native libraries
+    "base": ("bonsai_export", "errors", "paths", "quiet", "options", "formats", "artifact", "native", "layers"),
+    # checkpoint -> canonical ternary form -> the export-ready model
+    "model": ("config", "bitnet", "tokenizer", "checkpoint", "kernels", "ops", "dense", "model"),
+    # model -> artifact folder, in named stages
+    "export": ("export", "export.stages", "export.staging", "export.executorch", "export.onnx", "export.gguf"),
+    # artifact (or checkpoint) -> logits and tokens
+    "runtime": ("runners", "generate"),
+    # everything that drives exporters and runners: checks, measurements, checkpoints made for tests and demos
+    "tools": ("gates", "validate", "reference", "scoring", "evaluate", "eval_tasks.loader", "bench_report",
+              "bench_kernels", "device_bench", "peers", "bench", "train", "synthetic", "info"),
+    "cli": ("cli", "__main__"),
+}
