@@ -10,7 +10,8 @@
 //             they are widened into Sum);
 //   weights:  Packed, kStepBlocks (1, or 2 when one register holds two blocks of a row), load(block, blocks):
 //             `blocks` (<= kStepBlocks) consecutive blocks of one row; prefetch(block, tile_bytes): the decode
-//             stream's prefetch, tile_bytes = bytes of one tile of rows; plane<I>(Packed) -> Codes: plane I
+//             stream's prefetch, tile_bytes = bytes of one tile of rows (__builtin_prefetch: GCC 12 emitted no
+//             _mm_prefetch reached through these templates); plane<I>(Packed) -> Codes: plane I
 //             (weights [32I, 32I + 32) of each block), as the ISA multiplies it;
 //   int8:     Act, act<I>(qb, blocks): the activations that line up with plane I of `blocks` blocks at qb;
 //             Part, part_zero(), dot(Part, Codes, Act); Sum, sum_zero(), flush(Sum, Part[C]): add a row's C

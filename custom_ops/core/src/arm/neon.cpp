@@ -163,13 +163,8 @@ struct NeonTernary {
   static int32_t hsum(Sum sum) { return vaddvq_s32(sum); }
   // The 32 weights of a plane as floats, 4 at a time.
   static void widen(Codes t, float32x4_t* f) {
-    for (int h = 0; h < 2; ++h) {
-      const int16x8_t lo = vmovl_s8(vget_low_s8(t.val[h])), hi = vmovl_high_s8(t.val[h]);
-      f[4 * h] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo)));
-      f[4 * h + 1] = vcvtq_f32_s32(vmovl_high_s16(lo));
-      f[4 * h + 2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi)));
-      f[4 * h + 3] = vcvtq_f32_s32(vmovl_high_s16(hi));
-    }
+    V::widen_i8(t.val[0], f);
+    V::widen_i8(t.val[1], f + 4);
   }
 };
 

@@ -142,7 +142,7 @@ struct Avx2Ternary {
 
   static Packed load(const uint8_t* block, int64_t) { return _mm256_loadu_si256((const __m256i*)block); }
   static void prefetch(const uint8_t* block, int64_t tile_bytes) {
-    _mm_prefetch((const char*)(uintptr_t(block) + kPrefetchTiles * tile_bytes), _MM_HINT_T0);
+    __builtin_prefetch((const void*)(uintptr_t(block) + kPrefetchTiles * tile_bytes), 0, 3);  // T0
   }
   template <int I>
   static Codes plane(Packed packed) {
