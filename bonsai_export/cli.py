@@ -147,7 +147,7 @@ def cmd_validate(args) -> int:
     from .reference import ReferenceLM
     from .runners import EagerRunner, open_runner
     from .tokenizer import Tokenizer
-    from .validate import Gates, held_out_text, is_exact, summary, validate, write_reports
+    from .validate import held_out_text, is_exact, summary, validate, write_reports
 
     if not A.is_artifact(args.artifact):
         raise BonsaiError(f"{args.artifact}: not an artifact folder (no {A.MANIFEST}); run `bonsai-export export`")

@@ -47,7 +47,6 @@ class DenseFormat:
 # int4 is asymmetric: on trained-small's head it measured a 27% lower mean KL than symmetric codes in [-8, 7]
 # with the same search (docs/FORMAT.md), for 0.5 bit per weight more.
 FORMATS = {"bf16": DenseFormat(16), "int8": DenseFormat(8, -128, 127), "int4": DenseFormat(4, 0, 15, offset=True)}
-HEAD_BITS = {name: f.bits for name, f in FORMATS.items()}
 EMBEDDING_FORMATS = ("bf16", "int8")
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from .errors import BonsaiError
-from .gates import TEXT_GATES, Gates  # noqa: F401  (validate's gates; imported from here too)
+from .gates import Gates
 from .generate import SamplingConfig, generate
 from .runners import Runner, positions
 from .tokenizer import Tokenizer
