@@ -31,6 +31,7 @@ from . import peers as P
 from .bench_report import chart, markdown  # noqa: F401  (the CLI's entry points)
 from .device_bench import FIRST_TOKEN
 from .errors import BonsaiError
+from .generate import SamplingConfig, generate
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +142,10 @@ def worker(spec: dict) -> dict:
 
 
 def greedy(runner, prompt_ids: list[int], n: int) -> list[int]:
-    """n greedy (argmax) tokens after the prompt."""
+    """n greedy (argmax) tokens after the prompt, EOS included: generate's loop on a fresh cache."""
     runner.reset()
-    logits, ids = runner(torch.tensor([prompt_ids]), torch.tensor([0])), []
-    for pos in range(len(prompt_ids), len(prompt_ids) + n):
-        ids.append(int(logits[0, -1].argmax()))
-        logits = runner(torch.tensor([ids[-1:]]), torch.tensor([pos]))
-    return ids
+    return generate(runner, prompt_ids, SamplingConfig(max_new_tokens=n), eos_ids=(),
+                    max_seq_len=runner.max_seq_len).tokens
 
 
 def runner_worker(spec: dict) -> dict:
