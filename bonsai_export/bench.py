@@ -13,7 +13,6 @@ model (the conventional ExecuTorch choice). The report itself (Markdown, chart) 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -266,14 +265,11 @@ def _peer_specs(folder: Path, manifest: dict, base: dict, ours: set[str]) -> lis
 
 
 def _baseline_specs(source: str, base: dict) -> list[dict]:
-    from .model import FUSED
-    from .synthetic import cache_dir
-
-    ident = f"{Path(source).resolve()}|{base['max_seq_len']}|{sorted(FUSED)}|shape2".encode()  # layout changes: rebuild
-    key = f"8da4w-{hashlib.sha256(ident).hexdigest()[:12]}"
+    # rebuilt when the checkpoint, the length, this exporter or the model definition (its fused layout) changes
+    out = P.cache_folder("8da4w", source, {"max_seq_len": base["max_seq_len"]}, code=("bench.py", "model.py"))
     return [{**base, "label": "bf16-eager", "group": "baseline", "kind": "bf16-eager", "path": source},
             {**base, "label": "pte-8da4w", "group": "baseline", "kind": "artifact", "backend": "pte",
-             "path": str(export_8da4w(source, base["max_seq_len"], cache_dir() / key))}]
+             "path": str(export_8da4w(source, base["max_seq_len"], out))}]
 
 
 def run_bench(folder: Path, args) -> dict:

@@ -39,25 +39,27 @@ def llama_cpp_missing() -> str | None:
     return None
 
 
-def _cache_key(kind: str, source: str, options: dict) -> str:
-    """A cache folder name that changes with the checkpoint's files, the options and the exporter's code."""
+def cache_folder(kind: str, source: str, options: dict, code: tuple[str, ...] = ()) -> Path:
+    """A cache folder for an artifact made from `source`, whose name changes with the checkpoint's files, the
+    options and the code that makes it (the exporter's, and the package modules named in `code`)."""
     from .synthetic import cache_dir
 
     folder = Path(source).expanduser()
     files = sorted(folder.iterdir()) if folder.is_dir() else []
     stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
-    code = hashlib.sha256()
-    for f in sorted((Path(__file__).parent / "export").glob("*.py")):
-        code.update(f.read_bytes())
+    package = Path(__file__).parent
+    code_hash = hashlib.sha256()
+    for f in [*sorted((package / "export").glob("*.py")), *(package / name for name in code)]:
+        code_hash.update(f.read_bytes())
     ident = f"{kind}|{folder.resolve() if folder.is_dir() else source}|{stamp}|{sorted(options.items())}"
-    return str(cache_dir() / f"{kind}-{hashlib.sha256(ident.encode() + code.digest()).hexdigest()[:12]}")
+    return cache_dir() / f"{kind}-{hashlib.sha256(ident.encode() + code_hash.digest()).hexdigest()[:12]}"
 
 
 def _exported(kind: str, source: str, cfg: A.ExportConfig) -> Path:
     """The artifact folder of `cfg` exported from `source` into the cache (exported now when missing)."""
     from .export import export
 
-    out = Path(_cache_key(kind, source, cfg.to_dict()))
+    out = cache_folder(kind, source, cfg.to_dict())
     if not (out / A.MANIFEST).is_file():
         log.info("bench: exporting %s of %s for the peer (once; cached in %s)", cfg.format, source, out)
         export(source, out, cfg, force=True)
