@@ -1,7 +1,9 @@
 """Read a checkpoint (hub id or local folder) into one canonical in-memory form.
 
 Canonical form: ModelArgs, the dense tensors (embeddings, norms, head) and, for every ternary linear, an int8
-matrix T [out, in] in {-1, 0, +1} plus float32 per-output-channel scales, so that y = (x @ T^T) * scales.
+matrix T [out, in] in {-1, 0, +1} plus float32 scales (TernaryWeight): one per output channel, so that
+y = (x @ T^T) * scales, or one per group of 128 weights along `in` (Ternary-Bonsai), W = scale_g * T; a
+group-ternary embedding and head are TernaryWeights too ("model.embed_tokens", "lm_head"), not dense tensors.
 Formats understood:
 - "qlinear": Bonsai's own (QLinear): `X.weight` latent or exact 16-bit values, `X.scales` [out].
 - "bitnet-bitlinear" / "bitnet-autobitlinear": transformers' packed BitNet format (see bitnet.py).
@@ -28,18 +30,40 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                 *TOKENIZER_FILES]
 NORMS = ("input_layernorm", "post_attention_layernorm")
+QK_NORMS = ("q_norm", "k_norm")  # Qwen3: model.layers.{i}.self_attn.{q,k}_norm.weight [head_dim]
+GROUP_SIZE = 128  # weights per scale of the group-scaled checkpoints (Ternary-Bonsai's g128, GGUF Q2_0)
 # Storage dtypes of dense and latent weights that we convert exactly; float8 and others are refused by name.
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @dataclass
 class TernaryWeight:
+    """W = scale * T. Per output channel: scales [out] (or [out, 1]). Group-scaled: scales [out, in / g], one per
+    g consecutive weights of a row (g = group_size, 128 for Ternary-Bonsai): W[n, k] = scales[n, k // g] * T[n, k]."""
+
     values: torch.Tensor  # int8 [out, in], values in {-1, 0, +1}
-    scales: torch.Tensor  # float32 [out]
+    scales: torch.Tensor  # float32 [out], [out, 1] or [out, in / group_size]
+
+    def __post_init__(self):
+        n, k = self.values.shape
+        s = tuple(self.scales.shape)
+        if self.values.dtype != torch.int8 or not (s == (n,) or (len(s) == 2 and s[0] == n and s[1] and k % s[1] == 0)):
+            raise ValueError(f"TernaryWeight: values {self.values.dtype} {[n, k]} and scales {list(s)} do not "
+                             f"form int8 [out, in] with scales [out] or [out, in / group]")
+
+    @property
+    def group_size(self) -> int | None:
+        """Weights per scale along `in`; None for one scale per output channel."""
+        if self.scales.dim() == 1 or self.scales.shape[1] == 1:
+            return None
+        return self.values.shape[1] // self.scales.shape[1]
 
     def folded(self) -> torch.Tensor:
-        """The float32 [out, in] matrix a plain linear needs: T * scales per output channel."""
-        return self.values.float() * self.scales[:, None]
+        """The float32 [out, in] matrix a plain linear needs: T times its scale, exactly."""
+        if self.scales.dim() == 1:
+            return self.values.float() * self.scales[:, None]
+        return self.values.float() * self.scales.float().repeat_interleave(self.values.shape[1] // self.scales.shape[1],
+                                                                           dim=1)
 
 
 @dataclass
@@ -51,6 +75,15 @@ class Checkpoint:
     dense: dict[str, torch.Tensor]  # HF names -> tensors in the checkpoint's dtype
     ternary: dict[str, TernaryWeight]  # HF module name ("model.layers.0.self_attn.q_proj") -> weight
     generation_config: dict = field(default_factory=dict)
+
+    @property
+    def group_size(self) -> int | None:
+        """The group size of group-scaled ternary weights (all share one), None for per-channel ones."""
+        sizes = {w.group_size for w in self.ternary.values()}
+        if len(sizes) > 1:
+            raise BonsaiError(f"{self.source}: ternary weights mix scale layouts {sorted(map(str, sizes))}; one "
+                              f"checkpoint holds one layout")
+        return next(iter(sizes), None)
 
     @property
     def tokenizer_files(self) -> list[Path]:

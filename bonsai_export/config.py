@@ -1,4 +1,4 @@
-"""ModelArgs: the shape of a Bonsai-style Llama, read from (and written to) a Hugging Face config.json."""
+"""ModelArgs: the shape of a Bonsai-style Llama or a Qwen3, read from (and written to) a Hugging Face config.json."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class ModelArgs:
     bos_id: int = 1
     eos_ids: tuple[int, ...] = (2,)
     pad_id: int = 0
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k (weights [head_dim]) before RoPE
 
     def __post_init__(self):
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden_dim",
@@ -95,6 +96,16 @@ PRESETS = {
     # embedding and head like Bonsai, GQA 2:1.
     "trained-small": ModelArgs(dim=256, n_layers=8, n_heads=4, n_kv_heads=2, head_dim=64, hidden_dim=1024,
                                max_seq_len=512),
+    # prism-ml Ternary-Bonsai-1.7B: Qwen3-1.7B's shape (head_dim 128 independent of dim / n_heads, GQA 2:1, tied
+    # embeddings, rope_theta 1e6, 32k context), every linear, the embedding and the head group-ternary (g128).
+    "ternary-bonsai-1.7b": ModelArgs(vocab_size=151936, dim=2048, n_layers=28, n_heads=16, n_kv_heads=8,
+                                     head_dim=128, hidden_dim=6144, norm_eps=1e-6, rope_theta=1e6,
+                                     max_seq_len=32768, tie_embeddings=True, bos_id=151643, eos_ids=(151645,),
+                                     pad_id=151643, qk_norm=True),
+    # The same family, small enough for tests: K = 256 or 384 (two or three groups of 128 per row).
+    "ternary-bonsai-tiny": ModelArgs(vocab_size=1024, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=128,
+                                     hidden_dim=384, norm_eps=1e-6, rope_theta=1e6, max_seq_len=256,
+                                     tie_embeddings=True, bos_id=1000, eos_ids=(1002,), pad_id=1000, qk_norm=True),
 }
 
 
@@ -130,10 +141,12 @@ def _eos_ids(value) -> tuple[int, ...]:
 
 
 def from_hf_config(cfg: dict) -> ModelArgs:
-    """Validate a Llama-family config.json dict and convert it. Unsupported features raise BonsaiError."""
+    """Validate a Llama-family or Qwen3 config.json dict and convert it. Unsupported features raise BonsaiError."""
     if not isinstance(cfg, dict):
         raise BonsaiError(f"config.json: expected a JSON object of model settings, got {type(cfg).__name__}; "
                           f"restore the checkpoint's config.json")
+    if cfg.get("model_type") == "qwen3":
+        return _from_qwen3_config(cfg)
     for key, is_default in _UNSUPPORTED.items():
         if key in cfg and not is_default(cfg[key]):
             raise BonsaiError(
@@ -158,6 +171,60 @@ def from_hf_config(cfg: dict) -> ModelArgs:
         bos_id=_typed(cfg, "bos_token_id", (int,), 1),
         eos_ids=_eos_ids(cfg.get("eos_token_id", 2)),
         pad_id=_typed(cfg, "pad_token_id", (int,), 0),
+    )
+
+
+# Fields of a Qwen3 config.json that change the computation and that model.py does not implement. sliding_window
+# and max_window_layers are read by transformers only when use_sliding_window is true.
+_QWEN3_UNSUPPORTED = {
+    "rope_scaling": _UNSUPPORTED["rope_scaling"],
+    "use_sliding_window": lambda v: not v,
+    "layer_types": lambda v: v is None or (isinstance(v, list) and all(t == "full_attention" for t in v)),
+    "attention_bias": lambda v: not v,
+    "hidden_act": _UNSUPPORTED["hidden_act"],
+}
+
+
+def _qwen3_rope_theta(cfg: dict) -> float:
+    """rope_theta, top level (transformers 4) or inside rope_parameters (transformers 5, which writes both)."""
+    params = _typed(cfg, "rope_parameters", (dict,), {})
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind != "default":
+        raise BonsaiError(f"config.json: unsupported rope_parameters.rope_type={kind!r}; bonsai-export implements "
+                          f"Qwen3 with default RoPE (no YaRN or other scaling)")
+    if "rope_theta" in cfg:
+        return float(_typed(cfg, "rope_theta", (int, float), 1e6))
+    return float(_typed(params, "rope_theta", (int, float), 1e6))  # Qwen3Config's default is 1e6 too
+
+
+def _from_qwen3_config(cfg: dict) -> ModelArgs:
+    """Qwen3 (transformers' Qwen3ForCausalLM): Llama plus per-head q/k RMSNorm, head_dim 128 by default (not
+    hidden_size / heads), no biases; defaults are Qwen3Config's, so a field left out means what transformers reads."""
+    for key, is_default in _QWEN3_UNSUPPORTED.items():
+        if key in cfg and not is_default(cfg[key]):
+            raise BonsaiError(
+                f"config.json: unsupported {key}={repr(cfg[key])[:80]}; bonsai-export implements Qwen3 with full "
+                f"attention on every layer, default RoPE, no biases and a SiLU MLP"
+            )
+    n_heads = _require(cfg, "num_attention_heads", (int,))
+    eos = cfg.get("eos_token_id")
+    bos = _typed(cfg, "bos_token_id", (int,), 151643)
+    return ModelArgs(
+        vocab_size=_typed(cfg, "vocab_size", (int,), 151936),
+        dim=_require(cfg, "hidden_size", (int,)),
+        n_layers=_require(cfg, "num_hidden_layers", (int,)),
+        n_heads=n_heads,
+        n_kv_heads=_typed(cfg, "num_key_value_heads", (int,), n_heads),
+        head_dim=_typed(cfg, "head_dim", (int,), 128),
+        hidden_dim=_require(cfg, "intermediate_size", (int,)),
+        norm_eps=float(_typed(cfg, "rms_norm_eps", (int, float), 1e-6)),
+        rope_theta=_qwen3_rope_theta(cfg),
+        max_seq_len=_typed(cfg, "max_position_embeddings", (int,), 32768),
+        tie_embeddings=_typed(cfg, "tie_word_embeddings", (bool,), False),
+        bos_id=bos,
+        eos_ids=_eos_ids(eos) if eos is not None else (151645,),
+        pad_id=_typed(cfg, "pad_token_id", (int,), bos),  # Qwen3 configs name none; Qwen pads with <|endoftext|>
+        qk_norm=True,
     )
 
 
@@ -201,3 +268,49 @@ def to_hf_config(args: ModelArgs) -> dict:
         "use_cache": True,
         "vocab_size": args.vocab_size,
     }
+
+
+def to_qwen3_config(args: ModelArgs) -> dict:
+    """config.json of a Qwen3 folder as transformers 4.51+ writes it (Qwen3-1.7B's fields, in its order)."""
+    return {
+        "architectures": ["Qwen3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": args.bos_id,
+        "eos_token_id": args.eos_ids[0] if len(args.eos_ids) == 1 else list(args.eos_ids),
+        "head_dim": args.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": args.dim,
+        "initializer_range": 0.02,
+        "intermediate_size": args.hidden_dim,
+        "max_position_embeddings": args.max_seq_len,
+        "max_window_layers": args.n_layers,
+        "model_type": "qwen3",
+        "num_attention_heads": args.n_heads,
+        "num_hidden_layers": args.n_layers,
+        "num_key_value_heads": args.n_kv_heads,
+        "rms_norm_eps": args.norm_eps,
+        "rope_scaling": None,
+        "rope_theta": args.rope_theta,
+        "sliding_window": None,
+        "tie_word_embeddings": args.tie_embeddings,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.51.0",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": args.vocab_size,
+    }
+
+
+def hf_config(args: ModelArgs) -> dict:
+    """config.json of the family `args` belongs to."""
+    return to_qwen3_config(args) if args.qk_norm else to_hf_config(args)
+
+
+def qwen3_config(args: ModelArgs, **overrides):
+    """transformers' Qwen3Config of the same shape (the reference Qwen3ForCausalLM is built from it)."""
+    from transformers import Qwen3Config
+
+    skip = ("architectures", "torch_dtype", "transformers_version")
+    return Qwen3Config(**{k: v for k, v in to_qwen3_config(args).items() if k not in skip},
+                       pad_token_id=args.pad_id, **overrides)

@@ -1,7 +1,8 @@
-"""A compact, export-ready Llama for Bonsai-shaped models.
+"""A compact, export-ready Llama for Bonsai-shaped models (and Qwen3: the same plus per-head q/k RMSNorm).
 
 GQA attention with HF's rotate-half RoPE, fp32 RMSNorm, SwiGLU MLP, a static KV cache of max_seq_len, and every
-ternary projection through `bonsai::ternary_linear`. ExecuTorch's LLM contract: forward(tokens[1, T],
+ternary projection through `bonsai::ternary_linear`. Group-scaled ternary checkpoints (one scale per 128 weights,
+Ternary-Bonsai) run eagerly through GroupTernaryLinear / GroupTernaryEmbedding until the packed op takes them. ExecuTorch's LLM contract: forward(tokens[1, T],
 input_pos[1]) -> logits[1, T, vocab]; the caches are buffers updated in place at input_pos.
 """
 
@@ -14,7 +15,7 @@ from torch import nn
 
 from . import artifact as A
 from . import formats, ops  # noqa: F401  (ops registers torch.ops.bonsai.ternary_linear)
-from .checkpoint import NORMS, Checkpoint
+from .checkpoint import NORMS, QK_NORMS, Checkpoint, TernaryWeight
 from .config import ModelArgs
 from .dense import quantize_dense_
 from .errors import BonsaiError
@@ -49,6 +50,41 @@ class TernaryLinear(nn.Module):
         return torch.ops.bonsai.ternary_linear(x, self.packed, self.scales, self.in_features, self.act_bits)
 
 
+class GroupTernaryLinear(nn.Module):
+    """y = x @ W^T with W = scale_g * T, one scale per `group` weights along K, in fp32: W is exactly the
+    checkpoint's weight (a 16-bit scale times +-1 or 0 is exact in fp32), so this is the eager reference of the
+    group-scaled format. T and the scales stay as buffers for the exporters; W is built once at load."""
+
+    def __init__(self, in_features: int, out_features: int, group: int):
+        super().__init__()
+        self.in_features, self.out_features, self.group = in_features, out_features, group
+        self.register_buffer("values", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(out_features, in_features // group))
+        self.register_buffer("weight", torch.zeros(out_features, in_features), persistent=False)
+
+    def load(self, values: torch.Tensor, scales: torch.Tensor) -> None:
+        w = TernaryWeight(values, scales)
+        self.values.copy_(w.values)
+        self.scales.copy_(w.scales.reshape(self.scales.shape))
+        self.weight.copy_(w.folded())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.float(), self.weight)
+
+
+class GroupTernaryEmbedding(nn.Module):
+    """Rows of W = scale_g * T gathered and expanded per token: the table stays int8 plus scales."""
+
+    def __init__(self, w: TernaryWeight):
+        super().__init__()
+        self.group = w.group_size
+        self.register_buffer("values", w.values.clone())
+        self.register_buffer("scales", w.scales.float().clone())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.values[tokens].float() * self.scales[tokens].repeat_interleave(self.group, dim=-1)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -79,14 +115,24 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def linear(in_features: int, out_features: int, act_bits: int, group: int | None) -> nn.Module:
+    """A ternary projection: packed per-channel (`group` None) or eager group-scaled."""
+    if group is None:
+        return TernaryLinear(in_features, out_features, act_bits)
+    return GroupTernaryLinear(in_features, out_features, group)
+
+
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs, act_bits: int, max_seq_len: int):
+    def __init__(self, args: ModelArgs, act_bits: int, max_seq_len: int, group: int | None = None):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         q_dim, kv_dim = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
         self.qkv_split = (q_dim, kv_dim, kv_dim)
-        self.qkv_proj = TernaryLinear(args.dim, q_dim + 2 * kv_dim, act_bits)
-        self.o_proj = TernaryLinear(q_dim, args.dim, act_bits)
+        self.qkv_proj = linear(args.dim, q_dim + 2 * kv_dim, act_bits, group)
+        self.o_proj = linear(q_dim, args.dim, act_bits, group)
+        if args.qk_norm:  # Qwen3: each head of q and k normalized over head_dim, before RoPE
+            self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
+            self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
         self.cache = KVCache(args.n_kv_heads, max_seq_len, args.head_dim)
 
     def forward(self, x, cos, sin, pos, input_pos):
@@ -95,6 +141,8 @@ class Attention(nn.Module):
         q = q.reshape(b, t, self.n_heads, self.head_dim)  # [1, T, H, hd]
         k = k.reshape(b, t, self.n_kv_heads, self.head_dim)  # [1, T, Hkv, hd]
         v = v.reshape(b, t, self.n_kv_heads, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         k_cache, v_cache = self.cache.update(pos, k.transpose(1, 2), v.transpose(1, 2))  # [1, Hkv, S, hd]
@@ -103,10 +151,10 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, args: ModelArgs, act_bits: int):
+    def __init__(self, args: ModelArgs, act_bits: int, group: int | None = None):
         super().__init__()
-        self.gate_up_proj = TernaryLinear(args.dim, 2 * args.hidden_dim, act_bits)
-        self.down_proj = TernaryLinear(args.hidden_dim, args.dim, act_bits)
+        self.gate_up_proj = linear(args.dim, 2 * args.hidden_dim, act_bits, group)
+        self.down_proj = linear(args.hidden_dim, args.dim, act_bits, group)
 
     def forward(self, x):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -114,12 +162,12 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, args: ModelArgs, act_bits: int, max_seq_len: int):
+    def __init__(self, args: ModelArgs, act_bits: int, max_seq_len: int, group: int | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.self_attn = Attention(args, act_bits, max_seq_len)
+        self.self_attn = Attention(args, act_bits, max_seq_len, group)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.mlp = FeedForward(args, act_bits)
+        self.mlp = FeedForward(args, act_bits, group)
 
     def forward(self, x, cos, sin, pos, input_pos):
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, pos, input_pos)
@@ -127,17 +175,23 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs, act_quant: str = "none", max_seq_len: int | None = None):
+    def __init__(self, args: ModelArgs, act_quant: str = "none", max_seq_len: int | None = None,
+                 group: int | None = None):
+        """`group`: None for per-channel ternary linears (packed, bonsai::ternary_linear), else the group size of
+        group-scaled ones (eager, float activations only)."""
         super().__init__()
         if act_quant not in formats.ACT_MODES:
             raise BonsaiError(f"act_quant: expected one of {', '.join(formats.ACT_MODES)}, got {act_quant!r}")
+        if group is not None and act_quant != "none":
+            raise BonsaiError(f"act_quant {act_quant}: group-scaled ternary weights (one scale per {group}) run "
+                              f"with float activations only for now; use --act-quant none")
         max_seq_len = max_seq_len or args.max_seq_len
         if not 1 <= max_seq_len <= args.max_seq_len:
             raise BonsaiError(f"max_seq_len: expected 1..{args.max_seq_len} (the model's limit), got {max_seq_len}")
         self.args, self.act_quant, self.max_seq_len = args, act_quant, max_seq_len
         act_bits = formats.ACT_MODES[act_quant]
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(Block(args, act_bits, max_seq_len) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(Block(args, act_bits, max_seq_len, group) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, args.head_dim, 2, dtype=torch.float64) / args.head_dim))
@@ -168,24 +222,44 @@ class Transformer(nn.Module):
 
 def from_checkpoint(ckpt: Checkpoint, act_quant: str = "none", max_seq_len: int | None = None) -> Transformer:
     """Build the model (fp32 dense parts, packed ternary linears) from a canonical checkpoint."""
-    model = Transformer(ckpt.args, act_quant, max_seq_len)
+    model = Transformer(ckpt.args, act_quant, max_seq_len, ckpt.group_size)
     dense = ckpt.dense
     with torch.no_grad():
-        model.embed_tokens.weight.copy_(dense["model.embed_tokens.weight"].float())
+        _load_table(model, ckpt)
         model.norm.weight.copy_(dense["model.norm.weight"].float())
-        head = dense.get("lm_head.weight", dense["model.embed_tokens.weight"])
-        model.lm_head.weight.copy_(head.float())
         for i, layer in enumerate(model.layers):
             for norm in NORMS:
                 getattr(layer, norm).weight.copy_(dense[f"model.layers.{i}.{norm}.weight"].float())
+            for norm in QK_NORMS if ckpt.args.qk_norm else ():
+                layer.self_attn.get_submodule(norm).weight.copy_(dense[f"model.layers.{i}.self_attn.{norm}.weight"])
             for sub, parts in FUSED.items():
                 ws = [ckpt.ternary[f"model.layers.{i}.{part}"] for part in parts]
                 layer.get_submodule(sub).load(torch.cat([w.values for w in ws]), torch.cat([w.scales for w in ws]))
     return model.eval()
 
 
+def _load_table(model: Transformer, ckpt: Checkpoint) -> None:
+    """The embedding and the head: dense tensors, or group-ternary ones (Ternary-Bonsai) kept int8 plus scales.
+    A tied head reads the embedding's weight in either form."""
+    embed = ckpt.ternary.get("model.embed_tokens")
+    if embed is not None:
+        model.embed_tokens = GroupTernaryEmbedding(embed)
+    else:
+        model.embed_tokens.weight.copy_(ckpt.dense["model.embed_tokens.weight"].float())
+    head = ckpt.ternary.get("lm_head", embed if ckpt.args.tie_embeddings else None)
+    if head is not None:
+        model.lm_head = GroupTernaryLinear(ckpt.args.dim, ckpt.args.vocab_size, head.group_size)
+        model.lm_head.load(head.values, head.scales)
+    else:
+        model.lm_head.weight.copy_(ckpt.dense.get("lm_head.weight", ckpt.dense.get("model.embed_tokens.weight")).float())
+
+
 def build_model(ckpt: Checkpoint, cfg: A.ExportConfig) -> Transformer:
     """The model exactly as the artifact of `cfg` computes it: the export's input, and the tests' reference."""
+    if ckpt.group_size is not None:
+        raise BonsaiError(f"{ckpt.source}: group-scaled ternary weights (one scale per {ckpt.group_size} weights, "
+                          f"format {ckpt.format}) cannot be exported yet (no packed format for them in the "
+                          f"exporters); `bonsai-export run` runs the checkpoint eagerly")
     model = from_checkpoint(ckpt, act_quant=cfg.act_quant, max_seq_len=cfg.max_seq_len)
     return quantize_dense_(model, cfg.embedding, cfg.head)
 
@@ -199,6 +273,8 @@ def ternary_values(model: Transformer) -> dict[str, np.ndarray]:
         for sub, parts in FUSED.items():
             m = layer.get_submodule(sub)
             rows = np.cumsum([shapes[part][0] for part in parts])[:-1]
-            for part, t in zip(parts, np.split(formats.unpack(m.packed.numpy(), m.in_features), rows)):
+            t = m.values.numpy() if isinstance(m, GroupTernaryLinear) else formats.unpack(m.packed.numpy(),
+                                                                                             m.in_features)
+            for part, t in zip(parts, np.split(t, rows)):
                 values[f"layers.{i}.{part}"] = t
     return values
