@@ -22,7 +22,6 @@ from torch import nn
 
 from . import formats, ops  # noqa: F401  (ops defines torch.ops.bonsai.dense_linear)
 
-GROUP = formats.DENSE_GROUP
 ROWS_PER_CHUNK = 2048  # rows quantized at once: bounds the search's temporaries (~8 MB each at K = 1536)
 # Candidates of the search, as fractions of the range the group's extreme weight spans (1 = absmax / min-max).
 # Measured on trained-tiny's head (relative RMS weight error, int8 / symmetric int4, every candidate refitted):
@@ -68,7 +67,7 @@ def _sq_error(g: torch.Tensor, s: torch.Tensor, m: torch.Tensor, fmt: DenseForma
 
 
 def _candidates(g: torch.Tensor, fmt: DenseFormat):
-    """(s, m) candidates of the groups g [..., GROUP], each [..., 1]; the first is plain absmax / min-max.
+    """(s, m) candidates of the groups g [..., DENSE_GROUP], each [..., 1]; the first is plain absmax / min-max.
     Symmetric: the largest-magnitude weight (signed) mapped to a fraction of qmax or of qmin (the code absmax
     never uses). Offset: the range [min, max] trimmed at one end by 1 - fraction of its width."""
     if not fmt.offset:
@@ -99,7 +98,7 @@ def _refit(g: torch.Tensor, s: torch.Tensor, m: torch.Tensor, fmt: DenseFormat):
 
 
 def search_scales(g: torch.Tensor, fmt: DenseFormat) -> tuple[torch.Tensor, torch.Tensor]:
-    """Groups g [..., GROUP] -> bf16-representable (s, m) [..., 1] each with the least squared error
+    """Groups g [..., DENSE_GROUP] -> bf16-representable (s, m) [..., 1] each with the least squared error
     sum (w - (s * q + m))^2, q = clamp(rint((w - m) / s)), among _candidates, then the winner refitted REFITS
     times (each refit kept only where it lowers the error). The first candidate is plain absmax (min-max for an
     offset code), so the result is never worse than that. Candidates are rounded to bf16 before they are scored:
@@ -126,14 +125,15 @@ def search_scales(g: torch.Tensor, fmt: DenseFormat) -> tuple[torch.Tensor, torc
 
 def quantize_groups(w: torch.Tensor, fmt: DenseFormat) -> tuple[torch.Tensor, torch.Tensor]:
     """float [N, K] -> (integer codes as int16 [N, K], bf16 scales [N, G] (s), or [N, G, 2] (s, m) for an offset
-    code), G = ceil(K / GROUP)."""
+    code), G = formats.dense_groups(K)."""
     n, k = w.shape
-    groups = -(-k // GROUP)
+    groups = formats.dense_groups(k)
     codes = torch.empty(n, k, dtype=torch.int16)
     scales = torch.empty(n, groups, *((2,) if fmt.offset else ()), dtype=torch.bfloat16)
     for r in range(0, n, ROWS_PER_CHUNK):
         rows = w[r : r + ROWS_PER_CHUNK]
-        g = F.pad(rows, (0, groups * GROUP - k)).view(rows.shape[0], groups, GROUP)  # zero weights past K
+        padded = F.pad(rows, (0, groups * formats.DENSE_GROUP - k))  # zero weights past K
+        g = padded.view(rows.shape[0], groups, formats.DENSE_GROUP)
         s, m = search_scales(g, fmt)
         codes[r : r + ROWS_PER_CHUNK] = _codes(g, s, m, fmt).view(rows.shape[0], -1)[:, :k].to(torch.int16)
         scales[r : r + ROWS_PER_CHUNK] = (torch.cat((s, m), -1) if fmt.offset else s[..., 0]).to(torch.bfloat16)
@@ -144,7 +144,8 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """Codes int [N, K] in [0, 15] -> uint8 [N, 16 G]: per group of 32, byte j holds the code of column j in its
     low nibble and of column 16 + j in its high one (code 0 past K)."""
     n, k = q.shape
-    halves = F.pad(q.to(torch.int16), (0, -(-k // GROUP) * GROUP - k)).view(n, -1, 2, GROUP // 2)
+    padded = F.pad(q.to(torch.int16), (0, formats.dense_groups(k) * formats.DENSE_GROUP - k))
+    halves = padded.view(n, -1, 2, formats.DENSE_GROUP // 2)
     return (halves[:, :, 0] | (halves[:, :, 1] << 4)).to(torch.uint8).view(n, -1)
 
 
@@ -180,7 +181,8 @@ class Int8Embedding(nn.Module):
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales)
         # group of each column, to spread a row's G scales over its D values (any D, not only multiples of 32)
-        self.register_buffer("column_group", torch.arange(weight.shape[1]) // GROUP, persistent=False)
+        column_group = torch.arange(weight.shape[1]) // formats.DENSE_GROUP
+        self.register_buffer("column_group", column_group, persistent=False)
 
     def forward(self, tokens):
         scales = F.embedding(tokens, self.scales).float().index_select(-1, self.column_group)  # [B, T, D]

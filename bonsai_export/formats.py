@@ -37,6 +37,16 @@ INT8_QMAX = 127
 DENSE_GROUP = 32
 
 
+def dense_groups(k: int) -> int:
+    """Scale groups of a dense row of K weights (the last one possibly partial)."""
+    return -(-k // DENSE_GROUP)
+
+
+def dense_row_elements(bits: int, k: int) -> int:
+    """Stored elements of one dense row: bf16 and int8 one per weight; int4 one byte per two codes, whole groups."""
+    return dense_groups(k) * DENSE_GROUP // 2 if bits == 4 else k
+
+
 def row_bytes(k: int) -> int:
     """Bytes of one packed row of K weights (K rounded up to whole blocks)."""
     return -(-k // BLOCK_K) * BLOCK_BYTES

@@ -210,13 +210,13 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # weight_bits -> (stored dtype, weight columns for K): bf16 travels as its raw 16 bits (numpy has no bfloat16).
 _RAW_BF16 = (np.uint16, np.int16)
-_DENSE_WEIGHTS = {16: (_RAW_BF16, lambda k: k), 8: ((np.int8,), lambda k: k),
-                  4: ((np.uint8,), lambda k: -(-k // formats.DENSE_GROUP) * formats.DENSE_GROUP // 2)}
+_DENSE_WEIGHTS = {16: _RAW_BF16, 8: (np.int8,), 4: (np.uint8,)}
 
 
 def _dense_scales(scales, n: int, k: int, bits: int) -> np.ndarray:
-    """bits 16: float32 [N]; 8: raw bf16 bits [N, G] (scales); 4: [N, G, 2] (scale, offset); G = ceil(K / 32)."""
-    groups = -(-k // formats.DENSE_GROUP)
+    """bits 16: float32 [N]; 8: raw bf16 bits [N, G] (scales); 4: [N, G, 2] (scale, offset);
+    G = formats.dense_groups(K)."""
+    groups = formats.dense_groups(k)
     want = {16: [n], 8: [n, groups], 4: [n, groups, 2]}[bits]
     dtypes = (np.float32,) if bits == 16 else _RAW_BF16
     if not isinstance(scales, np.ndarray) or scales.dtype not in dtypes or list(scales.shape) != want:
@@ -229,22 +229,22 @@ def dense_linear(
     x: np.ndarray, weight: np.ndarray, scales: np.ndarray, k: int, bits: int, threads: int | None = None
 ) -> np.ndarray:
     """y float32 [M, N] = x float32 [M, K] @ W.T with W in a dense_linear format (kernels.h): bits 16: raw bf16
-    bits uint16/int16 [N, K], scales float32 [N]; 8: int8 [N, K], raw bf16 scales [N, ceil(K/32)]; 4: uint8
-    nibbles [N, 16 * ceil(K/32)], raw bf16 (scale, offset) [N, ceil(K/32), 2]. Float32 accumulation in a kernel-specific
-    order."""
+    bits uint16/int16 [N, K], scales float32 [N]; 8: int8 [N, K], raw bf16 scales [N, G]; 4: uint8
+    nibbles [N, 16 G], raw bf16 (scale, offset) [N, G, 2], G = formats.dense_groups(K). Float32 accumulation
+    in a kernel-specific order."""
     if bits not in _DENSE_WEIGHTS:
         raise ValueError(f"expected bits in {sorted(_DENSE_WEIGHTS)}, got {bits!r}")
     if not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"expected K > 0, got {k!r}")
     k = int(k)
-    dtypes, cols = _DENSE_WEIGHTS[bits]
+    dtypes, cols = _DENSE_WEIGHTS[bits], formats.dense_row_elements(bits, k)
     if not isinstance(weight, np.ndarray) or weight.dtype not in dtypes or weight.ndim != 2:
         raise ValueError(f"expected weight {'/'.join(np.dtype(d).name for d in dtypes)} with 2 dims for bits={bits}, "
                          f"got {getattr(weight, 'dtype', type(weight).__name__)} {list(getattr(weight, 'shape', []))}")
     weight = np.ascontiguousarray(weight)
     n = weight.shape[0]
-    if n == 0 or weight.shape[1] != cols(k):
-        raise ValueError(f"expected weight [N>0, {cols(k)}] for K={k} and bits={bits}, got {list(weight.shape)}")
+    if n == 0 or weight.shape[1] != cols:
+        raise ValueError(f"expected weight [N>0, {cols}] for K={k} and bits={bits}, got {list(weight.shape)}")
     x = _require(x, "x", np.float32, 2)
     if x.shape[1] != k or x.shape[0] == 0:
         raise ValueError(f"expected x float32 [M>0, {k}], got {list(x.shape)}")

@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bonsai_export import dense, ops
+from bonsai_export import dense, formats, ops
 from bonsai_export import kernels as K
 
 ALL_ISAS = ("ref", "avx2", "avx512", "neon", "dotprod")
@@ -119,7 +119,8 @@ def test_group_formats_decode_exactly(fmt):
     spec = dense.FORMATS[fmt]
     w = torch.randn(37, 101, generator=torch.Generator().manual_seed(7)) * 0.05
     qweight, scales = dense.quantize_weight(w, fmt)
-    assert scales.dtype == torch.bfloat16 and scales.shape == (37, -(-101 // dense.GROUP), *((2,) if spec.offset else ()))
+    groups = formats.dense_groups(101)
+    assert scales.dtype == torch.bfloat16 and scales.shape == (37, groups, *((2,) if spec.offset else ()))
     codes = qweight.to(torch.int16) if spec.bits == 8 else ops.unpack_int4(qweight, 101).to(torch.int16)
     assert int(codes.min()) >= spec.qmin and int(codes.max()) <= spec.qmax
     s, m = (scales[..., 0], scales[..., 1]) if spec.offset else (scales, torch.zeros_like(scales))
@@ -132,7 +133,7 @@ def test_group_formats_decode_exactly(fmt):
 def absmax_error(w: torch.Tensor, spec) -> float:
     """Squared error per group of plain absmax scales (largest |w| -> qmax), or for an offset code of plain
     min-max (s = (max - min) / qmax, m = min), bf16-rounded like the stored format."""
-    g = w.view(w.shape[0], -1, dense.GROUP)
+    g = w.view(w.shape[0], -1, formats.DENSE_GROUP)
     bf = lambda t: t.to(torch.bfloat16).float()  # noqa: E731
     if spec.offset:
         lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
@@ -154,7 +155,7 @@ def test_scale_search_beats_absmax(fmt, dist):
     if dist == "student-t":
         w = w / torch.sqrt((torch.randn(3, 64, 256, generator=g) ** 2).mean(0))  # Student's t, 3 degrees
     qweight, scales = dense.quantize_weight(w, fmt)
-    searched = ((ops.dense_weight(qweight, scales, 256, spec.bits) - w) ** 2).view(64, -1, dense.GROUP).sum(-1)
+    searched = ((ops.dense_weight(qweight, scales, 256, spec.bits) - w) ** 2).view(64, -1, formats.DENSE_GROUP).sum(-1)
     plain = absmax_error(w, spec)
     assert bool((searched <= plain * (1 + 1e-6)).all())
     assert float(searched.sum()) < float(plain.sum()) * SEARCH_GAIN[fmt]

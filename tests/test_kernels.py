@@ -82,6 +82,19 @@ def test_dense_group_matches_the_c_header():
     assert re.findall(r"#define BONSAI_DENSE_GROUP (\d+)", header) == [str(formats.DENSE_GROUP)]
 
 
+def test_format_md_sections_named_in_the_code_exist():
+    """Every `FORMAT.md, "Section"` or `FORMAT.md "Section"` that a source file points to starts a heading of
+    docs/FORMAT.md (the dense formats are written down there like the ternary one)."""
+    headings = [line.lstrip("#").strip() for line in (REPO / "docs" / "FORMAT.md").read_text().splitlines()
+                if line.startswith("#")]
+    sources = [*REPO.glob("custom_ops/**/*.[ch]*"), *REPO.glob("bonsai_export/**/*.py")]
+    found = (m for path in sources for m in re.findall(r'FORMAT\.md,? "([^"]+)"', path.read_text(errors="ignore")))
+    named = {" ".join(name.replace("//", " ").split()) for name in found}  # a name may wrap over comment lines
+    assert "Dense weights" in named
+    missing = sorted(name for name in named if not any(h.startswith(name) for h in headings))
+    assert not missing, f"sections named in the code but not in docs/FORMAT.md: {missing}"
+
+
 def test_auto_isa_is_best_supported():
     K.set_isa("auto")
     best = next(isa for isa in ("avx512", "avx2", "dotprod", "neon", "ref") if isa in SUPPORTED)
