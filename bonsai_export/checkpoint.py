@@ -7,6 +7,9 @@ group-ternary embedding and head are TernaryWeights too ("model.embed_tokens", "
 Formats understood:
 - "qlinear": Bonsai's own (QLinear): `X.weight` latent or exact 16-bit values, `X.scales` [out].
 - "bitnet-bitlinear" / "bitnet-autobitlinear": transformers' packed BitNet format (see bitnet.py).
+- "unpacked-g128": a Qwen3 folder of dense 16-bit weights whose every group of 128 holds one magnitude
+  (prism-ml's Ternary-Bonsai-*-unpacked; see ternary_groups.py).
+- "gguf-q2_0": a folder holding one Ternary-Bonsai GGUF of Q2_0 tensors, plus the tokenizer files (gguf_reader.py).
 The checkpoint's remote code is never imported.
 """
 
@@ -21,7 +24,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from . import bitnet
+from . import bitnet, gguf_reader, ternary_groups
 from .config import ModelArgs, from_hf_config
 from .errors import BonsaiError
 from .paths import inside
@@ -244,6 +247,63 @@ def _read_bitnet(tensors: dict, name: str, shape: tuple, linear_class: str) -> T
     return TernaryWeight(values, bitnet.channel_scales(scale, out, linear_class))
 
 
+def _read_unpacked(tensors: dict, name: str, shape: tuple) -> TernaryWeight:
+    weight = _take(tensors, f"{name}.weight", shape)
+    return TernaryWeight(*ternary_groups.split(weight, f"{name}.weight", GROUP_SIZE))
+
+
+def _read_q2_0(tensors: dict, name: str, shape: tuple) -> TernaryWeight:
+    if f"{name}.weight" in tensors:
+        raise BonsaiError(f"{name}.weight: stored dense in the GGUF; Ternary-Bonsai's linears are Q2_0")
+    if name not in tensors:
+        raise BonsaiError(f"{name}.weight: missing from the GGUF file")
+    values, scales = tensors.pop(name)
+    if tuple(values.shape) != tuple(shape):
+        raise BonsaiError(f"{name}.weight: expected shape {list(shape)}, got {list(values.shape)}")
+    return TernaryWeight(values, scales)
+
+
+def _read_table(tensors: dict, fmt: str, name: str, shape: tuple) -> torch.Tensor | TernaryWeight:
+    """The embedding or the head: group-ternary when the format stores it so (a Q2_0 GGUF tensor, or an
+    unpacked one whose every group holds one magnitude), else the dense tensor."""
+    if fmt == "gguf-q2_0" and name.removesuffix(".weight") in tensors:
+        return _read_q2_0(tensors, name.removesuffix(".weight"), shape)
+    dense = _take(tensors, name, shape)
+    split = ternary_groups.split(dense, name, GROUP_SIZE, strict=False) if fmt == "unpacked-g128" else None
+    return dense if split is None else TernaryWeight(*split)
+
+
+def _read_linear(tensors: dict, fmt: str, name: str, shape: tuple) -> TernaryWeight:
+    if fmt == "qlinear":
+        return _read_qlinear(tensors, name, shape)
+    if fmt == "unpacked-g128":
+        return _read_unpacked(tensors, name, shape)
+    if fmt == "gguf-q2_0":
+        return _read_q2_0(tensors, name, shape)
+    return _read_bitnet(tensors, name, shape, fmt.split("-", 1)[1])
+
+
+def _gguf_file(folder: Path) -> Path | None:
+    """The folder's GGUF file when it has no safetensors (two GGUF files are ambiguous)."""
+    files = sorted(folder.glob("*.gguf"))
+    if not files or any(folder.glob("*.safetensors")):
+        return None
+    if len(files) > 1:
+        raise BonsaiError(f"{folder}: holds {len(files)} GGUF files ({files[0].name}, {files[1].name}, ...); keep "
+                          f"one per folder")
+    return inside(folder, files[0].name, files[0].name, root_of(folder))
+
+
+def _read_source(folder: Path) -> tuple[dict, dict, str | None]:
+    """config.json's dict, every tensor, and the format when the container fixes it (a GGUF file's metadata is
+    its config)."""
+    gguf = _gguf_file(folder)
+    if gguf is not None:
+        cfg, tensors = gguf_reader.read(gguf)
+        return cfg, tensors, "gguf-q2_0"
+    return _read_json(folder / "config.json"), _load_tensors(folder), None
+
+
 def detect_format(cfg: dict, tensors: dict) -> str:
     if cfg.get("model_type") == "bitnet":
         raise BonsaiError(
@@ -260,6 +320,8 @@ def detect_format(cfg: dict, tensors: dict) -> str:
             raise BonsaiError(f"config.json: unsupported quantization_config.linear_class {linear_class!r}; "
                               f"supported: {', '.join(bitnet.LINEAR_CLASSES)}")
         return f"bitnet-{linear_class}"
+    if cfg.get("model_type") == "qwen3" and not any(n.endswith(".scales") for n in tensors):
+        return "unpacked-g128"  # Qwen3 without QLinear scales: the dense weights carry the group scales
     return "qlinear"
 
 
@@ -290,29 +352,31 @@ def load(source: str | Path, progress: bool = True) -> Checkpoint:
     for name in TOKENIZER_FILES:  # read by the tokenizer, which opens them by these names
         if os.path.lexists(folder / name):
             inside(folder, name, name, root_of(folder))
-    cfg = _read_json(folder / "config.json")
+    cfg, tensors, fmt = _read_source(folder)
     args = from_hf_config(cfg)
-    tensors = _load_tensors(folder)
-    fmt = detect_format(cfg, tensors)
+    fmt = fmt or detect_format(cfg, tensors)
     d = args.dim
-    dense = {
-        "model.embed_tokens.weight": _take(tensors, "model.embed_tokens.weight", (args.vocab_size, d)),
-        "model.norm.weight": _take(tensors, "model.norm.weight", (d,)),
-    }
-    if not args.tie_embeddings:
-        dense["lm_head.weight"] = _take(tensors, "lm_head.weight", (args.vocab_size, d))
-    ternary = {}
+    dense, ternary = {}, {}
+    for table in ("model.embed_tokens.weight", "model.norm.weight",
+                  *(() if args.tie_embeddings else ("lm_head.weight",))):  # the order Llama checkpoints had
+        w = (_take(tensors, table, (d,)) if table == "model.norm.weight"
+             else _read_table(tensors, fmt, table, (args.vocab_size, d)))
+        if isinstance(w, TernaryWeight):
+            ternary[table.removesuffix(".weight")] = w
+        else:
+            dense[table] = w
     names = [f"model.layers.{i}.{sub}" for i in range(args.n_layers) for sub in args.linear_shapes]
     for name in tqdm(names, desc="ternarize", unit="linear", disable=not progress, leave=False):
-        shape = args.linear_shapes[name.split(".", 3)[3]]
-        ternary[name] = (_read_qlinear(tensors, name, shape) if fmt == "qlinear"
-                         else _read_bitnet(tensors, name, shape, fmt.split("-", 1)[1]))
+        ternary[name] = _read_linear(tensors, fmt, name, args.linear_shapes[name.split(".", 3)[3]])
         if not torch.isfinite(ternary[name].scales).all():
             raise BonsaiError(f"{name}: scales contain NaN or Inf")
     for i in range(args.n_layers):
         for norm in NORMS:
             key = f"model.layers.{i}.{norm}.weight"
             dense[key] = _take(tensors, key, (d,))
+        for norm in QK_NORMS if args.qk_norm else ():
+            key = f"model.layers.{i}.self_attn.{norm}.weight"
+            dense[key] = _take(tensors, key, (args.head_dim,))
     _reject_leftovers(tensors)
     if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise BonsaiError(f"{folder}: no tokenizer.json or tokenizer.model; copy the model's tokenizer files in")

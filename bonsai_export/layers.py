@@ -7,13 +7,14 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # shared vocabulary: errors, paths, the artifact contract (manifest, file names, ExportConfig), native libraries
     "base": ("bonsai_export", "errors", "paths", "quiet", "options", "formats", "artifact", "native", "layers"),
     # checkpoint -> canonical ternary form -> the export-ready model
-    "model": ("config", "bitnet", "tokenizer", "checkpoint", "kernels", "ops", "dense", "model"),
+    "model": ("config", "bitnet", "ternary_groups", "gguf_reader", "tokenizer", "checkpoint", "kernels", "ops",
+              "dense", "model"),
     # model -> artifact folder, in named stages
     "export": ("export", "export.stages", "export.staging", "export.executorch", "export.onnx", "export.gguf"),
     # artifact (or checkpoint) -> logits and tokens
     "runtime": ("runners", "generate"),
     # everything that drives exporters and runners: checks, measurements, checkpoints made for tests and demos
     "tools": ("gates", "validate", "reference", "scoring", "evaluate", "eval_tasks.loader", "bench_report",
-              "bench_kernels", "device_bench", "peers", "bench", "train", "synthetic", "info"),
+              "bench_kernels", "device_bench", "peers", "bench", "train", "synthetic", "info", "artifact_sources"),
     "cli": ("cli", "__main__"),
 }

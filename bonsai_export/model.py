@@ -2,8 +2,9 @@
 
 GQA attention with HF's rotate-half RoPE, fp32 RMSNorm, SwiGLU MLP, a static KV cache of max_seq_len, and every
 ternary projection through `bonsai::ternary_linear`. Group-scaled ternary checkpoints (one scale per 128 weights,
-Ternary-Bonsai) run eagerly through GroupTernaryLinear / GroupTernaryEmbedding until the packed op takes them. ExecuTorch's LLM contract: forward(tokens[1, T],
-input_pos[1]) -> logits[1, T, vocab]; the caches are buffers updated in place at input_pos.
+Ternary-Bonsai) run eagerly through GroupTernaryLinear / GroupTernaryEmbedding until the packed op takes them.
+ExecuTorch's LLM contract: forward(tokens[1, T], input_pos[1]) -> logits[1, T, vocab]; the caches are buffers
+updated in place at input_pos.
 """
 
 from __future__ import annotations
@@ -251,7 +252,8 @@ def _load_table(model: Transformer, ckpt: Checkpoint) -> None:
         model.lm_head = GroupTernaryLinear(ckpt.args.dim, ckpt.args.vocab_size, head.group_size)
         model.lm_head.load(head.values, head.scales)
     else:
-        model.lm_head.weight.copy_(ckpt.dense.get("lm_head.weight", ckpt.dense.get("model.embed_tokens.weight")).float())
+        dense = ckpt.dense.get("lm_head.weight", ckpt.dense.get("model.embed_tokens.weight"))
+        model.lm_head.weight.copy_(dense.float())
 
 
 def build_model(ckpt: Checkpoint, cfg: A.ExportConfig) -> Transformer:
