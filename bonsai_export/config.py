@@ -102,10 +102,11 @@ PRESETS = {
                                      head_dim=128, hidden_dim=6144, norm_eps=1e-6, rope_theta=1e6,
                                      max_seq_len=32768, tie_embeddings=True, bos_id=151643, eos_ids=(151645,),
                                      pad_id=151643, qk_norm=True),
-    # The same family, small enough for tests: K = 256 or 384 (two or three groups of 128 per row).
-    "ternary-bonsai-tiny": ModelArgs(vocab_size=1024, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=128,
+    # The same family, small enough for tests: K = 256 or 384 (two or three groups of 128 per row), 1024 BPE
+    # tokens then Qwen's 26 added tokens (<|endoftext|> = 1024, <|im_end|> = 1026), rows to spare as Qwen has.
+    "ternary-bonsai-tiny": ModelArgs(vocab_size=1152, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=128,
                                      hidden_dim=384, norm_eps=1e-6, rope_theta=1e6, max_seq_len=256,
-                                     tie_embeddings=True, bos_id=1000, eos_ids=(1002,), pad_id=1000, qk_norm=True),
+                                     tie_embeddings=True, bos_id=1024, eos_ids=(1026,), pad_id=1024, qk_norm=True),
 }
 
 

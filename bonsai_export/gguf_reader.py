@@ -90,7 +90,9 @@ def _config(reader, vocab_size: int, tied: bool, path: Path) -> dict:
         "num_attention_heads": int(need("attention.head_count")),
         "num_key_value_heads": int(need("attention.head_count_kv")),
         "head_dim": int(need("attention.key_length")), "max_position_embeddings": int(need("context_length")),
-        "rms_norm_eps": float(need("attention.layer_norm_rms_epsilon")), "rope_theta": float(need("rope.freq_base")),
+        # float32 in the file: its shortest decimal is the config's value (1e-06, not 9.99999997e-07)
+        "rms_norm_eps": float(str(np.float32(need("attention.layer_norm_rms_epsilon")))),
+        "rope_theta": float(str(np.float32(need("rope.freq_base")))),
         "tie_word_embeddings": tied,
     }
     for key, gguf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),

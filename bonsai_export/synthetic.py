@@ -4,6 +4,10 @@ The weights are random, but everything else is what deepgrove/Bonsai publishes: 
 with auto_map), generation_config.json, one model.safetensors of bf16 tensors with HF names, and the Mistral v1
 SentencePiece tokenizer as tokenizer.model plus tokenizer.json. Linear weights are LATENT values spread beyond
 +-1 with some exact +-0.5 (which must round to 0), so readers must ternarize as QLinear does.
+
+The Qwen3 presets (ternary-bonsai-*) are prism-ml's unpacked Ternary-Bonsai folders instead: Qwen3 config.json,
+bf16 weights whose every group of 128 along a row is one magnitude times {-1, 0, +1} (all linears, the tied
+embedding), and a Qwen2-style byte-level BPE tokenizer.json with Qwen's added tokens at Qwen's ids.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .checkpoint import NORMS
-from .config import PRESETS, ModelArgs, to_hf_config
+from .checkpoint import GROUP_SIZE, NORMS, QK_NORMS
+from .config import PRESETS, ModelArgs, hf_config, to_hf_config
 from .errors import BonsaiError
 from .tokenizer import mistral_v1_spm, spm_to_tokenizer_json
 
@@ -37,9 +41,12 @@ def inventory(args: ModelArgs) -> dict[str, tuple[tuple[int, ...], torch.dtype]]
     for i in range(args.n_layers):
         for sub, (out, cols) in args.linear_shapes.items():
             inv[f"model.layers.{i}.{sub}.weight"] = ((out, cols), bf16)
-            inv[f"model.layers.{i}.{sub}.scales"] = ((out,), bf16)
+            if not args.qk_norm:  # Qwen3 (unpacked Ternary-Bonsai): the scales are inside the weights
+                inv[f"model.layers.{i}.{sub}.scales"] = ((out,), bf16)
         for norm in NORMS:
             inv[f"model.layers.{i}.{norm}.weight"] = ((d,), bf16)
+        for norm in QK_NORMS if args.qk_norm else ():
+            inv[f"model.layers.{i}.self_attn.{norm}.weight"] = ((args.head_dim,), bf16)
     inv["model.norm.weight"] = ((d,), bf16)
     if not args.tie_embeddings:
         inv["lm_head.weight"] = ((args.vocab_size, d), bf16)
@@ -66,6 +73,20 @@ def _tensor(name: str, shape, inv: dict, gen) -> torch.Tensor:
     return torch.randn(shape, generator=gen).to(torch.bfloat16)  # embeddings
 
 
+def _group_ternary(shape, gen) -> torch.Tensor:
+    """bf16 W = s_g * T: T uniform over {-1, 0, +1}, one bf16 magnitude per group of 128 (so W is exact in bf16)."""
+    out, cols = shape
+    t = torch.randint(-1, 2, shape, generator=gen, dtype=torch.int8)
+    s = (torch.rand(out, cols // GROUP_SIZE, generator=gen) + 0.5) / math.sqrt(2 / 3 * cols)  # unit variance out
+    return (t.to(torch.bfloat16) * s.to(torch.bfloat16).repeat_interleave(GROUP_SIZE, dim=1))
+
+
+def _qwen3_tensor(name: str, shape, gen) -> torch.Tensor:
+    if name.endswith("norm.weight"):
+        return (1 + 0.1 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+    return _group_ternary(shape, gen)  # every linear and the (tied) embedding
+
+
 def _tensors(preset: str, seed: int, progress: bool, retrain: bool = False) -> dict[str, torch.Tensor]:
     if preset == "trained-tiny":
         from .train import train_tensors
@@ -79,7 +100,9 @@ def _tensors(preset: str, seed: int, progress: bool, retrain: bool = False) -> d
         raise BonsaiError(f"--retrain: only for the trained-small preset ({preset} has random weights)")
     gen = torch.Generator().manual_seed(seed)
     inv = inventory(PRESETS[preset])
-    return {name: _tensor(name, shape, inv, gen)
+    make = (lambda name, shape: _qwen3_tensor(name, shape, gen)) if PRESETS[preset].qk_norm else (
+        lambda name, shape: _tensor(name, shape, inv, gen))
+    return {name: make(name, shape)
             for name, (shape, _) in tqdm(inv.items(), desc="weights", unit="tensor", disable=not progress,
                                          leave=False)}
 
@@ -98,7 +121,7 @@ def make_checkpoint(preset: str, out: str | Path, seed: int = 0, progress: bool 
     try:
         save_file(_tensors(preset, seed, progress, retrain), str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
-        _write_side_files(args, tmp)
+        (_write_qwen3_side_files if args.qk_norm else _write_side_files)(args, tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private
         if out.exists():
             out.rmdir()
@@ -122,6 +145,82 @@ def _write_side_files(args: ModelArgs, folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
+
+
+# Qwen2/Qwen3's pre-tokenizer split, then byte-level; the added tokens of Qwen3, from <|endoftext|> on, in id
+# order (special: whether transformers treats them as special tokens).
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN3_ADDED = [(t, True) for t in (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>")] + [("<tool_call>", False), ("</tool_call>", False)] + [(t, True) for t in (
+        "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>")] + [
+    ("<tool_response>", False), ("</tool_response>", False), ("<think>", False), ("</think>", False)]
+# ChatML with Qwen3's thinking switch: enable_thinking=false pre-fills an empty think block.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}"
+    "{%- endif %}{%- endif %}")
+
+
+def _bpe_corpus() -> list[str]:
+    """Fixed text to learn merges from: the Zen of Python (the same in every Python 3) and a few lines that
+    exercise the byte-level alphabet (accents, CJK, emoji, digits, code)."""
+    import codecs
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen
+        import this
+    return [codecs.decode(this.s, "rot13"), "naïve café déjà vu — “quotes” 東京 北京 你好 世界 😀 👍",
+            "def f(x):\n    return x ** 2 + 3.14159 * x - 42\n\tif a != b: print('ok')\n", "0123456789 " * 8]
+
+
+def byte_level_bpe(first_added: int) -> str:
+    """A Qwen2-style tokenizer.json: NFC, the Qwen2 split and byte-level pre-tokenizer, BPE learned offline on
+    _bpe_corpus() (unreachable <|reserved_i|> entries fill the vocabulary up to `first_added`, as Qwen's rows
+    past its merges), then QWEN3_ADDED at first_added.."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.train_from_iterator(_bpe_corpus(), trainers.BpeTrainer(
+        vocab_size=first_added, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    if len(vocab) > first_added:
+        raise BonsaiError(f"tokenizer: {len(vocab)} learned tokens do not fit below id {first_added}")
+    vocab.update({f"<|reserved_{i}|>": i for i in range(len(vocab), first_added)})
+    spec["added_tokens"] = [{"id": first_added + i, "content": content, "single_word": False, "lstrip": False,
+                             "rstrip": False, "normalized": False, "special": special}
+                            for i, (content, special) in enumerate(QWEN3_ADDED)]
+    return Tokenizer.from_str(json.dumps(spec)).to_str(pretty=True)
+
+
+def _write_qwen3_side_files(args: ModelArgs, folder: Path) -> None:
+    """config.json, generation_config.json, tokenizer.json and tokenizer_config.json as a Qwen3 folder has them."""
+    (folder / "config.json").write_text(json.dumps(hf_config(args), indent=2) + "\n")
+    generation = {"bos_token_id": args.bos_id, "do_sample": True, "eos_token_id": [args.eos_ids[0], args.bos_id],
+                  "pad_token_id": args.pad_id, "temperature": 0.6, "top_k": 20, "top_p": 0.95,
+                  "transformers_version": "4.51.0"}
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    (folder / "tokenizer.json").write_text(byte_level_bpe(args.bos_id))
+    added = {str(args.bos_id + i): {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
+                                    "single_word": False, "special": special}
+             for i, (content, special) in enumerate(QWEN3_ADDED)}
+    tok_config = {"add_bos_token": False, "add_prefix_space": False, "added_tokens_decoder": added,
+                  "bos_token": None, "chat_template": CHAT_TEMPLATE, "clean_up_tokenization_spaces": False,
+                  "eos_token": "<|im_end|>", "errors": "replace", "model_max_length": args.max_seq_len,
+                  "pad_token": "<|endoftext|>", "split_special_tokens": False, "tokenizer_class": "Qwen2Tokenizer",
+                  "unk_token": None}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
 
 
 def cache_dir() -> Path:
