@@ -73,7 +73,7 @@ def native_x86_isa() -> str:
             break
     if {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= flags:
         return "avx512"
-    return "avx2" if {"avx2", "fma"} <= flags else "ref"
+    return "avx2" if {"avx2", "fma", "f16c"} <= flags else "ref"
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the native build test expects an x86-64 host")

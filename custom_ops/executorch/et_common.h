@@ -39,6 +39,7 @@ class TensorDesc {
     switch (type) {
       case ScalarType::Float: return BONSAI_DTYPE_F32;
       case ScalarType::BFloat16: return BONSAI_DTYPE_BF16;
+      case ScalarType::Half: return BONSAI_DTYPE_F16;
       case ScalarType::Char: return BONSAI_DTYPE_I8;
       case ScalarType::Byte: return BONSAI_DTYPE_U8;
       case ScalarType::Long: return BONSAI_DTYPE_I64;

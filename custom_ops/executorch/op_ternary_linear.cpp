@@ -50,13 +50,14 @@ bool codes_checked(const uint8_t* packed, int64_t n, int64_t row_bytes) {
 
 }  // namespace
 
-// ternary_linear.out(Tensor x, Tensor packed, Tensor scales, int in_features, int act_bits, *, Tensor(a!) out)
+// ternary_linear.out(Tensor x, Tensor packed, Tensor scales, int in_features, int act_bits, int scale_layout=0, *,
+//                    Tensor(a!) out); scale_layout 0: scales f32 [N]; 1: f16 [N, num_blocks(K)] (docs/FORMAT.md)
 Tensor& ternary_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& packed, const Tensor& scales,
-                           int64_t in_features, int64_t act_bits, Tensor& out) {
+                           int64_t in_features, int64_t act_bits, int64_t scale_layout, Tensor& out) {
   int64_t m = 0, n = 0;
   const TensorDesc xd(x), pd(packed), sd(scales);
-  const int checked = bonsai_check_ternary_linear("bonsai::ternary_linear", xd.get(), pd.get(), sd.get(),
-                                                  in_features, act_bits, &m, &n);
+  const int checked = bonsai_check_ternary_linear_ex("bonsai::ternary_linear", xd.get(), pd.get(), sd.get(),
+                                                     in_features, act_bits, scale_layout, &m, &n);
   ET_KERNEL_CHECK_MSG(ctx, checked == BONSAI_OK, InvalidArgument, out, "%s", bonsai_last_error());
   ET_KERNEL_CHECK_MSG(ctx, codes_checked(packed.const_data_ptr<uint8_t>(), n, packed.size(1)), InvalidArgument,
                       out, "%s", bonsai_last_error());
@@ -64,10 +65,10 @@ Tensor& ternary_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Ten
   if (m == 0) return out;  // an empty x: nothing to compute
 
   const bonsai_parallel par = et_parallel();
-  const int status = bonsai_ternary_linear(x.const_data_ptr<float>(), m, in_features,
-                                           packed.const_data_ptr<uint8_t>(), packed.size(1),
-                                           scales.const_data_ptr<float>(), n, static_cast<int32_t>(act_bits),
-                                           out.mutable_data_ptr<float>(), &par);
+  const int status = bonsai_ternary_linear_ex(x.const_data_ptr<float>(), m, in_features,
+                                              packed.const_data_ptr<uint8_t>(), packed.size(1),
+                                              scales.const_data_ptr(), static_cast<int32_t>(scale_layout), n,
+                                              static_cast<int32_t>(act_bits), out.mutable_data_ptr<float>(), &par);
   ET_KERNEL_CHECK_MSG(ctx, status == BONSAI_OK, Internal, out, "bonsai::ternary_linear: %s", bonsai_last_error());
   return out;
 }

@@ -52,6 +52,17 @@ inline bonsai_parallel ort_parallel(OrtKernelContext* ctx) {
   return {ort_parallel_for, ctx, static_cast<int32_t>(hw > 0 ? hw : 1)};
 }
 
+// An int attribute that older graphs may lack.
+inline int64_t optional_attribute(const OrtKernelInfo* info, const char* name, int64_t fallback) {
+  int64_t value = fallback;
+  OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &value);
+  if (status != nullptr) {  // absent: the default
+    Ort::GetApi().ReleaseStatus(status);
+    return fallback;
+  }
+  return value;
+}
+
 inline Ort::Status fail(const std::string& msg) { return Ort::Status(msg.c_str(), ORT_INVALID_ARGUMENT); }
 
 // The core's dtype code of an element type.
@@ -59,6 +70,7 @@ template <typename T>
 constexpr int32_t dtype_of() {
   if constexpr (std::is_same_v<T, float>) return BONSAI_DTYPE_F32;
   else if constexpr (std::is_same_v<T, Ort::BFloat16_t>) return BONSAI_DTYPE_BF16;
+  else if constexpr (std::is_same_v<T, Ort::Float16_t>) return BONSAI_DTYPE_F16;
   else if constexpr (std::is_same_v<T, int8_t>) return BONSAI_DTYPE_I8;
   else if constexpr (std::is_same_v<T, uint8_t>) return BONSAI_DTYPE_U8;
   else return BONSAI_DTYPE_OTHER;
@@ -95,12 +107,16 @@ Ort::Status guarded(const char* op, Body&& body) {
   }
 }
 
-// ---- bonsai::TernaryMatMul(x f32 [..., K], packed u8 [N, row_bytes(K)], scales f32 [N]) -> y f32 [..., N] ----
-// attributes: in_features (K), act_bits (0 or 8)
+// ---- bonsai::TernaryMatMul(x f32 [..., K], packed u8 [N, row_bytes(K)], scales S) -> y f32 [..., N] ----
+// attributes: in_features (K), act_bits (0 or 8), scale_layout (0, the default: S f32 [N]; 1: S f16
+// [N, num_blocks(K)], one per block). One kernel per scales dtype, same op name; the core checks that
+// scale_layout fits the dtype ORT picked the kernel by.
+template <typename S>
 struct TernaryMatMul {
   static constexpr const char* kName = "bonsai::TernaryMatMul";
   int64_t in_features = 0;
   int64_t act_bits = 0;
+  int64_t scale_layout = 0;
   // An exported model's weights are initializers: their codes are checked once, here (a failure is reported by
   // the first Compute). Weights fed as graph inputs may change every call and are checked every call.
   bool packed_is_constant = false;
@@ -110,6 +126,7 @@ struct TernaryMatMul {
     Ort::ConstKernelInfo ki(info);
     in_features = ki.GetAttribute<int64_t>("in_features");
     act_bits = ki.GetAttribute<int64_t>("act_bits");
+    scale_layout = optional_attribute(info, "scale_layout", 0);
     int is_constant = 0;
     const Ort::ConstValue packed = ki.GetTensorConstantInput(1, &is_constant);
     if (!is_constant) return;
@@ -125,10 +142,11 @@ struct TernaryMatMul {
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Tensor<float>& x, const Tensor<uint8_t>& packed,
-                      const Tensor<float>& scales, Tensor<float>& y) {
+                      const Tensor<S>& scales, Tensor<float>& y) {
     const bonsai_tensor xd = describe(x), pd = describe(packed), sd = describe(scales);
     int64_t m = 0, n = 0;
-    if (bonsai_check_ternary_linear(kName, &xd, &pd, &sd, in_features, act_bits, &m, &n) != BONSAI_OK)
+    if (bonsai_check_ternary_linear_ex(kName, &xd, &pd, &sd, in_features, act_bits, scale_layout, &m, &n) !=
+        BONSAI_OK)
       return fail(bonsai_last_error());
     if (!packed_error.empty()) return fail(packed_error);
     if (!packed_is_constant && bonsai_check_ternary_codes(kName, packed.Data(), n, pd.dims[1]) != BONSAI_OK)
@@ -137,8 +155,9 @@ struct TernaryMatMul {
       float* out = allocate_last_dim(y, x.Shape(), n);
       if (m == 0) return Ort::Status(nullptr);  // an empty x: nothing to compute
       const bonsai_parallel par = ort_parallel(ctx);
-      return core_status(kName, bonsai_ternary_linear(x.Data(), m, in_features, packed.Data(), pd.dims[1],
-                                                      scales.Data(), n, static_cast<int32_t>(act_bits), out, &par));
+      return core_status(kName, bonsai_ternary_linear_ex(x.Data(), m, in_features, packed.Data(), pd.dims[1],
+                                                         scales.DataRaw(), static_cast<int32_t>(scale_layout), n,
+                                                         static_cast<int32_t>(act_bits), out, &par));
     });
   }
 };
@@ -188,9 +207,13 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   }
   Ort::InitApi(api);
   // The domain and the ops outlive every session that uses them.
-  static std::unique_ptr<Ort::Custom::OrtLiteCustomOp> ternary{
-      Ort::Custom::CreateLiteCustomOp<bonsai_ort::TernaryMatMul>("TernaryMatMul", "CPUExecutionProvider")};
   using Ort::BFloat16_t;
+  using Ort::Float16_t;
+  static std::unique_ptr<Ort::Custom::OrtLiteCustomOp> ternary[] = {
+      std::unique_ptr<Ort::Custom::OrtLiteCustomOp>{Ort::Custom::CreateLiteCustomOp<
+          bonsai_ort::TernaryMatMul<float>>("TernaryMatMul", "CPUExecutionProvider")},
+      std::unique_ptr<Ort::Custom::OrtLiteCustomOp>{Ort::Custom::CreateLiteCustomOp<
+          bonsai_ort::TernaryMatMul<Float16_t>>("TernaryMatMul", "CPUExecutionProvider")}};
   static std::unique_ptr<Ort::Custom::OrtLiteCustomOp> dense[] = {
       std::unique_ptr<Ort::Custom::OrtLiteCustomOp>{Ort::Custom::CreateLiteCustomOp<
           bonsai_ort::DenseMatMul<BFloat16_t, float>>("DenseMatMul", "CPUExecutionProvider")},
@@ -203,7 +226,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   try {
     std::call_once(once, [] {
       domain = Ort::CustomOpDomain(bonsai_ort::kDomain);
-      domain.Add(ternary.get());
+      for (auto& op : ternary) domain.Add(op.get());
       for (auto& op : dense) domain.Add(op.get());
     });
     Ort::UnownedSessionOptions(options).Add(domain);

@@ -118,6 +118,9 @@ struct Unaligned {
   explicit Unaligned(size_t count) : storage(count + 1), ptr(storage.data() + 1) {}
 };
 
+void check_blocks(const char* where, const Case& c, const uint8_t* w, const float* x, const bonsai_parallel* par,
+                  std::mt19937& rng);
+
 void check_case(const char* isa, const Case& c, const bonsai_parallel* par) {
   const int64_t rb = bonsai::row_bytes(c.k);
   Unaligned<uint8_t> w(c.packed);
@@ -155,6 +158,67 @@ void check_case(const char* isa, const Case& c, const bonsai_parallel* par) {
       const double tol = kFloatRelTol * (magnitude * c.scales[size_t(o)] + 1e-30);
       CHECK(fabs(y.ptr[r * c.n + o] - want) <= tol, "act_bits=0 y[%lld,%lld] %.9g vs %.9g, %s", (long long)r,
             (long long)o, y.ptr[r * c.n + o], want, where);
+    }
+  std::mt19937 rng(uint32_t(c.m * 131 + c.n * 7 + c.k));
+  check_blocks(where, c, w.ptr, x.ptr, par, rng);
+}
+
+// ---- block scales (scale_layout 1): fp16 per 128-weight block ------------------------------------------------------
+
+// An fp16's value computed independently of the kernels' widening: sign * significand * 2^exponent in double.
+float f16_value(uint16_t h) {
+  const int e = (h >> 10) & 31, mant = h & 1023;
+  const double v = e ? ldexp(1024 + mant, e - 25) : ldexp(mant, -24);
+  return float(h & 0x8000 ? -v : v);
+}
+
+// Finite fp16 bit patterns of either sign: mostly ordinary exponents, some subnormals and zeros.
+std::vector<uint16_t> block_scales(int64_t n, int64_t k, std::mt19937& rng) {
+  std::vector<uint16_t> s;
+  std::uniform_int_distribution<int> mant(0, 1023), exp(1, 30), kind(0, 9), sign(0, 1);
+  for (int64_t i = 0; i < n * bonsai::num_blocks(k); ++i) {
+    const int e = kind(rng) == 0 ? 0 : exp(rng);
+    s.push_back(uint16_t((sign(rng) << 15) | (e << 10) | mant(rng)));
+  }
+  return s;
+}
+
+// FORMAT.md's stated order: z = z + float(acc_b) * s_b over blocks in order, then y = z * d, each rounded.
+void check_blocks(const char* where, const Case& c, const uint8_t* w, const float* x, const bonsai_parallel* par,
+                  std::mt19937& rng) {
+  const int64_t rb = bonsai::row_bytes(c.k), nb = bonsai::num_blocks(c.k);
+  const std::vector<uint16_t> scales = block_scales(c.n, c.k, rng);
+  Unaligned<uint16_t> s(scales);
+  Unaligned<float> y(size_t(c.m * c.n));
+  CHECK(bonsai_ternary_linear_ex(x, c.m, c.k, w, rb, s.ptr, bonsai::kScaleBlock, c.n, 8, y.ptr, par) == BONSAI_OK,
+        "%s: %s", where, bonsai_last_error());
+  for (int64_t r = 0; r < c.m; ++r)
+    for (int64_t o = 0; o < c.n; ++o) {
+      float z = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t acc = 0;
+        for (int64_t i = b * kBlockK; i < c.k && i < (b + 1) * kBlockK; ++i)
+          acc += int32_t(c.q[size_t(r * c.k + i)]) * c.t[size_t(o * c.k + i)];
+        volatile float product = float(acc) * f16_value(scales[size_t(o * nb + b)]);  // rounded, never fused
+        z = z + product;
+      }
+      const float want = z * c.d[size_t(r)], got = y.ptr[r * c.n + o];
+      CHECK(memcmp(&want, &got, 4) == 0, "block scales act_bits=8 y[%lld,%lld] %.9g != %.9g, %s", (long long)r,
+            (long long)o, got, want, where);
+    }
+  CHECK(bonsai_ternary_linear_ex(x, c.m, c.k, w, rb, s.ptr, bonsai::kScaleBlock, c.n, 0, y.ptr, par) == BONSAI_OK,
+        "%s", where);
+  for (int64_t r = 0; r < c.m; ++r)
+    for (int64_t o = 0; o < c.n; ++o) {
+      double want = 0.0, magnitude = 0.0;
+      for (int64_t i = 0; i < c.k; ++i) {
+        const double wv = c.t[size_t(o * c.k + i)] * double(f16_value(scales[size_t(o * nb + i / kBlockK)]));
+        want += wv * c.x[size_t(r * c.k + i)];
+        magnitude += fabs(wv * c.x[size_t(r * c.k + i)]);
+      }
+      CHECK(fabs(y.ptr[r * c.n + o] - want) <= kFloatRelTol * magnitude + 1e-30,
+            "block scales act_bits=0 y[%lld,%lld] %.9g vs %.9g, %s", (long long)r, (long long)o, y.ptr[r * c.n + o],
+            want, where);
     }
 }
 

@@ -10,18 +10,14 @@
 #include "bonsai/kernels.h"
 #include "kernel_table.h"
 #include "status.h"
+#include "work_split.h"
 
 namespace bonsai {
 namespace {
 
 thread_local std::string t_error;
 
-// Output rows per task are a multiple of this, so every task but the last runs whole kernel tiles.
-constexpr int64_t kRowGrain = 16;
-// Tokens per task when a GEMM is also split over M (the GEMM kernels' largest token tile).
-constexpr int64_t kTokenGrain = 4;
-// Least work (packed weight bytes x tokens) worth a task of its own: below it, waking another thread costs
-// more than the few microseconds of work it would take over.
+// Least work (packed weight bytes x tokens) worth a task of its own (work_split.h).
 constexpr int64_t kMinTaskWork = 32 * 1024;
 
 std::string shape_str(int64_t m, int64_t n, int64_t k) {
@@ -53,47 +49,20 @@ thread_local std::vector<int8_t> t_q;
 thread_local std::vector<float> t_f;
 thread_local std::vector<int32_t> t_acc;
 
-// How a [M, N] output is cut into n_chunks x m_chunks tasks.
-struct Split {
-  int64_t m, n, n_chunks, m_chunks;
-  int64_t tasks() const { return n_chunks * m_chunks; }
-  // [begin, end) of chunk `c` of `count` units in whole grains.
-  static void range(int64_t count, int64_t grain, int64_t chunks, int64_t c, int64_t* begin, int64_t* end) {
-    const int64_t grains = (count + grain - 1) / grain;
-    *begin = grains * c / chunks * grain;
-    *end = c + 1 == chunks ? count : grains * (c + 1) / chunks * grain;
-    if (*begin > count) *begin = count;
-    if (*end > count) *end = count;
+// x rows copied into zero-padded rows of whole blocks (or x itself when K is whole blocks).
+const float* padded_rows(const float* x, int64_t m, int64_t k) {
+  const int64_t kp = padded_k(k);
+  if (kp == k) return x;
+  float* buf = scratch(t_f, m * kp);
+  for (int64_t i = 0; i < m; ++i) {
+    memcpy(buf + i * kp, x + i * k, size_t(k) * sizeof(float));
+    memset(buf + i * kp + k, 0, size_t(kp - k) * sizeof(float));
   }
-  void task_range(int64_t task, int64_t* m0, int64_t* m1, int64_t* n0, int64_t* n1) const {
-    range(n, kRowGrain, n_chunks, task % n_chunks, n0, n1);
-    range(m, kTokenGrain, m_chunks, task / n_chunks, m0, m1);
-  }
-};
-
-// Split over N first (each weight row is then read by one thread only); over M too when N alone leaves
-// threads idle.
-Split make_split(int64_t m, int64_t n, int64_t k, const bonsai_parallel* par) {
-  int64_t workers = par && par->parallel_for && par->num_threads > 1 ? par->num_threads : 1;
-  // In double: M * N * row bytes may pass 2^63 for the largest valid shapes.
-  const double work = double(m) * double(n) * double(row_bytes(k)) / kMinTaskWork;
-  const int64_t useful = work < double(workers) ? int64_t(work) : workers;
-  if (useful < workers) workers = useful > 1 ? useful : 1;
-  Split s{m, n, 1, 1};
-  const int64_t row_grains = (n + kRowGrain - 1) / kRowGrain;
-  s.n_chunks = workers < row_grains ? workers : row_grains;
-  const int64_t token_grains = (m + kTokenGrain - 1) / kTokenGrain;
-  const int64_t spare = workers / s.n_chunks;
-  s.m_chunks = m > 1 && spare > 1 ? (spare < token_grains ? spare : token_grains) : 1;
-  return s;
+  return buf;
 }
 
-void run_tasks(const bonsai_parallel* par, int64_t n_tasks, bonsai_task_fn fn, void* ctx) {
-  if (n_tasks > 1 && par && par->parallel_for && par->num_threads > 1) {
-    par->parallel_for(par->runtime_ctx, n_tasks, fn, ctx);
-    return;
-  }
-  for (int64_t t = 0; t < n_tasks; ++t) fn(ctx, t);
+Split ternary_split(int64_t m, int64_t n, int64_t k, const bonsai_parallel* par) {
+  return make_split(m, n, row_bytes(k), kMinTaskWork, true, par);
 }
 
 struct Int8Job {
@@ -148,17 +117,8 @@ void float_task(void* ctx, int64_t task) {
 
 int linear_f32(const KernelTable* table, const float* x, int64_t m, int64_t k, const uint8_t* packed,
                const float* scales, int64_t n, float* y, const bonsai_parallel* par) {
-  const int64_t kp = padded_k(k);
-  const float* xp = x;
-  if (kp != k) {  // kernels read whole blocks: copy into zero-padded rows
-    float* buf = scratch(t_f, m * kp);
-    for (int64_t i = 0; i < m; ++i) {
-      memcpy(buf + i * kp, x + i * k, size_t(k) * sizeof(float));
-      memset(buf + i * kp + k, 0, size_t(kp - k) * sizeof(float));
-    }
-    xp = buf;
-  }
-  FloatJob job{table, make_split(m, n, k, par), xp, kp, num_blocks(k), row_bytes(k), packed, scales, y};
+  const float* xp = padded_rows(x, m, k);  // kernels read whole blocks
+  FloatJob job{table, ternary_split(m, n, k, par), xp, padded_k(k), num_blocks(k), row_bytes(k), packed, scales, y};
   run_tasks(par, job.split.tasks(), float_task, &job);
   return BONSAI_OK;
 }
@@ -169,9 +129,68 @@ int linear_i8(const KernelTable* table, const float* x, int64_t m, int64_t k, co
   int8_t* q = scratch(t_q, m * kp);
   float* d = scratch(t_f, m);
   for (int64_t i = 0; i < m; ++i) table->quantize_row_i8(x + i * k, k, q + i * kp, d + i);
-  Int8Job job{table, make_split(m, n, k, par), q, kp, num_blocks(k), row_bytes(k), packed, scratch(t_acc, m * n),
+  Int8Job job{table, ternary_split(m, n, k, par), q, kp, num_blocks(k), row_bytes(k), packed, scratch(t_acc, m * n),
               d, scales, y};
   run_tasks(par, job.split.tasks(), int8_task, &job);
+  return BONSAI_OK;
+}
+
+// Block scales (t2g): one job for both activation modes; q set = int8 (y = z * d after the kernel), else float.
+struct BlockJob {
+  const KernelTable* table;
+  Split split;
+  const int8_t* q;        // [M, stride] int8 rows padded to whole blocks, or null
+  const int32_t* qsums;   // [M, nblocks]: each token's sum over each block (int8 only)
+  const float* d;         // [M] (int8 only)
+  const float* x;         // [M, stride] float rows padded to whole blocks (float only)
+  int64_t stride, nblocks, w_stride;
+  const uint8_t* w;
+  const uint16_t* scales;  // fp16 [N, nblocks]
+  float* y;                // [M, N]
+};
+
+void block_task(void* ctx, int64_t task) {
+  const BlockJob& j = *static_cast<const BlockJob*>(ctx);
+  int64_t m0, m1, n0, n1;
+  j.split.task_range(task, &m0, &m1, &n0, &n1);
+  if (m0 >= m1 || n0 >= n1) return;
+  const int64_t n = j.split.n;
+  float* y = j.y + m0 * n;
+  if (!j.q) {
+    j.table->gemm_t2g_f32(j.x + m0 * j.stride, j.stride, m1 - m0, j.nblocks, j.w, j.w_stride, j.scales, n0, n1, y, n);
+    return;
+  }
+  j.table->gemm_t2g_i8(j.q + m0 * j.stride, j.stride, j.qsums + m0 * j.nblocks, m1 - m0, j.nblocks, j.w, j.w_stride,
+                       j.scales, n0, n1, y, n);
+  for (int64_t m = m0; m < m1; ++m)  // formats.matmul_blocks' last step: z * d
+    for (int64_t c = n0; c < n1; ++c) j.y[m * n + c] = j.y[m * n + c] * j.d[m];
+}
+
+thread_local std::vector<float> t_d;
+thread_local std::vector<int32_t> t_qsums;
+
+int linear_blocks(const KernelTable* table, const float* x, int64_t m, int64_t k, const uint8_t* packed,
+                  const uint16_t* scales, int64_t n, int32_t act_bits, float* y, const bonsai_parallel* par) {
+  const int64_t kp = padded_k(k), nb = num_blocks(k);
+  BlockJob job{table, ternary_split(m, n, k, par), nullptr, nullptr, nullptr, nullptr, kp, nb, row_bytes(k),
+               packed, scales, y};
+  if (act_bits == kActBitsInt8) {
+    int8_t* q = scratch(t_q, m * kp);
+    float* d = scratch(t_d, m);
+    int32_t* qsums = scratch(t_qsums, m * nb);
+    for (int64_t i = 0; i < m; ++i) {
+      table->quantize_row_i8(x + i * k, k, q + i * kp, d + i);
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t sum = 0;
+        for (int64_t j = 0; j < kBlockK; ++j) sum += q[i * kp + b * kBlockK + j];
+        qsums[i * nb + b] = sum;
+      }
+    }
+    job.q = q, job.qsums = qsums, job.d = d;
+  } else {
+    job.x = padded_rows(x, m, k);
+  }
+  run_tasks(par, job.split.tasks(), block_task, &job);
   return BONSAI_OK;
 }
 
@@ -194,17 +213,30 @@ int64_t bonsai_row_bytes(int64_t k) { return k > 0 && k <= BONSAI_MAX_K ? bonsai
 
 int bonsai_ternary_linear(const float* x, int64_t m, int64_t k, const uint8_t* packed, int64_t packed_row_bytes,
                           const float* scales, int64_t n, int32_t act_bits, float* y, const bonsai_parallel* parallel) {
+  return bonsai_ternary_linear_ex(x, m, k, packed, packed_row_bytes, scales, bonsai::kScaleChannel, n, act_bits, y,
+                                  parallel);
+}
+
+int bonsai_ternary_linear_ex(const float* x, int64_t m, int64_t k, const uint8_t* packed, int64_t packed_row_bytes,
+                             const void* scales, int32_t scale_layout, int64_t n, int32_t act_bits, float* y,
+                             const bonsai_parallel* parallel) {
   using namespace bonsai;
   clear_error();
   if (int rc = check_matmul("bonsai_ternary_linear", x, packed, y, m, n, k, packed_row_bytes)) return rc;
   if (!scales) return fail(BONSAI_ERR_NULL, "bonsai_ternary_linear: scales is null");
   if (act_bits != kActBitsNone && act_bits != kActBitsInt8)
     return fail(BONSAI_ERR_ACT_BITS, "bonsai_ternary_linear: expected act_bits 0 or 8, got " + std::to_string(act_bits));
+  if (scale_layout != kScaleChannel && scale_layout != kScaleBlock)
+    return fail(BONSAI_ERR_LAYOUT, "bonsai_ternary_linear: expected scale_layout 0 (channel) or 1 (block), got " +
+                                       std::to_string(scale_layout));
   const KernelTable* table = active_table();
   if (!table) return BONSAI_ERR_ISA;
   try {
-    return act_bits == kActBitsInt8 ? linear_i8(table, x, m, k, packed, scales, n, y, parallel)
-                                    : linear_f32(table, x, m, k, packed, scales, n, y, parallel);
+    if (scale_layout == kScaleBlock)
+      return linear_blocks(table, x, m, k, packed, static_cast<const uint16_t*>(scales), n, act_bits, y, parallel);
+    const float* channel = static_cast<const float*>(scales);
+    return act_bits == kActBitsInt8 ? linear_i8(table, x, m, k, packed, channel, n, y, parallel)
+                                    : linear_f32(table, x, m, k, packed, channel, n, y, parallel);
   } catch (const std::exception&) {
     return fail(BONSAI_ERR_ALLOC, "bonsai_ternary_linear: out of memory for scratch buffers");
   }
@@ -224,7 +256,7 @@ int bonsai_int8_accumulate(const int8_t* q, int64_t m, int64_t k, const uint8_t*
       memcpy(qp + i * kp, q + i * k, size_t(k));
       memset(qp + i * kp + k, 0, size_t(kp - k));
     }
-    Int8Job job{table, make_split(m, n, k, parallel), qp, kp, num_blocks(k), row_bytes(k), packed, acc,
+    Int8Job job{table, ternary_split(m, n, k, parallel), qp, kp, num_blocks(k), row_bytes(k), packed, acc,
                 nullptr, nullptr, nullptr};
     run_tasks(parallel, job.split.tasks(), int8_task, &job);
     return BONSAI_OK;

@@ -16,6 +16,7 @@
 #include "bonsai/kernels.h"
 #include "kernel_table.h"
 #include "status.h"
+#include "work_split.h"
 
 namespace bonsai {
 namespace {
@@ -119,12 +120,7 @@ extern "C" int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int6
   const KernelTable* table = active_table();
   if (!table) return BONSAI_ERR_ISA;
   AttentionJob job{table, {q, k_cache, v_cache, out, t, n_heads, head_dim, n_kv_heads, cache_len, pos}};
-  const int64_t tasks = t * n_kv_heads;
-  if (parallel && parallel->parallel_for && parallel->num_threads > 1 && tasks > 1) {
-    parallel->parallel_for(parallel->runtime_ctx, tasks, attention_task, &job);
-  } else {
-    for (int64_t i = 0; i < tasks; ++i) attention_task(&job, i);
-  }
+  run_tasks(parallel, t * n_kv_heads, attention_task, &job);  // one task per (token, KV head)
   if (job.out_of_memory) return fail(BONSAI_ERR_ALLOC, "bonsai_attention: out of memory for the score buffer");
   return BONSAI_OK;
 }

@@ -19,6 +19,7 @@
 #include "bonsai/kernels.h"
 #include "kernel_table.h"
 #include "status.h"
+#include "work_split.h"
 
 namespace bonsai {
 namespace {
@@ -94,8 +95,8 @@ void dense_f32_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, in
 
 namespace {
 
-// Output rows per task are a multiple of this (whole GEMV tiles; no two tasks share a cache line of y).
-constexpr int64_t kRowGrain = 16;
+// Least weight bytes x tokens worth a task of its own (work_split.h).
+constexpr int64_t kMinTaskWork = 64 * 1024;
 // Widened rows of a prefill block: about 160 KiB of floats (stays in L2 while every token reuses it).
 constexpr int64_t kScratchBytes = 160 * 1024;
 
@@ -106,18 +107,17 @@ thread_local std::vector<float> t_scratch;  // per-task widened weight rows
 struct DenseJob {
   const KernelTable* table;
   DenseProblem p;
-  int64_t m, n, tasks;
+  Split split;     // over N only: a prefill task widens its rows once for all tokens
   float* scratch;  // tasks * scratch_rows * kp floats, or null for M = 1
   int64_t scratch_per_task;
 };
 
 void dense_task(void* ctx, int64_t task) {
   const auto& j = *static_cast<const DenseJob*>(ctx);
-  const int64_t grains = (j.n + kRowGrain - 1) / kRowGrain;
-  int64_t n0 = grains * task / j.tasks * kRowGrain, n1 = grains * (task + 1) / j.tasks * kRowGrain;
-  if (n1 > j.n) n1 = j.n;
+  int64_t m0, m1, n0, n1;
+  j.split.task_range(task, &m0, &m1, &n0, &n1);
   if (n0 >= n1) return;
-  j.table->dense_f32(j.p, 0, j.m, n0, n1, j.scratch ? j.scratch + task * j.scratch_per_task : nullptr);
+  j.table->dense_f32(j.p, m0, m1, n0, n1, j.scratch ? j.scratch + task * j.scratch_per_task : nullptr);
 }
 
 }  // namespace
@@ -137,7 +137,7 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
   const KernelTable* table = active_table();
   if (!table) return BONSAI_ERR_ISA;
   try {
-    const int64_t groups = (k + kDenseChunk - 1) / kDenseChunk, kp = groups * kDenseChunk;
+    const int64_t groups = dense_groups(k), kp = groups * kDenseChunk;
     const float* xp = x;
     if (kp != k) {  // kernels read whole chunks of x: copy into zero-padded rows
       float* buf = t_x.size() < size_t(m * kp) ? (t_x.resize(size_t(m * kp)), t_x.data()) : t_x.data();
@@ -147,14 +147,7 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
       }
       xp = buf;
     }
-    int64_t workers = parallel && parallel->parallel_for && parallel->num_threads > 1 ? parallel->num_threads : 1;
-    // Below ~64 KiB of weights per task, waking a thread costs more than it saves.
-    // In double: M * N * row bytes may pass 2^63 for the largest valid shapes.
-    const double work = double(m) * double(n) * double(dense_row_bytes(weight_bits, k)) / (64 * 1024);
-    const int64_t useful = work < double(workers) ? int64_t(work) : workers;
-    if (useful < workers) workers = useful > 1 ? useful : 1;
-    const int64_t grains = (n + kRowGrain - 1) / kRowGrain;
-    if (workers > grains) workers = grains;
+    const Split split = make_split(m, n, dense_row_bytes(weight_bits, k), kMinTaskWork, false, parallel);
     int64_t scratch_rows = kScratchBytes / (kp * int64_t(sizeof(float)));
     scratch_rows = scratch_rows < 8 ? 8 : scratch_rows > 64 ? 64 : scratch_rows;
     const bool grouped = weight_bits != 16;
@@ -172,15 +165,14 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
                  {xp, kp, k, static_cast<const uint8_t*>(weight), dense_row_bytes(weight_bits, k), weight_bits,
                   grouped ? nullptr : static_cast<const float*>(scales),
                   grouped ? static_cast<const uint16_t*>(scales) : nullptr, groups, sums, y, n, scratch_rows},
-                 m, n, workers, nullptr, 0};
+                 split, nullptr, 0};
     if (m > 1) {
       job.scratch_per_task = scratch_rows * kp;
-      const size_t total = size_t(workers * job.scratch_per_task);
+      const size_t total = size_t(split.tasks() * job.scratch_per_task);
       if (t_scratch.size() < total) t_scratch.resize(total);
       job.scratch = t_scratch.data();
     }
-    if (workers > 1) parallel->parallel_for(parallel->runtime_ctx, workers, dense_task, &job);
-    else dense_task(&job, 0);
+    run_tasks(parallel, split.tasks(), dense_task, &job);
     return BONSAI_OK;
   } catch (const std::exception&) {
     return fail(BONSAI_ERR_ALLOC, "bonsai_dense_linear: out of memory for scratch buffers");

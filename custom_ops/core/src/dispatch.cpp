@@ -23,7 +23,7 @@ namespace {
 
 #if defined(__x86_64__) || defined(_M_X64)
 struct X86Features {
-  bool avx2_fma = false;
+  bool avx2_fma = false;     // AVX2 + FMA + F16C (the fp16 block scales), with the OS saving the ymm state
   bool avx512_vnni = false;  // F + BW + VL + VNNI, with the OS saving the zmm/opmask state
 };
 
@@ -31,45 +31,89 @@ X86Features detect_x86() {
   X86Features f;
   unsigned a, b, c, d;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
-  const bool fma = c & bit_FMA, osxsave = c & bit_OSXSAVE;
+  const bool fma = c & bit_FMA, osxsave = c & bit_OSXSAVE, f16c = c & bit_F16C;
   if (!osxsave || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
   unsigned xcr0_lo, xcr0_hi;
   __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
   const bool os_ymm = (xcr0_lo & 0x6) == 0x6;     // SSE + AVX state
   const bool os_zmm = (xcr0_lo & 0xe6) == 0xe6;   // + opmask, zmm_hi256, hi16_zmm
-  f.avx2_fma = os_ymm && fma && (b & bit_AVX2);
+  f.avx2_fma = os_ymm && fma && f16c && (b & bit_AVX2);
   const bool avx512 = (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512VL) && (c & bit_AVX512VNNI);
   f.avx512_vnni = f.avx2_fma && os_zmm && avx512;
   return f;
 }
 #endif
 
-// The table called `name` if this CPU can run it, else null. "auto" = the best supported one.
-const KernelTable* lookup(const std::string& name) {
+// The one ISA registry, best first: its name, whether this CPU (and this build) can run it, and its table.
+// Every name is listed on every architecture, so a name of another architecture is "not supported", not unknown.
+struct Isa {
+  const char* name;
+  bool (*supported)();
+  const KernelTable* (*table)();
+};
+
 #if defined(__x86_64__) || defined(_M_X64)
+const X86Features& x86() {
   static const X86Features f = detect_x86();
-  // Built only on a CPU that can run it: avx512.cpp is compiled with AVX-512 flags, so even copying the table
-  // there may use zmm moves.
-  static const KernelTable avx512 = f.avx512_vnni ? avx512_table() : KernelTable{};
-  if (name == "avx512" || (name == "auto" && f.avx512_vnni)) return f.avx512_vnni ? &avx512 : nullptr;
-  if (name == "avx2" || (name == "auto" && f.avx2_fma)) return f.avx2_fma ? &kAvx2Table : nullptr;
+  return f;
+}
+// Built only on a CPU that can run it: avx512.cpp is compiled with AVX-512 flags, so even copying the table
+// there may use zmm moves.
+const KernelTable* avx512() {
+  static const KernelTable table = avx512_table();
+  return &table;
+}
+constexpr Isa kIsas[] = {
+    {"avx512", [] { return x86().avx512_vnni; }, avx512},
+    {"avx2", [] { return x86().avx2_fma; }, [] { return &kAvx2Table; }},
+    {"dotprod", [] { return false; }, nullptr},
+    {"neon", [] { return false; }, nullptr},
+    {"ref", [] { return true; }, [] { return &kRefTable; }},
+};
 #elif defined(__aarch64__)
+bool has_dotprod() {
 #if defined(__linux__)
   static const bool dotprod = getauxval(AT_HWCAP) & HWCAP_ASIMDDP;
 #else
   static const bool dotprod = false;  // no portable probe: stay on the baseline NEON table
 #endif
-  if (name == "dotprod" || (name == "auto" && dotprod)) return dotprod ? &kDotprodTable : nullptr;
-  if (name == "neon" || name == "auto") return &kNeonTable;  // NEON is part of the aarch64 baseline
+  return dotprod;
+}
+constexpr Isa kIsas[] = {
+    {"avx512", [] { return false; }, nullptr},
+    {"avx2", [] { return false; }, nullptr},
+    {"dotprod", has_dotprod, [] { return &kDotprodTable; }},
+    {"neon", [] { return true; }, [] { return &kNeonTable; }},  // NEON is part of the aarch64 baseline
+    {"ref", [] { return true; }, [] { return &kRefTable; }},
+};
+#else
+constexpr Isa kIsas[] = {
+    {"avx512", [] { return false; }, nullptr}, {"avx2", [] { return false; }, nullptr},
+    {"dotprod", [] { return false; }, nullptr}, {"neon", [] { return false; }, nullptr},
+    {"ref", [] { return true; }, [] { return &kRefTable; }},
+};
 #endif
-  if (name == "ref" || name == "auto") return &kRefTable;
+
+// The table called `name` if this CPU can run it, else null. "auto" = the first supported one.
+const KernelTable* lookup(const std::string& name) {
+  for (const Isa& isa : kIsas)
+    if ((name == "auto" || name == isa.name) && isa.supported()) return isa.table();
   return nullptr;
 }
 
 bool known_name(const std::string& name) {
-  for (const char* n : {"auto", "ref", "avx2", "avx512", "neon", "dotprod"})
-    if (name == n) return true;
+  if (name == "auto") return true;
+  for (const Isa& isa : kIsas)
+    if (name == isa.name) return true;
   return false;
+}
+
+// "auto, avx512, avx2, dotprod, neon or ref"
+std::string expected_names() {
+  std::string s = "auto";
+  for (size_t i = 0; i < sizeof kIsas / sizeof kIsas[0]; ++i)
+    s += std::string(i + 1 == sizeof kIsas / sizeof kIsas[0] ? " or " : ", ") + kIsas[i].name;
+  return s;
 }
 
 // Null while a forced ISA is unusable: kernels then fail loudly instead of running another path.
@@ -80,7 +124,7 @@ void select(const char* name) {
   const KernelTable* t = lookup(name);
   if (!t) {
     g_table_error = std::string("ISA '") + name + "' is " + (known_name(name) ? "not supported by this CPU" : "unknown") +
-                    " (expected auto, ref, avx2, avx512, neon or dotprod)";
+                    " (expected " + expected_names() + ")";
   }
   g_table.store(t, std::memory_order_release);
 }
@@ -120,7 +164,8 @@ int bonsai_set_isa(const char* name) {
   const bonsai::KernelTable* t = bonsai::lookup(name);
   if (!t) {
     return bonsai::fail(BONSAI_ERR_ISA, std::string("bonsai_set_isa: ISA '") + name + "' is " +
-                                            (bonsai::known_name(name) ? "not supported by this CPU" : "unknown"));
+                                            (bonsai::known_name(name) ? "not supported by this CPU" : "unknown") + " (expected " +
+                                            bonsai::expected_names() + ")");
   }
   bonsai::g_table.store(t, std::memory_order_release);
   return BONSAI_OK;

@@ -117,7 +117,7 @@ template <class V, int Bits>
 void dense_rows(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float* scratch) {
   using F = typename V::F;
   constexpr int NV = int(kDenseChunk) / V::W;
-  const int64_t chunks = (p.k + kDenseChunk - 1) / kDenseChunk, kp = chunks * kDenseChunk;
+  const int64_t chunks = dense_groups(p.k), kp = chunks * kDenseChunk;
   const int64_t row_bytes = dense_row_bytes(Bits, p.k);
   if (m1 - m0 == 1) {
     const float* x = p.x + m0 * p.x_stride;

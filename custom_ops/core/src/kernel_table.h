@@ -23,14 +23,36 @@ namespace bonsai {
 // kDenseChunk (= the scale group); x rows hold kp = ceil(K / kDenseChunk) * kDenseChunk floats, zero beyond K.
 constexpr int64_t kDenseChunk = BONSAI_DENSE_GROUP;
 static_assert(kDenseChunk == 32, "the SIMD widen<Bits> of every ISA decodes one group of 32 weights");
+// Scale groups of a row of K weights (formats.dense_groups).
+constexpr int64_t dense_groups(int64_t k) { return (k + kDenseChunk - 1) / kDenseChunk; }
 // int4 rows hold whole groups (16 bytes each: low nibbles = the group's first 16 codes, high = the last 16).
-inline int64_t dense_row_bytes(int bits, int64_t k) {
-  return bits == 16 ? 2 * k : bits == 8 ? k : (k + kDenseChunk - 1) / kDenseChunk * (kDenseChunk / 2);
+constexpr int64_t dense_row_bytes(int bits, int64_t k) {
+  return bits == 16 ? 2 * k : bits == 8 ? k : dense_groups(k) * (kDenseChunk / 2);
 }
 
 // bf16 (raw bits) -> float32: the high half of an fp32, exact.
 inline float bf16_to_f32(uint16_t v) {
   const uint32_t bits = uint32_t(v) << 16;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// IEEE fp16 (raw bits) -> float32, exact (every fp16 is a float32): the portable widening of the block scales.
+inline float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);  // inf, NaN
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);  // normal: rebias 15 -> 127
+  } else if (mant == 0) {
+    bits = sign;  // +-0
+  } else {  // subnormal: normalize the significand
+    int shift = 0;
+    while (!(mant & 0x400)) mant <<= 1, ++shift;
+    bits = sign | (uint32_t(113 - shift) << 23) | ((mant & 0x3ff) << 13);
+  }
   float f;
   memcpy(&f, &bits, sizeof f);
   return f;
@@ -86,6 +108,15 @@ struct KernelTable {
   // y[m, n] for m in [0, m_count): x rows at x + m * x_stride.
   void (*gemm_f32)(const float* x, int64_t x_stride, int64_t m_count, int64_t nblocks, const uint8_t* w,
                    int64_t w_stride, const float* scales, int64_t n0, int64_t n1, float* y, int64_t y_stride);
+  // Block scales (kScaleBlock): z[m, n] = sum over blocks b, in block order, of float(acc[m, n, b]) * s[n, b]
+  // (FORMAT.md: the caller multiplies by d[m]). Row n's fp16 scales at scales + n * nblocks; qsums[m * nblocks +
+  // b] = sum of token m's activations over block b (what unsigned-code kernels subtract). m_count >= 1.
+  void (*gemm_t2g_i8)(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t m_count, int64_t nblocks,
+                      const uint8_t* w, int64_t w_stride, const uint16_t* scales, int64_t n0, int64_t n1, float* z,
+                      int64_t z_stride);
+  // y[m, n] = sum_b s[n, b] * sum_{k in b} T[n, k] * x[m, k] with float activations.
+  void (*gemm_t2g_f32)(const float* x, int64_t x_stride, int64_t m_count, int64_t nblocks, const uint8_t* w,
+                       int64_t w_stride, const uint16_t* scales, int64_t n0, int64_t n1, float* y, int64_t y_stride);
   // Dense: y[m, n] for m in [m0, m1), n in [n0, n1). scratch: p.scratch_rows * kp floats of this task (M > 1).
   void (*dense_f32)(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float* scratch);
   // Attention: query `token`, the H / Hkv query heads of KV head `kv`. scratch: (H / Hkv) * (pos + token + 1).

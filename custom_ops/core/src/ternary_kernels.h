@@ -18,7 +18,9 @@
 //             chains (chain c = the planes c, c + C, ...) to its Sum; hsum(Sum) -> int32; kUnsignedCodes: Codes
 //             hold c = t + 1, so sum_k q is subtracted;
 //   float:    V (float_kernels.h's vector type) and widen(Codes, V::F*): the 32 weights t of a plane as floats
-//             in K order (only for kStepBlocks == 1).
+//             in K order (only for kStepBlocks == 1);
+//   scales:   half(uint16_t) -> float, the exact widening of an fp16 block scale (the t2g kernels, which need
+//             kStepBlocks == 1: each block's sum is scaled on its own).
 #ifndef BONSAI_TERNARY_KERNELS_H
 #define BONSAI_TERNARY_KERNELS_H
 
@@ -140,10 +142,76 @@ void gemm_i8(const int8_t* q, int64_t q_stride, int64_t m_count, int64_t nblocks
   }
 }
 
-// y[m, r] = scales[r] * sum_k T[r, k] * x[m, k] for MR tokens x NR rows, one FMA chain per (token, row).
+// ---- t2g: block scales (FORMAT.md "Scales"), int8 activations ----
+// z[m, r] = sum_b float(acc[m, r, b]) * s[r, b] for MR tokens x NR rows, block by block in block order (each
+// block's int32 sum is complete before it is scaled, and the float32 products and sums round exactly as the
+// reference's; the core is built with -ffp-contract=off, so no FMA merges them).
 template <class T, int MR, int NR>
+void tile_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t nblocks, const uint8_t* w,
+                 int64_t w_stride, const uint16_t* scales, float* z, int64_t z_stride) {
+  constexpr int C = MR == 1 ? T::kGemvChains : 1;
+  static_assert(T::kStepBlocks == 1, "a block's sum is scaled on its own");
+  float acc[MR][NR] = {};
+  for (int64_t b = 0; b < nblocks; ++b) {
+    typename T::Part part[MR][NR][C];
+    for (int m = 0; m < MR; ++m)
+      for (int r = 0; r < NR; ++r)
+        for (int c = 0; c < C; ++c) part[m][r][c] = T::part_zero();
+    step_i8<T, MR, NR, C>(q, q_stride, w, w_stride, b, 1, part);
+    for (int r = 0; r < NR; ++r) {
+      const float s = T::half(scales[r * nblocks + b]);
+      for (int m = 0; m < MR; ++m) {
+        const int32_t sum = T::hsum(T::flush(T::sum_zero(), part[m][r]));
+        const int32_t block = sum - (T::kUnsignedCodes ? qsums[m * nblocks + b] : 0);
+        acc[m][r] = acc[m][r] + float(block) * s;
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r) z[m * z_stride + r] = acc[m][r];
+}
+
+template <class T, int MR, int NR>
+void rows_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t nblocks, const uint8_t* w,
+                 int64_t w_stride, const uint16_t* scales, int64_t n0, int64_t n1, float* z, int64_t z_stride) {
+  int64_t n = n0;
+  for (; n + NR <= n1; n += NR)
+    tile_t2g_i8<T, MR, NR>(q, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
+                           z_stride);
+  for (; n < n1; ++n)
+    tile_t2g_i8<T, MR, 1>(q, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
+                          z_stride);
+}
+
+// Token tiles over cache-sized blocks of rows, as gemm_i8 (one token: the decode tile).
+template <class T>
+void gemm_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t m_count, int64_t nblocks,
+                 const uint8_t* w, int64_t w_stride, const uint16_t* scales, int64_t n0, int64_t n1, float* z,
+                 int64_t z_stride) {
+  if (m_count == 1) {
+    rows_t2g_i8<T, 1, T::kGemvRows>(q, 0, qsums, nblocks, w, w_stride, scales, n0, n1, z, 0);
+    return;
+  }
+  int64_t block_rows = kGemmBlockBytes / w_stride;
+  block_rows = block_rows < T::kGemmRows ? T::kGemmRows : block_rows - block_rows % T::kGemmRows;
+  for (int64_t nb = n0; nb < n1; nb += block_rows) {
+    const int64_t nb1 = nb + block_rows < n1 ? nb + block_rows : n1;
+    int64_t m = 0;
+    for (; m + T::kGemmTokens <= m_count; m += T::kGemmTokens)
+      rows_t2g_i8<T, T::kGemmTokens, T::kGemmRows>(q + m * q_stride, q_stride, qsums + m * nblocks, nblocks, w,
+                                                   w_stride, scales, nb, nb1, z + m * z_stride, z_stride);
+    for (; m < m_count; ++m)  // leftover tokens one at a time
+      rows_t2g_i8<T, 1, T::kGemvRows>(q + m * q_stride, 0, qsums + m * nblocks, nblocks, w, w_stride, scales, nb,
+                                      nb1, z + m * z_stride, 0);
+  }
+}
+
+// ---- float activations: channel scales (t2) and block scales (t2g) ----
+// y[m, r] for MR tokens x NR rows, one FMA chain per (token, row): channel scales (block_scales null) scale the
+// row's sum, block scales (Blocks) each block's sum (its own chain, added with one FMA per block).
+template <class T, int MR, int NR, bool Blocks>
 void tile_f32(const float* x, int64_t x_stride, int64_t nblocks, const uint8_t* w, int64_t w_stride,
-              const float* scales, float* y, int64_t y_stride) {
+              const float* scales, const uint16_t* block_scales, float* y, int64_t y_stride) {
   using V = typename T::V;
   using F = typename V::F;
   constexpr int NV = kLanes / V::W;
@@ -151,54 +219,80 @@ void tile_f32(const float* x, int64_t x_stride, int64_t nblocks, const uint8_t* 
   F sum[MR][NR];
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < NR; ++r) sum[m][r] = V::zero();
-  auto plane = [&](int r, int i, typename T::Codes codes, int64_t b) {
+  auto plane = [&](F (&part)[MR], int i, typename T::Codes codes, int64_t b) {
     F t[NV];
     T::widen(codes, t);
     for (int m = 0; m < MR; ++m) {
       const float* xb = x + m * x_stride + b * kBlockK + i * kLanes;
-      F s = sum[m][r];
+      F s = part[m];
       for (int v = 0; v < NV; ++v) s = V::fma(t[v], V::load(xb + v * V::W), s);
-      sum[m][r] = s;
+      part[m] = s;
     }
   };
   for (int64_t b = 0; b < nblocks; ++b) {
     for (int r = 0; r < NR; ++r) {
+      F part[MR];
+      for (int m = 0; m < MR; ++m) part[m] = Blocks ? V::zero() : sum[m][r];
       const typename T::Packed packed = T::load(w + r * w_stride + b * kBlockBytes, 1);
-      plane(r, 0, T::template plane<0>(packed), b);
-      plane(r, 1, T::template plane<1>(packed), b);
-      plane(r, 2, T::template plane<2>(packed), b);
-      plane(r, 3, T::template plane<3>(packed), b);
+      plane(part, 0, T::template plane<0>(packed), b);
+      plane(part, 1, T::template plane<1>(packed), b);
+      plane(part, 2, T::template plane<2>(packed), b);
+      plane(part, 3, T::template plane<3>(packed), b);
+      if constexpr (Blocks) {
+        const F s = V::set1(T::half(block_scales[r * nblocks + b]));
+        for (int m = 0; m < MR; ++m) sum[m][r] = V::fma(s, part[m], sum[m][r]);
+      } else {
+        for (int m = 0; m < MR; ++m) sum[m][r] = part[m];
+      }
     }
   }
   for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) y[m * y_stride + r] = scales[r] * V::hsum(sum[m][r]);
+    for (int r = 0; r < NR; ++r) y[m * y_stride + r] = Blocks ? V::hsum(sum[m][r]) : scales[r] * V::hsum(sum[m][r]);
 }
 
-template <class T, int MR, int NR>
+template <class T, int MR, int NR, bool Blocks>
 void rows_f32(const float* x, int64_t x_stride, int64_t nblocks, const uint8_t* w, int64_t w_stride,
-              const float* scales, int64_t n0, int64_t n1, float* y, int64_t y_stride) {
+              const float* scales, const uint16_t* block_scales, int64_t n0, int64_t n1, float* y, int64_t y_stride) {
   int64_t n = n0;
   for (; n + NR <= n1; n += NR)
-    tile_f32<T, MR, NR>(x, x_stride, nblocks, w + n * w_stride, w_stride, scales + n, y + n, y_stride);
+    tile_f32<T, MR, NR, Blocks>(x, x_stride, nblocks, w + n * w_stride, w_stride, Blocks ? nullptr : scales + n,
+                                Blocks ? block_scales + n * nblocks : nullptr, y + n, y_stride);
   for (; n < n1; ++n)
-    tile_f32<T, MR, 1>(x, x_stride, nblocks, w + n * w_stride, w_stride, scales + n, y + n, y_stride);
+    tile_f32<T, MR, 1, Blocks>(x, x_stride, nblocks, w + n * w_stride, w_stride, Blocks ? nullptr : scales + n,
+                               Blocks ? block_scales + n * nblocks : nullptr, y + n, y_stride);
+}
+
+// Token tiles, then leftover tokens one at a time (one token: the decode tile).
+template <class T, bool Blocks>
+void tokens_f32(const float* x, int64_t x_stride, int64_t m_count, int64_t nblocks, const uint8_t* w,
+                int64_t w_stride, const float* scales, const uint16_t* block_scales, int64_t n0, int64_t n1, float* y,
+                int64_t y_stride) {
+  int64_t m = 0;
+  if (m_count > 1)
+    for (; m + T::kGemmTokens <= m_count; m += T::kGemmTokens)
+      rows_f32<T, T::kGemmTokens, T::kGemmRows, Blocks>(x + m * x_stride, x_stride, nblocks, w, w_stride, scales,
+                                                        block_scales, n0, n1, y + m * y_stride, y_stride);
+  for (; m < m_count; ++m)
+    rows_f32<T, 1, T::kGemvRows, Blocks>(x + m * x_stride, 0, nblocks, w, w_stride, scales, block_scales, n0, n1,
+                                         y + m * y_stride, 0);
 }
 
 template <class T>
 void gemv_f32(const float* x, int64_t nblocks, const uint8_t* w, int64_t w_stride, const float* scales, int64_t n0,
               int64_t n1, float* y) {
-  rows_f32<T, 1, T::kGemvRows>(x, 0, nblocks, w, w_stride, scales, n0, n1, y, 0);
+  tokens_f32<T, false>(x, 0, 1, nblocks, w, w_stride, scales, nullptr, n0, n1, y, 0);
 }
 
 template <class T>
 void gemm_f32(const float* x, int64_t x_stride, int64_t m_count, int64_t nblocks, const uint8_t* w, int64_t w_stride,
               const float* scales, int64_t n0, int64_t n1, float* y, int64_t y_stride) {
-  int64_t m = 0;
-  for (; m + T::kGemmTokens <= m_count; m += T::kGemmTokens)
-    rows_f32<T, T::kGemmTokens, T::kGemmRows>(x + m * x_stride, x_stride, nblocks, w, w_stride, scales, n0, n1,
-                                              y + m * y_stride, y_stride);
-  for (; m < m_count; ++m)  // leftover tokens one at a time
-    rows_f32<T, 1, T::kGemvRows>(x + m * x_stride, 0, nblocks, w, w_stride, scales, n0, n1, y + m * y_stride, 0);
+  tokens_f32<T, false>(x, x_stride, m_count, nblocks, w, w_stride, scales, nullptr, n0, n1, y, y_stride);
+}
+
+template <class T>
+void gemm_t2g_f32(const float* x, int64_t x_stride, int64_t m_count, int64_t nblocks, const uint8_t* w,
+                  int64_t w_stride, const uint16_t* scales, int64_t n0, int64_t n1, float* y, int64_t y_stride) {
+  tokens_f32<T, true>(x, x_stride, m_count, nblocks, w, w_stride, nullptr, scales, n0, n1, y, y_stride);
 }
 
 }  // namespace tk

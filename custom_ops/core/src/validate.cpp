@@ -18,6 +18,7 @@ const char* dtype_name(int32_t dtype) {
     case BONSAI_DTYPE_I8: return "int8";
     case BONSAI_DTYPE_U8: return "uint8";
     case BONSAI_DTYPE_I64: return "int64";
+    case BONSAI_DTYPE_F16: return "float16";
     default: return "an unsupported dtype";
   }
 }
@@ -105,22 +106,34 @@ extern "C" {
 int bonsai_check_ternary_linear(const char* op, const bonsai_tensor* x, const bonsai_tensor* packed,
                                 const bonsai_tensor* scales, int64_t in_features, int64_t act_bits, int64_t* m,
                                 int64_t* n) {
+  return bonsai_check_ternary_linear_ex(op, x, packed, scales, in_features, act_bits, bonsai::kScaleChannel, m, n);
+}
+
+int bonsai_check_ternary_linear_ex(const char* op, const bonsai_tensor* x, const bonsai_tensor* packed,
+                                   const bonsai_tensor* scales, int64_t in_features, int64_t act_bits,
+                                   int64_t scale_layout, int64_t* m, int64_t* n) {
   using namespace bonsai;
   clear_error();
   const Checker c{op};
   if (!m || !n) return c.error(BONSAI_ERR_NULL, "null output pointer");
   if (act_bits != kActBitsNone && act_bits != kActBitsInt8)
     return c.error(BONSAI_ERR_ACT_BITS, "act_bits must be 0 or 8, got " + std::to_string(act_bits));
+  if (scale_layout != kScaleChannel && scale_layout != kScaleBlock)
+    return c.error(BONSAI_ERR_LAYOUT, "scale_layout must be 0 (channel) or 1 (block), got " +
+                                          std::to_string(scale_layout));
   if (int rc = c.in_features(in_features)) return rc;
-  const int64_t k = in_features, rb = row_bytes(k);
+  const int64_t k = in_features, rb = row_bytes(k), nb = num_blocks(k);
   if (int rc = c.activations(x, k, m)) return rc;
   const std::string expect_packed = "[N, " + std::to_string(rb) + "] (row_bytes(K=" + std::to_string(k) + "))";
   if (int rc = c.typed("packed", packed, BONSAI_DTYPE_U8, 2, expect_packed)) return rc;
-  if (int rc = c.typed("scales", scales, BONSAI_DTYPE_F32, 1, "[N]")) return rc;
-  if (packed->dims[1] != rb || scales->dims[0] != packed->dims[0])
+  const bool blocks = scale_layout == kScaleBlock;
+  const std::string expect_scales = blocks ? "[N, " + std::to_string(nb) + "] (scale_layout 1: one per block)" : "[N]";
+  if (int rc = c.typed("scales", scales, blocks ? BONSAI_DTYPE_F16 : BONSAI_DTYPE_F32, blocks ? 2 : 1, expect_scales))
+    return rc;
+  if (packed->dims[1] != rb || scales->dims[0] != packed->dims[0] || (blocks && scales->dims[1] != nb))
     return c.error(BONSAI_ERR_SHAPE, "packed " + dims_str(*packed) + " / scales " + dims_str(*scales) +
                                          " do not fit K=" + std::to_string(k) + " (expected [N, " +
-                                         std::to_string(rb) + "] / [N])");
+                                         std::to_string(rb) + "] / " + (blocks ? "[N, " + std::to_string(nb) + "]" : "[N]") + ")");
   return c.out_rows("packed", packed, n);
 }
 
@@ -187,7 +200,7 @@ int bonsai_check_dense_linear(const char* op, const bonsai_tensor* x, const bons
   // bf16: one float32 scale per row; int8: one bf16 scale per group of kDenseChunk along K; int4: a bf16
   // (scale, offset) pair per group.
   const bool grouped = bits != 16;
-  const int64_t groups = (k + kDenseChunk - 1) / kDenseChunk;
+  const int64_t groups = dense_groups(k);
   const int32_t s_rank = bits == 16 ? 1 : bits == 8 ? 2 : 3;
   const std::string expect_w = "[N, " + std::to_string(wk) + "]";
   const std::string expect_s = bits == 16 ? "[N]" : "[N, " + std::to_string(groups) + (bits == 4 ? ", 2]" : "]");

@@ -24,6 +24,7 @@ typedef enum bonsai_status {
   BONSAI_ERR_ISA = 4,       // unknown ISA name, or the ISA is not supported by this CPU
   BONSAI_ERR_ALLOC = 5,     // scratch memory or threads could not be allocated
   BONSAI_ERR_CODES = 6,     // packed weights hold the invalid 2-bit code 3
+  BONSAI_ERR_LAYOUT = 7,    // scale_layout not 0 (channel) or 1 (block)
 } bonsai_status;
 
 // Size limits every entry point enforces (they keep every index and byte count far from int64 overflow).
@@ -57,6 +58,15 @@ BONSAI_API int64_t bonsai_row_bytes(int64_t k);
 BONSAI_API int bonsai_ternary_linear(const float* x, int64_t m, int64_t k, const uint8_t* packed,
                                      int64_t packed_row_bytes, const float* scales, int64_t n, int32_t act_bits,
                                      float* y, const bonsai_parallel* parallel);
+
+// bonsai_ternary_linear with the scales' layout named (docs/FORMAT.md "Scales"): scale_layout 0 = float32
+// scales[N] (exactly bonsai_ternary_linear); 1 = fp16 block scales [N, num_blocks(K)] (raw binary16 bits, one
+// per block of 128 weights of each row): y[m, n] = sum_k s[n, k / 128] * T[n, k] * x[m, k]; with act_bits = 8
+// each block's exact int32 sum is scaled and added in block order, then times d[m] (bit-exact with
+// formats.matmul_blocks). Errors as bonsai_ternary_linear, plus BONSAI_ERR_LAYOUT.
+BONSAI_API int bonsai_ternary_linear_ex(const float* x, int64_t m, int64_t k, const uint8_t* packed,
+                                        int64_t packed_row_bytes, const void* scales, int32_t scale_layout, int64_t n,
+                                        int32_t act_bits, float* y, const bonsai_parallel* parallel);
 
 // acc[M, N] = sum_k q[m, k] * T[n, k] with int8 activations q[M, K] (row-major), exact int32: the integer core
 // of act_bits = 8, exported so tests compare integers, not floats. Any int8 value is accepted.
@@ -102,6 +112,7 @@ typedef enum bonsai_dtype {
   BONSAI_DTYPE_I8 = 3,
   BONSAI_DTYPE_U8 = 4,
   BONSAI_DTYPE_I64 = 5,
+  BONSAI_DTYPE_F16 = 6,
 } bonsai_dtype;
 
 typedef struct bonsai_tensor {
@@ -115,6 +126,11 @@ typedef struct bonsai_tensor {
 BONSAI_API int bonsai_check_ternary_linear(const char* op, const bonsai_tensor* x, const bonsai_tensor* packed,
                                            const bonsai_tensor* scales, int64_t in_features, int64_t act_bits,
                                            int64_t* m, int64_t* n);
+
+// As bonsai_check_ternary_linear with the scales' layout: 0: scales f32 [N]; 1: scales f16 [N, num_blocks(K)].
+BONSAI_API int bonsai_check_ternary_linear_ex(const char* op, const bonsai_tensor* x, const bonsai_tensor* packed,
+                                              const bonsai_tensor* scales, int64_t in_features, int64_t act_bits,
+                                              int64_t scale_layout, int64_t* m, int64_t* n);
 
 // dense_linear(x f32 [..., K], weight, scales): weight_bits 16: weight bf16 [N, K], scales f32 [N]; 8: int8 [N, K],
 // scales bf16 [N, ceil(K/32)]; 4: uint8 [N, 16 ceil(K/32)], scales bf16 [N, ceil(K/32), 2]. Same outputs as

@@ -7,7 +7,9 @@
 //   - a block is kBlockBytes bytes: bits 2i..2i+1 of byte j hold the code of weight kLanes*i + j (i = 0..3);
 //   - code = t + kCodeOffset (0 -> -1, 1 -> 0, 2 -> +1); code 3 is invalid and kernels do not check it
 //     per call (it decodes as +2 and gives wrong sums, never out-of-bounds access);
-//   - one float32 scale per output channel n, applied after the matmul; N is never padded.
+//   - scales, two layouts (scale_layout): kScaleChannel, one float32 per output channel n applied after the
+//     matmul (t2); kScaleBlock, one fp16 per block of each row, [N, num_blocks(K)] (t2g, group-scaled:
+//     W[n, k] = s[n, k / kBlockK] * t). N is never padded.
 // The layout never depends on the ISA: one 32-byte load, a shift by 2i and a mask by 3 give the codes of the
 // K range [32i, 32i + 32) in K order on AVX2, AVX-512 and NEON alike.
 #ifndef BONSAI_TERNARY_FORMAT_H
@@ -28,6 +30,8 @@ constexpr int kCodeMask = 3;              // a code is the low 2 bits after shif
 constexpr int kInt8QMax = 127;            // int8 activations are clamped to [-127, 127]
 constexpr int kActBitsNone = 0;           // float32 activations (exact Bonsai)
 constexpr int kActBitsInt8 = 8;           // per-token absmax int8 activations
+constexpr int kScaleChannel = 0;          // scale_layout: float32 [N]
+constexpr int kScaleBlock = 1;            // scale_layout: fp16 [N, num_blocks(K)], one per block
 
 static_assert(kBlockBytes == 32, "a block is one 256-bit load");
 static_assert(kLanes == kBlockBytes, "plane i of a block uses every byte of the block once");

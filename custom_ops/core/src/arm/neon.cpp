@@ -161,6 +161,12 @@ struct NeonTernary {
   }
 #endif
   static int32_t hsum(Sum sum) { return vaddvq_s32(sum); }
+  // fp16 block scale -> float32, exact (aarch64's half-precision convert, part of the baseline).
+  static float half(uint16_t h) {
+    __fp16 v;
+    memcpy(&v, &h, sizeof v);
+    return float(v);
+  }
   // The 32 weights of a plane as floats, 4 at a time.
   static void widen(Codes t, float32x4_t* f) {
     V::widen_i8(t.val[0], f);
@@ -173,12 +179,14 @@ struct NeonTernary {
 #if BONSAI_NEON_DOTPROD
 const KernelTable kDotprodTable = {
     "dotprod", quantize_row_i8, tk::gemv_i8<NeonTernary>, tk::gemm_i8<NeonTernary>, tk::gemv_f32<NeonTernary>,
-    tk::gemm_f32<NeonTernary>, fk::dense_f32<NeonVec>, fk::attend<NeonVec>,
+    tk::gemm_f32<NeonTernary>, tk::gemm_t2g_i8<NeonTernary>, tk::gemm_t2g_f32<NeonTernary>, fk::dense_f32<NeonVec>,
+    fk::attend<NeonVec>,
 };
 #else
 const KernelTable kNeonTable = {
     "neon", quantize_row_i8, tk::gemv_i8<NeonTernary>, tk::gemm_i8<NeonTernary>, tk::gemv_f32<NeonTernary>,
-    tk::gemm_f32<NeonTernary>, fk::dense_f32<NeonVec>, fk::attend<NeonVec>,
+    tk::gemm_f32<NeonTernary>, tk::gemm_t2g_i8<NeonTernary>, tk::gemm_t2g_f32<NeonTernary>, fk::dense_f32<NeonVec>,
+    fk::attend<NeonVec>,
 };
 #endif
 

@@ -11,23 +11,10 @@
 #include "../float_kernels.h"
 #include "../kernel_table.h"
 #include "../ternary_kernels.h"
+#include "ymm_blocks.h"
 
 namespace bonsai {
 namespace {
-
-inline int32_t hsum_i32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtsi128_si32(s);
-}
-
-inline float hsum_f32(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // Vector traits of the float kernels (float_kernels.h): 8 floats per ymm.
 struct Avx2Vec {
@@ -121,37 +108,16 @@ void quantize_row_i8_avx2(const float* x, int64_t k, int8_t* q, float* d) {
 // 16 ymm registers); the prefill tile's 4 tokens x 2 rows = 8 int16 sums + 2 code planes + 1 activation + 1
 // product fit them too (the int32 sums, touched once per kFlushBlocks blocks, may live on the stack), and each
 // unpacked block serves 4 tokens.
-struct Avx2Ternary {
+struct Avx2Ternary : YmmBlocks {
   static constexpr int kGemvRows = 4, kGemmTokens = 4, kGemmRows = 2, kGemvChains = 1;
-  static constexpr int kStepBlocks = 1;
-  static constexpr bool kUnsignedCodes = true;
   // Blocks whose int16 products are summed before one vpmaddwd widens them: a block adds at most
   // 4 planes x 2 x 2 x 127 = 2032 per int16 lane.
   static constexpr int64_t kFlushBlocks = 8;
   static_assert(kFlushBlocks * 4 * 2 * 2 * 128 < 32768, "int16 partial sums must not overflow");
-  // Decode streams the weights from DRAM: prefetch the same block of the rows kPrefetchTiles tiles ahead (rows
-  // are contiguous, so this runs a few KiB ahead of the loads; 1-8 tiles measured within noise of each other).
-  // Prefetches never fault, so running past the last row is harmless.
-  static constexpr int64_t kPrefetchTiles = 4;
   using V = Avx2Vec;
-  using Packed = __m256i;
-  using Codes = __m256i;  // unsigned codes c = t + 1, one per byte
-  using Act = __m256i;
   using Part = __m256i;   // int16 pair sums of vpmaddubsw
-  using Sum = __m256i;    // int32
 
-  static Packed load(const uint8_t* block, int64_t) { return _mm256_loadu_si256((const __m256i*)block); }
-  static void prefetch(const uint8_t* block, int64_t tile_bytes) {
-    __builtin_prefetch((const void*)(uintptr_t(block) + kPrefetchTiles * tile_bytes), 0, 3);  // T0
-  }
-  template <int I>
-  static Codes plane(Packed packed) {
-    return _mm256_and_si256(_mm256_srli_epi16(packed, 2 * I), _mm256_set1_epi8(kCodeMask));
-  }
-  template <int I>
-  static Act act(const int8_t* qb, int64_t) { return _mm256_loadu_si256((const __m256i*)(qb + I * kLanes)); }
   static Part part_zero() { return _mm256_setzero_si256(); }
-  static Sum sum_zero() { return _mm256_setzero_si256(); }
   static Part dot(Part part, Codes c, Act a) {
     part = _mm256_add_epi16(part, _mm256_maddubs_epi16(c, a));
     // Pins the running sum to a register here: otherwise GCC reassociates the block's integer adds, issues all
@@ -164,7 +130,6 @@ struct Avx2Ternary {
     for (int c = 0; c < C; ++c) sum = _mm256_add_epi32(sum, _mm256_madd_epi16(part[c], _mm256_set1_epi16(1)));
     return sum;
   }
-  static int32_t hsum(Sum sum) { return hsum_i32(sum); }
   // The 32 codes of a plane as floats t = c - 1, 8 at a time.
   static void widen(Codes codes, __m256* t) {
     const __m128i halves[2] = {_mm256_castsi256_si128(codes), _mm256_extracti128_si256(codes, 1)};
@@ -179,7 +144,8 @@ struct Avx2Ternary {
 
 const KernelTable kAvx2Table = {
     "avx2", quantize_row_i8_avx2, tk::gemv_i8<Avx2Ternary>, tk::gemm_i8<Avx2Ternary>, tk::gemv_f32<Avx2Ternary>,
-    tk::gemm_f32<Avx2Ternary>, fk::dense_f32<Avx2Vec>, fk::attend<Avx2Vec>,
+    tk::gemm_f32<Avx2Ternary>, tk::gemm_t2g_i8<Avx2Ternary>, tk::gemm_t2g_f32<Avx2Ternary>, fk::dense_f32<Avx2Vec>,
+    fk::attend<Avx2Vec>,
 };
 
 }  // namespace bonsai

@@ -13,54 +13,27 @@
 #include "../float_kernels.h"
 #include "../kernel_table.h"
 #include "../ternary_kernels.h"
+#include "ymm_blocks.h"
 
 namespace bonsai {
 namespace {
-
-inline int32_t hsum_i32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtsi128_si32(s);
-}
 
 // Building blocks of the GEMM (ternary_kernels.h), in ymm: 4 tokens x 4 rows = 16 accumulators, 4 code planes and
 // temporaries within the 32 ymm registers; each unpacked weight block serves 4 tokens. Its leftover tokens run
 // 4-row tiles whose vpdpbusd (latency ~5 cycles) would wait on a chain of 4 dependent products per block with one
 // accumulator per row: they keep one per plane instead (16 chains).
-struct Avx512Ymm {
+struct Avx512Ymm : YmmBlocks {
   static constexpr int kGemvRows = 4, kGemmTokens = 4, kGemmRows = 4, kGemvChains = 4;
-  static constexpr int kStepBlocks = 1;
-  static constexpr bool kUnsignedCodes = true;
   static constexpr int64_t kFlushBlocks = 256;  // int32 sums: flushing only bounds the loop
-  // Prefetch the same block of the rows kPrefetchTiles tiles ahead (rows are contiguous; 1-8 tiles measured within
-  // noise of each other). Prefetches never fault, so running past the last row is harmless.
-  static constexpr int64_t kPrefetchTiles = 4;
-  using Packed = __m256i;
-  using Codes = __m256i;  // unsigned codes c = t + 1
-  using Act = __m256i;
   using Part = __m256i;   // int32
-  using Sum = __m256i;
 
-  static Packed load(const uint8_t* block, int64_t) { return _mm256_loadu_si256((const __m256i*)block); }
-  static void prefetch(const uint8_t* block, int64_t tile_bytes) {
-    __builtin_prefetch((const void*)(uintptr_t(block) + kPrefetchTiles * tile_bytes), 0, 3);  // T0
-  }
-  template <int I>
-  static Codes plane(Packed packed) {
-    return _mm256_and_si256(_mm256_srli_epi16(packed, 2 * I), _mm256_set1_epi8(kCodeMask));
-  }
-  template <int I>
-  static Act act(const int8_t* qb, int64_t) { return _mm256_loadu_si256((const __m256i*)(qb + I * kLanes)); }
   static Part part_zero() { return _mm256_setzero_si256(); }
-  static Sum sum_zero() { return _mm256_setzero_si256(); }
   static Part dot(Part part, Codes c, Act a) { return _mm256_dpbusd_epi32(part, c, a); }
   template <int C>
   static Sum flush(Sum sum, const Part (&part)[C]) {
     for (int c = 0; c < C; ++c) sum = _mm256_add_epi32(sum, part[c]);
     return sum;
   }
-  static int32_t hsum(Sum sum) { return hsum_i32(sum); }
 };
 
 // Building blocks of the GEMV (decode), in zmm: two blocks per register and no shifts.
@@ -177,6 +150,7 @@ KernelTable avx512_table() {
   table.name = "avx512";
   table.gemv_i8 = tk::gemv_i8<Avx512Zmm>;
   table.gemm_i8 = tk::gemm_i8<Avx512Ymm>;
+  table.gemm_t2g_i8 = tk::gemm_t2g_i8<Avx512Ymm>;
   table.dense_f32 = fk::dense_f32<Avx512Vec>;
   table.attend = fk::attend<Avx512Vec>;
   return table;

@@ -1,0 +1,64 @@
+// Internal: the 256-bit building blocks that the AVX2 and AVX-512 ternary kernels share (avx2.cpp, avx512.cpp).
+// Everything is in an anonymous namespace and included by each ISA translation unit, so each one compiles its own
+// copy with its own target flags: no inline function is shared across flag sets (an ODR merge could otherwise
+// hand AVX-512-encoded code to an AVX2-only CPU).
+//
+// YmmBlocks is the part of the ternary_kernels.h block type that both ISAs read the same way: one block plane is
+// exactly one ymm of unsigned codes c = t + 1 lined up with 32 int8 activations. Each ISA derives from it and
+// adds only its multiply-accumulate (dot, flush) and its tiles.
+#ifndef BONSAI_X86_YMM_BLOCKS_H
+#define BONSAI_X86_YMM_BLOCKS_H
+
+#include <immintrin.h>
+
+#include "../kernel_table.h"
+
+namespace bonsai {
+namespace {
+
+inline int32_t hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline float hsum_f32(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+struct YmmBlocks {
+  static constexpr int kStepBlocks = 1;
+  static constexpr bool kUnsignedCodes = true;
+  // Decode streams the weights from DRAM: prefetch the same block of the rows kPrefetchTiles tiles ahead (rows
+  // are contiguous, so this runs a few KiB ahead of the loads; 1-8 tiles measured within noise of each other).
+  // Prefetches never fault, so running past the last row is harmless.
+  static constexpr int64_t kPrefetchTiles = 4;
+  using Packed = __m256i;
+  using Codes = __m256i;  // unsigned codes c = t + 1, one per byte
+  using Act = __m256i;
+  using Sum = __m256i;    // int32
+
+  static Packed load(const uint8_t* block, int64_t) { return _mm256_loadu_si256((const __m256i*)block); }
+  static void prefetch(const uint8_t* block, int64_t tile_bytes) {
+    __builtin_prefetch((const void*)(uintptr_t(block) + kPrefetchTiles * tile_bytes), 0, 3);  // T0
+  }
+  template <int I>
+  static Codes plane(Packed packed) {
+    return _mm256_and_si256(_mm256_srli_epi16(packed, 2 * I), _mm256_set1_epi8(kCodeMask));
+  }
+  template <int I>
+  static Act act(const int8_t* qb, int64_t) { return _mm256_loadu_si256((const __m256i*)(qb + I * kLanes)); }
+  static Sum sum_zero() { return _mm256_setzero_si256(); }
+  static int32_t hsum(Sum sum) { return hsum_i32(sum); }
+  // fp16 block scale -> float32, exact (F16C: both ISA files are built with -mf16c and dispatch checks it).
+  static float half(uint16_t h) { return _cvtsh_ss(h); }
+};
+
+}  // namespace
+}  // namespace bonsai
+
+#endif  // BONSAI_X86_YMM_BLOCKS_H
