@@ -9,7 +9,9 @@ Layout ("t2", 2 bits per weight):
 - A block is 32 bytes. Bits 2i..2i+1 of byte j hold the code of weight k = 32*i + j of the block (i = 0..3),
   code = t + 1 (0 -> -1, 1 -> 0, 2 -> +1; 3 is invalid). One 32-byte load, a shift by 2i and a mask by 3 yield
   the 32 codes of K-range [32i, 32i+32) in K order, so SIMD unpacking needs no shuffles on AVX2, AVX-512 or NEON.
-- One float32 scale per output channel n, applied after the matmul. N is never padded.
+- Scales (SCALE_LAYOUTS): "channel" (t2): one float32 scale per output channel n, applied after the matmul;
+  "block" (t2g, group-scaled, prism-ml's Ternary-Bonsai): one fp16 scale per block of 128 weights, [N, blocks],
+  W[n, k] = s[n, k // 128] * T[n, k]. N is never padded.
 
 Activations:
 - act_bits = 0 ("none"): float32 activations, y[m, n] = scale[n] * sum_k T[n, k] * x[m, k] (exact Bonsai).
@@ -19,6 +21,8 @@ Activations:
             d = amax / 127
       acc[m, n] = sum_k q[m, k] * T[n, k]   (exact int32)
       y[m, n] = (float(acc) * d) * scale[n]
+  block scales (matmul_blocks): one int32 sum per block, scaled and added in block order, then times d:
+      z = 0; for b: z = z + float(acc[m, n, b]) * float(s[n, b]);  y[m, n] = z * d[m]   (float32, no FMA)
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ BLOCK_BYTES = BLOCK_K // 4  # 2 bits per weight
 LANES = BLOCK_K // 4  # weights per 2-bit plane of a block (= bytes per block)
 CODE_OFFSET = 1  # code = t + 1
 ACT_MODES = {"none": 0, "int8": 8}  # CLI name -> act_bits
+# scale_layout: how a ternary matrix's scales are stored (docs/FORMAT.md "Scales"); mirrored by kScaleChannel /
+# kScaleBlock in ternary_format.h.
+SCALE_LAYOUTS = {"channel": 0, "block": 1}
+BLOCK_SCALE_DTYPE = np.float16
+# MatMulNBits (com.microsoft) over block-scaled t2: bits 2, one block per t2 block, code = t + zero point 2.
+NBITS_BITS = 2
+NBITS_ZERO_POINT = 2
 INT8_QMAX = 127
 # Dense weights (docs/FORMAT.md "Dense weights", bonsai_export/dense.py): the group-wise integer formats of the
 # head and the embedding share one scale per DENSE_GROUP weights along K. Mirrored by BONSAI_DENSE_GROUP in
@@ -45,6 +56,11 @@ def dense_groups(k: int) -> int:
 def dense_row_elements(bits: int, k: int) -> int:
     """Stored elements of one dense row: bf16 and int8 one per weight; int4 one byte per two codes, whole groups."""
     return dense_groups(k) * DENSE_GROUP // 2 if bits == 4 else k
+
+
+def num_blocks(k: int) -> int:
+    """Blocks of BLOCK_K weights covering K (the last one padded): the block scales of one row."""
+    return -(-k // BLOCK_K)
 
 
 def row_bytes(k: int) -> int:
@@ -112,3 +128,58 @@ def matmul(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, k: int, act_bi
         acc = int8_accumulate(q, t)
         return (acc.astype(np.float32) * d[:, None]) * scales
     raise ValueError(f"expected act_bits 0 (none) or 8 (int8), got {act_bits}")
+
+
+def check_block_scales(scales: np.ndarray, n: int, k: int) -> np.ndarray:
+    """The block scales of an [N, K] matrix: fp16 [N, num_blocks(K)], else ValueError naming what is wrong."""
+    want = (n, num_blocks(k))
+    if not isinstance(scales, np.ndarray) or scales.dtype != BLOCK_SCALE_DTYPE or scales.shape != want:
+        raise ValueError(f"expected block scales float16 {list(want)} for N={n}, K={k}, got "
+                         f"{getattr(scales, 'dtype', type(scales).__name__)} {list(getattr(scales, 'shape', []))}")
+    return scales
+
+
+def block_accumulate(q: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Exact int32 per-block sums acc[m, n, b] = sum_{k in block b} q[m, k] * t[n, k]."""
+    m, k = q.shape
+    nb = num_blocks(k)
+    qp = np.zeros((m, nb * BLOCK_K), np.int32)
+    tp = np.zeros((t.shape[0], nb * BLOCK_K), np.int32)
+    qp[:, :k], tp[:, :k] = q, t
+    return np.einsum("mbk,nbk->mnb", qp.reshape(m, nb, BLOCK_K), tp.reshape(-1, nb, BLOCK_K)).astype(np.int32)
+
+
+def matmul_blocks(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, k: int, act_bits: int) -> np.ndarray:
+    """Reference ternary linear with block scales (scale_layout "block"): x float32 [M, K] -> y float32 [M, N].
+    act_bits 8 is the stated order of docs/FORMAT.md, which every kernel reproduces bit for bit."""
+    x = np.asarray(x, dtype=np.float32)
+    t = unpack(packed, k)
+    s = check_block_scales(scales, t.shape[0], k).astype(np.float32)  # exact widening
+    if act_bits == 0:
+        w = t.astype(np.float32) * np.repeat(s, BLOCK_K, axis=1)[:, :k]
+        return x @ w.T
+    if act_bits == 8:
+        q, d = quantize_activations(x)
+        acc = block_accumulate(q, t)
+        z = np.zeros(acc.shape[:2], np.float32)
+        for b in range(acc.shape[2]):  # block order, float32 product then sum (numpy never fuses them)
+            z = z + acc[:, :, b].astype(np.float32) * s[:, b]
+        return z * d[:, None]
+    raise ValueError(f"expected act_bits 0 (none) or 8 (int8), got {act_bits}")
+
+
+def matmul_nbits_weights(packed: np.ndarray, scales: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Block-scaled t2 -> com.microsoft MatMulNBits inputs (bits=2, block_size=BLOCK_K), dequantizing to exactly
+    s[n, b] * T[n, k]: B uint8 [N, blocks, 32] (element e of a block in byte e // 4 at bits 2 (e % 4), code
+    t + 2, padding code 2 = weight 0), scales float32 [N * blocks] (the fp16 scales widened, exact) and
+    zero_points uint8 [N, ceil(blocks / 4)] (2 in every 2-bit field: (code - 2) * scale = t * scale)."""
+    t = unpack(packed, k)
+    n, nb = t.shape[0], num_blocks(k)
+    s = check_block_scales(scales, n, k)
+    codes = np.full((n, nb * BLOCK_K), NBITS_ZERO_POINT, np.uint8)
+    codes[:, :k] = (t + NBITS_ZERO_POINT).astype(np.uint8)
+    quads = codes.reshape(n, nb, BLOCK_K // 4, 4)
+    b = quads[..., 0] | (quads[..., 1] << 2) | (quads[..., 2] << 4) | (quads[..., 3] << 6)
+    zero = NBITS_ZERO_POINT * 0b01010101  # the zero point in all four 2-bit fields of a byte
+    zero_points = np.full((n, -(-nb // 4)), zero, np.uint8)
+    return b.astype(np.uint8), s.astype(np.float32).reshape(-1), zero_points

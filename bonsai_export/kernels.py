@@ -22,7 +22,7 @@ ENV_LIB = "BONSAI_KERNELS_LIB"
 ENV_FORCE_ISA = "BONSAI_FORCE_ISA"
 
 # bonsai_status codes (kernels.h) that mean the caller passed bad arguments.
-_ARGUMENT_ERRORS = {1, 2, 3}
+_ARGUMENT_ERRORS = {1, 2, 3, 7}
 
 _lib: ctypes.CDLL | None = None
 _lib_lock = threading.Lock()
@@ -54,6 +54,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bonsai_isa_supported": (ctypes.c_int, [ctypes.c_char_p]),
         "bonsai_row_bytes": (i64, [i64]),
         "bonsai_ternary_linear": (ctypes.c_int, [vp, i64, i64, vp, i64, vp, i64, i32, vp, par]),
+        "bonsai_ternary_linear_ex": (ctypes.c_int, [vp, i64, i64, vp, i64, vp, i32, i64, i32, vp, par]),
         "bonsai_int8_accumulate": (ctypes.c_int, [vp, i64, i64, vp, i64, i64, vp, par]),
         "bonsai_quantize_activations": (ctypes.c_int, [vp, i64, i64, vp, vp]),
         "bonsai_dense_linear": (ctypes.c_int, [vp, i64, i64, vp, i32, vp, i64, vp, par]),
@@ -161,25 +162,37 @@ def _call(fn, args: list, threads: int | None) -> None:
         _check(fn(*args, ctypes.byref(parallel)))
 
 
+def _check_scales(scales, n: int, k: int, scale_layout: int) -> np.ndarray:
+    if scale_layout == formats.SCALE_LAYOUTS["block"]:
+        return np.ascontiguousarray(formats.check_block_scales(scales, n, k))
+    if scale_layout != formats.SCALE_LAYOUTS["channel"]:
+        raise ValueError(f"expected scale_layout in {sorted(formats.SCALE_LAYOUTS.values())}, got {scale_layout!r}")
+    scales = _require(scales, "scales", np.float32, 1)
+    if scales.shape[0] != n:
+        raise ValueError(f"expected scales float32 [{n}], got {list(scales.shape)}")
+    return scales
+
+
 def ternary_linear(
-    x: np.ndarray, packed: np.ndarray, scales: np.ndarray, k: int, act_bits: int, threads: int | None = None
+    x: np.ndarray, packed: np.ndarray, scales: np.ndarray, k: int, act_bits: int, threads: int | None = None,
+    scale_layout: int = 0,
 ) -> np.ndarray:
-    """y float32 [M, N] = ternary linear of x float32 [M, K] (see formats.matmul; act_bits 8 is bit-exact)."""
+    """y float32 [M, N] = ternary linear of x float32 [M, K] (see formats.matmul; act_bits 8 is bit-exact).
+    scale_layout 0: scales float32 [N]; 1: float16 block scales [N, num_blocks(K)] (formats.matmul_blocks)."""
     packed = _check_weights(packed, k)
     x = _require(x, "x", np.float32, 2)
-    scales = _require(scales, "scales", np.float32, 1)
     n = packed.shape[0]
     if x.shape[1] != k or x.shape[0] == 0:
         raise ValueError(f"expected x float32 [M>0, {k}], got {list(x.shape)}")
-    if scales.shape[0] != n:
-        raise ValueError(f"expected scales float32 [{n}], got {list(scales.shape)}")
+    scales = _check_scales(scales, n, int(k), scale_layout)
     if act_bits not in formats.ACT_MODES.values():
         raise ValueError(f"expected act_bits in {sorted(formats.ACT_MODES.values())}, got {act_bits!r}")
     m = x.shape[0]
     y = np.empty((m, n), dtype=np.float32)
     lib = _load()
-    args = [x.ctypes.data, m, int(k), packed.ctypes.data, packed.shape[1], scales.ctypes.data, n, act_bits, y.ctypes.data]
-    _call(lib.bonsai_ternary_linear, args, threads)
+    args = [x.ctypes.data, m, int(k), packed.ctypes.data, packed.shape[1], scales.ctypes.data, scale_layout, n,
+            act_bits, y.ctypes.data]
+    _call(lib.bonsai_ternary_linear_ex, args, threads)
     return y
 
 

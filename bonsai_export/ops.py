@@ -1,9 +1,11 @@
 """The model's custom ops, each a functional op plus the `.out` overload ExecuTorch's runtime kernels implement.
 
-    ternary_linear(x[..., K] f32, packed[N, row_bytes(K)] u8, scales[N] f32, int in_features, int act_bits)
-        -> y[..., N] f32
+    ternary_linear(x[..., K] f32, packed[N, row_bytes(K)] u8, scales, int in_features, int act_bits,
+                   int scale_layout=0) -> y[..., N] f32
 Every ternary projection (docs/FORMAT.md, bonsai_export/formats.py). act_bits 0: float activations (exact
-Bonsai); 8: per-token absmax int8 activations with int32 accumulation.
+Bonsai); 8: per-token absmax int8 activations with int32 accumulation. scale_layout 0: scales f32 [N], one per
+output channel (Bonsai); 1: scales f16 [N, num_blocks(K)], one per block of 128 weights (Ternary-Bonsai), each
+block's int32 sum scaled on its own (formats.matmul_blocks).
 
     dense_linear(x[..., K] f32, weight, scales, int in_features, int weight_bits) -> y[..., N] f32
 Weight-only quantized linear with float activations (the output head; docs/FORMAT.md "Dense weights").
@@ -65,9 +67,12 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, torch.where(nonzero, amax / formats.INT8_QMAX, 0.0)
 
 
-def reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: int, act_bits: int) -> torch.Tensor:
+def reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: int, act_bits: int,
+              scale_layout: int = 0) -> torch.Tensor:
     """Pure-PyTorch ternary linear over x [M, K]."""
     t = unpack(packed, k)
+    if scale_layout == formats.SCALE_LAYOUTS["block"]:
+        return _reference_blocks(x, t, scales, k, act_bits)
     if act_bits == 0:
         return (x @ t.T.float()) * scales
     if act_bits == 8:
@@ -75,6 +80,22 @@ def reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
         acc = (q.double() @ t.T.double()).float()  # exact: |acc| <= 127 * K << 2**53
         return (acc * d) * scales
     raise ValueError(f"ternary_linear: expected act_bits 0 or 8, got {act_bits}")
+
+
+def _reference_blocks(x: torch.Tensor, t: torch.Tensor, scales: torch.Tensor, k: int, act_bits: int) -> torch.Tensor:
+    """Block scales [N, blocks]: formats.matmul_blocks in torch (int8: exact block sums, scaled in block order)."""
+    s = scales.float()
+    if act_bits == 0:
+        return x @ (t.float() * s.repeat_interleave(formats.BLOCK_K, dim=1)[:, :k]).T
+    if act_bits != 8:
+        raise ValueError(f"ternary_linear: expected act_bits 0 or 8, got {act_bits}")
+    q, d = quantize_activations(x)
+    z = torch.zeros(x.shape[0], t.shape[0])
+    for b in range(s.shape[1]):
+        cols = slice(b * formats.BLOCK_K, min(k, (b + 1) * formats.BLOCK_K))
+        acc = (q[:, cols].double() @ t[:, cols].T.double()).float()  # exact block sums
+        z = z + acc * s[:, b]
+    return z * d
 
 
 def _native():
@@ -85,27 +106,32 @@ def _native():
     return kernels if kernels.available() else None
 
 
-def _ternary_linear(x, packed, scales, in_features, act_bits):
-    if x.shape[-1] != in_features or packed.shape != (scales.shape[0], formats.row_bytes(in_features)):
+def _ternary_linear(x, packed, scales, in_features, act_bits, scale_layout=0):
+    blocks = scale_layout == formats.SCALE_LAYOUTS["block"]
+    want_scales = (packed.shape[0], formats.num_blocks(in_features)) if blocks else (packed.shape[0],)
+    if (x.shape[-1] != in_features or packed.shape[1:] != (formats.row_bytes(in_features),)
+            or tuple(scales.shape) != want_scales):
         raise ValueError(
             f"ternary_linear: x {list(x.shape)}, packed {list(packed.shape)}, scales {list(scales.shape)} "
-            f"do not fit in_features={in_features}"
+            f"do not fit in_features={in_features} and scale_layout={scale_layout}"
         )
     x2 = x.reshape(-1, in_features).float().contiguous()
     native = _native()
     if native is not None and x2.shape[0] > 0:
+        s = scales.to(torch.float16) if blocks else scales.float()
         y = torch.from_numpy(native.ternary_linear(
-            x2.numpy(), packed.contiguous().numpy(), scales.float().contiguous().numpy(), in_features, act_bits))
+            x2.numpy(), packed.contiguous().numpy(), s.contiguous().numpy(), in_features, act_bits,
+            scale_layout=scale_layout))
     else:
-        y = reference(x2, packed, scales.float(), in_features, act_bits)
+        y = reference(x2, packed, scales if blocks else scales.float(), in_features, act_bits, scale_layout)
     return y.reshape(*x.shape[:-1], packed.shape[0])
 
 
-def _linear_fake(x, weight, scales, in_features, bits):
+def _linear_fake(x, weight, scales, in_features, bits, scale_layout=0):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-_define("ternary_linear", "Tensor x, Tensor packed, Tensor scales, int in_features, int act_bits",
+_define("ternary_linear", "Tensor x, Tensor packed, Tensor scales, int in_features, int act_bits, int scale_layout=0",
         _ternary_linear, _linear_fake)
 
 

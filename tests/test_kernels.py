@@ -72,6 +72,7 @@ def test_header_constants_match_formats():
     assert c["kCodeOffset"] == formats.CODE_OFFSET
     assert c["kInt8QMax"] == formats.INT8_QMAX
     assert {c["kActBitsNone"], c["kActBitsInt8"]} == set(formats.ACT_MODES.values())
+    assert {"channel": c["kScaleChannel"], "block": c["kScaleBlock"]} == formats.SCALE_LAYOUTS
     for k in (1, 127, 128, 129, 1536, 4096, 5000):
         assert K._load().bonsai_row_bytes(k) == formats.row_bytes(k)
 
