@@ -131,6 +131,7 @@ class Attention(nn.Module):
         self.qkv_split = (q_dim, kv_dim, kv_dim)
         self.qkv_proj = linear(args.dim, q_dim + 2 * kv_dim, act_bits, group)
         self.o_proj = linear(q_dim, args.dim, act_bits, group)
+        self.qk_norm = args.qk_norm
         if args.qk_norm:  # Qwen3: each head of q and k normalized over head_dim, before RoPE
             self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
             self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
@@ -142,7 +143,7 @@ class Attention(nn.Module):
         q = q.reshape(b, t, self.n_heads, self.head_dim)  # [1, T, H, hd]
         k = k.reshape(b, t, self.n_kv_heads, self.head_dim)  # [1, T, Hkv, hd]
         v = v.reshape(b, t, self.n_kv_heads, self.head_dim)
-        if hasattr(self, "q_norm"):
+        if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
