@@ -5,6 +5,8 @@
   tokenizer_config.json, so the file's own pre-tokenizer cannot be trusted).
 - An artifact folder carries that pipeline as its canonical tokenizer.json (`write_canonical`), read with raw
   `tokenizers`: what bonsai_runner and the Android app implement too.
+- Two families are supported: SentencePiece-style BPE (Llama-2, Mistral: byte fallback, "▁" for spaces) and
+  byte-level BPE (Qwen2/Qwen3, Llama-3: a known pre-tokenizer regex, every byte one symbol).
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ PROBE_TEXTS = (
     "!?", "3 starts with a digit", "2026-12-01 12:00", "café naïve résumé", "Ünïcödé", "日本語のテキスト", "中文 字",
     "emoji 😀 and 👍🏽", "<s> typed as text", "Hello <s> world", "x</s>y", "<unk>", "<s><s>", "a<s>b</s>c",
     "<s", "s>", "mixed\t \n spaces", "\u00a0nbsp", "zero\u200bwidth", "def f(x):\n    return x + 1", "",
+    # what a byte-level pre-tokenizer regex cuts on: contractions, digit runs, \r\n, punctuation runs, marks
+    "it's, don't, we're, they've, I'm, you'll, he'd", "IT'S DON'T 'Re 'LL", "x's'", "12345678901 and 3.14159",
+    "line\r\nbreak\r\n\r\n", "  \n\t  \r\n", "trailing spaces   ", "...!!!???---", "(a) [b] {c} \"d\" 'e'",
+    "e\u0301 vs \u00e9, A\u030a, \u1e9b\u0323", "\U0001f468\u200d\U0001f469\u200d\U0001f467 family, \U0001f1eb\U0001f1f7",
+    "\u0661\u0662\u0663 \u2167 \u00bd", "<|im_start|>user\nHi<|im_end|>\n", "<|endoftext|>",
+    "x<|im_end|><|im_start|>y", "<|im_start", "\u4f60\u597d\uff0c\u4e16\u754c\uff01",
 )
 
 
@@ -52,9 +60,17 @@ class Settings:
     prefix: str  # "first" | "always" | "never" (Metaspace's prepend_scheme) | "legacy" (Prepend normalizer)
     bos: tuple[int, ...]  # ids the post-processor puts before the text
     eos: tuple[int, ...]  # and after it
+    kind: str = "sentencepiece"  # | "byte_level"
+    split: str | None = None  # byte_level: the pre-tokenizer regex by name, a key of SPLIT_PATTERNS
+    nfc: bool = False  # byte_level: the NFC normalizer runs before the split
+    ignore_merges: bool = False  # byte_level: a word that is a vocabulary piece is taken whole (Llama-3)
 
     def to_dict(self) -> dict:
-        return {"file": TOKENIZER_JSON, "prefix": self.prefix, "bos": list(self.bos), "eos": list(self.eos)}
+        out = {"file": TOKENIZER_JSON, "prefix": self.prefix, "bos": list(self.bos), "eos": list(self.eos)}
+        if self.kind != "sentencepiece":  # the SentencePiece entry keeps the keys artifacts always had
+            out.update(kind=self.kind, split=self.split, normalizer="NFC" if self.nfc else None,
+                       ignore_merges=self.ignore_merges)
+        return out
 
 
 class Tokenizer:
@@ -151,27 +167,37 @@ def _read_reference(folder: Path):
     return ref, pipeline
 
 
-def settings(pipeline) -> Settings:
-    """The Settings of a pipeline, or one error naming the part outside the subset every runner implements."""
+def settings(pipeline, byte_level: bool = False) -> Settings:
+    """The Settings of a pipeline, or one error naming the part outside the subset every runner implements.
+
+    `byte_level` also accepts the byte-level BPE layout (Qwen2, Llama-3): the runners implement it, a caller that
+    only handles SentencePiece vocabularies (the GGUF writer's llama vocabulary) leaves it False."""
     spec = json.loads(pipeline.to_str())
+    for part in ("truncation", "padding"):
+        if spec.get(part) is not None:
+            _unsupported(part, "none")
+    _check_added_tokens(spec)
+    if byte_level and _looks_byte_level(spec):
+        return _byte_level_settings(spec)
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or not model.get("byte_fallback") or not model.get("fuse_unk") \
             or model.get("ignore_merges") or model.get("dropout") is not None \
             or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
-        _unsupported("model", "a SentencePiece-style BPE (byte_fallback, fuse_unk, merges, no dropout, no affixes)")
-    for part in ("truncation", "padding"):
-        if spec.get(part) is not None:
-            _unsupported(part, "none")
-    vocab = model.get("vocab") or {}
+        _unsupported("model", "a SentencePiece-style BPE (byte_fallback, fuse_unk, merges, no dropout, no affixes)"
+                     + (" or a byte-level BPE" if byte_level else ""))
+    prefix = _prefix(spec.get("normalizer"), spec.get("pre_tokenizer"))
+    _check_decoder(spec.get("decoder"))
+    bos, eos = _template(spec.get("post_processor"), spec)
+    return Settings(prefix, bos, eos)
+
+
+def _check_added_tokens(spec: dict) -> None:
+    vocab = (spec.get("model") or {}).get("vocab") or {}
     for tok in spec.get("added_tokens") or []:
         if tok.get("normalized") or tok.get("lstrip") or tok.get("rstrip") or tok.get("single_word"):
             _unsupported(f"added token {tok.get('content')!r}", "normalized, lstrip, rstrip and single_word false")
         if vocab.get(tok.get("content"), tok.get("id")) != tok.get("id"):  # tokenizers would use the vocab's id
             _unsupported(f"added token {tok.get('content')!r} id {tok.get('id')}", "the vocabulary's id")
-    prefix = _prefix(spec.get("normalizer"), spec.get("pre_tokenizer"))
-    _check_decoder(spec.get("decoder"))
-    bos, eos = _template(spec.get("post_processor"), spec)
-    return Settings(prefix, bos, eos)
 
 
 def _unsupported(part: str, expected: str):
@@ -226,12 +252,83 @@ def _template(post, spec) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(before), tuple(after)
 
 
+# ---- byte-level BPE (Qwen2/Qwen3, Llama-3) ----
+
+# The pre-tokenizer regexes the runners implement as plain code (custom_ops/runner/pretokenize.cpp, Tokenizer.kt),
+# by name; a Split with any other pattern is refused. Qwen2's is transformers' Qwen2Tokenizer PRETOKENIZE_REGEX
+# (Qwen3 ships the same tokenizer); Llama-3's differs only in taking digits three at a time.
+SPLIT_PATTERNS = {
+    "qwen2": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    "llama3": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+}
+
+
+def byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's byte -> character map: printable Latin-1 bytes stand for themselves, the other 68 bytes take the
+    code points from U+0100 on, in byte order."""
+    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    out, extra = {b: chr(b) for b in kept}, 0
+    for b in range(256):
+        if b not in out:
+            out[b], extra = chr(0x100 + extra), extra + 1
+    return out
+
+
+def _looks_byte_level(spec: dict) -> bool:
+    """The decoder names the family, as in the C++ and Kotlin runners: ByteLevel for byte-level BPE."""
+    return (spec.get("decoder") or {}).get("type") == "ByteLevel"
+
+
+def _byte_level_settings(spec: dict) -> Settings:
+    model = spec.get("model") or {}
+    vocab = model.get("vocab") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback") or model.get("dropout") is not None \
+            or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") \
+            or (model.get("unk_token") is not None and model.get("unk_token") not in vocab):
+        _unsupported("model", "a byte-level BPE (no byte_fallback, dropout or affixes; unk_token null or a piece)")
+    missing = [b for b, c in byte_level_alphabet().items() if c not in vocab]
+    if missing:
+        _unsupported(f"model.vocab (no piece for byte 0x{missing[0]:02X})", "a vocabulary holding all 256 bytes")
+    normalizer = spec.get("normalizer")
+    if normalizer is not None and normalizer != {"type": "NFC"}:
+        _unsupported("normalizer", "none or NFC with a byte-level BPE")
+    split = _split_name(spec.get("pre_tokenizer"))
+    bos, eos = _template(_without_byte_level(spec.get("post_processor")), spec)
+    return Settings("never", bos, eos, kind="byte_level", split=split, nfc=normalizer is not None,
+                    ignore_merges=bool(model.get("ignore_merges")))
+
+
+def _split_name(pre_tokenizer) -> str:
+    steps = (pre_tokenizer or {}).get("pretokenizers") or []
+    split, byte_level = (steps + [{}, {}])[:2] if len(steps) == 2 else ({}, {})
+    name = next((k for k, v in SPLIT_PATTERNS.items() if (split.get("pattern") or {}).get("Regex") == v), None)
+    if (pre_tokenizer or {}).get("type") != "Sequence" or split.get("type") != "Split" or name is None \
+            or split.get("behavior") != "Isolated" or split.get("invert") \
+            or byte_level.get("type") != "ByteLevel" or byte_level.get("add_prefix_space") \
+            or byte_level.get("use_regex"):
+        _unsupported("pre_tokenizer", "Sequence[Split(the Qwen2 or Llama-3 regex, Isolated), ByteLevel("
+                     "add_prefix_space false, use_regex false)] with a byte-level BPE")
+    return name
+
+
+def _without_byte_level(post):
+    """The post-processor less its ByteLevel steps, which only move offsets (never ids)."""
+    if post is None or post.get("type") == "ByteLevel":
+        return None
+    if post.get("type") == "Sequence":
+        rest = [p for p in post.get("processors") or [] if p.get("type") != "ByteLevel"]
+        if len(rest) > 1:
+            _unsupported("post_processor", "ByteLevel steps and at most one TemplateProcessing")
+        return rest[0] if rest else None
+    return post
+
+
 def write_canonical(source: Path, out: Path) -> Settings:
     """Write the reference pipeline of checkpoint folder `source` into artifact folder `out`: tokenizer.json,
     a tokenizer_config.json that reads back the same, and the SentencePiece model as shipped."""
     source, out = Path(source), Path(out)
     ref, pipeline = _reference(source)
-    found = settings(pipeline)
+    found = settings(pipeline, byte_level=True)
     _note_disagreement(source, pipeline)
     pipeline.save(str(out / TOKENIZER_JSON))
     (out / TOKENIZER_CONFIG).write_text(json.dumps(_config(source, ref, found), indent=2, ensure_ascii=False) + "\n")
@@ -252,7 +349,9 @@ def _config(source: Path, ref, found: Settings) -> dict:
     for key in ("auto_map", "tokenizer_file", "vocab_file", "added_tokens_decoder"):  # no remote code, no paths
         cfg.pop(key, None)
     cfg.update(tokenizer_class=type(ref).__name__, add_bos_token=bool(found.bos), add_eos_token=bool(found.eos),
-               legacy=found.prefix in ("always", "legacy"), add_prefix_space=found.prefix != "never")
+               add_prefix_space=found.prefix != "never")
+    if found.kind == "sentencepiece":  # `legacy` is a SentencePiece setting only
+        cfg["legacy"] = found.prefix in ("always", "legacy")
     for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
         value = getattr(ref, name, None)
         if isinstance(value, str):

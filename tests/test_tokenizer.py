@@ -9,6 +9,7 @@ and corpus in test_runner_tokenizer.py and test_kotlin_jvm.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -49,12 +50,10 @@ def reference(folder):
 def retokenize(artifact, layout, dst):
     """The artifact with the tokenizer files export writes for a checkpoint of this layout."""
     shutil.copytree(artifact, dst)
+    manifest = A.read_manifest(dst)  # before the files change: write_manifest hashes them again
     for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
         (dst / name).unlink(missing_ok=True)
-    manifest = json.loads((dst / A.MANIFEST).read_text())
-    body = {k: v for k, v in manifest.items() if k not in ("files", "format_version", "bonsai_export_version")}
-    body["tokenizer"] = T.write_canonical(layout, dst).to_dict()
-    A.write_manifest(dst, body)
+    A.write_manifest(dst, dataclasses.replace(manifest, tokenizer=T.write_canonical(layout, dst).to_dict()))
     return dst
 
 
