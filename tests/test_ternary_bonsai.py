@@ -155,6 +155,33 @@ def test_cli_refuses_export_a_bad_group_and_a_truncated_gguf(tiny, gguf_folder, 
     assert res.returncode == 2 and "truncated" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+def test_a_dense_embedding_stays_dense_and_still_matches_transformers(tiny, tmp_path):
+    """Linears must be group-ternary; a table that is not is read as the dense tensor it is."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "dense-embed"
+    shutil.copytree(tiny, folder)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.embed_tokens.weight"] = torch.randn(tensors["model.embed_tokens.weight"].shape).to(torch.bfloat16)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    ckpt = C.load(folder, progress=False)
+    assert "model.embed_tokens" not in ckpt.ternary and "model.embed_tokens.weight" in ckpt.dense
+    theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    prompt = [5, 17, 900, 3, 1030, 64]
+    with torch.no_grad():
+        want = theirs(torch.tensor([prompt])).logits
+        got = from_checkpoint(ckpt)(torch.tensor([prompt]), positions(0, len(prompt)))
+    torch.testing.assert_close(got, want, rtol=0, atol=LOGIT_ATOL)
+
+
+def test_make_checkpoint_cli_writes_the_preset(tmp_path):
+    res = cli("make-checkpoint", "--preset", "ternary-bonsai-tiny", "--out", tmp_path / "t")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+
+
 def test_config_json_of_the_folder(tiny):
     cfg = json.loads((tiny / "config.json").read_text())
     assert cfg == config.to_qwen3_config(config.PRESETS["ternary-bonsai-tiny"])
