@@ -1,38 +1,36 @@
-"""What an exported folder holds and how it describes itself: ExportConfig, metadata keys, the manifest."""
+"""The artifact contract: what an exported folder is (ExportConfig, ModelShape, ArtifactEntry, Manifest), the
+metadata export bakes into the .pte (PteMetadata) and the .onnx (onnx_metadata), and the manifest's reader and
+writer. Everything else reads an artifact through these types; the C++ runner's and the Kotlin app's key tables
+are generated from them (artifact_sources.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from . import __version__, formats
 from .errors import BonsaiError
 from .paths import inside
 
-FORMAT_VERSION = 1
+# Raised whenever the manifest or the embedded metadata change; a reader refuses every other version.
+FORMAT_VERSION = 2
 MANIFEST = "bonsai_manifest.json"
 PTE_FILE = "model.pte"
 ONNX_FILE = "model.onnx"
+ONNX_DATA_FILE = f"{ONNX_FILE}.data"  # its external weights, past export/onnx.py's EXTERNAL_DATA_LIMIT
 GGUF_FILE = "model.gguf"  # llama.cpp's single-file format (export/gguf.py)
 GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's config, beside model.onnx
 ORT_OPS_LIB = "libbonsai_ort_ops.so"  # our ONNX Runtime custom ops, copied into custom-variant folders
 
-# ExecuTorch LLM runner metadata: constant methods baked into the .pte (names as ExecuTorch's runner reads them).
-META_MAX_SEQ_LEN = "get_max_seq_len"
-META_MAX_CONTEXT_LEN = "get_max_context_len"
-META_VOCAB_SIZE = "get_vocab_size"
-META_N_LAYERS = "get_n_layers"
-META_USE_KV_CACHE = "use_kv_cache"
-META_DYNAMIC_SHAPE = "enable_dynamic_shape"
-META_BOS_ID = "get_bos_id"
-META_EOS_IDS = "get_eos_ids"
-
 # "all" is pte + onnx: a gguf needs every ternary K to be a multiple of 256 (the tiny default's 192 is not), so it
 # is asked for by name (export/gguf.py).
 ARTIFACT_FORMATS = ("pte", "onnx", "all", "gguf")
+ARTIFACT_TYPES = ("pte", "onnx", "gguf")  # ArtifactEntry.type: one file format each
+RUNNABLE = ("pte", "onnx")  # the types bonsai-export's runners open
 EMBEDDINGS = ("bf16", "int8")
 HEADS = ("bf16", "int8", "int4")
 TERNARY_OPS = ("custom", "stock")  # ONNX: bonsai::TernaryMatMul (our library) or com.microsoft MatMulNBits bits=2
@@ -44,17 +42,17 @@ GGUF_FALLBACKS = ("none", "f16", "q8_0")
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Every option of `bonsai-export export`; the CLI's defaults come from here."""
+    """Every option of `bonsai-export export`; the CLI's defaults come from here. Threads are not here: they
+    belong to the machine that runs the artifact, and the runners take them."""
 
     format: str = "pte"
-    max_seq_len: int | None = None  # None: the model's limit (Bonsai: 2048)
+    max_seq_len: int | None = None  # the context (KV cache positions); None: the model's limit (Bonsai: 2048)
     act_quant: str = "int8"  # int8: per-token absmax int8 activations; none: float (exact Bonsai)
     # The checkpoint's own bf16 tables (lossless): --act-quant none is then exact Bonsai, and with int8 activations
     # the int8 head cost top-1 agreement under the 98% gate on trained-small (README, "Heads and embedding").
     embedding: str = "bf16"
     head: str = "bf16"
     ternary_op: str = "custom"  # ONNX only: custom = bonsai::TernaryMatMul; stock = MatMulNBits (unmodified ORT)
-    threads: int = 0  # runner default; 0: the runtime's choice
     # GGUF only. TQ2_0 is what llama.cpp decodes fastest (TQ1_0: 1.69 bits, slower); F16 head and embedding are
     # the checkpoint's bf16 values exactly (down to 2**-14) in the half type every llama.cpp backend runs.
     gguf_ternary: str = "tq2_0"
@@ -72,13 +70,198 @@ class ExportConfig:
             if getattr(self, name) not in allowed:
                 raise BonsaiError(f"--{name.replace('_', '-')}: expected one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
-        if self.max_seq_len is not None and self.max_seq_len < 2:
+        if self.max_seq_len is not None and (not _is_int(self.max_seq_len) or self.max_seq_len < 2):
             raise BonsaiError(f"--max-seq-len: expected >= 2, got {self.max_seq_len}")
-        if self.threads < 0:
-            raise BonsaiError(f"--threads: expected >= 0, got {self.threads}")
+
+    @property
+    def exact(self) -> bool:
+        """Float activations and the checkpoint's bf16 embedding and head: the float reference's math up to
+        rounding (a stock MatMulNBits runtime aside, which validate judges from the runner)."""
+        return (self.act_quant, self.embedding, self.head) == ("none", "bf16", "bf16")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """The canonical text embedded in the .pte and the .onnx (sorted keys: the same options, the same bytes)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data, where: str) -> "ExportConfig":
+        if not isinstance(data, dict) or set(data) - {f.name for f in dataclasses.fields(cls)}:
+            unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)}) if isinstance(data, dict) else []
+            raise BonsaiError(f"{where}: 'options' is not an object of export options"
+                              + (f" (unknown {', '.join(unknown)})" if unknown else "") + "; re-export the folder")
+        try:
+            return cls(**data)
+        except BonsaiError as exc:
+            raise BonsaiError(f"{where}: options: {exc}; re-export the folder") from None
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The manifest's `model`: what the runners allocate and check (every field a runner reads is checked against
+    the program itself before use), and the figures info and bench report."""
+
+    n_layers: int
+    dim: int
+    vocab_size: int
+    max_seq_len: int  # the context: KV cache positions (a .pte's tokens per call are PteMetadata.call_tokens)
+    bos_id: int
+    eos_ids: tuple[int, ...]
+    n_kv_heads: int
+    head_dim: int
+    ternary_weights: int = 0
+    ternary_bytes: int = 0
+    bits_per_ternary_weight: float = 0.0
+    head_bytes: int = 0
+    note: str | None = None  # what an artifact not made by export is (bench's baselines)
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Weights read per decoded token: every ternary matrix and the head (KV cache reads excluded)."""
+        return self.ternary_bytes + self.head_bytes
+
+
+# The fields a runner reads: non-negative integers (checked before any is used).
+_SHAPE_INTS = ("n_layers", "dim", "vocab_size", "max_seq_len", "bos_id", "n_kv_heads", "head_dim")
+
+
+@dataclass(frozen=True)
+class ArtifactEntry:
+    """One runnable (or llama.cpp) file of the folder: a manifest `artifacts` entry."""
+
+    type: str  # pte, onnx or gguf
+    file: str
+    op_library: str | None = None  # pte: the package's ExecuTorch op library; onnx (custom): the copy in the folder
+    ternary_op: str | None = None  # onnx: custom or stock
+    files: tuple[str, ...] = ()  # onnx: the graph and its external data
+    genai_config: str | None = None  # onnx: onnxruntime-genai's config beside it
+    bits_per_ternary_weight: float | None = None  # gguf: its blocks' bits, not our packing's
+    details: dict = field(default_factory=dict)  # gguf: tensor types, fallbacks, scale rounding (reported only)
+
+    def to_dict(self) -> dict:
+        fixed = {**dataclasses.asdict(self), "files": list(self.files) or None}
+        del fixed["details"]
+        return {**{k: v for k, v in fixed.items() if v is not None}, **self.details}
+
+
+@dataclass(frozen=True)
+class Source:
+    checkpoint: str  # a local folder as an absolute path, a hub id as given
+    format: str | None = None  # the checkpoint's weight format (checkpoint.detect_format)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """bonsai_manifest.json: the one description of an artifact folder, written by export and read back only
+    through read_manifest. `tokenizer` is tokenizer.Settings.to_dict() (the pipeline's settings)."""
+
+    artifacts: tuple[ArtifactEntry, ...]
+    options: ExportConfig
+    model: ModelShape
+    source: Source
+    tokenizer: dict
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    bonsai_export_version: str = __version__
+
+    def artifact(self, kind: str) -> ArtifactEntry | None:
+        return next((a for a in self.artifacts if a.type == kind), None)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [a.type for a in self.artifacts]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.bytes for f in self.files.values())
+
+    def to_dict(self) -> dict:
+        return {"format_version": self.format_version, "bonsai_export_version": self.bonsai_export_version,
+                "artifacts": [a.to_dict() for a in self.artifacts], "options": self.options.to_dict(),
+                "model": {k: (list(v) if k == "eos_ids" else v) for k, v in dataclasses.asdict(self.model).items()
+                          if v is not None},
+                "source": {k: v for k, v in dataclasses.asdict(self.source).items() if v is not None},
+                "tokenizer": self.tokenizer,
+                "files": {name: dataclasses.asdict(e) for name, e in self.files.items()}}
+
+
+@dataclass(frozen=True)
+class PteMetadata:
+    """The constant methods baked into a .pte: ExecuTorch's LLM runner metadata under ExecuTorch's names (its
+    "max_seq_len" is tokens per call, here `call_tokens`; the context is its "max_context_len"), and our options."""
+
+    call_tokens: int  # most tokens one forward call takes; longer prompts go in several calls
+    max_seq_len: int  # the context: KV cache positions
+    vocab_size: int
+    n_layers: int
+    bos_id: int
+    eos_ids: tuple[int, ...]
+    options: ExportConfig
+    format_version: int = FORMAT_VERSION
+
+    # field -> constant method; the C++ runner's and the Kotlin app's copies are generated from these tables
+    METHODS: ClassVar[dict[str, str]] = {
+        "call_tokens": "get_max_seq_len", "max_seq_len": "get_max_context_len", "vocab_size": "get_vocab_size",
+        "n_layers": "get_n_layers", "bos_id": "get_bos_id", "eos_ids": "get_eos_ids",
+        "options": "get_bonsai_export_options", "format_version": "get_bonsai_format_version"}
+    # fixed flags ExecuTorch's runner reads: every program has a KV cache and a dynamic prompt length
+    FLAGS: ClassVar[dict[str, bool]] = {"use_kv_cache": True, "enable_dynamic_shape": True}
+
+    def methods(self) -> dict:
+        """Constant method name -> value, for to_edge_transform_and_lower (the options as UTF-8 bytes: a
+        constant method returns numbers or lists of them)."""
+        values = {**dataclasses.asdict(self), "eos_ids": list(self.eos_ids),
+                  "options": list(self.options.to_json().encode())}
+        return {**{self.METHODS[k]: v for k, v in values.items()}, **self.FLAGS}
+
+    @classmethod
+    def read(cls, get, where: str) -> "PteMetadata":
+        """From a program: `get(method name)` returns what the method returns (a list of numbers)."""
+        values = {k: get(name) for k, name in cls.METHODS.items()}
+        try:
+            options = json.loads(bytes(int(b) for b in values.pop("options")).decode())
+        except (ValueError, UnicodeDecodeError):
+            raise BonsaiError(f"{where}: its {cls.METHODS['options']} is not JSON; re-export the folder") from None
+        scalars = {k: int(v[0]) for k, v in values.items() if k != "eos_ids"}
+        return cls(**scalars, eos_ids=tuple(int(e) for e in values["eos_ids"]),
+                   options=ExportConfig.from_dict(options, where))
+
+
+# The .onnx's metadata_props (onnx.ModelProto; ONNX Runtime: session.get_modelmeta().custom_metadata_map).
+ONNX_META_OPTIONS = "bonsai_export_options"
+ONNX_META_FORMAT_VERSION = "bonsai_format_version"
+
+
+def onnx_metadata(cfg: ExportConfig) -> dict[str, str]:
+    return {ONNX_META_OPTIONS: cfg.to_json(), ONNX_META_FORMAT_VERSION: str(FORMAT_VERSION)}
+
+
+def onnx_options(props: dict[str, str], where: str) -> ExportConfig:
+    """The export options an .onnx carries (its metadata_props)."""
+    if ONNX_META_OPTIONS not in props:
+        raise BonsaiError(f"{where}: no {ONNX_META_OPTIONS} in its metadata; re-export the folder")
+    try:
+        data = json.loads(props[ONNX_META_OPTIONS])
+    except ValueError:
+        raise BonsaiError(f"{where}: its {ONNX_META_OPTIONS} is not JSON; re-export the folder") from None
+    return ExportConfig.from_dict(data, where)
+
+
+def check_embedded(options: ExportConfig, manifest: Manifest, where: str) -> None:
+    """The options a .pte or .onnx carries must be the manifest's (a file of another export, copied in)."""
+    if options != manifest.options:
+        diff = [f"{k} {v!r} vs {getattr(manifest.options, k)!r}" for k, v in options.to_dict().items()
+                if getattr(manifest.options, k) != v]
+        raise BonsaiError(f"{where}: exported with other options than {MANIFEST} says ({'; '.join(diff)}); "
+                          f"re-export the folder")
 
 
 def sha256(path: Path) -> str:
@@ -89,15 +272,18 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(folder: Path, body: dict) -> dict:
+def write_manifest(folder: Path, body: Manifest | dict) -> Manifest:
     """Hash every file of the folder into the manifest (written last, so it covers all files), then seal the
-    manifest itself: an edit to it (an id, a size) is seen by verify and refused by the runners."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
-    manifest = {"format_version": FORMAT_VERSION, "bonsai_export_version": __version__, **body,
-                "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}}
-    manifest.pop(SEAL, None)  # a body copied from an older manifest carries the old seal
-    manifest[SEAL] = seal_of(manifest)
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest itself: an edit to it (an id, a size) is seen by verify and refused by the runners. `body` may be
+    the dict of a manifest read as JSON (a folder described again after its files changed)."""
+    if isinstance(body, dict):
+        body = parse_manifest(Path(folder), {**body, "files": {}, "format_version": FORMAT_VERSION})
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name != MANIFEST)
+    manifest = dataclasses.replace(body, format_version=FORMAT_VERSION, bonsai_export_version=__version__,
+                                   files={p.name: FileEntry(p.stat().st_size, sha256(p)) for p in files})
+    data = manifest.to_dict()
+    data[SEAL] = seal_of(data)
+    (Path(folder) / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
     return manifest
 
 
@@ -109,10 +295,19 @@ def seal_of(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def read_manifest(folder: Path, sealed: bool = True) -> dict:
+def read_manifest(folder: Path, sealed: bool = True) -> Manifest:
     """The manifest, its structure checked (every name it gives is a file inside the folder); `sealed`: also
     refuse a manifest edited after export (verify reports that as a difference instead)."""
-    path = Path(folder) / MANIFEST
+    raw = _read_json(Path(folder))
+    manifest = parse_manifest(Path(folder), raw)
+    if sealed and manifest_edited(raw):
+        raise BonsaiError(f"{Path(folder) / MANIFEST}: edited after export (its {SEAL} does not match); re-export "
+                          f"the folder, or run `bonsai-export verify {folder}`")
+    return manifest
+
+
+def _read_json(folder: Path) -> dict:
+    path = folder / MANIFEST
     if not path.is_file():
         raise BonsaiError(f"{folder}: no {MANIFEST}; not a bonsai-export artifact folder (run `bonsai-export "
                           f"export` first, or pass a checkpoint)")
@@ -123,11 +318,6 @@ def read_manifest(folder: Path, sealed: bool = True) -> dict:
         raise BonsaiError(f"{path}: not valid JSON ({str(exc)[:200]}); re-export the folder") from None
     if not isinstance(manifest, dict):
         raise BonsaiError(f"{path}: expected a JSON object, got {type(manifest).__name__}; re-export the folder")
-    _check_version(path, manifest)
-    _check_structure(Path(folder), manifest)
-    if sealed and manifest_edited(manifest):
-        raise BonsaiError(f"{path}: edited after export (its {SEAL} does not match); re-export the folder, or run "
-                          f"`bonsai-export verify {folder}`")
     return manifest
 
 
@@ -146,56 +336,87 @@ def _check_version(path: Path, manifest: dict) -> None:
                           f"re-export with this version")
 
 
-# The manifest fields a runner reads, and their types (checked before any is used).
-_MODEL_FIELDS = ("n_layers", "dim", "vocab_size", "max_seq_len", "bos_id", "n_kv_heads", "head_dim")
+def parse_manifest(folder: Path, raw: dict) -> Manifest:
+    """A manifest's JSON as a Manifest, every part checked: a wrong type fails here, on one line naming it, not
+    later inside a runner."""
+    _check_version(folder / MANIFEST, raw)
 
-
-def _check_structure(folder: Path, manifest: dict) -> None:
     def bad(what: str):
         return BonsaiError(f"{folder / MANIFEST}: {what}; re-export the folder")
 
-    files, arts, model = manifest.get("files"), manifest.get("artifacts"), manifest.get("model")
+    files = _files(folder, raw.get("files"), bad)
+    artifacts = tuple(_artifact(a, files, bad) for a in _artifact_list(raw.get("artifacts"), bad))
+    source = raw.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("checkpoint"), str):
+        raise bad("'source' is not an object naming the checkpoint")
+    tokenizer = raw.get("tokenizer")
+    if not isinstance(tokenizer, dict):
+        raise bad("'tokenizer' is not an object")
+    return Manifest(artifacts=artifacts, options=ExportConfig.from_dict(raw.get("options"), str(folder / MANIFEST)),
+                    model=_shape(raw.get("model"), bad), source=Source(source["checkpoint"], source.get("format")),
+                    tokenizer=tokenizer, files=files, format_version=raw["format_version"],
+                    bonsai_export_version=str(raw.get("bonsai_export_version", "?")))
+
+
+def _files(folder: Path, files, bad) -> dict[str, FileEntry]:
     if not isinstance(files, dict) or not all(
             isinstance(e, dict) and _is_int(e.get("bytes")) and isinstance(e.get("sha256"), str)
             for e in files.values()):
         raise bad("'files' is not an object of file name -> {bytes, sha256}")
     for name in files:
         inside(folder, name, f"{MANIFEST} files")
-    if not isinstance(arts, list) or not all(isinstance(a, dict) and isinstance(a.get("type"), str) for a in arts):
+    return {name: FileEntry(e["bytes"], e["sha256"]) for name, e in files.items()}
+
+
+def _artifact_list(arts, bad) -> list[dict]:
+    if not isinstance(arts, list) or not all(isinstance(a, dict) and isinstance(a.get("type"), str) and
+                                             isinstance(a.get("file"), str) for a in arts):
         raise bad("'artifacts' is not a list of {type, file, ...} objects")
-    for art in arts:  # a .pte's op_library names the package's library; an .onnx folder carries its own
-        for key in ("file", "op_library") if art["type"] == "onnx" else ("file",):
-            if art.get(key) is not None and art.get(key) not in files:
-                raise bad(f"artifact {key} {str(art.get(key))[:80]!r} is not one of the files it lists")
-    if not isinstance(model, dict) or not all(_is_int(model.get(k)) and model[k] >= 0 for k in _MODEL_FIELDS):
-        raise bad(f"'model' lacks one of {', '.join(_MODEL_FIELDS)} as a non-negative integer")
+    return arts
+
+
+def _artifact(art: dict, files: dict, bad) -> ArtifactEntry:
+    # a .pte's op_library names the package's library; an .onnx folder carries its own
+    for key in ("file", "op_library") if art["type"] == "onnx" else ("file",):
+        if art.get(key) is not None and art.get(key) not in files:
+            raise bad(f"artifact {key} {str(art.get(key))[:80]!r} is not one of the files it lists")
+    known = {f.name for f in dataclasses.fields(ArtifactEntry)} - {"details"}
+    listed = art.get("files") or []
+    if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
+        raise bad(f"artifact {art['type']}: 'files' is not a list of names")
+    return ArtifactEntry(**{k: v for k, v in art.items() if k in known and k != "files"}, files=tuple(listed),
+                         details={k: v for k, v in art.items() if k not in known})
+
+
+def _shape(model, bad) -> ModelShape:
+    if not isinstance(model, dict) or not all(_is_int(model.get(k)) and model[k] >= 0 for k in _SHAPE_INTS):
+        raise bad(f"'model' lacks one of {', '.join(_SHAPE_INTS)} as a non-negative integer")
     eos = model.get("eos_ids")
     if not isinstance(eos, list) or not all(_is_int(e) for e in eos):
         raise bad("'model.eos_ids' is not a list of integers")
-    if not isinstance(manifest.get("options"), dict):
-        raise bad("'options' is not an object")
-    source = manifest.get("source")
-    if not isinstance(source, dict) or not isinstance(source.get("checkpoint"), str):
-        raise bad("'source' is not an object naming the checkpoint")
+    known = {f.name for f in dataclasses.fields(ModelShape)}
+    if set(model) - known:
+        raise bad(f"'model' has unknown fields {', '.join(sorted(set(model) - known))}")
+    return ModelShape(**{**model, "eos_ids": tuple(eos)})
 
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _file_problems(folder: Path, manifest: dict, hashes: bool):
+def _file_problems(folder: Path, manifest: Manifest, hashes: bool):
     """Each listed file that is missing, has another size or (hashes=True) another sha256 than the manifest says."""
-    for name, entry in manifest["files"].items():
+    for name, entry in manifest.files.items():
         path = Path(folder) / name
         if not path.is_file():
             yield f"{name}: missing"
-        elif path.stat().st_size != entry["bytes"]:
-            yield f"{name}: {path.stat().st_size} bytes, expected {entry['bytes']} (truncated or replaced)"
-        elif hashes and sha256(path) != entry["sha256"]:
+        elif path.stat().st_size != entry.bytes:
+            yield f"{name}: {path.stat().st_size} bytes, expected {entry.bytes} (truncated or replaced)"
+        elif hashes and sha256(path) != entry.sha256:
             yield f"{name}: sha256 differs from the manifest (modified or corrupt)"
 
 
-def check_files(folder: Path, manifest: dict) -> None:
+def check_files(folder: Path, manifest: Manifest) -> None:
     """verify()'s file checks, run before a runtime opens the folder: a runtime given a damaged file (one byte
     flipped in a .pte) can abort the whole process, so a damaged file gets this message instead."""
     problem = next(_file_problems(folder, manifest, hashes=True), None)
@@ -207,10 +428,11 @@ def verify(folder: Path) -> list[str]:
     """Every problem of an artifact folder against its manifest (format version, the manifest's own seal, each
     file's size and sha256, files the manifest does not list); empty when the folder is exactly what export
     wrote."""
-    manifest = read_manifest(folder, sealed=False)
-    problems = [f"{MANIFEST}: edited after export ({SEAL} does not match)"] if manifest_edited(manifest) else []
+    raw = _read_json(Path(folder))
+    manifest = parse_manifest(Path(folder), raw)
+    problems = [f"{MANIFEST}: edited after export ({SEAL} does not match)"] if manifest_edited(raw) else []
     problems += list(_file_problems(folder, manifest, hashes=True))
-    listed = set(manifest["files"]) | {MANIFEST}
+    listed = set(manifest.files) | {MANIFEST}
     problems += [f"{p.name}: not in the manifest" for p in sorted(Path(folder).iterdir()) if p.name not in listed]
     return problems
 

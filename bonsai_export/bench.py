@@ -181,12 +181,6 @@ def _run_worker(spec: dict) -> dict:
     return json.loads(lines[-1])
 
 
-def bytes_per_token(manifest: dict) -> int:
-    """Weights read per decoded token: every ternary matrix and the head (KV cache reads excluded)."""
-    m = manifest["model"]
-    return m["ternary_bytes"] + m.get("head_bytes", 0)
-
-
 def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
     """The same model with T * scales folded into plain linears, quantized the conventional ExecuTorch way
     (int8 dynamic activations, int4 weights in groups of 32, XNNPACK) and written as an artifact folder."""
@@ -197,7 +191,7 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
     from torchao.quantization.granularity import PerGroup
 
     from . import checkpoint, formats
-    from .export import model_info
+    from .export import model_shape
     from .export.executorch import to_pte
     from .export.staging import commit, prepare_out
     from .model import TernaryLinear, from_checkpoint
@@ -205,8 +199,7 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
 
     ckpt = checkpoint.load(source, progress=False)
     model = from_checkpoint(ckpt, max_seq_len=max_seq_len)
-    # the shape the runners check against the program (the ternary figures are not this artifact's)
-    shape = {k: v for k, v in model_info(ckpt, model).items() if not k.startswith(("ternary", "bits", "head_bytes"))}
+    shape = model_shape(ckpt, model, note="XNNPACK 8da4w baseline")  # what the runners check, no ternary figures
     for name, module in list(model.named_modules()):
         if isinstance(module, TernaryLinear):  # the same fused projections as ours, scales folded in
             dense = nn.Linear(module.in_features, module.out_features, bias=False)
@@ -215,41 +208,39 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
             model.get_submodule(name.rsplit(".", 1)[0]).register_module(name.rsplit(".", 1)[1], dense)
     quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32)))
     tmp = prepare_out(out, force=True, source=checkpoint.root_of(ckpt.folder))
-    (tmp / A.PTE_FILE).write_bytes(to_pte(model))
+    options = A.ExportConfig(max_seq_len=max_seq_len)  # the defaults: our options do not describe this program
+    (tmp / A.PTE_FILE).write_bytes(to_pte(model, options))
     settings = write_canonical(ckpt.folder, tmp)
-    A.write_manifest(tmp, {"artifacts": [{"type": "pte", "file": A.PTE_FILE}], "options": {"threads": 0},
-                           "model": {**shape, "note": "XNNPACK 8da4w baseline"}, "source": {"checkpoint": source},
-                           "tokenizer": settings.to_dict()})
+    A.write_manifest(tmp, A.Manifest(artifacts=(A.ArtifactEntry(type="pte", file=A.PTE_FILE),), options=options,
+                                     model=shape, source=A.Source(checkpoint=source), tokenizer=settings.to_dict()))
     commit(tmp, out, force=True)
     return out
 
 
-def _specs(folder: Path, manifest: dict, args, base: dict) -> list[dict]:
+def _specs(folder: Path, manifest: A.Manifest, args, base: dict) -> list[dict]:
     """Our artifact's backends (group "ours"), then the peers and the baselines the options ask for."""
     from .native import RUNNER, native_dir
 
     specs = []
-    for a in manifest["artifacts"]:
-        if a["type"] not in ("pte", "onnx"):
-            continue  # a GGUF in the folder is the llama.cpp peer's
-        label = a["type"] if a["type"] == "pte" else f"onnx-{manifest['options'].get('ternary_op', 'custom')}"
+    for kind in (k for k in manifest.kinds if k in A.RUNNABLE):  # a GGUF in the folder is the llama.cpp peer's
+        label = kind if kind == "pte" else f"onnx-{manifest.options.ternary_op}"
         specs.append({**base, "label": label, "group": "ours", "kind": "artifact", "path": str(folder),
-                      "backend": a["type"], "bytes_per_token": bytes_per_token(manifest)})
-        if a["type"] == "pte" and (native_dir() / RUNNER).is_file():
+                      "backend": kind, "bytes_per_token": manifest.model.bytes_per_token})
+        if kind == "pte" and (native_dir() / RUNNER).is_file():
             specs.append({**specs[-1], "label": "pte (C++ runner)", "kind": "pte-runner"})
     if getattr(args, "peers", True):
         specs += _peer_specs(folder, manifest, base, {s["label"] for s in specs})
     if args.baselines:
-        specs += _baseline_specs(manifest["source"]["checkpoint"], base)
+        specs += _baseline_specs(manifest.source.checkpoint, base)
     return specs
 
 
-def _peer_specs(folder: Path, manifest: dict, base: dict, ours: set[str]) -> list[dict]:
-    specs, source = [], manifest["source"]["checkpoint"]
+def _peer_specs(folder: Path, manifest: A.Manifest, base: dict, ours: set[str]) -> list[dict]:
+    specs, source = [], manifest.source.checkpoint
     if P.STOCK not in ours:
-        stock = P.stock_onnx(source, manifest["options"])
+        stock = P.stock_onnx(source, manifest.options)
         specs.append({**base, "label": P.STOCK, "group": "peer", "kind": "artifact", "path": str(stock),
-                      "backend": "onnx", "bytes_per_token": bytes_per_token(A.read_manifest(stock))})
+                      "backend": "onnx", "bytes_per_token": A.read_manifest(stock).model.bytes_per_token})
     missing = P.llama_cpp_missing()
     if missing is not None:
         log.warning("bench: llama.cpp peer skipped: llama_cpp is not importable (%s); install it with %s",
@@ -279,14 +270,14 @@ def run_bench(folder: Path, args) -> dict:
     manifest = A.read_manifest(folder)
     prompt_ids = Tokenizer(folder).encode(GREEDY_PROMPT)
     base = {"repeats": args.repeats, "prefill_lengths": list(PREFILL_LENGTHS), "decode_tokens": DECODE_TOKENS,
-            "max_seq_len": manifest["model"]["max_seq_len"], "greedy_prompt_ids": prompt_ids,
+            "max_seq_len": manifest.model.max_seq_len, "greedy_prompt_ids": prompt_ids,
             "greedy_tokens": GREEDY_TOKENS}
-    results = {"artifact": str(folder), "checkpoint": manifest["source"]["checkpoint"],
-               "environment": environment(), "options": manifest["options"], "threads": list(args.threads),
+    results = {"artifact": str(folder), "checkpoint": manifest.source.checkpoint,
+               "environment": environment(), "options": manifest.options.to_dict(), "threads": list(args.threads),
                "repeats": args.repeats, "prefill_lengths": base["prefill_lengths"],
-               "decode_tokens": DECODE_TOKENS, "artifact_bytes": sum(f["bytes"] for f in manifest["files"].values()),
-               "bits_per_ternary_weight": manifest["model"]["bits_per_ternary_weight"],
-               "bytes_per_decoded_token": bytes_per_token(manifest),
+               "decode_tokens": DECODE_TOKENS, "artifact_bytes": manifest.total_bytes,
+               "bits_per_ternary_weight": manifest.model.bits_per_ternary_weight,
+               "bytes_per_decoded_token": manifest.model.bytes_per_token,
                "greedy": {"prompt": GREEDY_PROMPT, "prompt_ids": prompt_ids, "tokens": GREEDY_TOKENS}, "runs": []}
     specs = _specs(folder, manifest, args, base)
     results["groups"] = {s["label"]: s["group"] for s in specs}

@@ -75,15 +75,14 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _info_artifact(args, manifest: dict) -> int:
+def _info_artifact(args, manifest) -> int:
     """`info` on an export folder: what the manifest says it holds (the checkpoint's own figures need it)."""
-    m, files = manifest["model"], manifest["files"]
-    kinds = ", ".join(a["type"] for a in manifest["artifacts"])
-    text = (f"{args.model}: bonsai-export artifact ({kinds}) of {manifest['source'].get('checkpoint')}\n"
-            f"shape: {m['n_layers']} layers, dim {m['dim']}, vocab {m['vocab_size']}, max_seq_len "
-            f"{m['max_seq_len']}\noptions: {', '.join(f'{k}={v}' for k, v in manifest['options'].items())}\n"
-            f"files: {len(files)}, {sum(f['bytes'] for f in files.values()) / 1e6:.1f} MB")
-    _emit(args, text, {"artifact": str(args.model), **manifest})
+    m = manifest.model
+    text = (f"{args.model}: bonsai-export artifact ({', '.join(manifest.kinds)}) of {manifest.source.checkpoint}\n"
+            f"shape: {m.n_layers} layers, dim {m.dim}, vocab {m.vocab_size}, max_seq_len {m.max_seq_len}\n"
+            f"options: {', '.join(f'{k}={v}' for k, v in manifest.options.to_dict().items())}\n"
+            f"files: {len(manifest.files)}, {manifest.total_bytes / 1e6:.1f} MB")
+    _emit(args, text, {"artifact": str(args.model), **manifest.to_dict()})
     return 0
 
 
@@ -93,13 +92,13 @@ def cmd_export(args) -> int:
 
     cfg = ExportConfig(format=args.format, max_seq_len=args.max_seq_len, act_quant=args.act_quant,
                        embedding=args.embedding, head=args.head, ternary_op=args.ternary_op,
-                       threads=args.threads, gguf_ternary=args.gguf_ternary, gguf_head=args.gguf_head,
+                       gguf_ternary=args.gguf_ternary, gguf_head=args.gguf_head,
                        gguf_embedding=args.gguf_embedding, gguf_fallback=args.gguf_fallback)
     manifest = export(args.model if args.model else _default(), args.output, cfg, force=args.force)
-    bits = next((a["bits_per_ternary_weight"] for a in manifest["artifacts"] if a["type"] == "gguf"),
-                manifest["model"]["bits_per_ternary_weight"])  # a GGUF's are its blocks', not our packing's
-    _emit(args, f"{args.output}: {', '.join(a['file'] for a in manifest['artifacts'])}; ternary weights "
-                f"{bits:.3f} bits/weight", {"output": str(args.output), **manifest})
+    gguf = manifest.artifact("gguf")  # a GGUF's bits are its blocks', not our packing's
+    bits = gguf.bits_per_ternary_weight if gguf else manifest.model.bits_per_ternary_weight
+    _emit(args, f"{args.output}: {', '.join(a.file for a in manifest.artifacts)}; ternary weights "
+                f"{bits:.3f} bits/weight", {"output": str(args.output), **manifest.to_dict()})
     return 0
 
 
@@ -153,7 +152,7 @@ def cmd_validate(args) -> int:
         raise BonsaiError(f"{args.artifact}: not an artifact folder (no {A.MANIFEST}); run `bonsai-export export`")
     manifest = A.read_manifest(Path(args.artifact))
     art = open_runner(args.artifact, threads=args.threads, backend=args.backend)
-    source = args.reference or manifest["source"]["checkpoint"]
+    source = args.reference or manifest.source.checkpoint
     ckpt = checkpoint.load(source, progress=not args.quiet)
     _check_reference(ckpt, manifest, source)
     ref = EagerRunner(from_checkpoint(ckpt, act_quant="none", max_seq_len=art.max_seq_len), ckpt.folder)
@@ -162,9 +161,10 @@ def cmd_validate(args) -> int:
                   require_text=args.require_text)
     report = validate(art, ref, Tokenizer(ckpt.folder), text=held_out_text(args.text), prompt=args.prompt,
                       steps=args.steps, window=args.window, max_tokens=args.max_text_tokens, gates=gates,
-                      lm=ReferenceLM(ckpt), exact=is_exact(manifest["options"], art.name),
+                      lm=ReferenceLM(ckpt), exact=is_exact(manifest.options, art.name),
                       max_new_tokens=args.max_new_tokens)
-    report.update(artifact=str(args.artifact), backend=art.name, reference=str(source), options=manifest["options"])
+    report.update(artifact=str(args.artifact), backend=art.name, reference=str(source),
+                  options=manifest.options.to_dict())
     paths = write_reports(report, Path(args.report))
     _emit(args, f"{summary(report, gates)}\nreports: {', '.join(map(str, paths))}", report)
     for failure in report["failures"]:
@@ -172,15 +172,14 @@ def cmd_validate(args) -> int:
     return 1 if report["failures"] and args.gates else 0
 
 
-def _check_reference(ckpt, manifest: dict, source) -> None:
+def _check_reference(ckpt, manifest, source) -> None:
     """A reference of another shape would fail deep in the comparison: say so before any work."""
-    a, m = ckpt.args, manifest["model"]
-    mine = {"n_layers": a.n_layers, "dim": a.dim, "vocab_size": a.vocab_size, "n_kv_heads": a.n_kv_heads,
-            "head_dim": a.head_dim}
-    diff = [f"{k} {v} vs {m[k]}" for k, v in mine.items() if m.get(k) != v]
+    keys = ("n_layers", "dim", "vocab_size", "n_kv_heads", "head_dim")
+    diff = [f"{k} {getattr(ckpt.args, k)} vs {getattr(manifest.model, k)}" for k in keys
+            if getattr(ckpt.args, k) != getattr(manifest.model, k)]
     if diff:
         raise BonsaiError(f"--reference {source}: not the artifact's model ({'; '.join(diff)}); pass the checkpoint "
-                          f"it was exported from ({manifest['source'].get('checkpoint')})")
+                          f"it was exported from ({manifest.source.checkpoint})")
 
 
 def cmd_eval(args) -> int:
@@ -202,7 +201,7 @@ def cmd_eval(args) -> int:
         ref = EagerRunner(from_checkpoint(ckpt, act_quant="none", max_seq_len=art.max_seq_len), ckpt.folder)
     report = evaluate(art, ref, args.tasks, limit=args.limit, include=[Path(p) for p in args.include_path])
     report.update(artifact=str(args.artifact), backend=art.name, reference=args.reference,
-                  options=A.read_manifest(Path(args.artifact))["options"])
+                  options=A.read_manifest(Path(args.artifact)).options.to_dict())
     paths = write_reports(report, Path(args.report))
     lines = []
     for name, t in report["tasks"].items():
@@ -254,7 +253,7 @@ def cmd_verify(args) -> int:
     from . import artifact as A
 
     problems = A.verify(Path(args.artifact))
-    files = A.read_manifest(Path(args.artifact), sealed=False)["files"]  # an edited manifest is a FAIL line
+    files = A.read_manifest(Path(args.artifact), sealed=False).files  # an edited manifest is a FAIL line
     text = "\n".join(f"FAIL {p}" for p in problems) if problems else \
         f"{args.artifact}: OK ({len(files)} files match the manifest, format {A.FORMAT_VERSION})"
     _emit(args, text, {"artifact": str(args.artifact), "ok": not problems, "problems": problems})
@@ -305,7 +304,7 @@ def _report_prefix(text: str) -> str:
 
 
 def _thread_list(text: str) -> list[int]:
-    return [O.integer(v, "--threads", 1, O.MAX_EXPORT_THREADS) for v in text.split(",")]
+    return [O.integer(v, "--threads", 1, O.MAX_DEVICE_THREADS) for v in text.split(",")]
 
 
 def _task_list(text: str) -> list[str]:
@@ -375,8 +374,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ternary-op", choices=list(TERNARY_OPS), default=ExportConfig.ternary_op,
                    help="ONNX: custom = bonsai::TernaryMatMul (our op library, copied into the folder); "
                         "stock = com.microsoft MatMulNBits bits=2 (unmodified ONNX Runtime)")
-    p.add_argument("--threads", type=_arg(O.export_threads), default=ExportConfig.threads,
-                   help="runner default; 0 = runtime's")
     p.add_argument("--gguf-ternary", choices=list(GGUF_TERNARY), default=ExportConfig.gguf_ternary,
                    help="GGUF: ternary layers as TQ2_0 (2.06 bits/weight, default) or TQ1_0 (1.69 bits, slower in "
                         "llama.cpp); per-channel scales folded in, exact up to fp16 rounding of the scale")
@@ -403,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints only (artifacts fix it at export): none = float activations, int8")
     p.add_argument("--max-seq-len", type=int, default=None, help="checkpoints only: KV cache length")
     p.add_argument("--threads", type=_arg(O.threads), default=0,
-                   help="artifacts: runtime threads (0 = the export's default)")
+                   help="artifacts: runtime threads (0 = the runtime's default)")
     p.add_argument("--backend", choices=["pte", "onnx"], help="which artifact of a --format all folder")
 
     p = add("validate", cmd_validate, "check an artifact against the fp32 reference: logits, KL, top-1, greedy "

@@ -123,9 +123,9 @@ def device_bench(folder: Path, serial: str | None, runner_dir: Path, threads: li
         raise BonsaiError(f"{folder}: no {A.PTE_FILE}; the device bench runs the .pte (export --format pte|all)")
     if prompt_tokens < 1 or new_tokens < 2:
         raise BonsaiError("--prompt-tokens must be >= 1 and --new-tokens >= 2")
-    if prompt_tokens + new_tokens > manifest["model"]["max_seq_len"]:
+    if prompt_tokens + new_tokens > manifest.model.max_seq_len:
         raise BonsaiError(f"--prompt-tokens + --new-tokens = {prompt_tokens + new_tokens} exceeds the artifact's "
-                          f"max_seq_len {manifest['model']['max_seq_len']}")
+                          f"max_seq_len {manifest.model.max_seq_len}")
     files = runner_files(runner_dir)  # checked before the device is touched
     adb = adb_command(serial)
     log.info("pushing %d runner files and the artifact to %s", len(files), DEVICE_DIR)

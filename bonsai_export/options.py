@@ -10,10 +10,10 @@ import os
 
 from .errors import BonsaiError
 
-# Export's --threads is a default for the machine that runs the artifact (a phone may have more cores than
-# this host), so it gets a fixed bound; a runtime here never gets more threads than this host has CPUs:
-# ExecuTorch's pool crashes and ONNX Runtime's grows without bound when asked for 100000.
-MAX_EXPORT_THREADS = 256
+# bench --device's --threads are for a phone, which may have more cores than this host, so they get a fixed bound;
+# a runtime here never gets more threads than this host has CPUs: ExecuTorch's pool crashes and ONNX Runtime's
+# grows without bound when asked for 100000.
+MAX_DEVICE_THREADS = 256
 MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy accept any seed in 0..2**63-1
 
 
@@ -34,14 +34,10 @@ def integer(text, option: str, low: int, high: int | None = None, note: str = ""
 
 
 def threads(value, option: str = "--threads", allow_default: bool = True) -> int:
-    """Runtime threads on this host: 0 (the artifact's or runtime's default, where allowed) .. the CPU count."""
+    """Runtime threads on this host: 0 (the runtime's default, where allowed) .. the CPU count."""
     n = cpu_count()
     return integer(value, option, 0 if allow_default else 1, n, f" (this machine has {n} CPUs"
                    + ("; 0 = the default)" if allow_default else ")"))
-
-
-def export_threads(value) -> int:
-    return integer(value, "--threads", 0, MAX_EXPORT_THREADS, " (0 = the runtime's choice)")
 
 
 def seed(value) -> int:

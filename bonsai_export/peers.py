@@ -66,23 +66,19 @@ def _exported(kind: str, source: str, cfg: A.ExportConfig) -> Path:
     return out
 
 
-def stock_onnx(source: str, options: dict) -> Path:
+def stock_onnx(source: str, options: A.ExportConfig) -> Path:
     """Our export with `--ternary-op stock` (MatMulNBits), the artifact's other options kept."""
-    keep = {k: options[k] for k in ("max_seq_len", "act_quant", "embedding", "head") if k in options}
+    keep = {k: getattr(options, k) for k in ("max_seq_len", "act_quant", "embedding", "head")}
     return _exported("onnx-stock", source, A.ExportConfig(format="onnx", ternary_op="stock", **keep))
 
 
-def gguf_file(folder: Path, manifest: dict) -> Path:
+def gguf_file(folder: Path, manifest: A.Manifest) -> Path:
     """The artifact's own GGUF when it has one, else the GGUF `export --format gguf` writes from its checkpoint."""
-    for a in manifest["artifacts"]:
-        if a["type"] == "gguf":
-            return folder / a["file"]
-    if "gguf" not in A.ARTIFACT_FORMATS:
-        raise BonsaiError("this bonsai-export has no `export --format gguf` to give llama.cpp the same checkpoint")
-    out = _exported("gguf", manifest["source"]["checkpoint"],
-                    A.ExportConfig(format="gguf", max_seq_len=manifest["options"].get("max_seq_len")))
-    entry = next(a for a in A.read_manifest(out)["artifacts"] if a["type"] == "gguf")
-    return out / entry["file"]
+    if (own := manifest.artifact("gguf")) is not None:
+        return folder / own.file
+    out = _exported("gguf", manifest.source.checkpoint,
+                    A.ExportConfig(format="gguf", max_seq_len=manifest.options.max_seq_len))
+    return out / A.read_manifest(out).artifact("gguf").file
 
 
 def gguf_summary(path: Path) -> dict:

@@ -99,25 +99,23 @@ class EagerRunner(Runner):
 class PteRunner(Runner):
     name = "pte"
 
-    def __init__(self, folder: Path, threads: int = 0):
+    def __init__(self, folder: Path, threads: int = 0, manifest: A.Manifest | None = None):
         load_et_ops()
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
-        self.tokenizer_dir = Path(folder)
+        self.tokenizer_dir, path = Path(folder), Path(folder) / A.PTE_FILE
         if threads:
             portable_lib._unsafe_reset_threadpool(threads)
         try:
-            self.program = Runtime.get().load_program(str(Path(folder) / A.PTE_FILE))
+            self.program = Runtime.get().load_program(str(path))
+            meta = A.PteMetadata.read(lambda name: self.program.load_method(name).execute([]), str(path))
         except (RuntimeError, ValueError) as exc:
-            raise BonsaiError(f"{Path(folder) / A.PTE_FILE}: ExecuTorch cannot load it ({exc}); run `bonsai-export "
-                              f"verify {folder}`, or re-export") from None
-        meta = {m: int(self.program.load_method(m).execute([])[0])
-                for m in (A.META_MAX_CONTEXT_LEN, A.META_MAX_SEQ_LEN, A.META_BOS_ID, A.META_VOCAB_SIZE)}
-        # ExecuTorch's LLM metadata: max_context_len = cache positions, max_seq_len = tokens per forward call.
-        self.max_seq_len, self.call_tokens = meta[A.META_MAX_CONTEXT_LEN], meta[A.META_MAX_SEQ_LEN]
-        self.bos_id, self.vocab_size = meta[A.META_BOS_ID], meta[A.META_VOCAB_SIZE]
-        self.eos_ids = tuple(int(e) for e in self.program.load_method(A.META_EOS_IDS).execute([]))
+            raise BonsaiError(f"{path}: ExecuTorch cannot load it ({exc}); run `bonsai-export verify {folder}`, or "
+                              f"re-export") from None
+        A.check_embedded(meta.options, manifest or A.read_manifest(folder), str(path))
+        self.max_seq_len, self.call_tokens = meta.max_seq_len, meta.call_tokens
+        self.bos_id, self.vocab_size, self.eos_ids = meta.bos_id, meta.vocab_size, meta.eos_ids
         self.method = self.program.load_method("forward")
 
     def __call__(self, tokens, input_pos):
@@ -166,13 +164,13 @@ def onnx_session(model: Path, op_library: Path | None, threads: int = 0):
         raise BonsaiError(f"{model}: ONNX Runtime cannot load it: {exc}") from None
 
 
-def _check_onnx_io(session, info: dict, model: Path) -> int:
+def _check_onnx_io(session, shape: A.ModelShape, model: Path) -> int:
     """The graph's cache inputs and logits against the manifest's shape (the caches are allocated from the
     manifest's numbers); returns the graph's vocabulary size."""
     past = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
-    want = [info["n_kv_heads"], info["head_dim"]]
-    if len(past) != 2 * info["n_layers"] or any([p.shape[1], p.shape[3]] != want for p in past):
-        raise BonsaiError(f"{model}: its caches do not have the manifest's shape ({info['n_layers']} layers, "
+    want = [shape.n_kv_heads, shape.head_dim]
+    if len(past) != 2 * shape.n_layers or any([p.shape[1], p.shape[3]] != want for p in past):
+        raise BonsaiError(f"{model}: its caches do not have the manifest's shape ({shape.n_layers} layers, "
                           f"[kv heads, head dim] {want}); re-export the folder")
     vocab = session.get_outputs()[0].shape[-1]
     if not isinstance(vocab, int):
@@ -191,30 +189,35 @@ class OnnxRunner(Runner):
 
     name = "onnx"
 
-    def __init__(self, folder: Path, manifest: dict, threads: int = 0):
+    def __init__(self, folder: Path, manifest: A.Manifest, threads: int = 0):
         import numpy as np
-        import onnxruntime as ort
 
-        entry = next(a for a in manifest["artifacts"] if a["type"] == "onnx")
-        info = manifest["model"]
-        self.tokenizer_dir, self.name = Path(folder), f"onnx-{entry.get('ternary_op')}"
-        self.max_seq_len, self.bos_id, self.eos_ids = info["max_seq_len"], info["bos_id"], tuple(info["eos_ids"])
-        library = Path(folder) / entry["op_library"] if entry.get("op_library") else None
-        self.model = Path(folder) / entry["file"]
+        entry, shape = manifest.artifact("onnx"), manifest.model
+        self.tokenizer_dir, self.name = Path(folder), f"onnx-{entry.ternary_op}"
+        self.max_seq_len, self.bos_id, self.eos_ids = shape.max_seq_len, shape.bos_id, shape.eos_ids
+        library = Path(folder) / entry.op_library if entry.op_library else None
+        self.model = Path(folder) / entry.file
         self.session = onnx_session(self.model, library, threads)
-        self.vocab_size = _check_onnx_io(self.session, info, self.model)
+        props = self.session.get_modelmeta().custom_metadata_map
+        A.check_embedded(A.onnx_options(props, str(self.model)), manifest, str(self.model))
+        self.vocab_size = _check_onnx_io(self.session, shape, self.model)
         self._np, self.filled = np, 0
-        shape = (1, info["n_kv_heads"], self.max_seq_len, info["head_dim"])
         self.binding = self.session.io_binding()
         self.binding.bind_output("logits")  # first: get_outputs() lists outputs in binding order
-        self._caches = []  # keeps the arrays alive while ORT points into them
-        for i in range(info["n_layers"]):
+        self._caches = self._bind_caches(shape)  # keeps the arrays alive while ORT points into them
+
+    def _bind_caches(self, shape: A.ModelShape) -> list:
+        import onnxruntime as ort
+
+        caches = []
+        for i in range(shape.n_layers):
             for kv in ("key", "value"):
-                cache = np.zeros(shape, dtype=np.float32)
+                cache = self._np.zeros((1, shape.n_kv_heads, self.max_seq_len, shape.head_dim), dtype=self._np.float32)
                 value = ort.OrtValue.ortvalue_from_numpy(cache)
                 self.binding.bind_ortvalue_input(f"past_key_values.{i}.{kv}", value)
                 self.binding.bind_ortvalue_output(f"present.{i}.{kv}", value)
-                self._caches.append((cache, value))
+                caches.append((cache, value))
+        return caches
 
     def reset(self):
         self.filled = 0
@@ -243,14 +246,11 @@ class OnnxRunner(Runner):
 def _open_artifact(folder: Path, threads: int, backend: str | None) -> Runner:
     manifest = A.read_manifest(folder)
     A.check_files(folder, manifest)
-    kinds = [a["type"] for a in manifest["artifacts"]]
-    # The export's default is for the machine it was made for: here it gets at most this machine's CPUs.
-    default = manifest["options"].get("threads", 0)
-    threads = threads or (min(default, options.cpu_count()) if isinstance(default, int) and default > 0 else 0)
+    kinds = manifest.kinds
     if backend is not None and backend not in kinds:
         raise BonsaiError(f"{folder}: holds {', '.join(kinds)}, not {backend}; export with --format {backend}")
     if "pte" in kinds and backend in (None, "pte"):
-        runner = PteRunner(folder, threads)
+        runner = PteRunner(folder, threads, manifest)
     elif "onnx" in kinds:
         runner = OnnxRunner(folder, manifest, threads)
     elif "gguf" in kinds:
@@ -259,20 +259,20 @@ def _open_artifact(folder: Path, threads: int, backend: str | None) -> Runner:
                           f"onnx to run and validate here")
     else:
         raise BonsaiError(f"{folder}: holds {', '.join(kinds) or 'no artifact'}; this version runs pte and onnx")
-    _check_against_manifest(runner, manifest["model"], folder)
+    _check_against_manifest(runner, manifest.model, folder)
     return runner
 
 
-def _check_against_manifest(runner: Runner, info: dict, folder: Path) -> None:
+def _check_against_manifest(runner: Runner, shape: A.ModelShape, folder: Path) -> None:
     """The ids and sizes the manifest and the tokenizer carry must be the model's own before any is used."""
     from .tokenizer import Tokenizer
 
-    model = {"vocab_size": runner.vocab_size, "max_seq_len": runner.max_seq_len, "bos_id": runner.bos_id,
-             "eos_ids": list(runner.eos_ids)}
-    for key, value in model.items():
-        if info[key] != value:
-            raise BonsaiError(f"{folder / A.MANIFEST}: {key} {info[key]} but the model says {value}; re-export the "
-                              f"folder")
+    for key in ("vocab_size", "max_seq_len", "bos_id", "eos_ids"):
+        said, model = getattr(shape, key), getattr(runner, key)
+        if said != model:
+            show = (lambda v: list(v)) if key == "eos_ids" else (lambda v: v)
+            raise BonsaiError(f"{folder / A.MANIFEST}: {key} {show(said)} but the model says {show(model)}; "
+                              f"re-export the folder")
     if not all(0 <= i < runner.vocab_size for i in (runner.bos_id, *runner.eos_ids)):
         raise BonsaiError(f"{folder}: BOS/EOS ids {[runner.bos_id, *runner.eos_ids]} are outside the model's "
                           f"vocabulary of {runner.vocab_size}; re-export the folder")
@@ -285,7 +285,7 @@ def _check_against_manifest(runner: Runner, info: dict, folder: Path) -> None:
 def open_runner(path: str | Path, act_quant: str = "none", max_seq_len: int | None = None,
                 threads: int = 0, backend: str | None = None) -> Runner:
     """An artifact folder opens its runtime (`backend` pte or onnx picks one in a folder holding both); anything
-    else is a checkpoint run by the eager model."""
+    else is a checkpoint run by the eager model. `threads`: the runtime's threads on this machine (0: its default)."""
     threads = options.threads(threads)
     if A.is_artifact(path):
         return _open_artifact(Path(path), threads, backend)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from .artifact import ExportConfig
 from .errors import BonsaiError
 from .gates import Gates
 from .generate import SamplingConfig, generate
@@ -39,11 +40,10 @@ from .runners import Runner, positions
 from .tokenizer import Tokenizer
 
 
-def is_exact(options: dict, backend: str) -> bool:
+def is_exact(options: ExportConfig, backend: str) -> bool:
     """Whether an artifact computes the float reference's math up to float rounding (its export options and the
     runner's name): float activations, bf16 embedding and head, and not MatMulNBits (stock ONNX)."""
-    quantized = (options.get("act_quant"), options.get("embedding"), options.get("head")) != ("none", "bf16", "bf16")
-    return not quantized and backend != "onnx-stock"
+    return options.exact and backend != "onnx-stock"
 
 
 def held_out_text(path: str | Path | None) -> str:

@@ -217,7 +217,7 @@ def test_verify(art_copy, capsys):
 def test_same_inputs_give_byte_identical_artifacts(tiny_ckpt, artifact, tmp_path):
     again = tmp_path / "again"
     export(tiny_ckpt, again, ARTIFACT_CONFIG)
-    first, second = A.read_manifest(artifact)["files"], A.read_manifest(again)["files"]
+    first, second = A.read_manifest(artifact).files, A.read_manifest(again).files
     assert first == second and (artifact / A.MANIFEST).read_bytes() == (again / A.MANIFEST).read_bytes()
 
 

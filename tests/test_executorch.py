@@ -10,6 +10,7 @@ from bonsai_export import artifact as A
 from bonsai_export import checkpoint
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import export
+from bonsai_export.export.executorch import MAX_CALL_TOKENS
 from bonsai_export.model import build_model
 from bonsai_export.native import native_dir
 from bonsai_export.runners import PteRunner, load_et_ops, positions
@@ -188,11 +189,29 @@ def test_sequence_limit_is_a_clear_error_never_a_crash(exported, capsys):
 def test_manifest_describes_and_hashes_the_folder(exported):
     out, _ = exported
     manifest = A.read_manifest(out)
-    assert manifest["format_version"] == A.FORMAT_VERSION and manifest["artifacts"][0]["type"] == "pte"
-    assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {A.MANIFEST}
-    for name, entry in manifest["files"].items():
-        assert entry["sha256"] == A.sha256(out / name) and entry["bytes"] == (out / name).stat().st_size
-    assert manifest["options"]["max_seq_len"] == MAX_SEQ
+    assert manifest.format_version == A.FORMAT_VERSION and manifest.kinds == ["pte"]
+    assert set(manifest.files) == {p.name for p in out.iterdir()} - {A.MANIFEST}
+    for name, entry in manifest.files.items():
+        assert entry.sha256 == A.sha256(out / name) and entry.bytes == (out / name).stat().st_size
+    assert manifest.options.max_seq_len == MAX_SEQ
+
+
+def test_the_pte_carries_its_metadata_and_options(exported):
+    """The program itself says what it is: ExecuTorch's runner metadata (tokens per call apart from the context)
+    and the export options, read back through artifact.PteMetadata."""
+    out, model = exported
+    from executorch.runtime import Runtime
+
+    from bonsai_export.runners import load_et_ops
+
+    load_et_ops()
+    program = Runtime.get().load_program(str(out / A.PTE_FILE))
+    meta = A.PteMetadata.read(lambda name: program.load_method(name).execute([]), A.PTE_FILE)
+    manifest = A.read_manifest(out)
+    assert meta.options == manifest.options and meta.format_version == A.FORMAT_VERSION
+    assert (meta.max_seq_len, meta.call_tokens) == (MAX_SEQ, min(MAX_SEQ, MAX_CALL_TOKENS))
+    assert (meta.vocab_size, meta.n_layers, meta.bos_id, meta.eos_ids) == (
+        model.args.vocab_size, model.args.n_layers, model.args.bos_id, tuple(model.args.eos_ids))
 
 
 def test_export_refuses_non_empty_output_and_leaves_nothing_behind(tiny_ckpt, tmp_path):

@@ -143,13 +143,17 @@ def test_manifest_genai_config_and_library_in_the_folder(exported):
 
     out, op, _ = exported
     manifest = A.read_manifest(out)
-    entry = manifest["artifacts"][0]
-    assert (entry["type"], entry["ternary_op"], manifest["options"]["ternary_op"]) == ("onnx", op, op)
+    entry = manifest.artifacts[0]
+    assert (entry.type, entry.ternary_op, manifest.options.ternary_op) == ("onnx", op, op)
+    # the options are inside the .onnx too, and the runner checks them against the manifest's
+    props = {p.key: p.value for p in onnx.load(str(out / A.ONNX_FILE), load_external_data=False).metadata_props}
+    assert A.onnx_options(props, A.ONNX_FILE) == manifest.options
+    assert props[A.ONNX_META_FORMAT_VERSION] == str(A.FORMAT_VERSION)
     cfg = json.loads((out / A.GENAI_CONFIG).read_text())
     library = cfg["model"]["decoder"]["session_options"].get("custom_ops_library")
     assert library == (A.ORT_OPS_LIB if op == "custom" else None)
     assert (library is None) or (out / library).is_file()
-    assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {A.MANIFEST}
+    assert set(manifest.files) == {p.name for p in out.iterdir()} - {A.MANIFEST}
 
 
 def test_runner_rewinds_and_resets(exported):
@@ -310,7 +314,7 @@ def test_external_data_past_the_limit(tmp_path, tiny_ckpt, monkeypatch, eager):
     export(tiny_ckpt, out, A.ExportConfig(format="onnx", act_quant="none", head=HEAD, ternary_op="stock",
                                           max_seq_len=MAX_SEQ))
     assert (out / "model.onnx.data").stat().st_size > 10 * (out / "model.onnx").stat().st_size
-    assert A.read_manifest(out)["artifacts"][0]["files"] == ["model.onnx", "model.onnx.data"]
+    assert A.read_manifest(out).artifacts[0].files == (A.ONNX_FILE, A.ONNX_DATA_FILE)
     onnx.checker.check_model(str(out / "model.onnx"))
     eager["none"].reset_cache()
     tokens = torch.tensor([PROMPTS["short"]])
@@ -357,7 +361,7 @@ def test_cli_exports_all_formats_and_runs_the_onnx_folder(tmp_path, tiny_ckpt, c
     out = tmp_path / "art"
     assert main(["--quiet", "export", str(tiny_ckpt), "-o", str(out), "--format", "all", "--head", HEAD,
                  "--ternary-op", "stock", "--max-seq-len", "64"]) == 0
-    assert {a["type"] for a in A.read_manifest(out)["artifacts"]} == {"pte", "onnx"}
+    assert set(A.read_manifest(out).kinds) == {"pte", "onnx"}
     assert (out / A.PTE_FILE).is_file() and (out / A.ONNX_FILE).is_file()
     onnx_only = tmp_path / "onnx"
     assert main(["--quiet", "export", str(tiny_ckpt), "-o", str(onnx_only), "--format", "onnx", "--head", HEAD,

@@ -126,7 +126,7 @@ def test_validate_fails_against_another_checkpoint(exact_artifacts, tmp_path, ca
     ({"act_quant": "none", "embedding": "bf16", "head": "int4"}, "pte", False),
 ])
 def test_only_artifacts_computing_the_reference_math_are_exact(options, backend, exact):
-    assert is_exact(options, backend) == exact
+    assert is_exact(A.ExportConfig(**options), backend) == exact
 
 
 @pytest.mark.parametrize("target", ["checkpoint", "pte", "onnx"])

@@ -6,7 +6,6 @@ failed or interrupted export never leaves a half-written artifact.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -30,7 +29,7 @@ def ternary_stats(model) -> dict:
     return {"ternary_weights": weights, "ternary_bytes": nbytes, "bits_per_ternary_weight": 8 * nbytes / weights}
 
 
-def export(source: str | Path, out: str | Path, cfg: A.ExportConfig, force: bool = False) -> dict:
+def export(source: str | Path, out: str | Path, cfg: A.ExportConfig, force: bool = False) -> A.Manifest:
     """Export a checkpoint (hub id or folder) to an artifact folder; returns the manifest."""
     out = Path(out)
     with progress(cfg):
@@ -44,18 +43,13 @@ def _export(source: str | Path, out: Path, cfg: A.ExportConfig, force: bool) -> 
     try:
         with stage("build"):
             model = build_model(ckpt, cfg)
-        body = {"artifacts": [], "options": cfg.to_dict(), "model": model_info(ckpt, model),
-                "source": {"checkpoint": _source_name(source), "format": ckpt.format}}
-        if cfg.format in ("pte", "all"):
-            body["artifacts"].append(_write_pte(model, tmp))
-        if cfg.format in ("onnx", "all"):
-            body["artifacts"].append(_write_onnx(model, tmp, cfg))
-        if cfg.format == "gguf":
-            body["artifacts"].append(_write_gguf(ckpt, tmp, cfg, model.max_seq_len))
+        artifacts = _write_artifacts(ckpt, model, tmp, cfg)
         with stage("tokenizer"):
-            body["tokenizer"] = write_canonical(ckpt.folder, tmp).to_dict()
+            tokenizer = write_canonical(ckpt.folder, tmp).to_dict()
         with stage("manifest"):
-            manifest = A.write_manifest(tmp, body)
+            manifest = A.write_manifest(tmp, A.Manifest(
+                artifacts=artifacts, options=cfg, model=model_shape(ckpt, model), tokenizer=tokenizer,
+                source=A.Source(checkpoint=_source_name(source), format=ckpt.format)))
             commit(tmp, out, force)
     except OSError as exc:  # disk full, permissions: the previous artifact, if any, is untouched
         shutil.rmtree(tmp, ignore_errors=True)
@@ -64,7 +58,7 @@ def _export(source: str | Path, out: Path, cfg: A.ExportConfig, force: bool) -> 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote %s (%.1f MB)", out, sum(f["bytes"] for f in manifest["files"].values()) / 1e6)
+    log.info("wrote %s (%.1f MB)", out, manifest.total_bytes / 1e6)
     return manifest
 
 
@@ -75,31 +69,34 @@ def _source_name(source: str | Path) -> str:
     return str(path.resolve()) if path.is_dir() else str(source)
 
 
-def model_info(ckpt: C.Checkpoint, model) -> dict:
+def model_shape(ckpt: C.Checkpoint, model, note: str | None = None) -> A.ModelShape:
     a = model.args
-    info = {"n_layers": a.n_layers, "dim": a.dim, "vocab_size": a.vocab_size, "max_seq_len": model.max_seq_len,
-            "bos_id": a.bos_id, "eos_ids": list(a.eos_ids), "n_kv_heads": a.n_kv_heads, "head_dim": a.head_dim,
-            **ternary_stats(model), "head_bytes": sum(b.numel() * b.element_size() for b in model.lm_head.buffers())}
-    return info
+    head_bytes = sum(b.numel() * b.element_size() for b in model.lm_head.buffers())
+    figures = ternary_stats(model) if note is None else {}  # a baseline's layers are not ternary
+    return A.ModelShape(n_layers=a.n_layers, dim=a.dim, vocab_size=a.vocab_size, max_seq_len=model.max_seq_len,
+                        bos_id=a.bos_id, eos_ids=tuple(a.eos_ids), n_kv_heads=a.n_kv_heads, head_dim=a.head_dim,
+                        **figures, head_bytes=head_bytes if note is None else 0, note=note)
 
 
-def _write_pte(model, folder: Path) -> dict:
+def _write_artifacts(ckpt: C.Checkpoint, model, folder: Path, cfg: A.ExportConfig) -> tuple[A.ArtifactEntry, ...]:
+    arts = []
+    if cfg.format in ("pte", "all"):
+        arts.append(write_pte(model, folder, cfg))
+    if cfg.format in ("onnx", "all"):
+        from .onnx import to_folder
+
+        with stage(f"ONNX graph ({cfg.ternary_op} op)"):
+            arts.append(to_folder(model, folder, cfg))
+    if cfg.format == "gguf":
+        from .gguf import write_gguf
+
+        with stage(f"GGUF ({cfg.gguf_ternary}, head {cfg.gguf_head})"):
+            arts.append(write_gguf(ckpt, folder / A.GGUF_FILE, cfg, model.max_seq_len))
+    return tuple(arts)
+
+
+def write_pte(model, folder: Path, cfg: A.ExportConfig) -> A.ArtifactEntry:
     from .executorch import to_pte
 
-    data = to_pte(model)  # stages export, lower, serialize
-    (folder / A.PTE_FILE).write_bytes(data)
-    return {"type": "pte", "file": A.PTE_FILE, "op_library": ET_OPS_LIB}
-
-
-def _write_onnx(model, folder: Path, cfg: A.ExportConfig) -> dict:
-    from .onnx import to_folder
-
-    with stage(f"ONNX graph ({cfg.ternary_op} op)"):
-        return to_folder(model, folder, cfg.ternary_op, {"bonsai_export_options": json.dumps(cfg.to_dict())})
-
-
-def _write_gguf(ckpt: C.Checkpoint, folder: Path, cfg: A.ExportConfig, max_seq_len: int) -> dict:
-    from .gguf import write_gguf
-
-    with stage(f"GGUF ({cfg.gguf_ternary}, head {cfg.gguf_head})"):
-        return write_gguf(ckpt, folder / A.GGUF_FILE, cfg, max_seq_len)
+    (folder / A.PTE_FILE).write_bytes(to_pte(model, cfg))  # stages export, lower, serialize
+    return A.ArtifactEntry(type="pte", file=A.PTE_FILE, op_library=ET_OPS_LIB)

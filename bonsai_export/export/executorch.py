@@ -20,11 +20,10 @@ from .stages import stage
 log = logging.getLogger(__name__)
 
 
-# Most tokens one forward call takes; longer prompts are fed in calls of this size (ExecuTorch's LLM metadata:
-# get_max_seq_len = tokens per call, get_max_context_len = cache positions). The memory planner sizes every
-# activation, the logits among them, for the longest call: at Bonsai's size and max_seq_len 2048 a call of up to
-# 2048 tokens planned 877 MB, which a runtime that allocates planned memory up front (ExecuTorch's Python and
-# Java bindings) makes resident. Prefill speed is flat above ~64 tokens per call.
+# Most tokens one forward call takes (PteMetadata.call_tokens); longer prompts are fed in calls of this size. The
+# memory planner sizes every activation, the logits among them, for the longest call: at Bonsai's size and
+# max_seq_len 2048 a call of up to 2048 tokens planned 877 MB, which a runtime that allocates planned memory up
+# front (ExecuTorch's Python and Java bindings) makes resident. Prefill speed is flat above ~64 tokens per call.
 MAX_CALL_TOKENS = 256
 
 
@@ -32,14 +31,14 @@ def call_tokens(model: Transformer) -> int:
     return min(MAX_CALL_TOKENS, model.max_seq_len)
 
 
-def metadata(model: Transformer) -> dict:
+def metadata(model: Transformer, cfg: A.ExportConfig) -> A.PteMetadata:
     a = model.args
-    return {A.META_MAX_SEQ_LEN: call_tokens(model), A.META_MAX_CONTEXT_LEN: model.max_seq_len,
-            A.META_VOCAB_SIZE: a.vocab_size, A.META_N_LAYERS: a.n_layers, A.META_USE_KV_CACHE: True,
-            A.META_DYNAMIC_SHAPE: True, A.META_BOS_ID: a.bos_id, A.META_EOS_IDS: list(a.eos_ids)}
+    return A.PteMetadata(call_tokens=call_tokens(model), max_seq_len=model.max_seq_len, vocab_size=a.vocab_size,
+                         n_layers=a.n_layers, bos_id=a.bos_id, eos_ids=tuple(a.eos_ids), options=cfg)
 
 
-def to_pte(model: Transformer) -> bytes:
+def to_pte(model: Transformer, cfg: A.ExportConfig) -> bytes:
+    """The program, with the runner metadata and `cfg` (the options it was exported with) as constant methods."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
@@ -51,7 +50,7 @@ def to_pte(model: Transformer) -> bytes:
         program = export(model, example, dynamic_shapes=({1: seq}, {0: n_logits}), strict=False)
     with stage("lower (XNNPACK, our ops)"):
         edge = to_edge_transform_and_lower(
-            program, partitioner=[XnnpackPartitioner()], constant_methods=metadata(model),
+            program, partitioner=[XnnpackPartitioner()], constant_methods=metadata(model, cfg).methods(),
             compile_config=EdgeCompileConfig(_check_ir_validity=False))
     # The caches get no initial state: bonsai::attention reads only positions [0, input_pos + T), all written by
     # the sequence itself, and memory the runtime never initializes is never touched, so the resident memory of

@@ -60,7 +60,7 @@ def unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(ckpt: C.Checkpoint, path: Path, cfg: A.ExportConfig, max_seq_len: int) -> dict:
+def write_gguf(ckpt: C.Checkpoint, path: Path, cfg: A.ExportConfig, max_seq_len: int) -> A.ArtifactEntry:
     """Write the GGUF file; returns the manifest's artifacts entry."""
     plan = _plan(ckpt, cfg)  # every refusal before any byte is written
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
@@ -78,9 +78,10 @@ def write_gguf(ckpt: C.Checkpoint, path: Path, cfg: A.ExportConfig, max_seq_len:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"type": "gguf", "file": A.GGUF_FILE, "ternary": plan["ternary_type"], "head": plan["head_type"],
-            "embedding": plan["embedding_type"], "fallback_tensors": plan["fallbacks"],
-            "bits_per_ternary_weight": _ternary_bits(ckpt, plan), "scale_fp16_max_rel_error": scale_error}
+    details = {"ternary": plan["ternary_type"], "head": plan["head_type"], "embedding": plan["embedding_type"],
+               "fallback_tensors": plan["fallbacks"], "scale_fp16_max_rel_error": scale_error}
+    return A.ArtifactEntry(type="gguf", file=A.GGUF_FILE, bits_per_ternary_weight=_ternary_bits(ckpt, plan),
+                           details=details)
 
 
 def _ternary_bits(ckpt: C.Checkpoint, plan: dict) -> float:

@@ -29,7 +29,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import formats, ops
-from ..artifact import GENAI_CONFIG, ONNX_FILE, ORT_OPS_LIB, TERNARY_OPS
+from ..artifact import GENAI_CONFIG, ONNX_FILE, ORT_OPS_LIB, TERNARY_OPS, ArtifactEntry, ExportConfig, onnx_metadata
 from ..dense import Bf16Embedding, DenseLinear, Int8Embedding
 from ..errors import BonsaiError
 from ..model import TernaryLinear, Transformer
@@ -351,14 +351,15 @@ def genai_config(model: Transformer, custom_ops_library: str | None) -> dict:
             "search": search}
 
 
-def to_folder(model: Transformer, folder: Path, ternary_op: str, metadata: dict[str, str]) -> dict:
-    """Write model.onnx (+ data), the op library (custom) and genai_config.json; return the manifest entry."""
+def to_folder(model: Transformer, folder: Path, cfg: ExportConfig) -> ArtifactEntry:
+    """Write model.onnx (+ data, the export options in its metadata_props), the op library (custom) and
+    genai_config.json; return the manifest entry."""
     import json
     import shutil
 
     from ..native import native_dir
 
-    library = None
+    ternary_op, library = cfg.ternary_op, None
     if ternary_op == "custom":
         src = native_dir() / ORT_OPS_LIB
         if not src.is_file():
@@ -368,10 +369,7 @@ def to_folder(model: Transformer, folder: Path, ternary_op: str, metadata: dict[
         shutil.copyfile(src, folder / ORT_OPS_LIB)
         library = ORT_OPS_LIB
     log.info("onnx: building the graph (%s ternary op)", ternary_op)
-    files = save(build_graph(model, ternary_op), folder, ONNX_FILE, metadata)
+    files = save(build_graph(model, ternary_op), folder, ONNX_FILE, onnx_metadata(cfg))
     (folder / GENAI_CONFIG).write_text(json.dumps(genai_config(model, library), indent=2) + "\n")
-    entry = {"type": "onnx", "file": ONNX_FILE, "files": files, "ternary_op": ternary_op,
-             "genai_config": GENAI_CONFIG}
-    if library:
-        entry["op_library"] = library
-    return entry
+    return ArtifactEntry(type="onnx", file=ONNX_FILE, files=tuple(files), ternary_op=ternary_op,
+                         genai_config=GENAI_CONFIG, op_library=library)

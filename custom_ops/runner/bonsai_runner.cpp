@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "artifact_keys.h"
 #include "bpe_tokenizer.h"
 
 // The executorch wheel ships libexecutorch_threadpool.so but not threadpool.h; these two declarations match the
@@ -239,11 +240,11 @@ const float* forward(Module& m, const std::vector<int64_t>& tokens, size_t begin
   return logits.const_data_ptr<float>() + (logits.numel() - vocab);
 }
 
-// Forward calls of at most `chunk` tokens each (the program's get_max_seq_len), then argmax of the last position.
-int64_t step(Module& m, const std::vector<int64_t>& tokens, int64_t pos, int64_t vocab, int64_t chunk) {
+// Forward calls of at most `call_tokens` tokens each, then argmax of the last position.
+int64_t step(Module& m, const std::vector<int64_t>& tokens, int64_t pos, int64_t vocab, int64_t call_tokens) {
   size_t begin = 0;
-  for (; tokens.size() - begin > size_t(chunk); begin += size_t(chunk))
-    forward(m, tokens, begin, size_t(chunk), pos, vocab);
+  for (; tokens.size() - begin > size_t(call_tokens); begin += size_t(call_tokens))
+    forward(m, tokens, begin, size_t(call_tokens), pos, vocab);
   const float* last = forward(m, tokens, begin, tokens.size() - begin, pos, vocab);
   int64_t best = 0;
   for (int64_t v = 1; v < vocab; ++v) best = last[v] > last[best] ? v : best;
@@ -293,12 +294,17 @@ int main(int argc, char** argv) {
     planned_memory = planned.allocator.get();
   }
   if (m.load_method("forward", planned_memory) != executorch::runtime::Error::Ok) die("cannot load " + o.model);
-  // ExecuTorch's LLM metadata: get_max_context_len = KV cache positions, get_max_seq_len = tokens per call.
-  const int64_t max_seq_len = constant(m, "get_max_context_len"), chunk = constant(m, "get_max_seq_len");
-  const int64_t vocab = constant(m, "get_vocab_size");
-  if (chunk < 1 || max_seq_len < 1 || vocab < 1) die(o.model + ": bad metadata (get_max_seq_len " +
-                                                      std::to_string(chunk) + "); re-export it");
-  const auto eos = m.execute("get_eos_ids");
+  namespace pte = bonsai::artifact::pte;
+  const int64_t format = constant(m, pte::kFormatVersion);
+  if (format != bonsai::artifact::folder::kFormatVersion)
+    die(o.model + ": artifact format " + std::to_string(format) + ", this runner reads " +
+        std::to_string(bonsai::artifact::folder::kFormatVersion) + "; re-export it");
+  // max_seq_len: the context (KV cache positions); call_tokens: the most tokens one forward call takes.
+  const int64_t max_seq_len = constant(m, pte::kMaxSeqLen), call_tokens = constant(m, pte::kCallTokens);
+  const int64_t vocab = constant(m, pte::kVocabSize);
+  if (call_tokens < 1 || max_seq_len < 1 || vocab < 1)
+    die(o.model + ": bad metadata (" + pte::kCallTokens + " " + std::to_string(call_tokens) + "); re-export it");
+  const auto eos = m.execute(pte::kEosIds);
   if (tokenizer && int64_t(tokenizer->id_count()) != vocab)
     die(o.tokenizer + ": " + std::to_string(tokenizer->id_count()) + " ids, the model has " +
         std::to_string(vocab) + " logits (tokenizer from another model?)");
@@ -309,7 +315,7 @@ int main(int argc, char** argv) {
   if (int64_t(o.prompt.size()) >= max_seq_len) die("prompt does not fit max_seq_len " + std::to_string(max_seq_len));
   const double t1 = now_s();
   const double rss_loaded = status_mib("VmRSS:");
-  int64_t token = step(m, o.prompt, 0, vocab, chunk);
+  int64_t token = step(m, o.prompt, 0, vocab, call_tokens);
   const double t2 = now_s();
   std::vector<int64_t> generated;
   for (int64_t pos = int64_t(o.prompt.size());; ++pos) {
@@ -318,7 +324,7 @@ int main(int argc, char** argv) {
     if (is_eos) break;
     generated.push_back(token);
     if (int64_t(generated.size()) >= o.max_new_tokens || pos >= max_seq_len) break;
-    token = step(m, {token}, pos, vocab, chunk);
+    token = step(m, {token}, pos, vocab, call_tokens);
   }
   const double t3 = now_s();
   for (size_t i = 0; i < generated.size(); ++i) std::printf("%s%lld", i ? "," : "", (long long)generated[i]);

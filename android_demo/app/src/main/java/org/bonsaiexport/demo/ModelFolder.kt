@@ -7,6 +7,10 @@ import org.json.JSONArray
 import org.json.JSONObject
 import java.io.File
 import java.util.Locale
+import org.bonsaiexport.demo.ArtifactKeys.Entry
+import org.bonsaiexport.demo.ArtifactKeys.Folder
+import org.bonsaiexport.demo.ArtifactKeys.Manifest
+import org.bonsaiexport.demo.ArtifactKeys.Model
 
 /** The graph's input and output names (optimum / onnxruntime-genai convention, as bonsai-export writes them). */
 data class IoNames(
@@ -28,7 +32,8 @@ data class IoNames(
 /**
  * An ONNX artifact folder written by `bonsai-export export --format onnx`: model.onnx (+ model.onnx.data),
  * genai_config.json, tokenizer.json (the reference tokenizer pipeline, docs/TOKENIZER.md) and
- * bonsai_manifest.json, whose "model" entry gives the shapes.
+ * bonsai_manifest.json, whose model entry gives the shapes. The keys are ArtifactKeys', generated from
+ * bonsai_export/artifact.py.
  */
 class ModelFolder private constructor(
     val dir: File,
@@ -44,20 +49,19 @@ class ModelFolder private constructor(
     val io: IoNames,
 ) {
     val tokenizerFile: File get() = File(dir, TOKENIZER)
-    val needsCustomOps: Boolean get() = ternaryOp != "stock"
+    val needsCustomOps: Boolean get() = ternaryOp != Folder.TERNARY_OP_STOCK
 
     fun describe(): String =
         "${dir.name}: $nLayers layers, $nKvHeads KV heads x $headDim, vocab $vocabSize, context $maxSeqLen, " +
             "ternary op $ternaryOp"
 
     companion object {
-        const val MANIFEST = "bonsai_manifest.json"
-        const val GENAI_CONFIG = "genai_config.json"
+        const val MANIFEST = Folder.MANIFEST
+        const val GENAI_CONFIG = Folder.GENAI_CONFIG
         const val TOKENIZER = "tokenizer.json"
-        private const val FORMAT_VERSION = 1
 
         /** Files the app needs; an import copies only these (the folder may also hold a .pte and host libraries). */
-        val NEEDED_FILES = setOf(MANIFEST, GENAI_CONFIG, TOKENIZER, "model.onnx", "model.onnx.data")
+        val NEEDED_FILES = setOf(MANIFEST, GENAI_CONFIG, TOKENIZER, Folder.ONNX_FILE, Folder.ONNX_DATA_FILE)
 
         fun open(dir: File): ModelFolder {
             val manifestFile = File(dir, MANIFEST)
@@ -68,35 +72,37 @@ class ModelFolder private constructor(
                 )
             }
             val manifest = JSONObject(manifestFile.readText())
-            if (manifest.optInt("format_version") != FORMAT_VERSION) {
+            val version = manifest.opt(Manifest.FORMAT_VERSION)
+            if (manifest.optInt(Manifest.FORMAT_VERSION) != Folder.FORMAT_VERSION) {
                 throw ModelFolderException(
-                    "$manifestFile: format_version ${manifest.opt("format_version")}, this app reads $FORMAT_VERSION",
+                    "$manifestFile: format_version $version, this app reads ${Folder.FORMAT_VERSION}; re-export it",
                 )
             }
-            val artifacts = manifest.getJSONArray("artifacts")
+            val artifacts = manifest.getJSONArray(Manifest.ARTIFACTS)
             val onnx = (0 until artifacts.length()).map { artifacts.getJSONObject(it) }
-                .firstOrNull { it.optString("type") == "onnx" }
+                .firstOrNull { it.optString(Entry.TYPE) == Folder.TYPE_ONNX }
                 ?: throw ModelFolderException(
                     "$dir: no ONNX artifact in $MANIFEST; export with --format onnx (or --format all)",
                 )
-            val model = manifest.getJSONObject("model")
-            val modelFile = File(dir, onnx.optString("file", "model.onnx"))
+            val model = manifest.getJSONObject(Manifest.MODEL)
+            val modelFile = File(dir, onnx.optString(Entry.FILE, Folder.ONNX_FILE))
             for (f in listOf(modelFile, File(dir, TOKENIZER))) {
                 if (!f.isFile) throw ModelFolderException("$f: missing (the folder is incomplete)")
             }
 
             val genaiFile = File(dir, GENAI_CONFIG)
-            val genai = if (genaiFile.isFile) JSONObject(genaiFile.readText()).getJSONObject("model") else null
-            val eosIds = jsonInts(model.opt("eos_ids")) + jsonInts(genai?.opt("eos_token_id"))
+            // genai_config.json is onnxruntime-genai's format; its "model" section is not the manifest's
+            val genai = if (genaiFile.isFile) JSONObject(genaiFile.readText()).getJSONObject(GENAI_MODEL) else null
+            val eosIds = jsonInts(model.opt(Model.EOS_IDS)) + jsonInts(genai?.opt("eos_token_id"))
             val folder = ModelFolder(
                 dir = dir,
                 modelFile = modelFile,
-                ternaryOp = onnx.optString("ternary_op", "custom"),
-                nLayers = model.getInt("n_layers"),
-                nKvHeads = model.getInt("n_kv_heads"),
-                headDim = model.getInt("head_dim"),
-                vocabSize = model.getInt("vocab_size"),
-                maxSeqLen = model.getInt("max_seq_len"),
+                ternaryOp = onnx.optString(Entry.TERNARY_OP, Folder.TERNARY_OP_CUSTOM),
+                nLayers = model.getInt(Model.N_LAYERS),
+                nKvHeads = model.getInt(Model.N_KV_HEADS),
+                headDim = model.getInt(Model.HEAD_DIM),
+                vocabSize = model.getInt(Model.VOCAB_SIZE),
+                maxSeqLen = model.getInt(Model.MAX_SEQ_LEN),
                 eosIds = eosIds,
                 io = ioNames(genai?.optJSONObject("decoder")),
             )
@@ -202,6 +208,7 @@ class ModelFolder private constructor(
         }
 
         const val DEFAULT_PUSH_DIR = "/data/local/tmp/bonsai"
+        private const val GENAI_MODEL = "model"
     }
 }
 
