@@ -31,6 +31,8 @@ def random_checkpoint(args=ARGS, seed=0, tmp=None) -> C.Checkpoint:
     ternary = {f"model.layers.{i}.{sub}": group_ternary(*shape, gen)
                for i in range(args.n_layers) for sub, shape in args.linear_shapes.items()}
     ternary["model.embed_tokens"] = group_ternary(args.vocab_size, args.dim, gen)
+    if not args.tie_embeddings:  # Ternary-Bonsai-8B: its own group-ternary head
+        ternary["lm_head"] = group_ternary(args.vocab_size, args.dim, gen)
     norm = lambda n: (1 + 0.1 * torch.randn(n, generator=gen)).to(torch.bfloat16)  # noqa: E731
     dense = {"model.norm.weight": norm(args.dim)}
     for i in range(args.n_layers):
@@ -48,7 +50,8 @@ def transformers_qwen3(ckpt: C.Checkpoint):
     model = Qwen3ForCausalLM(config.qwen3_config(ckpt.args, attn_implementation="eager")).float().eval()
     state = {k: v.float() for k, v in ckpt.dense.items()}
     state.update({f"{n}.weight": w.folded() for n, w in ckpt.ternary.items()})
-    state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    if ckpt.args.tie_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not [m for m in missing if "rotary" not in m] and not unexpected, (missing, unexpected)
     return model
@@ -92,6 +95,16 @@ def test_logits_match_transformers_qwen3(ckpt, prompt):
         want = transformers_qwen3(ckpt)(torch.tensor([prompt])).logits
     assert got.shape == want.shape == (1, len(prompt), ARGS.vocab_size)
     assert want.abs().max() > 1  # not a degenerate comparison
+    torch.testing.assert_close(got, want, rtol=0, atol=LOGIT_ATOL)
+
+
+def test_untied_group_ternary_head_matches_transformers(prompt):
+    untied = random_checkpoint(ARGS.replace(tie_embeddings=False), seed=5)
+    model = from_checkpoint(untied)
+    assert torch.equal(model.lm_head.weight, untied.ternary["lm_head"].folded())
+    with torch.no_grad():
+        got = model(torch.tensor([prompt]), positions(0, len(prompt)))
+        want = transformers_qwen3(untied)(torch.tensor([prompt])).logits
     torch.testing.assert_close(got, want, rtol=0, atol=LOGIT_ATOL)
 
 
