@@ -6,6 +6,9 @@ artifact) equal transformers' ids of the checkpoint folder, and decoding them gi
 with the legacy Prepend + Replace normalizer as checkpoints ship it, long prompts, and ids as a model generates them.
 A malformed or unsupported tokenizer.json gives one error line naming the part and exit 2, never a crash.
 
+The byte-level layouts (byte_level_layouts.py: Qwen2/Qwen3 and Llama-3, trained offline) are checked the same way,
+and the pre-tokenizer's words on every assigned code point against `tokenizers`' normalizer and pre-tokenizer.
+
 The tokenizer runs alone in tokenizer_cli (custom_ops/tests/tokenizer_cli.cpp), built here from the source tree
 with AddressSanitizer and UBSan, so an out-of-bounds read on a bad file fails the test instead of passing by luck.
 """
@@ -16,6 +19,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import byte_level_layouts
 import pytest
 import tokenizer_layouts
 from test_kernels_native_builds import KERNEL_TESTS_ONLY, RUN_TIMEOUT_S, cmake_build, require
@@ -231,3 +235,134 @@ def test_runner_refuses_a_bad_tokenizer_json_before_the_model(canonical_text, tm
     proc = subprocess.run([str(runner), str(tmp_path), "--prompt", "hi"], capture_output=True, text=True,
                           timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 2 and "--prompt needs" in proc.stderr and "re-export" in proc.stderr, proc.stderr
+
+
+# ---- byte-level BPE (Qwen2/Qwen3, Llama-3) ----
+
+@pytest.fixture(scope="module")
+def byte_level(tmp_path_factory) -> dict[str, tuple[Path, list[list[int]]]]:
+    """layout -> (its canonical tokenizer.json, transformers' ids of the byte-level corpus)."""
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("byte-level")
+    out = {}
+    for name in byte_level_layouts.LAYOUTS:
+        tok = AutoTokenizer.from_pretrained(str(byte_level_layouts.write_layout(name, root / name)))
+        path = root / name / "canonical.tokenizer.json"
+        tok.backend_tokenizer.save(str(path))
+        out[name] = (path, [tok(s)["input_ids"] for s in byte_level_layouts.CORPUS])
+    return out
+
+
+@pytest.mark.parametrize("name", list(byte_level_layouts.LAYOUTS))
+def test_byte_level_ids_and_text_equal_the_reference(cli, byte_level, name, tmp_path):
+    path, want = byte_level[name]
+    ref = pipeline(path)
+    corpus = list(byte_level_layouts.CORPUS)
+    got = results(cli, path, corpus + LONG_PROMPTS, tmp_path)
+    for text, ids, r in zip(corpus, want, got):
+        assert r["ids"] == ids, f"{name}: {text!r}"
+        assert r["text"] == ref.decode(ids, skip_special_tokens=True), f"{name}: {text!r}"
+    for text, r in zip(LONG_PROMPTS, got[len(corpus):]):
+        assert r["ids"] == ref.encode(text).ids
+
+
+def all_code_points_texts(chunk: int = 2048) -> list[str]:
+    """Every code point Python's unicodedata assigns (the tables' source), each doubled, before a digit and again,
+    space-separated: a letter, number, space or other class that differs from the regex engine's cuts otherwise,
+    and NFC composes across the doubled marks."""
+    import unicodedata
+
+    cps = [c for c in range(0x110000) if not 0xD800 <= c < 0xE000 and unicodedata.category(chr(c)) != "Cn"]
+    return [" ".join(chr(c) * 2 + "1" + chr(c) for c in cps[k:k + chunk]) for k in range(0, len(cps), chunk)]
+
+
+@pytest.mark.parametrize("name", list(byte_level_layouts.LAYOUTS))
+def test_byte_level_words_on_every_code_point(cli, byte_level, name, tmp_path):
+    from bonsai_export.tokenizer import byte_level_alphabet
+
+    path = byte_level[name][0]
+    ref = pipeline(path)
+    alphabet = byte_level_alphabet()
+    texts = all_code_points_texts()
+    got = results(cli, path, [{"words": t} for t in texts], tmp_path)
+    for text, r in zip(texts, got):
+        normalized = ref.normalizer.normalize_str(text) if ref.normalizer else text
+        want = [w for w, _ in ref.pre_tokenizer.pre_tokenize_str(normalized)]
+        assert ["".join(alphabet[b] for b in w.encode()) for w in r["words"]] == want, text[:40]
+
+
+def byte_level_generated_ids(ref) -> list[list[int]]:
+    """Ids a model can produce: a character's bytes cut short or interrupted by specials and words, stray
+    continuation bytes, the added tokens that are not special (decoded as their text), ids past the vocabulary."""
+    from bonsai_export.tokenizer import byte_level_alphabet
+
+    alphabet = byte_level_alphabet()
+    byte = {b: ref.token_to_id(alphabet[b]) for b in range(256)}
+    word = ref.encode("Paris", add_special_tokens=False).ids
+    specials = [ref.token_to_id(t) for t in ("<|im_start|>", "<|im_end|>", "<think>", "<|begin_of_text|>")
+                if ref.token_to_id(t) is not None]
+    return [
+        [byte[0xE6], byte[0x97]],
+        [*word, byte[0xE6], byte[0x97], byte[0xA5], *word],
+        [byte[0xE6], *specials, byte[0x97], byte[0xA5]],
+        [byte[0xE6], *word, byte[0x97]],
+        [byte[0xC0], byte[0x80], byte[0xED], byte[0xA0], byte[0x80], byte[0xF4], byte[0x90], byte[0xFF]],
+        [byte[0xF0], byte[0x9F], byte[0x98], byte[0xE2], byte[0x82], byte[0xAC], byte[0x80], byte[0xBF]],
+        [*specials, *word, ref.get_vocab_size() + 5, *word],
+        [],
+    ]
+
+
+def test_byte_level_decode_of_generated_ids(cli, byte_level, tmp_path):
+    for name in byte_level_layouts.LAYOUTS:
+        path = byte_level[name][0]
+        ref = pipeline(path)
+        inputs = byte_level_generated_ids(ref)
+        for r, ids in zip(results(cli, path, inputs, tmp_path), inputs):
+            assert r["text"] == ref.decode(ids, skip_special_tokens=True), (name, ids)
+
+
+BYTE_LEVEL_MALFORMED = {  # an edit of the Qwen2 layout -> the part the one error line names
+    "another regex": (["pre_tokenizer", "pretokenizers", 0, "pattern", "Regex"], r"\s+|\w+", "pre_tokenizer"),
+    "Split removed": (["pre_tokenizer", "pretokenizers", 0, "behavior"], "Removed", "pre_tokenizer"),
+    "prefix space": (["pre_tokenizer", "pretokenizers", 1, "add_prefix_space"], True, "pre_tokenizer"),
+    "pre_tokenizer a list": (["pre_tokenizer"], [1, 2], "pre_tokenizer"),
+    "steps a string": (["pre_tokenizer", "pretokenizers"], "Split", "pre_tokenizer"),
+    "NFKC": (["normalizer"], {"type": "NFKC"}, "normalizer"),
+    "byte fallback": (["model", "byte_fallback"], True, "model.byte_fallback"),
+    "prefix": (["model", "continuing_subword_prefix"], "##", "model.continuing_subword_prefix"),
+    "ignore_merges a string": (["model", "ignore_merges"], "yes", "model.ignore_merges"),
+    "two templates": (["post_processor"], {"type": "Sequence", "processors": [
+        {"type": "TemplateProcessing", "single": [], "special_tokens": {}}] * 2}, "post_processor"),
+}
+assert len(BYTE_LEVEL_MALFORMED) == 10
+
+
+@pytest.mark.parametrize("case", BYTE_LEVEL_MALFORMED)
+def test_malformed_byte_level_tokenizer_json_is_refused_on_one_line(cli, byte_level, case, tmp_path):
+    keys, value, part = BYTE_LEVEL_MALFORMED[case]
+    spec = json.loads(byte_level["qwen2"][0].read_text())
+    node = spec
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text(json.dumps(spec, ensure_ascii=False))
+    proc = run_cli(cli, bad, ["x"], tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, f"exit {proc.returncode} (negative = signal):\n{proc.stderr}"
+    assert f"{bad}: {part}" in lines[0], lines[0]
+
+
+def test_a_byte_level_vocabulary_missing_a_byte_is_refused(cli, byte_level, tmp_path):
+    from bonsai_export.tokenizer import byte_level_alphabet
+
+    spec = json.loads(byte_level["qwen2"][0].read_text())
+    lost = byte_level_alphabet()[0x7F]
+    del spec["model"]["vocab"][lost]
+    spec["model"]["merges"] = [m for m in spec["model"]["merges"] if lost not in "".join(m)]
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text(json.dumps(spec, ensure_ascii=False))
+    proc = run_cli(cli, bad, ["x"], tmp_path)
+    assert proc.returncode == 2 and "model.vocab: no piece for byte 0x7F" in proc.stderr, proc.stderr

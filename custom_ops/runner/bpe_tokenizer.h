@@ -1,15 +1,22 @@
 // The artifact's tokenizer: a `tokenizers` pipeline read from its tokenizer.json, limited to the subset of
-// docs/TOKENIZER.md (SentencePiece-style BPE with byte fallback; added tokens split first; Metaspace or the legacy
-// Prepend + Replace normalizer for spaces; TemplateProcessing for BOS / EOS; the Replace, ByteFallback, Fuse
-// [, Strip] decoder). Within it, ids and text equal raw `tokenizers` (Tokenizer.from_file(...).encode(text).ids,
-// .decode(ids, skip_special_tokens=True)), which equal transformers' for the artifact's checkpoint. A file
-// outside the subset is refused at load with one line naming the part, never approximated.
+// docs/TOKENIZER.md, in two families:
+// - SentencePiece-style BPE (Llama-2, Mistral): byte fallback; Metaspace or the legacy Prepend + Replace
+//   normalizer for spaces; the Replace, ByteFallback, Fuse [, Strip] decoder;
+// - byte-level BPE (Qwen2/Qwen3, Llama-3): optional NFC, the Split regex of Qwen2 or Llama-3 (pretokenize.h), every
+//   byte one symbol of GPT-2's byte alphabet; the ByteLevel decoder.
+// Both: added tokens split first; TemplateProcessing for BOS / EOS. Within the subset, ids and text equal raw
+// `tokenizers` (Tokenizer.from_file(...).encode(text).ids, .decode(ids, skip_special_tokens=True)), which equal
+// transformers' for the artifact's checkpoint. A file outside the subset is refused at load with one line naming
+// the part, never approximated.
 #pragma once
 
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include "pretokenize.h"
 
 namespace bonsai_runner {
 
@@ -60,9 +67,13 @@ class BpeTokenizer {
   std::vector<int32_t> encode(const std::string& text) const;
   // Text of `ids`; special added tokens and ids without a piece are skipped.
   std::string decode(const std::vector<int32_t>& ids) const;
+  // The words BPE runs on, in order (the text between added tokens, spaced or normalized and split as the
+  // pipeline says; byte-level words as their UTF-8 bytes): what the pre-tokenizer cut, for tests.
+  std::vector<std::string> words(const std::string& text) const;
   // 1 + the largest id a piece or added token has: the logits a model over this tokenizer has.
   size_t id_count() const { return pieces_.size(); }
 
+  enum class Kind { kSentencePiece, kByteLevel };
   enum class Prefix { kLegacy, kFirst, kAlways, kNever };  // how a segment gets its leading U+2581
   struct Piece {
     std::string text;    // "" for an id nothing uses
@@ -82,14 +93,27 @@ class BpeTokenizer {
   friend class TokenizerBuilder;
   BpeTokenizer() = default;
 
-  void split_added(const std::string& text, std::vector<int32_t>& out) const;
+  struct Symbol {
+    int32_t id, prev, next;
+    uint32_t len;  // bytes covered; 0 once merged into its left neighbour
+  };
+
+  // Cuts out the added tokens (their ids go to `ids`) and calls `segment(text, start)` for the text between.
+  template <class Segment>
+  void split_added(const std::string& text, std::vector<int32_t>& ids, Segment&& segment) const;
+  void encode_segment(const std::string& segment, size_t start, std::vector<int32_t>& out) const;
+  std::vector<std::string> segment_words(const std::string& segment, size_t start) const;
   std::string with_spaces(const std::string& segment, size_t start) const;
   void bpe(const std::string& word, std::vector<int32_t>& out) const;
+  void byte_level_bpe(std::string_view word, std::vector<int32_t>& out) const;
+  void merge(std::vector<Symbol>& symbols, std::vector<int32_t>& out) const;
   const Merge* find_merge(int32_t left, int32_t right) const;
+  std::string decode_byte_level(const std::vector<int32_t>& ids) const;
 
   std::vector<Piece> pieces_;                         // by id
   FlatMap<int32_t> char_ids_;                         // code point -> id of the piece that is exactly it
-  std::vector<int32_t> byte_ids_;                     // byte -> id of <0xNN> (256 entries), -1 when absent
+  std::vector<int32_t> byte_ids_;                     // byte -> id of <0xNN> (256 entries), -1 when absent;
+                                                      // byte-level: the id of the byte's alphabet character
   int32_t unk_id_ = -1;                               // -1: unk_token null (an unknown character is dropped)
   FlatMap<Merge> merges_;                             // (left << 32 | right) -> merge
   std::vector<AddedToken> added_;                     // longest first, so the first match is the longest
@@ -97,6 +121,11 @@ class BpeTokenizer {
   Prefix prefix_ = Prefix::kFirst;
   std::vector<int32_t> before_, after_;               // the single template's special tokens around $A
   bool strip_space_ = false;                          // decoder ends with Strip(" ", 1, 0)
+  Kind kind_ = Kind::kSentencePiece;
+  SplitPattern split_ = SplitPattern::kQwen2;         // byte-level: the pre-tokenizer's regex
+  bool nfc_ = false;                                  // byte-level: the NFC normalizer
+  bool ignore_merges_ = false;                        // byte-level: a word that is a piece is taken whole
+  FlatMap<int32_t> words_;                            // ignore_merges: hash of a piece's bytes -> its id
 };
 
 }  // namespace bonsai_runner

@@ -1,7 +1,8 @@
 // tokenizer_cli TOKENIZER_JSON INPUTS_JSON: the runner's tokenizer alone, for tests/test_runner_tokenizer.py.
 // INPUTS_JSON is a JSON list; a string is encoded and its ids decoded again, a list of ids is only decoded (ids as
-// a model generates them: byte pieces cut mid-character, special tokens). Prints one JSON object:
-//   {"load_ms": ..., "encode_ms": ..., "results": [{"ids": [...], "text": "..."}, ...]}
+// a model generates them: byte pieces cut mid-character, special tokens), and {"words": TEXT} gives the words the
+// pre-tokenizer cuts TEXT into (BpeTokenizer::words). Prints one JSON object:
+//   {"load_ms": ..., "encode_ms": ..., "results": [{"ids": [...], "text": "..."} or {"words": [...]}, ...]}
 // A refused tokenizer.json exits 2 with one line on stderr, as bonsai_runner does.
 #include <chrono>
 #include <cstdio>
@@ -38,11 +39,21 @@ int main(int argc, char** argv) {
     const double load_ms = ms_since(t0);
     std::vector<std::vector<int32_t>> ids;
     const auto t1 = std::chrono::steady_clock::now();
-    for (const auto& input : inputs)
+    for (const auto& input : inputs) {
+      if (input.is_object()) continue;  // words only
       ids.push_back(input.is_string() ? tokenizer.encode(input.get<std::string>()) : input.get<std::vector<int32_t>>());
+    }
     const double encode_ms = ms_since(t1);
     nlohmann::json results = nlohmann::json::array();
-    for (const auto& one : ids) results.push_back({{"ids", one}, {"text", tokenizer.decode(one)}});
+    size_t next = 0;
+    for (const auto& input : inputs) {
+      if (input.is_object()) {
+        results.push_back({{"words", tokenizer.words(input.at("words").get<std::string>())}});
+        continue;
+      }
+      const auto& one = ids[next++];
+      results.push_back({{"ids", one}, {"text", tokenizer.decode(one)}});
+    }
     std::printf("%s\n", nlohmann::json{{"load_ms", load_ms}, {"encode_ms", encode_ms}, {"results", results}}
                             .dump().c_str());
   } catch (const std::exception& e) {
