@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", default="1,64", help="comma-separated token counts M (default: 1,64)")
     parser.add_argument("--act-bits", type=int, choices=sorted(formats.ACT_MODES.values()), default=8,
                         help="activation mode of our kernels (default: 8)")
+    parser.add_argument("--scale-layout", choices=sorted(formats.SCALE_LAYOUTS), default="channel",
+                        help="channel: one float32 scale per row (Bonsai); block: one fp16 scale per 128 weights "
+                             "(Ternary-Bonsai), MatMulNBits with the same block scales (default: channel)")
     parser.add_argument("--repeats", type=int, default=None, help="timed passes per measurement (default 15, quick 5)")
     parser.add_argument("--no-model", action="store_true", help="skip the whole-model workload")
     parser.add_argument("--no-ort", action="store_true", help="skip onnxruntime MatMulNBits")
@@ -107,15 +110,35 @@ def p90(values: list[float]) -> float:
 class Matrix:
     t: np.ndarray  # int8 [N, K] ternary
     packed: np.ndarray  # uint8 [N, row_bytes(K)]
-    scales: np.ndarray  # float32 [N]
+    scales: np.ndarray  # float32 [N] (layout channel) or float16 [N, num_blocks(K)] (block)
+
+    @property
+    def layout(self) -> int:
+        return formats.SCALE_LAYOUTS["block" if self.scales.ndim == 2 else "channel"]
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        """The float-activation reference output of x."""
+        k = self.t.shape[1]
+        if self.layout == formats.SCALE_LAYOUTS["block"]:
+            return formats.matmul_blocks(x, self.packed, self.scales, k, act_bits=0)
+        return formats.matmul(x, self.packed, self.scales, k, act_bits=0)
+
+    def dense(self) -> np.ndarray:
+        """The float32 [N, K] matrix the weights stand for."""
+        s = self.scales.astype(np.float32)
+        if self.layout == formats.SCALE_LAYOUTS["block"]:
+            return self.t * np.repeat(s, formats.BLOCK_K, axis=1)[:, : self.t.shape[1]]
+        return self.t.astype(np.float32) * s[:, None]
 
 
-def make_matrices(workload: Workload, rng: np.random.Generator) -> list[Matrix]:
+def make_matrices(workload: Workload, rng: np.random.Generator, layout: str = "channel") -> list[Matrix]:
     """Random ternary weights; each copy is a distinct buffer so a pass streams all of them from memory."""
     base = []
     for n, k in workload.shapes:
         t = (rng.integers(0, 3, size=(n, k), dtype=np.int8) - 1).astype(np.int8)
-        base.append(Matrix(t, formats.pack(t), rng.uniform(0.01, 0.1, size=n).astype(np.float32)))
+        shape = (n, formats.num_blocks(k)) if layout == "block" else (n,)
+        scales = rng.uniform(0.01, 0.1, size=shape).astype(np.float16 if layout == "block" else np.float32)
+        base.append(Matrix(t, formats.pack(t), scales))
     return [Matrix(b.t, b.packed.copy(), b.scales.copy()) for _ in range(workload.copies) for b in base]
 
 
@@ -138,13 +161,13 @@ def ours_pass(mats: list[Matrix], xs: dict[int, np.ndarray], act_bits: int, thre
         x = xs[k]
         y = np.empty((x.shape[0], n), dtype=np.float32)
         calls.append((x.ctypes.data, x.shape[0], k, mat.packed.ctypes.data, mat.packed.shape[1],
-                      mat.scales.ctypes.data, n, act_bits, y.ctypes.data, par, y))
-    fn = lib.bonsai_ternary_linear
+                      mat.scales.ctypes.data, mat.layout, n, act_bits, y.ctypes.data, par, y))
+    fn = lib.bonsai_ternary_linear_ex
 
     def run():
         with lock or _NO_LOCK:
             for c in calls:
-                if fn(*c[:10]) != 0:
+                if fn(*c[:11]) != 0:
                     raise RuntimeError(lib.bonsai_last_error().decode())
 
     return run
@@ -182,9 +205,16 @@ def ort_model(mats: list[Matrix]):
         if k % formats.BLOCK_K:
             raise ValueError(f"MatMulNBits comparison needs K % {formats.BLOCK_K} == 0, got K={k}")
         inputs.setdefault(k, helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, ["M", k]))
-        inits += [numpy_helper.from_array(ort_weights(mat.t), f"w{i}"),
-                  numpy_helper.from_array(np.repeat(mat.scales, k // formats.BLOCK_K), f"s{i}")]
-        nodes.append(helper.make_node("MatMulNBits", [f"x{k}", f"w{i}", f"s{i}"], [f"y{i}"], domain="com.microsoft",
+        names = [f"x{k}", f"w{i}", f"s{i}"]
+        if mat.layout == formats.SCALE_LAYOUTS["block"]:  # the same block scales, exactly
+            b, s, zero_points = formats.matmul_nbits_weights(mat.packed, mat.scales, k)
+            inits += [numpy_helper.from_array(b, f"w{i}"), numpy_helper.from_array(s, f"s{i}"),
+                      numpy_helper.from_array(zero_points, f"z{i}")]
+            names.append(f"z{i}")
+        else:
+            inits += [numpy_helper.from_array(ort_weights(mat.t), f"w{i}"),
+                      numpy_helper.from_array(np.repeat(mat.scales, k // formats.BLOCK_K), f"s{i}")]
+        nodes.append(helper.make_node("MatMulNBits", names, [f"y{i}"], domain="com.microsoft",
                                       K=k, N=n, bits=ORT_BITS, block_size=formats.BLOCK_K,
                                       accuracy_level=ORT_ACCURACY_LEVEL))
         outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["M", n]))
@@ -225,7 +255,7 @@ def torch_pass(mats: list[Matrix], xs: dict[int, np.ndarray], threads: int):
     import torch
 
     torch.set_num_threads(threads)
-    weights = [torch.from_numpy(m.t.astype(np.float32) * m.scales[:, None]).t() for m in mats]  # [K, N] views
+    weights = [torch.from_numpy(m.dense()).t() for m in mats]  # [K, N] views
     xt = {k: torch.from_numpy(x) for k, x in xs.items()}
     outs = [torch.empty((next(iter(xs.values())).shape[0], w.shape[1])) for w in weights]
 
@@ -267,7 +297,7 @@ def check_ort_parity(mats: list[Matrix], xs: dict[int, np.ndarray], ys: list[np.
     """Fail loudly if MatMulNBits did not compute the same ternary linear (a wrong layout would go unnoticed)."""
     for mat, y in zip(mats[:len(LAYER)], ys):
         x = xs[mat.t.shape[1]]
-        want = formats.matmul(x, mat.packed, mat.scales, mat.t.shape[1], act_bits=0)
+        want = mat.reference(x)
         err = np.linalg.norm(y - want) / max(np.linalg.norm(want), 1e-30)
         if not err < ORT_PARITY_REL_TOL:
             raise RuntimeError(f"MatMulNBits output differs from the reference by {err:.3g} (relative)")
@@ -344,7 +374,7 @@ def run(args) -> int:
     rng = np.random.default_rng(0)
     results = []
     for workload in workloads(not args.no_model):
-        mats = make_matrices(workload, rng)
+        mats = make_matrices(workload, rng, args.scale_layout)
         for m in tokens:
             for t in threads:
                 log.info("bench %s M=%d threads=%d", workload.name, m, t)
@@ -353,8 +383,8 @@ def run(args) -> int:
         del mats
     sys.stdout.write(render(results, bandwidth) + "\n")
     if args.json_out:
-        report = {"environment": environment(), "act_bits": args.act_bits, "repeats": repeats,
-                  "read_bandwidth_gbps": bandwidth, "results": [asdict(r) for r in results]}
+        report = {"environment": environment(), "act_bits": args.act_bits, "scale_layout": args.scale_layout,
+                  "repeats": repeats, "read_bandwidth_gbps": bandwidth, "results": [asdict(r) for r in results]}
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=2)
     return 0

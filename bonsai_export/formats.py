@@ -168,6 +168,16 @@ def matmul_blocks(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, k: int,
     raise ValueError(f"expected act_bits 0 (none) or 8 (int8), got {act_bits}")
 
 
+def gather_rows(packed: np.ndarray, scales: np.ndarray, k: int, ids: np.ndarray, scale_layout: int) -> np.ndarray:
+    """Reference embedding lookup of a ternary table [N, K]: rows ids of W = scale * T as float32 [len(ids), K]
+    (exact: a trit times a scale)."""
+    t = unpack(packed, k)[np.asarray(ids)].astype(np.float32)
+    if scale_layout == SCALE_LAYOUTS["block"]:
+        s = check_block_scales(scales, packed.shape[0], k)[np.asarray(ids)].astype(np.float32)
+        return t * np.repeat(s, BLOCK_K, axis=1)[:, :k]
+    return t * np.asarray(scales, np.float32)[np.asarray(ids), None]
+
+
 def matmul_nbits_weights(packed: np.ndarray, scales: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
     """Block-scaled t2 -> com.microsoft MatMulNBits inputs (bits=2, block_size=BLOCK_K), dequantizing to exactly
     s[n, b] * T[n, k]: B uint8 [N, blocks, 32] (element e of a block in byte e // 4 at bits 2 (e % 4), code

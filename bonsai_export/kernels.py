@@ -52,10 +52,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bonsai_isa_name": (ctypes.c_char_p, []),
         "bonsai_set_isa": (ctypes.c_int, [ctypes.c_char_p]),
         "bonsai_isa_supported": (ctypes.c_int, [ctypes.c_char_p]),
+        "bonsai_isa_names": (ctypes.c_char_p, []),
         "bonsai_row_bytes": (i64, [i64]),
         "bonsai_ternary_linear": (ctypes.c_int, [vp, i64, i64, vp, i64, vp, i64, i32, vp, par]),
         "bonsai_ternary_linear_ex": (ctypes.c_int, [vp, i64, i64, vp, i64, vp, i32, i64, i32, vp, par]),
         "bonsai_int8_accumulate": (ctypes.c_int, [vp, i64, i64, vp, i64, i64, vp, par]),
+        "bonsai_ternary_gather": (ctypes.c_int, [vp, i64, i64, i64, vp, i32, vp, i64, vp]),
         "bonsai_quantize_activations": (ctypes.c_int, [vp, i64, i64, vp, vp]),
         "bonsai_dense_linear": (ctypes.c_int, [vp, i64, i64, vp, i32, vp, i64, vp, par]),
         "bonsai_attention": (ctypes.c_int, [vp, i64, i64, i64, vp, vp, i64, i64, i64, vp, par]),
@@ -96,6 +98,11 @@ def available() -> bool:
 def isa() -> str:
     """Name of the kernel table in use: ref, avx2, avx512, neon, dotprod (or 'unavailable' if forced wrongly)."""
     return _load().bonsai_isa_name().decode()
+
+
+def isa_names() -> tuple[str, ...]:
+    """Every kernel table, best first (the native registry's order), supported here or not."""
+    return tuple(_load().bonsai_isa_names().decode().split(","))
 
 
 def isa_supported(name: str) -> bool:
@@ -194,6 +201,20 @@ def ternary_linear(
             act_bits, y.ctypes.data]
     _call(lib.bonsai_ternary_linear_ex, args, threads)
     return y
+
+
+def ternary_gather(packed: np.ndarray, scales: np.ndarray, k: int, ids, scale_layout: int = 0) -> np.ndarray:
+    """Rows `ids` of a packed ternary table [N, K] as float32 [len(ids), K], W = scale * T (the embedding lookup of
+    a ternary embedding; formats.gather_rows, exact)."""
+    packed = _check_weights(packed, k)
+    scales = _check_scales(scales, packed.shape[0], int(k), scale_layout)
+    ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+    if ids.size == 0:
+        raise ValueError("expected at least one id")
+    out = np.empty((ids.size, int(k)), dtype=np.float32)
+    _check(_load().bonsai_ternary_gather(packed.ctypes.data, packed.shape[0], int(k), packed.shape[1],
+                                         scales.ctypes.data, scale_layout, ids.ctypes.data, ids.size, out.ctypes.data))
+    return out
 
 
 def int8_accumulate(q: np.ndarray, packed: np.ndarray, k: int, threads: int | None = None) -> np.ndarray:

@@ -13,8 +13,7 @@ from bonsai_export import formats, ops
 from bonsai_export import kernels as K
 from bonsai_export.native import native_dir
 
-ALL_ISAS = ("ref", "avx2", "avx512", "neon", "dotprod")
-SUPPORTED = [isa for isa in ALL_ISAS if K.isa_supported(isa)]
+SUPPORTED = [isa for isa in K.isa_names() if K.isa_supported(isa)] if K.available() else []
 BLOCK = formats.SCALE_LAYOUTS["block"]
 # act_bits=0 sums in float32 in a kernel-specific order: error bound relative to sum_k |x| * |W|.
 FLOAT_REL_TOL = 1e-5
@@ -273,3 +272,24 @@ def test_executorch_op_takes_block_scales(tmp_path, act_bits):
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
     else:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("k", [1, 127, 128, 300, 2048])
+def test_gather_rows_exact(layout, k):
+    """The ternary embedding lookup: rows of scale * T, bit for bit with the reference, repeated and any order."""
+    t, packed, block_scales, _ = problem(10 + k, 1, 23, k)
+    scales = block_scales if layout == BLOCK else np.linspace(-1.5, 2.0, 23).astype(np.float32)
+    ids = np.array([22, 0, 5, 5, 13])
+    got = K.ternary_gather(packed, scales, k, ids, scale_layout=layout)
+    want = formats.gather_rows(packed, scales, k, ids, layout)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    weights = dense_weights(t, block_scales) if layout == BLOCK else t * scales.astype(np.float64)[:, None]
+    np.testing.assert_array_equal(want, weights[ids].astype(np.float32))
+
+
+def test_gather_refuses_ids_outside_the_table():
+    _, packed, scales, _ = problem(11, 1, 4, 200)
+    for bad in ([4], [-1], [0, 7]):
+        with pytest.raises(ValueError, match="outside the table's 4 rows"):
+            K.ternary_gather(packed, scales, 200, bad, scale_layout=BLOCK)

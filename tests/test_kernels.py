@@ -25,7 +25,7 @@ from bonsai_export import kernels as K
 
 REPO = Path(__file__).resolve().parents[1]
 FORMAT_HEADER = REPO / "custom_ops" / "core" / "include" / "bonsai" / "ternary_format.h"
-ALL_ISAS = ("ref", "avx2", "avx512", "neon", "dotprod")
+ALL_ISAS = K.isa_names()  # the native registry, best first
 TOKENS = (1, 2, 7, 64)  # decode, tiny batches, a prefill chunk
 # act_bits=0 sums in float32 in a kernel-specific order: error bound relative to sum_k |x| * |scale|.
 FLOAT_REL_TOL = 1e-5
@@ -96,9 +96,14 @@ def test_format_md_sections_named_in_the_code_exist():
     assert not missing, f"sections named in the code but not in docs/FORMAT.md: {missing}"
 
 
+def test_isa_registry_names_every_table_best_first():
+    """One registry (dispatch.cpp): the names documented for BONSAI_FORCE_ISA, best first, ref last."""
+    assert ALL_ISAS == ("avx512", "avx2", "dotprod", "neon", "ref")
+
+
 def test_auto_isa_is_best_supported():
     K.set_isa("auto")
-    best = next(isa for isa in ("avx512", "avx2", "dotprod", "neon", "ref") if isa in SUPPORTED)
+    best = next(isa for isa in ALL_ISAS if isa in SUPPORTED)
     assert K.isa() == best
     assert "ref" in SUPPORTED
 
@@ -280,14 +285,18 @@ def test_parallel_struct_mirrors_the_header():
     assert [K._Parallel.runtime_ctx.offset, K._Parallel.num_threads.offset, ctypes.sizeof(K._Parallel)] == [8, 16, 24]
 
 
-def test_bench_kernels_smoke(tmp_path):
-    """bench-kernels runs end to end (our kernels, MatMulNBits with its parity check, fp32) and writes JSON."""
+@pytest.mark.parametrize("layout", sorted(formats.SCALE_LAYOUTS))
+def test_bench_kernels_smoke(tmp_path, layout):
+    """bench-kernels runs end to end (our kernels, MatMulNBits with its parity check, fp32) and writes JSON, with
+    either scale layout."""
     from bonsai_export import bench_kernels
 
     out = tmp_path / "bench.json"
-    args = ["--quick", "--no-model", "--tokens", "1,2", "--threads", "1", "--repeats", "1", "--json-out", str(out)]
+    args = ["--quick", "--no-model", "--tokens", "1,2", "--threads", "1", "--repeats", "1", "--json-out", str(out),
+            "--scale-layout", layout]
     assert bench_kernels.main(args) == 0
     report = __import__("json").loads(out.read_text())
+    assert report["scale_layout"] == layout
     assert [r["workload"] for r in report["results"]] == [f"{n}x{k}" for n, k in bench_kernels.SINGLE_SHAPES for _ in (1, 2)]
     assert all(r["ours_ms"] > 0 and r["ort_ms"] > 0 and r["torch_ms"] > 0 for r in report["results"])
     assert report["environment"]["isa"] == K.isa()

@@ -206,6 +206,16 @@ void check_blocks(const char* where, const Case& c, const uint8_t* w, const floa
       CHECK(memcmp(&want, &got, 4) == 0, "block scales act_bits=8 y[%lld,%lld] %.9g != %.9g, %s", (long long)r,
             (long long)o, got, want, where);
     }
+  const int64_t ids[2] = {c.n - 1, 0};  // the ternary embedding lookup of the same table: exact trit * scale
+  Unaligned<float> rows(size_t(2 * c.k));
+  CHECK(bonsai_ternary_gather(w, c.n, c.k, rb, s.ptr, bonsai::kScaleBlock, ids, 2, rows.ptr) == BONSAI_OK, "%s",
+        where);
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t j = 0; j < c.k; ++j) {
+      const float want = float(c.t[size_t(ids[i] * c.k + j)]) * f16_value(scales[size_t(ids[i] * nb + j / kBlockK)]);
+      CHECK(memcmp(&want, &rows.ptr[i * c.k + j], 4) == 0, "gather row %lld col %lld, %s", (long long)ids[i],
+            (long long)j, where);
+    }
   CHECK(bonsai_ternary_linear_ex(x, c.m, c.k, w, rb, s.ptr, bonsai::kScaleBlock, c.n, 0, y.ptr, par) == BONSAI_OK,
         "%s", where);
   for (int64_t r = 0; r < c.m; ++r)

@@ -156,6 +156,15 @@ const char* bonsai_isa_name(void) {
   return t ? t->name : "unavailable";
 }
 
+const char* bonsai_isa_names(void) {
+  static const std::string names = [] {
+    std::string s;
+    for (const bonsai::Isa& isa : bonsai::kIsas) s += (s.empty() ? "" : ",") + std::string(isa.name);
+    return s;
+  }();
+  return names.c_str();
+}
+
 int bonsai_isa_supported(const char* name) { return name && bonsai::lookup(name) ? 1 : 0; }
 
 int bonsai_set_isa(const char* name) {

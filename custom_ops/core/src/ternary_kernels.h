@@ -19,8 +19,11 @@
 //             hold c = t + 1, so sum_k q is subtracted;
 //   float:    V (float_kernels.h's vector type) and widen(Codes, V::F*): the 32 weights t of a plane as floats
 //             in K order (only for kStepBlocks == 1);
-//   scales:   half(uint16_t) -> float, the exact widening of an fp16 block scale (the t2g kernels, which need
-//             kStepBlocks == 1: each block's sum is scaled on its own).
+//   scales:   the t2g kernels (kStepBlocks == 1: each block's sum is scaled on its own): half(uint16_t) -> float,
+//             the exact widening of an fp16 block scale; for 4-row tiles Rows4 (4 int32), F4 (4 floats),
+//             hsum4(Sum[4]) -> Rows4 (the 4 rows' sums in lanes), f4_zero(), store4(float*, F4) and
+//             scale_rows4(F4 acc, Rows4 sums, int32 sub, const uint16_t* s, stride): per lane r,
+//             acc + float(sums_r - sub) * half(s[r * stride]), a float32 product then a sum, like the scalar path.
 #ifndef BONSAI_TERNARY_KERNELS_H
 #define BONSAI_TERNARY_KERNELS_H
 
@@ -150,28 +153,54 @@ template <class T, int MR, int NR>
 void tile_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t nblocks, const uint8_t* w,
                  int64_t w_stride, const uint16_t* scales, float* z, int64_t z_stride) {
   constexpr int C = MR == 1 ? T::kGemvChains : 1;
-  static_assert(T::kStepBlocks == 1, "a block's sum is scaled on its own");
+  constexpr int64_t S = T::kStepBlocks;
+  // 4-row tiles reduce their rows' sums together and scale them as one vector: the same per-row operations in
+  // the same order as the scalar path, with one horizontal reduction per 4 rows instead of one per row. A type
+  // holding two blocks per register (S = 2) splits its sums into the two blocks' (hsum4x2) and scales them in
+  // block order.
+  constexpr bool kRows4 = NR == 4;
+  static_assert(S == 1 || kRows4, "two blocks per step only in 4-row tiles");
   float acc[MR][NR] = {};
-  for (int64_t b = 0; b < nblocks; ++b) {
+  typename T::F4 acc4[MR];
+  for (int m = 0; m < MR; ++m) acc4[m] = T::f4_zero();
+  for (int64_t b = 0; b < nblocks; b += S) {
+    const int64_t blocks = nblocks - b < S ? nblocks - b : S;
     typename T::Part part[MR][NR][C];
     for (int m = 0; m < MR; ++m)
       for (int r = 0; r < NR; ++r)
         for (int c = 0; c < C; ++c) part[m][r][c] = T::part_zero();
-    step_i8<T, MR, NR, C>(q, q_stride, w, w_stride, b, 1, part);
-    for (int r = 0; r < NR; ++r) {
-      const float s = T::half(scales[r * nblocks + b]);
-      for (int m = 0; m < MR; ++m) {
-        const int32_t sum = T::hsum(T::flush(T::sum_zero(), part[m][r]));
-        const int32_t block = sum - (T::kUnsignedCodes ? qsums[m * nblocks + b] : 0);
-        acc[m][r] = acc[m][r] + float(block) * s;
+    step_i8<T, MR, NR, C>(q, q_stride, w, w_stride, b, blocks, part);
+    for (int m = 0; m < MR; ++m) {
+      const int32_t* sub = qsums + m * nblocks + b;  // used only with unsigned codes
+      typename T::Sum sums[NR];
+      for (int r = 0; r < NR; ++r) sums[r] = T::flush(T::sum_zero(), part[m][r]);
+      if constexpr (kRows4 && S == 2) {
+        typename T::Rows4 first, second;
+        T::hsum4x2(sums, &first, &second);
+        acc4[m] = T::scale_rows4(acc4[m], first, T::kUnsignedCodes ? sub[0] : 0, scales + b, nblocks);
+        if (blocks == 2)
+          acc4[m] = T::scale_rows4(acc4[m], second, T::kUnsignedCodes ? sub[1] : 0, scales + b + 1, nblocks);
+      } else if constexpr (kRows4) {
+        acc4[m] = T::scale_rows4(acc4[m], T::hsum4(sums), T::kUnsignedCodes ? sub[0] : 0, scales + b, nblocks);
+      } else {
+        for (int r = 0; r < NR; ++r)
+          acc[m][r] = acc[m][r] + float(T::hsum(sums[r]) - (T::kUnsignedCodes ? sub[0] : 0)) *
+                                      T::half(scales[r * nblocks + b]);
       }
     }
   }
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) z[m * z_stride + r] = acc[m][r];
+  for (int m = 0; m < MR; ++m) {
+    if constexpr (kRows4) {
+      T::store4(z + m * z_stride, acc4[m]);
+    } else {
+      for (int r = 0; r < NR; ++r) z[m * z_stride + r] = acc[m][r];
+    }
+  }
 }
 
-template <class T, int MR, int NR>
+// Rows [n0, n1): NR-row tiles of type T, then single rows of type T1 (the same type, or, where T reads two
+// blocks per step, a one-block type).
+template <class T, class T1, int MR, int NR>
 void rows_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t nblocks, const uint8_t* w,
                  int64_t w_stride, const uint16_t* scales, int64_t n0, int64_t n1, float* z, int64_t z_stride) {
   int64_t n = n0;
@@ -179,17 +208,18 @@ void rows_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_
     tile_t2g_i8<T, MR, NR>(q, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
                            z_stride);
   for (; n < n1; ++n)
-    tile_t2g_i8<T, MR, 1>(q, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
-                          z_stride);
+    tile_t2g_i8<T1, MR, 1>(q, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
+                           z_stride);
 }
 
-// Token tiles over cache-sized blocks of rows, as gemm_i8 (one token: the decode tile).
-template <class T>
+// Token tiles over cache-sized blocks of rows, as gemm_i8. One token runs the decode tiles of Tv (its GEMV
+// type, which may read two blocks per step), everything else T.
+template <class T, class Tv = T>
 void gemm_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t m_count, int64_t nblocks,
                  const uint8_t* w, int64_t w_stride, const uint16_t* scales, int64_t n0, int64_t n1, float* z,
                  int64_t z_stride) {
   if (m_count == 1) {
-    rows_t2g_i8<T, 1, T::kGemvRows>(q, 0, qsums, nblocks, w, w_stride, scales, n0, n1, z, 0);
+    rows_t2g_i8<Tv, T, 1, Tv::kGemvRows>(q, 0, qsums, nblocks, w, w_stride, scales, n0, n1, z, 0);
     return;
   }
   int64_t block_rows = kGemmBlockBytes / w_stride;
@@ -198,11 +228,11 @@ void gemm_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_
     const int64_t nb1 = nb + block_rows < n1 ? nb + block_rows : n1;
     int64_t m = 0;
     for (; m + T::kGemmTokens <= m_count; m += T::kGemmTokens)
-      rows_t2g_i8<T, T::kGemmTokens, T::kGemmRows>(q + m * q_stride, q_stride, qsums + m * nblocks, nblocks, w,
-                                                   w_stride, scales, nb, nb1, z + m * z_stride, z_stride);
+      rows_t2g_i8<T, T, T::kGemmTokens, T::kGemmRows>(q + m * q_stride, q_stride, qsums + m * nblocks, nblocks, w,
+                                                      w_stride, scales, nb, nb1, z + m * z_stride, z_stride);
     for (; m < m_count; ++m)  // leftover tokens one at a time
-      rows_t2g_i8<T, 1, T::kGemvRows>(q + m * q_stride, 0, qsums + m * nblocks, nblocks, w, w_stride, scales, nb,
-                                      nb1, z + m * z_stride, 0);
+      rows_t2g_i8<T, T, 1, T::kGemvRows>(q + m * q_stride, 0, qsums + m * nblocks, nblocks, w, w_stride, scales,
+                                         nb, nb1, z + m * z_stride, 0);
   }
 }
 

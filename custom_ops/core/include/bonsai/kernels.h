@@ -43,6 +43,10 @@ BONSAI_API const char* bonsai_isa_name(void);
 // Switches the kernel table at run time (tests). Same names as BONSAI_FORCE_ISA; "auto" picks the best.
 BONSAI_API int bonsai_set_isa(const char* name);
 
+// Every table name, best first, comma-separated ("avx512,avx2,dotprod,neon,ref"): dispatch.cpp's registry, on
+// every architecture (a name of another architecture is never supported).
+BONSAI_API const char* bonsai_isa_names(void);
+
 // Whether this CPU can run the named table (1) or not (0, also for unknown names).
 BONSAI_API int bonsai_isa_supported(const char* name);
 
@@ -67,6 +71,14 @@ BONSAI_API int bonsai_ternary_linear(const float* x, int64_t m, int64_t k, const
 BONSAI_API int bonsai_ternary_linear_ex(const float* x, int64_t m, int64_t k, const uint8_t* packed,
                                         int64_t packed_row_bytes, const void* scales, int32_t scale_layout, int64_t n,
                                         int32_t act_bits, float* y, const bonsai_parallel* parallel);
+
+// out[i, :] = row ids[i] of the ternary matrix [N, K] as floats, W[n, k] = scale * T[n, k] with the scales of
+// either layout (scale_layout 0: float32 [N]; 1: fp16 [N, num_blocks(K)]): the lookup of a ternary embedding
+// table. Exact (a trit times a scale). out is [count, K]. Errors: BONSAI_ERR_SHAPE (sizes, packed_row_bytes, an id
+// outside [0, N), checked before anything is written), BONSAI_ERR_LAYOUT.
+BONSAI_API int bonsai_ternary_gather(const uint8_t* packed, int64_t n, int64_t k, int64_t packed_row_bytes,
+                                     const void* scales, int32_t scale_layout, const int64_t* ids, int64_t count,
+                                     float* out);
 
 // acc[M, N] = sum_k q[m, k] * T[n, k] with int8 activations q[M, K] (row-major), exact int32: the integer core
 // of act_bits = 8, exported so tests compare integers, not floats. Any int8 value is accepted.

@@ -91,6 +91,24 @@ struct Avx512Zmm {
     return _mm512_add_epi32(sum, _mm512_srai_epi32(s[3], 6));
   }
   static int32_t hsum(Sum sum) { return _mm512_reduce_add_epi32(sum); }
+
+  // t2g decode (ternary_kernels.h): the 4 rows' sums of block b (the low halves) and of block b + 1 (the high
+  // halves), each row in its lane; the block scales are applied as YmmBlocks does.
+  using Rows4 = YmmBlocks::Rows4;
+  using F4 = YmmBlocks::F4;
+  static void hsum4x2(const Sum (&s)[4], Rows4* first, Rows4* second) {
+    const __m256i lo[4] = {_mm512_castsi512_si256(s[0]), _mm512_castsi512_si256(s[1]), _mm512_castsi512_si256(s[2]),
+                           _mm512_castsi512_si256(s[3])};
+    const __m256i hi[4] = {_mm512_extracti64x4_epi64(s[0], 1), _mm512_extracti64x4_epi64(s[1], 1),
+                           _mm512_extracti64x4_epi64(s[2], 1), _mm512_extracti64x4_epi64(s[3], 1)};
+    *first = YmmBlocks::hsum4(lo);
+    *second = YmmBlocks::hsum4(hi);
+  }
+  static F4 f4_zero() { return YmmBlocks::f4_zero(); }
+  static void store4(float* p, F4 v) { YmmBlocks::store4(p, v); }
+  static F4 scale_rows4(F4 acc, Rows4 sums, int32_t sub, const uint16_t* s, int64_t stride) {
+    return YmmBlocks::scale_rows4(acc, sums, sub, s, stride);
+  }
 };
 
 // Vector traits of the float kernels (float_kernels.h): 16 floats per zmm. The dense head and attention use
@@ -150,7 +168,7 @@ KernelTable avx512_table() {
   table.name = "avx512";
   table.gemv_i8 = tk::gemv_i8<Avx512Zmm>;
   table.gemm_i8 = tk::gemm_i8<Avx512Ymm>;
-  table.gemm_t2g_i8 = tk::gemm_t2g_i8<Avx512Ymm>;
+  table.gemm_t2g_i8 = tk::gemm_t2g_i8<Avx512Ymm, Avx512Zmm>;
   table.dense_f32 = fk::dense_f32<Avx512Vec>;
   table.attend = fk::attend<Avx512Vec>;
   return table;

@@ -56,6 +56,23 @@ struct YmmBlocks {
   static int32_t hsum(Sum sum) { return hsum_i32(sum); }
   // fp16 block scale -> float32, exact (F16C: both ISA files are built with -mf16c and dispatch checks it).
   static float half(uint16_t h) { return _cvtsh_ss(h); }
+
+  using Rows4 = __m128i;
+  using F4 = __m128;
+  // The full sums of 4 rows' int32 vectors, row r in lane r: two rounds of pairwise adds within each 128-bit
+  // half, then the halves added (integer adds: exact in any order).
+  static Rows4 hsum4(const Sum (&s)[4]) {
+    const __m256i quads = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+    return _mm_add_epi32(_mm256_castsi256_si128(quads), _mm256_extracti128_si256(quads, 1));
+  }
+  static F4 f4_zero() { return _mm_setzero_ps(); }
+  static void store4(float* p, F4 v) { _mm_storeu_ps(p, v); }
+  static F4 scale_rows4(F4 acc, Rows4 sums, int32_t sub, const uint16_t* s, int64_t stride) {
+    const __m128i h = _mm_setr_epi16(short(s[0]), short(s[stride]), short(s[2 * stride]), short(s[3 * stride]), 0,
+                                     0, 0, 0);
+    const __m128 blocks = _mm_cvtepi32_ps(_mm_sub_epi32(sums, _mm_set1_epi32(sub)));
+    return _mm_add_ps(acc, _mm_mul_ps(blocks, _mm_cvtph_ps(h)));  // not fused: -ffp-contract=off
+  }
 };
 
 }  // namespace
