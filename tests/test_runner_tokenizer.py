@@ -3,7 +3,8 @@
 For every tokenizer layout of this lineage (tokenizer_layouts.LAYOUTS) and every corpus string, the C++ ids over the
 canonical tokenizer.json of the layout (transformers' pipeline for the folder, saved: what export writes into the
 artifact) equal transformers' ids of the checkpoint folder, and decoding them gives what `tokenizers` decodes (skip_special_tokens=True). So do a tokenizer.json
-with the legacy Prepend + Replace normalizer as checkpoints ship it, long prompts, and ids as a model generates them.
+with the legacy Prepend + Replace normalizer as checkpoints ship it, long prompts, and ids as a model generates them
+(decoded whole and through TextStream, whose deltas must add up to the same text).
 A malformed or unsupported tokenizer.json gives one error line naming the part and exit 2, never a crash.
 
 The byte-level layouts (byte_level_layouts.py: Qwen2/Qwen3 and Llama-3, trained offline) are checked the same way,
@@ -22,7 +23,8 @@ from pathlib import Path
 import byte_level_layouts
 import pytest
 import tokenizer_layouts
-from test_kernels_native_builds import KERNEL_TESTS_ONLY, RUN_TIMEOUT_S, cmake_build, require
+from test_kernels_native_builds import (AARCH64_SYSROOT, KERNEL_TESTS_ONLY, RUN_TIMEOUT_S, TOOLCHAIN, cmake_build,
+                                        require, require_aarch64, tool)
 from tokenizer_layouts import CORPUS, LAYOUTS
 
 LEGACY_AS_SHIPPED = "legacy-normalizer-as-shipped"  # the checkpoints' own tokenizer.json, read raw
@@ -134,6 +136,7 @@ def test_decode_of_generated_ids(cli, layouts, tmp_path):
         inputs = generated_ids(ref)
         for r, ids in zip(results(cli, path, inputs, tmp_path), inputs):
             assert r["text"] == ref.decode(ids, skip_special_tokens=True), (case, ids)
+            assert "".join(r["streamed"]) == r["text"], (case, ids, r["streamed"])  # TextStream's deltas
 
 
 # ---- refusals: one line naming the part, exit 2 ----
@@ -267,13 +270,22 @@ def test_byte_level_ids_and_text_equal_the_reference(cli, byte_level, name, tmp_
         assert r["ids"] == ref.encode(text).ids
 
 
-def all_code_points_texts(chunk: int = 2048) -> list[str]:
+def all_code_points_texts(chunk: int = 2048, also_unassigned: tuple = ()) -> list[str]:
     """Every code point Python's unicodedata assigns (the tables' source), each doubled, before a digit and again,
     space-separated: a letter, number, space or other class that differs from the regex engine's cuts otherwise,
-    and NFC composes across the doubled marks."""
+    and NFC composes across the doubled marks. `also_unassigned`: (first, last) ranges to leave out too."""
+    import bisect
     import unicodedata
 
-    cps = [c for c in range(0x110000) if not 0xD800 <= c < 0xE000 and unicodedata.category(chr(c)) != "Cn"]
+    ranges = sorted(also_unassigned)
+    firsts = [first for first, _ in ranges]
+
+    def left_out(c: int) -> bool:
+        k = bisect.bisect_right(firsts, c) - 1
+        return k >= 0 and c <= ranges[k][1]
+
+    cps = [c for c in range(0x110000) if not 0xD800 <= c < 0xE000 and unicodedata.category(chr(c)) != "Cn"
+           and not left_out(c)]
     return [" ".join(chr(c) * 2 + "1" + chr(c) for c in cps[k:k + chunk]) for k in range(0, len(cps), chunk)]
 
 
@@ -321,6 +333,8 @@ def test_byte_level_decode_of_generated_ids(cli, byte_level, tmp_path):
         inputs = byte_level_generated_ids(ref)
         for r, ids in zip(results(cli, path, inputs, tmp_path), inputs):
             assert r["text"] == ref.decode(ids, skip_special_tokens=True), (name, ids)
+            assert "".join(r["streamed"]) == r["text"], (name, ids, r["streamed"])  # TextStream's deltas
+        assert results(cli, path, [byte_level_generated_ids(ref)[0]], tmp_path)[0]["streamed"] == ["", "", "\ufffd"]
 
 
 BYTE_LEVEL_MALFORMED = {  # an edit of the Qwen2 layout -> the part the one error line names
@@ -366,3 +380,22 @@ def test_a_byte_level_vocabulary_missing_a_byte_is_refused(cli, byte_level, tmp_
     bad.write_text(json.dumps(spec, ensure_ascii=False))
     proc = run_cli(cli, bad, ["x"], tmp_path)
     assert proc.returncode == 2 and "model.vocab: no piece for byte 0x7F" in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def aarch64_cli(tmp_path_factory) -> Path:
+    """tokenizer_cli cross-compiled for aarch64 (the phone's side: no Python, no Unicode or regex library)."""
+    require_aarch64()
+    build = tmp_path_factory.mktemp("tokenizer-cli-aarch64")
+    cmake_build(build, *KERNEL_TESTS_ONLY, f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN}", target="tokenizer_cli")
+    return build / "custom_ops" / "runner" / "tokenizer_cli"
+
+
+def test_byte_level_under_qemu_aarch64(aarch64_cli, byte_level, tmp_path):
+    for name, (path, want) in byte_level.items():
+        inputs = tmp_path / "inputs.json"
+        inputs.write_text(json.dumps(list(byte_level_layouts.CORPUS), ensure_ascii=False))
+        qemu = [tool("qemu-aarch64"), "-L", AARCH64_SYSROOT, str(aarch64_cli), str(path), str(inputs)]
+        proc = subprocess.run(qemu, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert [r["ids"] for r in json.loads(proc.stdout)["results"]] == want, name

@@ -223,4 +223,40 @@ std::string BpeTokenizer::decode_byte_level(const std::vector<int32_t>& ids) con
   return lossy_utf8(bytes);
 }
 
+// ---- streaming ----
+
+TextStream::TextStream(const BpeTokenizer& tokenizer, const std::vector<int32_t>& context) : tokenizer_(tokenizer) {
+  for (int32_t id : context) push(id);
+  flush();
+}
+
+std::string TextStream::push(int32_t id) {
+  ids_.push_back(id);
+  if (tokenizer_.kind_ == BpeTokenizer::Kind::kSentencePiece) {
+    const bool known = id >= 0 && size_t(id) < tokenizer_.pieces_.size();
+    const bool skipped = !known || tokenizer_.pieces_[size_t(id)].skip;  // skipped ids do not end a run
+    if (!skipped) in_run_ = tokenizer_.pieces_[size_t(id)].byte >= 0;
+    if (in_run_ || skipped) return "";
+  }
+  return emit();
+}
+
+std::string TextStream::flush() {
+  in_run_ = false;
+  std::string text = tokenizer_.decode(ids_);
+  std::string delta = text.substr(std::min(shown_.size(), text.size()));
+  shown_ = std::move(text);
+  if (tokenizer_.kind_ == BpeTokenizer::Kind::kByteLevel) ids_.clear(), shown_.clear();
+  return delta;
+}
+
+std::string TextStream::emit() {
+  const std::string text = tokenizer_.decode(ids_);
+  const std::string replacement = kReplacement;
+  const bool cut = text.size() >= replacement.size() &&
+                   text.compare(text.size() - replacement.size(), replacement.size(), replacement) == 0;
+  if (tokenizer_.kind_ == BpeTokenizer::Kind::kByteLevel && cut) return "";  // the character may still complete
+  return flush();
+}
+
 }  // namespace bonsai_runner

@@ -91,6 +91,7 @@ class BpeTokenizer {
 
  private:
   friend class TokenizerBuilder;
+  friend class TextStream;
   BpeTokenizer() = default;
 
   struct Symbol {
@@ -126,6 +127,25 @@ class BpeTokenizer {
   bool nfc_ = false;                                  // byte-level: the NFC normalizer
   bool ignore_merges_ = false;                        // byte-level: a word that is a piece is taken whole
   FlatMap<int32_t> words_;                            // ignore_merges: hash of a piece's bytes -> its id
+};
+
+// Text deltas of a growing list of ids, to show text while it is generated: the deltas, concatenated, are
+// decode(context + ids) less decode(context) (a context ending inside a run of byte pieces excepted). No delta shows
+// text a later id could change: byte-level holds back a character cut short at the end (decoding ends in U+FFFD);
+// SentencePiece holds back a run of byte pieces until a piece that is not a byte ends it, since the run is read as
+// UTF-8 as a whole.
+class TextStream {
+ public:
+  explicit TextStream(const BpeTokenizer& tokenizer, const std::vector<int32_t>& context = {});
+  std::string push(int32_t id);
+  std::string flush();  // what is still held back, at the end
+
+ private:
+  std::string emit();
+  const BpeTokenizer& tokenizer_;
+  std::vector<int32_t> ids_;  // byte-level: since the last delta (decoding restarts cleanly there); else all
+  std::string shown_;         // the text of ids_ given out already
+  bool in_run_ = false;       // SentencePiece: the last piece that is not skipped is a byte piece
 };
 
 }  // namespace bonsai_runner

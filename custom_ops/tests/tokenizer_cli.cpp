@@ -1,6 +1,7 @@
 // tokenizer_cli TOKENIZER_JSON INPUTS_JSON: the runner's tokenizer alone, for tests/test_runner_tokenizer.py.
 // INPUTS_JSON is a JSON list; a string is encoded and its ids decoded again, a list of ids is only decoded (ids as
-// a model generates them: byte pieces cut mid-character, special tokens), and {"words": TEXT} gives the words the
+// a model generates them: byte pieces cut mid-character, special tokens; "streamed" then holds TextStream's
+// deltas over them, its flush() last), and {"words": TEXT} gives the words the
 // pre-tokenizer cuts TEXT into (BpeTokenizer::words). Prints one JSON object:
 //   {"load_ms": ..., "encode_ms": ..., "results": [{"ids": [...], "text": "..."} or {"words": [...]}, ...]}
 // A refused tokenizer.json exits 2 with one line on stderr, as bonsai_runner does.
@@ -16,6 +17,15 @@ namespace {
 
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The deltas of a TextStream over `ids`, then its flush().
+std::vector<std::string> streamed(const bonsai_runner::BpeTokenizer& tokenizer, const std::vector<int32_t>& ids) {
+  bonsai_runner::TextStream stream(tokenizer);
+  std::vector<std::string> out;
+  for (int32_t id : ids) out.push_back(stream.push(id));
+  out.push_back(stream.flush());
+  return out;
 }
 
 nlohmann::json read_inputs(const char* path) {
@@ -52,7 +62,9 @@ int main(int argc, char** argv) {
         continue;
       }
       const auto& one = ids[next++];
-      results.push_back({{"ids", one}, {"text", tokenizer.decode(one)}});
+      nlohmann::json result = {{"ids", one}, {"text", tokenizer.decode(one)}};
+      if (!input.is_string()) result["streamed"] = streamed(tokenizer, one);
+      results.push_back(std::move(result));
     }
     std::printf("%s\n", nlohmann::json{{"load_ms", load_ms}, {"encode_ms", encode_ms}, {"results", results}}
                             .dump().c_str());
