@@ -6,6 +6,8 @@ package kotlin-jupyter-kernel ships (the test extra), together with the app's ow
 export writes into the artifact: transformers' backend_tokenizer) and encodes the corpus; the ids must equal
 transformers.AutoTokenizer's, decoding must equal `tokenizers`' decode (special tokens skipped), and the streaming
 decoder's deltas must add up to the same text. Pipelines outside docs/TOKENIZER.md's subset must be refused.
+The byte-level layouts (byte_level_layouts.py: Qwen2/Qwen3, Llama-3) are checked the same way, and their words on
+every assigned code point against `tokenizers`' normalizer and pre-tokenizer (WordsHarness.kt).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import byte_level_layouts
 import pytest
 from tokenizer_layouts import CORPUS, LAYOUTS, write_layout
 
@@ -27,9 +30,11 @@ APP_SRC = ROOT / "android_demo/app/src"
 APP_MAIN = APP_SRC / "main/java/org/bonsaiexport/demo"
 # The app's files that use no Android API (ArtifactKeys.kt: compiled so a generated object that is not valid Kotlin
 # fails here); the rest (UI, ONNX Runtime, memory) cannot run on a plain JVM.
-JVM_SOURCES = [APP_MAIN / f for f in ("Tokenizer.kt", "TokenizerJson.kt", "Sampler.kt", "ArtifactKeys.kt")]
+JVM_SOURCES = [APP_MAIN / f for f in ("Tokenizer.kt", "TokenizerJson.kt", "ByteLevel.kt", "Sampler.kt",
+                                      "ArtifactKeys.kt")]
 TEST_CLASSES = ["org.bonsaiexport.demo.TokenizerTest", "org.bonsaiexport.demo.SamplerTest"]
 HARNESS = "org.bonsaiexport.demo.HarnessKt"
+WORDS_HARNESS = "org.bonsaiexport.demo.WordsHarnessKt"
 # the layout whose canonical tokenizer.json TokenizerTest's Bonsai examples are checked on
 BONSAI_LAYOUT = "json-legacy-normalizer"
 SPECIAL_IDS = {0, 1, 2}  # <unk> <s> </s> of Mistral v1's model
@@ -70,11 +75,11 @@ def kotlin(tmp_path_factory):
     return java, os.pathsep.join([str(out), *map(str, runtime)])
 
 
-def run_harness(kotlin, request: dict, tmp_path: Path, env: dict | None = None) -> dict:
+def run_harness(kotlin, request: dict, tmp_path: Path, env: dict | None = None, main: str = HARNESS) -> dict:
     java, classpath = kotlin
     path = tmp_path / "request.json"
     path.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
-    done = subprocess.run([java, "-Dfile.encoding=UTF-8", "-cp", classpath, HARNESS, str(path)], capture_output=True,
+    done = subprocess.run([java, "-Dfile.encoding=UTF-8", "-cp", classpath, main, str(path)], capture_output=True,
                           timeout=300, env={**os.environ, **(env or {})})
     assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
     return json.loads(done.stdout.decode("utf-8"))
@@ -283,3 +288,116 @@ def test_the_apps_unit_tests_pass(kotlin, canonical, tmp_path):
     assert len(results) >= 12
     bad = {name: r["message"] for name, r in results.items() if r["status"] != "passed"}
     assert not bad, bad
+
+
+# --- byte-level BPE (Qwen2/Qwen3, Llama-3) -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def byte_level(tmp_path_factory):
+    """layout name -> (its canonical tokenizer.json, transformers' ids of the byte-level corpus)."""
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("kotlin-byte-level")
+    out = {}
+    for name in byte_level_layouts.LAYOUTS:
+        ref = AutoTokenizer.from_pretrained(str(byte_level_layouts.write_layout(name, root / name)))
+        path = root / f"{name}.tokenizer.json"
+        ref.backend_tokenizer.save(str(path))
+        out[name] = (path, [ref(s)["input_ids"] for s in byte_level_layouts.CORPUS])
+    return out
+
+
+def byte_level_decode_requests(path: Path, ids_per_text: list[list[int]], seed: int = 0) -> list[dict]:
+    """Each text's ids; each again after a prompt cut where its text is final (not inside a character); random
+    sequences of single-byte pieces (valid and invalid UTF-8), added tokens, other pieces and unknown ids."""
+    from tokenizers import Tokenizer
+
+    from bonsai_export.tokenizer import byte_level_alphabet
+
+    ref = Tokenizer.from_file(str(path))
+    rng = random.Random(seed)
+    requests = [{"context": [], "ids": ids} for ids in ids_per_text]
+    for ids in ids_per_text:
+        full = ref.decode(ids, skip_special_tokens=True)
+        cuts = [k for k in range(1, len(ids)) if full.startswith(ref.decode(ids[:k], skip_special_tokens=True))]
+        if cuts:
+            k = rng.choice(cuts)
+            requests.append({"context": ids[:k], "ids": ids[k:]})
+    size = ref.get_vocab_size()
+    byte_ids = [ref.token_to_id(c) for c in byte_level_alphabet().values()]
+    added = [ref.token_to_id(t) for t in (*byte_level_layouts.QWEN_SPECIALS, *byte_level_layouts.THINK,
+                                          *byte_level_layouts.LLAMA3_SPECIALS) if ref.token_to_id(t) is not None]
+    pools = [byte_ids, byte_ids, added, range(256, size), [size, size + 7]]
+    for _ in range(60):
+        requests.append({"context": [], "ids": [rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 16))]})
+    return requests
+
+
+def test_byte_level_layouts_give_transformers_ids(kotlin, byte_level, tmp_path):
+    corpus = list(byte_level_layouts.CORPUS)
+    cases, checks = [], []
+    for path, want in byte_level.values():
+        decodes = byte_level_decode_requests(path, want)
+        cases.append({"tokenizer": str(path), "texts": corpus, "decode": decodes})
+        checks.append((path, corpus, want, decodes))
+    answer = run_harness(kotlin, {"cases": cases}, tmp_path)
+    for result, check in zip(answer["cases"], checks):
+        check_case(result, *check)
+
+
+def test_byte_level_words_on_every_code_point(kotlin, byte_level, tmp_path):
+    """The app's Unicode classes and NFC are the JVM's (java.lang.Character, java.text.Normalizer): the cuts must
+    equal `tokenizers`' on every code point both Python's unicodedata and the JVM assign (Java 17 has Unicode 13:
+    a character new in 14, such as the Tangsa digits, is no number to it)."""
+    from test_runner_tokenizer import all_code_points_texts
+    from tokenizers import Tokenizer
+
+    from bonsai_export.tokenizer import byte_level_alphabet
+
+    alphabet = byte_level_alphabet()
+    jvm = run_harness(kotlin, {"tokenizer": str(byte_level["qwen2"][0]), "texts": []}, tmp_path, main=WORDS_HARNESS)
+    texts = all_code_points_texts(also_unassigned=tuple(map(tuple, jvm["unassigned"])))
+    for name, (path, _) in byte_level.items():
+        ref = Tokenizer.from_file(str(path))
+        answer = run_harness(kotlin, {"tokenizer": str(path), "texts": texts}, tmp_path, main=WORDS_HARNESS)
+        for text, got in zip(texts, answer["words"]):
+            normalized = ref.normalizer.normalize_str(text) if ref.normalizer else text
+            want = [w for w, _ in ref.pre_tokenizer.pre_tokenize_str(normalized)]  # as byte-level characters
+            assert ["".join(alphabet[b] for b in w.encode()) for w in got] == want, (name, text[:40])
+
+
+def _alphabet_char(byte: int) -> str:
+    from bonsai_export.tokenizer import byte_level_alphabet
+
+    return byte_level_alphabet()[byte]
+
+
+def _without_byte(spec: dict) -> None:
+    lost = _alphabet_char(0x41)
+    del spec["model"]["vocab"][lost]
+    spec["model"]["merges"] = [m for m in spec["model"]["merges"] if lost not in "".join(m)]
+
+
+BYTE_LEVEL_REFUSED = {  # an edit of the Qwen2 layout -> the part the message must name
+    "pre_tokenizer": _set(["pre_tokenizer", "pretokenizers", 0, "pattern", "Regex"], r"\s+|\w+"),
+    "normalizer": _set(["normalizer"], {"type": "NFKC"}),
+    "model.byte_fallback": _set(["model", "byte_fallback"], True),
+    "model.dropout": _set(["model", "dropout"], 0.2),
+    "post_processor": _set(["post_processor"], {"type": "Sequence", "processors": [
+        {"type": "TemplateProcessing", "single": []}] * 2}),
+    "model.vocab": _without_byte,
+}
+
+
+def test_byte_level_pipelines_outside_the_subset_are_refused(kotlin, byte_level, tmp_path):
+    base = json.loads(byte_level["qwen2"][0].read_text())
+    cases = []
+    for k, edit in enumerate(BYTE_LEVEL_REFUSED.values()):
+        spec = copy.deepcopy(base)
+        edit(spec)
+        path = tmp_path / f"refused{k}.json"
+        path.write_text(json.dumps(spec, ensure_ascii=False))
+        cases.append({"tokenizer": str(path), "texts": ["a"]})
+    answer = run_harness(kotlin, {"cases": cases}, tmp_path)
+    for part, result in zip(BYTE_LEVEL_REFUSED, answer["cases"]):
+        assert result.get("error", "").startswith(f"tokenizer.json: {part} "), (part, result)

@@ -4,6 +4,7 @@ import java.io.File
 import java.nio.ByteBuffer
 import java.nio.charset.CharacterCodingException
 import java.nio.charset.CodingErrorAction
+import java.text.Normalizer
 import java.util.Locale
 import java.util.PriorityQueue
 
@@ -11,7 +12,12 @@ import java.util.PriorityQueue
  * The artifact's tokenizer.json (the reference's own `tokenizers` pipeline, docs/TOKENIZER.md), in plain Kotlin:
  * no native dependency, and the same ids as transformers.AutoTokenizer on the exported checkpoint.
  *
- * Encoding, exactly the subset of the spec (TokenizerJson refuses any other pipeline at load):
+ * Byte-level BPE (Qwen2/Qwen3, Llama-3; TokenizerKind.BYTE_LEVEL): added tokens are cut out as below; each segment
+ * is NFC-normalized when the pipeline says so and cut into words by the Split regex (ByteLevel.split); each word's
+ * UTF-8 bytes are one symbol each (GPT-2's byte alphabet), merged by rank as below (with ignore_merges, a word that
+ * is a piece is taken whole). Decoding maps tokens back to bytes and reads them as UTF-8, lossily.
+ *
+ * SentencePiece-style encoding, exactly the subset of the spec (TokenizerJson refuses any other pipeline at load):
  *   1. added tokens (<s>, </s>, <unk>, ...) are cut out of the text leftmost-longest, each as its id; the text
  *      between them forms segments (empty ones dropped);
  *   2. per segment, spaces become "▁" and a "▁" is prepended as the pipeline says (legacy normalizer: always;
@@ -39,8 +45,13 @@ class Tokenizer(private val parts: TokenizerParts) {
     private val addedByFirstChar: Map<Char, List<AddedToken>> =
         parts.added.sortedByDescending { it.content.length }.groupBy { it.content[0] }
 
-    /** The id of the piece <0xNN> for each byte NN, -1 when the vocab lacks it. */
-    private val byteIds = IntArray(256) { parts.vocab[String.format(Locale.ROOT, "<0x%02X>", it)] ?: -1 }
+    private val byteLevel = parts.kind == TokenizerKind.BYTE_LEVEL
+
+    /** The id of the piece <0xNN> for each byte NN, -1 when the vocab lacks it; byte-level: of its alphabet char. */
+    private val byteIds = IntArray(256) {
+        val piece = if (byteLevel) ByteLevel.charOf[it].toString() else String.format(Locale.ROOT, "<0x%02X>", it)
+        parts.vocab[piece] ?: -1
+    }
 
     init {
         val size = maxOf(parts.vocab.values.maxOrNull() ?: -1, parts.added.maxOfOrNull { it.id } ?: -1) + 1
@@ -61,6 +72,23 @@ class Tokenizer(private val parts: TokenizerParts) {
     fun encode(text: String, addSpecialTokens: Boolean = true): IntArray {
         val ids = ArrayList<Int>(text.length + 2)
         if (addSpecialTokens) parts.before.forEach { ids.add(it) }
+        splitAdded(text, ids) { start, end -> encodeSegment(text, start, end, ids) }
+        if (addSpecialTokens) parts.after.forEach { ids.add(it) }
+        return ids.toIntArray()
+    }
+
+    /**
+     * The words BPE runs on, in order: the text between added tokens, spaced (SentencePiece) or normalized and
+     * split (byte-level) as the pipeline says; what the pre-tokenizer cut, for tests.
+     */
+    fun words(text: String): List<String> {
+        val out = ArrayList<String>()
+        splitAdded(text, ArrayList()) { start, end -> out.addAll(segmentWords(text, start, end)) }
+        return out
+    }
+
+    /** Cuts the added tokens out of `text` leftmost-longest (their ids go to `ids`), passing the rest on. */
+    private inline fun splitAdded(text: String, ids: MutableList<Int>, segment: (Int, Int) -> Unit) {
         var segmentStart = 0
         var i = 0
         while (i < text.length) {
@@ -69,14 +97,12 @@ class Tokenizer(private val parts: TokenizerParts) {
                 i++
                 continue
             }
-            if (i > segmentStart) encodeSegment(text, segmentStart, i, ids)
+            if (i > segmentStart) segment(segmentStart, i)
             ids.add(match.id)
             i += match.content.length
             segmentStart = i
         }
-        if (text.length > segmentStart) encodeSegment(text, segmentStart, text.length, ids)
-        if (addSpecialTokens) parts.after.forEach { ids.add(it) }
-        return ids.toIntArray()
+        if (text.length > segmentStart) segment(segmentStart, text.length)
     }
 
     fun decode(ids: IntArray): String {
@@ -101,8 +127,32 @@ class Tokenizer(private val parts: TokenizerParts) {
     private fun addedTokenAt(text: String, at: Int): AddedToken? =
         addedByFirstChar[text[at]]?.firstOrNull { text.startsWith(it.content, at) }
 
-    /** Steps 2 and 3 for text[start, end). */
     private fun encodeSegment(text: String, start: Int, end: Int, ids: MutableList<Int>) {
+        for (word in segmentWords(text, start, end)) {
+            if (byteLevel) encodeByteLevel(word, ids) else for (id in mergeAll(initialSymbols(word))) ids.add(id)
+        }
+    }
+
+    private fun segmentWords(text: String, start: Int, end: Int): List<String> {
+        if (!byteLevel) return listOf(spaced(text, start, end))
+        val segment = text.substring(start, end)
+        val normalized = if (parts.nfc) Normalizer.normalize(segment, Normalizer.Form.NFC) else segment
+        return ByteLevel.split(normalized, parts.split)
+    }
+
+    /** One symbol per UTF-8 byte, merged; with ignore_merges a word that is a piece is that piece. */
+    private fun encodeByteLevel(word: String, ids: MutableList<Int>) {
+        val bytes = word.toByteArray(Charsets.UTF_8)
+        val whole = if (parts.ignoreMerges) parts.vocab[ByteLevel.text(bytes)] else null
+        if (whole != null) {
+            ids.add(whole)
+            return
+        }
+        for (id in mergeAll(IntArray(bytes.size) { byteIds[bytes[it].toInt() and 0xFF] })) ids.add(id)
+    }
+
+    /** Step 2 for text[start, end): the word SentencePiece-style BPE runs on. */
+    private fun spaced(text: String, start: Int, end: Int): String {
         val spaced = text.substring(start, end).replace(' ', SPACE)
         val prepend = when (parts.prefix) {
             PrefixRule.LEGACY -> true
@@ -110,8 +160,7 @@ class Tokenizer(private val parts: TokenizerParts) {
             PrefixRule.FIRST -> start == 0 && !spaced.startsWith(SPACE)
             PrefixRule.NEVER -> false
         }
-        val word = if (prepend) SPACE + spaced else spaced
-        for (id in mergeAll(initialSymbols(word))) ids.add(id)
+        return if (prepend) SPACE + spaced else spaced
     }
 
     /** One id per code point: its piece, else its bytes' <0xNN> pieces, else unk (consecutive unks fused). */
@@ -199,8 +248,12 @@ class Tokenizer(private val parts: TokenizerParts) {
             .onMalformedInput(CodingErrorAction.REPORT)
             .onUnmappableCharacter(CodingErrorAction.REPORT)
 
+        /** Byte-level: the bytes not shown yet (a character's first bytes, waiting for the rest). */
+        private val pending = ByteLevel.Bytes()
+
         fun push(id: Int): String {
             val token = tokens.getOrNull(id)?.takeUnless { special[id] } ?: return ""
+            if (byteLevel) return pushBytes(ByteLevel.bytes(token))
             val byte = bytePieceValue(token)
             if (byte >= 0) {
                 hold(byte)
@@ -210,7 +263,27 @@ class Tokenizer(private val parts: TokenizerParts) {
         }
 
         /** The text still held back (call at the end). */
-        fun flush(): String = emit(takeRun())
+        fun flush(): String {
+            if (!byteLevel) return emit(takeRun())
+            val text = ByteLevel.lossyUtf8(pending.array(), 0, pending.size())
+            pending.reset()
+            return text
+        }
+
+        /**
+         * The ByteLevel decoder reads all bytes as UTF-8 at once, lossily; a character cut short at the end is held
+         * back (its U+FFFD could still become the character), everything before it is final.
+         */
+        private fun pushBytes(bytes: ByteArray): String {
+            pending.write(bytes, 0, bytes.size)
+            val buf = pending.array()
+            val end = pending.size()
+            val held = (maxOf(0, end - 3) until end).firstOrNull { ByteLevel.validPrefix(buf, it, end) == end - it }
+            val shown = held ?: end
+            val text = ByteLevel.lossyUtf8(buf, 0, shown)
+            pending.dropFirst(shown)
+            return text
+        }
 
         private fun hold(byte: Int) {
             if (runLength == run.size) run = run.copyOf(run.size * 2)

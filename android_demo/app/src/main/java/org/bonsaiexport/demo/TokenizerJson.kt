@@ -28,6 +28,9 @@ enum class PrefixRule {
     NEVER,
 }
 
+/** The BPE family: SentencePiece-style (byte fallback, "▁" for spaces) or byte-level (GPT-2's byte alphabet). */
+enum class TokenizerKind { SENTENCE_PIECE, BYTE_LEVEL }
+
 /** An added token: cut out of the text before anything else (all are normalized: false, no strip rules). */
 class AddedToken(val id: Int, val content: String, val special: Boolean)
 
@@ -46,6 +49,13 @@ class TokenizerParts(
     val after: IntArray,
     /** The decoder ends with Strip(" ", 1, 0): one leading space of the decoded text is dropped. */
     val stripLeadingSpace: Boolean,
+    val kind: TokenizerKind = TokenizerKind.SENTENCE_PIECE,
+    /** Byte-level: the pre-tokenizer's Split regex. */
+    val split: SplitPattern = SplitPattern.QWEN2,
+    /** Byte-level: the NFC normalizer runs before the split. */
+    val nfc: Boolean = false,
+    /** Byte-level: a word that is a vocab piece is taken whole, unmerged (Llama-3). */
+    val ignoreMerges: Boolean = false,
 )
 
 /**
@@ -66,6 +76,8 @@ object TokenizerJson {
             if (!root[part].isNull) root[part].refuse("set", "null (no $part)")
         }
         val model = root["model"]
+        // The decoder names the family: ByteLevel for byte-level BPE, anything else is read as SentencePiece-style.
+        if (root["decoder"]["type"].stringOrNull() == "ByteLevel") return readByteLevel(root)
         checkBpeOptions(model)
         val vocab = readVocab(model["vocab"])
         val (before, after) = readTemplate(root["post_processor"])
@@ -79,6 +91,84 @@ object TokenizerJson {
             after = after,
             stripLeadingSpace = readDecoder(root["decoder"]),
         )
+    }
+
+    // --- byte-level BPE (Qwen2/Qwen3, Llama-3) --------------------------------------------------------------------
+
+    private fun readByteLevel(root: Node): TokenizerParts {
+        val model = root["model"]
+        checkByteLevelOptions(model)
+        val vocab = readVocab(model["vocab"])
+        val missing = (0 until 256).firstOrNull { ByteLevel.charOf[it].toString() !in vocab }
+        if (missing != null) {
+            model["vocab"].refuse(
+                "without a piece for byte 0x%02X".format(missing),
+                "a byte-level vocabulary holding all 256 bytes",
+            )
+        }
+        val (before, after) = readTemplate(withoutByteLevel(root["post_processor"]))
+        return TokenizerParts(
+            vocab = vocab,
+            merges = readMerges(model["merges"], vocab),
+            unkId = readUnk(model, vocab),
+            added = readAddedTokens(root["added_tokens"]),
+            prefix = PrefixRule.NEVER,
+            before = before,
+            after = after,
+            stripLeadingSpace = false,
+            kind = TokenizerKind.BYTE_LEVEL,
+            split = readSplit(root["pre_tokenizer"]),
+            nfc = readNfc(root["normalizer"]),
+            ignoreMerges = model["ignore_merges"].bool() == true,
+        )
+    }
+
+    /** A byte-level vocabulary holds every byte, so unk and fuse_unk never come into play. */
+    private fun checkByteLevelOptions(model: Node) {
+        model["type"].expectString("BPE")
+        if (model["byte_fallback"].bool() == true) model["byte_fallback"].refuse("true", "false with a byte-level BPE")
+        val dropout = model["dropout"]
+        if (!dropout.isNull && dropout.number() != 0.0) dropout.refuse("${dropout.value}", "null (no dropout)")
+        for (field in listOf("continuing_subword_prefix", "end_of_word_suffix")) {
+            if (!model[field].isNull && model[field].string() != "") model[field].refuse("set", "null")
+        }
+        val ignore = model["ignore_merges"]
+        if (!ignore.isNull && ignore.bool() == null) ignore.refuse(ignore.describe(), "a boolean")
+    }
+
+    private fun readNfc(normalizer: Node): Boolean {
+        if (normalizer.isNull) return false
+        if (normalizer["type"].stringOrNull() != "NFC" || normalizer.obj().size != 1) {
+            normalizer.refuse(normalizer.describe(), "null or NFC with a byte-level BPE")
+        }
+        return true
+    }
+
+    /** Sequence[Split(a known regex, Isolated, invert false), ByteLevel(add_prefix_space false, use_regex false)]. */
+    private fun readSplit(node: Node): SplitPattern {
+        val expected = "Sequence[Split(the Qwen2 or Llama-3 regex, Isolated), ByteLevel(add_prefix_space false, " +
+            "use_regex false)] with a byte-level BPE"
+        if (node["type"].stringOrNull() != "Sequence") node.refuse(node.describe(), expected)
+        val steps = node["pretokenizers"].array()
+        if (steps.size != 2) node.refuse(node.describe(), expected)
+        val (split, bytes) = steps
+        val regex = split["pattern"]["Regex"].stringOrNull()
+        val pattern = SplitPattern.values().firstOrNull { it.regex == regex } ?: node.refuse(node.describe(), expected)
+        val ok = split["type"].stringOrNull() == "Split" && split["behavior"].stringOrNull() == "Isolated" &&
+            split["invert"].bool() == false && bytes["type"].stringOrNull() == "ByteLevel" &&
+            bytes["add_prefix_space"].bool() == false && bytes["use_regex"].bool() == false
+        if (!ok) node.refuse(node.describe(), expected)
+        return pattern
+    }
+
+    /** The post-processor less its ByteLevel steps, which move offsets only (never ids). */
+    private fun withoutByteLevel(post: Node): Node {
+        val type = post["type"].stringOrNull()
+        if (type == "ByteLevel") return Node(null)
+        if (type != "Sequence") return post
+        val kept = post["processors"].array().filter { it["type"].stringOrNull() != "ByteLevel" }
+        if (kept.size > 1) post.refuse(post.describe(), "ByteLevel steps and at most one TemplateProcessing")
+        return kept.firstOrNull() ?: Node(null)
     }
 
     fun pairKey(left: Int, right: Int): Long = (left.toLong() shl 32) or (right.toLong() and 0xFFFFFFFFL)

@@ -108,6 +108,40 @@ class TokenizerTest {
     }
 
     @Test
+    fun byteLevelSplitFollowsTheRegexes() {
+        fun qwen(text: String) = ByteLevel.split(text, SplitPattern.QWEN2)
+        assertEquals(listOf("it", "'s", " ", "1", "2", " ", " ", "3"), qwen("it's 12  3"))
+        assertEquals(listOf("a", " ", " b"), qwen("a  b"))
+        assertEquals(listOf("'S", "a", " '", "ſ"), qwen("'Sa 'ſ"))
+        assertEquals(listOf(" \r\n", " x"), qwen(" \r\n x"))
+        assertEquals(listOf("!!!\n\n", "x", "   "), qwen("!!!\n\nx   "))
+        assertEquals(listOf("\u00a0nbsp"), qwen("\u00a0nbsp"))
+        assertEquals(listOf("123", "45", " x"), ByteLevel.split("12345 x", SplitPattern.LLAMA3))
+    }
+
+    @Test
+    fun byteLevelEncodesBytesAfterNfc() {
+        val tok = Tokenizer.parse(byteLevelTokenizerJson())
+        assertArrayEquals(intArrayOf(256), tok.encode(" a"))
+        // e + U+0301 is é after NFC: its two UTF-8 bytes, each its alphabet character's id (the byte itself here)
+        assertArrayEquals(intArrayOf(0xC3, 0xA9), tok.encode("e\u0301"))
+        assertArrayEquals(intArrayOf('x'.code, 257, 258), tok.encode("x<|im_end|><think>"))
+        assertEquals("x<think>", tok.decode(tok.encode("x<|im_end|><think>")))
+    }
+
+    @Test
+    fun byteLevelDecodesLossilyAndStreamsWholeCharacters() {
+        val tok = Tokenizer.parse(byteLevelTokenizerJson())
+        assertEquals("\uFFFD", tok.decode(intArrayOf(0xE6, 0x97)))  // one maximal ill-formed part
+        assertEquals("\uFFFD\uFFFDa", tok.decode(intArrayOf(0xC0, 0x80, 'a'.code)))
+        val stream = tok.streamDecoder()
+        assertEquals(listOf("", "", "日", "", "<think>", ""),
+            listOf(0xE6, 0x97, 0xA5, 257, 258).map { stream.push(it) } + stream.flush())
+        val cut = tok.streamDecoder()
+        assertEquals(listOf("a", "", "\uFFFD"), listOf('a'.code, 0xE6).map { cut.push(it) } + cut.flush())
+    }
+
+    @Test
     fun bonsaiTokenizerMatchesTransformers() {
         val path = System.getenv("BONSAI_TOKENIZER_JSON")
         assumeTrue("set BONSAI_TOKENIZER_JSON to an exported Bonsai tokenizer.json", path != null && File(path).isFile)
@@ -134,6 +168,31 @@ class TokenizerTest {
 
         fun metaspace(scheme: String): String =
             """{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "$scheme", "split": false}"""
+
+        /**
+         * A byte-level tokenizer.json (Qwen2's layout): the 256 alphabet characters with ids equal to their bytes,
+         * "Ġa" (a space and a) by one merge, <|im_end|> special and <think> not, NFC and the Qwen2 regex.
+         */
+        fun byteLevelTokenizerJson(): String {
+            fun str(s: String) = kotlinx.serialization.json.JsonPrimitive(s).toString()
+            val vocab = (0 until 256).joinToString(", ") { "${str(ByteLevel.charOf[it].toString())}: $it" } +
+                ", \"Ġa\": 256"
+            fun added(id: Int, content: String, special: Boolean) = """{"id": $id, "content": "$content",
+                "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": $special}"""
+            return """{"version": "1.0", "truncation": null, "padding": null,
+                "added_tokens": [${added(257, "<|im_end|>", true)}, ${added(258, "<think>", false)}],
+                "normalizer": {"type": "NFC"},
+                "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": ${str(SplitPattern.QWEN2.regex)}}, "behavior": "Isolated",
+                     "invert": false},
+                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]},
+                "post_processor": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false,
+                    "use_regex": false},
+                "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+                    "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                    "vocab": {$vocab}, "merges": [["Ġ", "a"]]}}"""
+        }
 
         /**
          * A tokenizer.json as `tokenizers` writes one: <unk> <s> </s>, the 256 byte pieces, a few pieces and
