@@ -300,7 +300,7 @@ def _byte_level_settings(spec: dict) -> Settings:
 
 def _split_name(pre_tokenizer) -> str:
     steps = (pre_tokenizer or {}).get("pretokenizers") or []
-    split, byte_level = (steps + [{}, {}])[:2] if len(steps) == 2 else ({}, {})
+    split, byte_level = steps if len(steps) == 2 else ({}, {})  # tokenizers wrote it: each step is an object
     name = next((k for k, v in SPLIT_PATTERNS.items() if (split.get("pattern") or {}).get("Regex") == v), None)
     if (pre_tokenizer or {}).get("type") != "Sequence" or split.get("type") != "Split" or name is None \
             or split.get("behavior") != "Isolated" or split.get("invert") \
