@@ -21,9 +21,10 @@
 //             in K order (only for kStepBlocks == 1);
 //   scales:   the t2g kernels (kStepBlocks == 1: each block's sum is scaled on its own): half(uint16_t) -> float,
 //             the exact widening of an fp16 block scale; for 4-row tiles Rows4 (4 int32), F4 (4 floats),
-//             hsum4(Sum[4]) -> Rows4 (the 4 rows' sums in lanes), f4_zero(), store4(float*, F4) and
-//             scale_rows4(F4 acc, Rows4 sums, int32 sub, const uint16_t* s, stride): per lane r,
-//             acc + float(sums_r - sub) * half(s[r * stride]), a float32 product then a sum, like the scalar path.
+//             hsum4(Sum[4]) -> Rows4 (the 4 rows' sums in lanes), f4_zero(), store4(float*, F4),
+//             scales4(const uint16_t* s, stride) -> F4 (half(s[r * stride]) in lane r) and
+//             scale_rows4(F4 acc, Rows4 sums, int32 sub, F4 scales): per lane r, acc + float(sums_r - sub) *
+//             scales_r, a float32 product then a sum, like the scalar path.
 #ifndef BONSAI_TERNARY_KERNELS_H
 #define BONSAI_TERNARY_KERNELS_H
 
@@ -170,6 +171,10 @@ void tile_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_
       for (int r = 0; r < NR; ++r)
         for (int c = 0; c < C; ++c) part[m][r][c] = T::part_zero();
     step_i8<T, MR, NR, C>(q, q_stride, w, w_stride, b, blocks, part);
+    // The tile's block scales, widened once for its MR tokens.
+    typename T::F4 scale4[S];
+    if constexpr (kRows4)
+      for (int64_t i = 0; i < S; ++i) scale4[i] = T::scales4(scales + b + (i < blocks ? i : 0), nblocks);
     for (int m = 0; m < MR; ++m) {
       const int32_t* sub = qsums + m * nblocks + b;  // used only with unsigned codes
       typename T::Sum sums[NR];
@@ -177,11 +182,10 @@ void tile_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_
       if constexpr (kRows4 && S == 2) {
         typename T::Rows4 first, second;
         T::hsum4x2(sums, &first, &second);
-        acc4[m] = T::scale_rows4(acc4[m], first, T::kUnsignedCodes ? sub[0] : 0, scales + b, nblocks);
-        if (blocks == 2)
-          acc4[m] = T::scale_rows4(acc4[m], second, T::kUnsignedCodes ? sub[1] : 0, scales + b + 1, nblocks);
+        acc4[m] = T::scale_rows4(acc4[m], first, T::kUnsignedCodes ? sub[0] : 0, scale4[0]);
+        if (blocks == 2) acc4[m] = T::scale_rows4(acc4[m], second, T::kUnsignedCodes ? sub[1] : 0, scale4[1]);
       } else if constexpr (kRows4) {
-        acc4[m] = T::scale_rows4(acc4[m], T::hsum4(sums), T::kUnsignedCodes ? sub[0] : 0, scales + b, nblocks);
+        acc4[m] = T::scale_rows4(acc4[m], T::hsum4(sums), T::kUnsignedCodes ? sub[0] : 0, scale4[0]);
       } else {
         for (int r = 0; r < NR; ++r)
           acc[m][r] = acc[m][r] + float(T::hsum(sums[r]) - (T::kUnsignedCodes ? sub[0] : 0)) *

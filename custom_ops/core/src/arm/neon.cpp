@@ -174,11 +174,13 @@ struct NeonTernary {
   static Rows4 hsum4(const Sum (&s)[4]) { return vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3])); }
   static F4 f4_zero() { return vdupq_n_f32(0.0f); }
   static void store4(float* p, F4 v) { vst1q_f32(p, v); }
-  static F4 scale_rows4(F4 acc, Rows4 sums, int32_t sub, const uint16_t* s, int64_t stride) {
+  static F4 scales4(const uint16_t* s, int64_t stride) {
     const uint16_t h[4] = {s[0], s[stride], s[2 * stride], s[3 * stride]};
-    const float32x4_t scale = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+  }
+  static F4 scale_rows4(F4 acc, Rows4 sums, int32_t sub, F4 scales) {
     const float32x4_t blocks = vcvtq_f32_s32(vsubq_s32(sums, vdupq_n_s32(sub)));
-    return vaddq_f32(acc, vmulq_f32(blocks, scale));  // not fused: -ffp-contract=off
+    return vaddq_f32(acc, vmulq_f32(blocks, scales));  // not fused: -ffp-contract=off
   }
   // The 32 weights of a plane as floats, 4 at a time.
   static void widen(Codes t, float32x4_t* f) {

@@ -106,8 +106,9 @@ struct Avx512Zmm {
   }
   static F4 f4_zero() { return YmmBlocks::f4_zero(); }
   static void store4(float* p, F4 v) { YmmBlocks::store4(p, v); }
-  static F4 scale_rows4(F4 acc, Rows4 sums, int32_t sub, const uint16_t* s, int64_t stride) {
-    return YmmBlocks::scale_rows4(acc, sums, sub, s, stride);
+  static F4 scales4(const uint16_t* s, int64_t stride) { return YmmBlocks::scales4(s, stride); }
+  static F4 scale_rows4(F4 acc, Rows4 sums, int32_t sub, F4 scales) {
+    return YmmBlocks::scale_rows4(acc, sums, sub, scales);
   }
 };
 

@@ -67,11 +67,13 @@ struct YmmBlocks {
   }
   static F4 f4_zero() { return _mm_setzero_ps(); }
   static void store4(float* p, F4 v) { _mm_storeu_ps(p, v); }
-  static F4 scale_rows4(F4 acc, Rows4 sums, int32_t sub, const uint16_t* s, int64_t stride) {
-    const __m128i h = _mm_setr_epi16(short(s[0]), short(s[stride]), short(s[2 * stride]), short(s[3 * stride]), 0,
-                                     0, 0, 0);
+  static F4 scales4(const uint16_t* s, int64_t stride) {
+    return _mm_cvtph_ps(_mm_setr_epi16(short(s[0]), short(s[stride]), short(s[2 * stride]), short(s[3 * stride]), 0,
+                                       0, 0, 0));
+  }
+  static F4 scale_rows4(F4 acc, Rows4 sums, int32_t sub, F4 scales) {
     const __m128 blocks = _mm_cvtepi32_ps(_mm_sub_epi32(sums, _mm_set1_epi32(sub)));
-    return _mm_add_ps(acc, _mm_mul_ps(blocks, _mm_cvtph_ps(h)));  // not fused: -ffp-contract=off
+    return _mm_add_ps(acc, _mm_mul_ps(blocks, scales));  // not fused: -ffp-contract=off
   }
 };
 
