@@ -37,7 +37,8 @@ PROBE_TEXTS = (
     # what a byte-level pre-tokenizer regex cuts on: contractions, digit runs, \r\n, punctuation runs, marks
     "it's, don't, we're, they've, I'm, you'll, he'd", "IT'S DON'T 'Re 'LL", "x's'", "12345678901 and 3.14159",
     "line\r\nbreak\r\n\r\n", "  \n\t  \r\n", "trailing spaces   ", "...!!!???---", "(a) [b] {c} \"d\" 'e'",
-    "e\u0301 vs \u00e9, A\u030a, \u1e9b\u0323", "\U0001f468\u200d\U0001f469\u200d\U0001f467 family, \U0001f1eb\U0001f1f7",
+    "e\u0301 vs \u00e9, A\u030a, \u1e9b\u0323",
+    "\U0001f468\u200d\U0001f469\u200d\U0001f467 family, \U0001f1eb\U0001f1f7",
     "\u0661\u0662\u0663 \u2167 \u00bd", "<|im_start|>user\nHi<|im_end|>\n", "<|endoftext|>",
     "x<|im_end|><|im_start|>y", "<|im_start", "\u4f60\u597d\uff0c\u4e16\u754c\uff01",
 )
