@@ -12,7 +12,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # model -> artifact folder, in named stages
     "export": ("export", "export.stages", "export.staging", "export.executorch", "export.onnx", "export.gguf"),
     # artifact (or checkpoint) -> logits and tokens
-    "runtime": ("runners", "generate"),
+    "runtime": ("runners", "generate", "chat"),
     # everything that drives exporters and runners: checks, measurements, checkpoints made for tests and demos
     "tools": ("gates", "validate", "reference", "scoring", "evaluate", "eval_tasks.loader", "bench_report",
               "bench_kernels", "device_bench", "peers", "bench", "train", "synthetic", "info", "artifact_sources"),
