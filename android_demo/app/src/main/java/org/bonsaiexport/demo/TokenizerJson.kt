@@ -190,7 +190,11 @@ object TokenizerJson {
     private fun readVocab(node: Node): Map<String, Int> {
         val entries = node.obj()
         val vocab = HashMap<String, Int>(entries.size * 2)
-        for (piece in entries.keys) vocab[piece] = node[piece].id()
+        // A Node per entry only for a bad one (its message names it): 150k-piece vocabularies load at every start.
+        for ((piece, value) in entries) {
+            val id = (value as? JsonPrimitive)?.takeIf { !it.isString }?.intOrNull
+            vocab[piece] = if (id != null && id >= 0) id else node[piece].id()
+        }
         return vocab
     }
 
@@ -202,10 +206,11 @@ object TokenizerJson {
 
     /** Ranked merges, as ["left", "right"] pairs or "left right" strings; a pair's rank is its index. */
     private fun readMerges(node: Node, vocab: Map<String, Int>): Map<Long, Long> {
-        val list = node.array()
+        val list = node.jsonArray()
         val merges = HashMap<Long, Long>(list.size * 2)
-        for ((rank, merge) in list.withIndex()) {
-            val (left, right) = merge.mergePair()
+        for ((rank, element) in list.withIndex()) {
+            val (left, right) = plainPair(element) ?: node[rank].mergePair()
+            val merge by lazy { node[rank] } // for messages only
             val leftId = vocab[left] ?: merge.refuse("\"$left\", not in the vocab", "pieces of model.vocab")
             val rightId = vocab[right] ?: merge.refuse("\"$right\", not in the vocab", "pieces of model.vocab")
             val merged = vocab[left + right] ?: merge.refuse("\"$left$right\", not in the vocab", "a vocab piece")
@@ -213,6 +218,15 @@ object TokenizerJson {
             merges[pairKey(leftId, rightId)] = (rank.toLong() shl 32) or merged.toLong()
         }
         return merges
+    }
+
+    /** ["left", "right"] read without a Node (the common form, 150k of them in a Qwen2 file), else null. */
+    private fun plainPair(element: JsonElement): Pair<String, String>? {
+        val pair = element as? JsonArray ?: return null
+        if (pair.size != 2) return null
+        val left = (pair[0] as? JsonPrimitive)?.takeIf { it.isString } ?: return null
+        val right = (pair[1] as? JsonPrimitive)?.takeIf { it.isString } ?: return null
+        return Pair(left.content, right.content)
     }
 
     private fun Node.mergePair(): Pair<String, String> {
@@ -334,10 +348,9 @@ object TokenizerJson {
 
         fun obj(): JsonObject = value as? JsonObject ?: refuse(kind(), "an object")
 
-        fun array(): List<Node> {
-            val a = value as? JsonArray ?: refuse(kind(), "an array")
-            return a.indices.map { this[it] }
-        }
+        fun array(): List<Node> = jsonArray().indices.map { this[it] }
+
+        fun jsonArray(): JsonArray = value as? JsonArray ?: refuse(kind(), "an array")
 
         fun string(): String = stringOrNull() ?: refuse(kind(), "a string")
 
