@@ -27,6 +27,7 @@ from bonsai_export.generate import SamplingConfig, generate
 from bonsai_export.runners import open_runner
 from bonsai_export.synthetic import make_checkpoint
 from bonsai_export.tokenizer import Tokenizer
+from test_kotlin_jvm import kotlin  # noqa: F401  (the fixture: the app's JVM Kotlin, compiled once)
 
 PACKAGE_PARENT = str(Path(bonsai_export.__file__).resolve().parents[1])
 # -P: the subprocess imports the package the tests import (PYTHONPATH), not a source tree under its working folder.
@@ -307,3 +308,20 @@ def test_an_artifact_carries_the_template_and_chats_over_its_cache(llama_artifac
     assert rec.calls[0][0] >= first.prompt_tokens - 1
     assert from_scratch(runner, session, session.messages[:-1]) == second.tokens
 
+
+# ---- the Android app's ChatML format (Chat.kt), on the JVM ----
+
+def test_the_apps_chatml_gives_transformers_ids(kotlin, qwen, tmp_path):
+    """Chat.kt renders what Qwen3-style templates render (RICH_TEMPLATE: thinking switch, thinking dropped from
+    answers before the last user message), and the app's tokenizer encodes it to transformers' ids."""
+    from test_kotlin_jvm import run_harness
+
+    folder = with_template(qwen, tmp_path / "rich", RICH_TEMPLATE)
+    request = {"tokenizer": str(qwen / "tokenizer.json"),
+               "conversations": [{"messages": list(c.messages), "add_generation_prompt": c.add_generation_prompt,
+                                  "thinking": c.enable_thinking} for c in CASES]}
+    answer = run_harness(kotlin, request, tmp_path, main="org.bonsaiexport.demo.ChatHarnessKt")
+    template = ChatTemplate.read(folder)
+    for case, text, ids in zip(CASES, answer["texts"], answer["ids"], strict=True):
+        assert text == template.render(list(case.messages), case.add_generation_prompt, case.enable_thinking), case
+        assert ids == transformers_ids(folder, case), case.name

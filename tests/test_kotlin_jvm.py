@@ -31,8 +31,9 @@ APP_MAIN = APP_SRC / "main/java/org/bonsaiexport/demo"
 # The app's files that use no Android API (ArtifactKeys.kt: compiled so a generated object that is not valid Kotlin
 # fails here); the rest (UI, ONNX Runtime, memory) cannot run on a plain JVM.
 JVM_SOURCES = [APP_MAIN / f for f in ("Tokenizer.kt", "TokenizerJson.kt", "ByteLevel.kt", "Sampler.kt",
-                                      "ArtifactKeys.kt")]
-TEST_CLASSES = ["org.bonsaiexport.demo.TokenizerTest", "org.bonsaiexport.demo.SamplerTest"]
+                                      "ArtifactKeys.kt", "Chat.kt")]
+TEST_CLASSES = ["org.bonsaiexport.demo.TokenizerTest", "org.bonsaiexport.demo.SamplerTest",
+                "org.bonsaiexport.demo.ChatTest"]
 HARNESS = "org.bonsaiexport.demo.HarnessKt"
 WORDS_HARNESS = "org.bonsaiexport.demo.WordsHarnessKt"
 # the layout whose canonical tokenizer.json TokenizerTest's Bonsai examples are checked on
