@@ -29,6 +29,9 @@ A later run on a whole H200 (`--time-budget 330`, 5712 steps): held-out 109 at s
 to 81.7 at the end while the validation split kept falling (17.3 -> 15.5); dim 384 (3757 steps, `--compile`): 86.7
 at 1500, 103.5 at the end. Past about 3 passes the model learns the corpus's own style (code, API docstrings) at
 the held-out prose's expense: more steps or width do not bring it under 60; text closer to the held-out prose would.
+The lead: six more packages' docstrings (`--package` numpy, scipy, pandas, matplotlib, sympy, networkx at 2.3.5,
+1.17.1, 3.1.1, 3.11.2, 1.14.0, 3.6.1: packages text 6.6M -> 12.9M tokens) gave 71.4 after 1520 steps where the
+committed corpus gave 79.5 at 1500 (a run stopped early by the GPU budget; its weights were not kept).
 """
 
 from __future__ import annotations
@@ -246,13 +249,14 @@ def _word_ngrams(text: str, n: int = NGRAM):
     return (tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
-def corpus_documents(held_out: str, workers: int | None = None) -> tuple[dict[str, list[str]], dict]:
+def corpus_documents(held_out: str, workers: int | None = None,
+                     packages: tuple[str, ...] = SMALL_PACKAGES) -> tuple[dict[str, list[str]], dict]:
     """The trained-small text: {"stdlib", "code", "packages", "val"} documents and a description. stdlib and
     packages: docstrings and comment blocks; code: the standard library's source files, whole.
 
     Sources in a fixed order (sorted files; per file its docstrings in AST walk order, then its comment blocks);
     exact duplicates dropped (first kept), then every document sharing a NGRAM-word sequence with `held_out`."""
-    roots = [("stdlib", Path(sysconfig.get_paths()["stdlib"]))] + [(n, _package_root(n)) for n in SMALL_PACKAGES]
+    roots = [("stdlib", Path(sysconfig.get_paths()["stdlib"]))] + [(n, _package_root(n)) for n in packages]
     jobs = [(group, f) for group, root in roots for f in _py_files(root)]
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         texts = list(pool.map(_source_texts, [f for _, f in jobs], chunksize=32))
@@ -270,14 +274,14 @@ def corpus_documents(held_out: str, workers: int | None = None) -> tuple[dict[st
     out = {"stdlib": [], "code": [], "packages": [], "val": []}
     for i, (group, doc) in enumerate(kept):
         out["val" if i % VAL_EVERY == VAL_EVERY - 1 else group].append(doc)
-    versions = {n: importlib.metadata.version(n.replace("_", "-")) for n in SMALL_PACKAGES}
+    versions = {n: importlib.metadata.version(n.replace("_", "-")) for n in packages}
     info = {"python": platform.python_version(), "packages": versions, "files": len(jobs),
             "documents": len(docs), "dropped_overlapping_held_out": len(docs) - len(kept),
             **{f"{k}_documents": len(v) for k, v in out.items()}}
     return out, info
 
 
-def corpus_tokens(workers: int | None = None) -> dict:
+def corpus_tokens(workers: int | None = None, packages: tuple[str, ...] = SMALL_PACKAGES) -> dict:
     """Token streams (each document BOS-prefixed, concatenated) of corpus_documents()'s groups, and the held-out
     text as `validate` encodes it; train_stream() mixes them into the training stream."""
     import sentencepiece as spm
@@ -286,7 +290,7 @@ def corpus_tokens(workers: int | None = None) -> dict:
     from .validate import held_out_text
 
     held_out = held_out_text(None)
-    docs, info = corpus_documents(held_out, workers)
+    docs, info = corpus_documents(held_out, workers, packages)
     sp, bos = spm.SentencePieceProcessor(model_file=str(mistral_v1_spm())), PRESETS["trained-small"].bos_id
 
     def stream(texts):
@@ -487,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     committed as bonsai_export/data/trained_small.safetensors.xz)."""
     p = argparse.ArgumentParser(prog="python -m bonsai_export.train", description=main.__doc__)
     p.add_argument("--out", help="compact file to write (.safetensors.xz; .safetensors.gz: fast, larger)")
+    p.add_argument("--package", action="append", default=[], metavar="NAME",
+                   help="add an installed package's docstrings and comments to the corpus (experiments)")
     p.add_argument("--save-tokens", help="write corpus_tokens() to this file (torch.save) and stop unless --out")
     p.add_argument("--tokens", help="read the corpus streams from a --save-tokens file instead of building them")
     p.add_argument("--shape", action="append", default=[], metavar="FIELD=INT",
@@ -504,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.tokens:
         data = torch.load(opts.tokens)
     else:
-        data = corpus_tokens()
+        data = corpus_tokens(packages=SMALL_PACKAGES + tuple(opts.package))
     if opts.save_tokens:
         torch.save(data, opts.save_tokens)
         if not opts.out:
