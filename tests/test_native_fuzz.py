@@ -113,6 +113,7 @@ ORT_MUTATIONS = {
     "attr_missing": "No attribute",
     "attr_type": "Attribute name and type don't match",
     "code3": "invalid 2-bit code 3",  # TernaryMatMul only (DenseMatMul: any byte is a valid weight)
+    "scale_layout": "scale_layout must be",  # TernaryMatMul only (DenseMatMul has no such attribute)
 }
 BAD_K = [0, -1, -(2**63), 2**24 + 1, 2**40, INT64_MAX]
 
@@ -189,6 +190,11 @@ def build_ort_case(c: dict):
         attrs["in_features"] = float(k)
     elif mutation == "code3" and op != "TernaryMatMul":
         expect = None
+    elif mutation == "scale_layout":
+        if op == "TernaryMatMul":
+            attrs["scale_layout"] = [2, -1, 7, INT64_MAX][c["other"] % 4]
+        else:
+            expect = None
     model = ort_model(op, attrs, x_dtype, w_dtype, cast_bf16, x_from_shape)
     rng = np.random.default_rng(len(x_shape) + k)
     feeds = {"w": random_weight(rng, op, w_shape, w_dtype, code3=mutation == "code3"),
