@@ -1,6 +1,7 @@
 package org.bonsaiexport.demo
 
 import kotlinx.coroutines.flow.Flow
+import kotlinx.coroutines.flow.FlowCollector
 import kotlinx.coroutines.flow.flow
 import java.util.Locale
 import java.util.concurrent.atomic.AtomicBoolean
@@ -8,9 +9,10 @@ import java.util.concurrent.atomic.AtomicBoolean
 enum class StopReason { EOS, MAX_TOKENS, CONTEXT_FULL, STOPPED }
 
 /**
- * Figures of one generation. Prefill: the prompt (BOS included) in one run. Time to first token: from the call
- * (tokenization included) to the first sampled token. Decode: the tokens after the first, over the time from the
- * first to the last one, so one decode step = one model run plus sampling.
+ * Figures of one generation. Prefill: the prompt (BOS included) in one run; in a chat turn, only its tokens after
+ * the prefix the cache already held. Time to first token: from the call (tokenization included) to the first sampled
+ * token. Decode: the tokens after the first, over the time from the first to the last one, so one decode step = one
+ * model run plus sampling.
  */
 data class GenerationStats(
     val promptTokens: Int = 0,
@@ -50,54 +52,78 @@ sealed interface GenerationEvent {
 }
 
 /**
- * The generation loop: prefill the prompt in one run, then one token per run with the KV cache fed back, until an
- * EOS id, the token budget, the end of the context or a stop request. The flow runs model calls on the collecting
+ * The generation loop: prefill the prompt in one run, then one token per run with the KV cache fed back, until a
+ * stop id, the token budget, the end of the context or a stop request. The flows run model calls on the collecting
  * coroutine's dispatcher; apply flowOn() with the model's own thread.
  */
 class Generator(private val model: OrtModel, private val tokenizer: Tokenizer) {
+    /** Completion: `prompt` continued from an empty cache. */
     fun generate(prompt: String, settings: Settings, stop: AtomicBoolean): Flow<GenerationEvent> = flow {
         val start = System.nanoTime()
         val folder = model.folder
         // BOS (and any EOS) come from the tokenizer's post-processor, as the reference adds them.
         val promptIds = tokenizer.encode(prompt)
         if (promptIds.isEmpty()) throw IllegalArgumentException("the prompt gives no tokens; type some text")
-        val prompted = LongArray(promptIds.size) { promptIds[it].toLong() }
-        val room = folder.maxSeqLen - prompted.size
-        if (room <= 0) {
+        if (promptIds.size >= folder.maxSeqLen) {
             throw IllegalArgumentException(
-                "the prompt is ${prompted.size} tokens; the model's context is ${folder.maxSeqLen} (shorten it " +
+                "the prompt is ${promptIds.size} tokens; the model's context is ${folder.maxSeqLen} (shorten it " +
                     "or re-export with a larger --max-seq-len)",
             )
         }
+        model.reset()
+        // After the prompt: the first generated word keeps its leading space.
+        decode(promptIds, 0, folder.eosIds, settings, stop, start, tokenizer.streamDecoder(context = promptIds))
+    }
+
+    /**
+     * One chat turn of `conversation` (ChatML): only the tokens after the prefix the cache already holds are run, at
+     * the positions that follow; the answer ends at an EOS id or <|im_end|>. A turn the context cannot hold is
+     * refused with ChatContextFullException, the conversation unchanged.
+     */
+    fun chat(conversation: Conversation, message: String, thinking: Boolean?, settings: Settings,
+             stop: AtomicBoolean): Flow<GenerationEvent> = flow {
+        val start = System.nanoTime()
+        val turn = conversation.prepare(message, thinking, model.folder.maxSeqLen) {
+            tokenizer.encode(it, addSpecialTokens = false)
+        }
+        val stops = model.folder.eosIds + listOfNotNull(ChatMl.stopId(tokenizer))
+        val decoder = tokenizer.streamDecoder(context = turn.promptIds.takeLast(1).toIntArray())
+        val answer = decode(turn.promptIds, turn.keep, stops, settings, stop, start, decoder)
+        conversation.finish(turn, answer, tokenizer.decode(answer), model.length)
+    }
+
+    /** Runs promptIds[keep:] at position keep, then decodes; emits the text and the figures; returns the new ids. */
+    private suspend fun FlowCollector<GenerationEvent>.decode(
+        promptIds: IntArray, keep: Int, stops: Set<Int>, settings: Settings, stop: AtomicBoolean, start: Long,
+        decoder: Tokenizer.StreamDecoder,
+    ): IntArray {
+        val room = model.folder.maxSeqLen - promptIds.size
         val budget = minOf(settings.maxNewTokens, room)
         val sampler = Sampler(settings.temperature, settings.topP)
-        // After the prompt: the first generated word keeps its leading space.
-        val decoder = tokenizer.streamDecoder(context = promptIds)
-
-        model.reset()
         val prefillStart = System.nanoTime()
-        var logits = model.forward(prompted)
-        var stats = GenerationStats(promptTokens = prompted.size, prefillSeconds = seconds(prefillStart))
+        val fed = LongArray(promptIds.size - keep) { promptIds[keep + it].toLong() }
+        var logits = model.forward(fed, at = keep)
+        var stats = GenerationStats(promptTokens = fed.size, prefillSeconds = seconds(prefillStart))
+        val answer = ArrayList<Int>()
         var firstTokenAt = 0L
-        var generated = 0
         var reason = StopReason.MAX_TOKENS
         while (true) {
             val token = sampler.sample(logits)
             val now = System.nanoTime()
-            generated++
-            if (generated == 1) firstTokenAt = now
+            if (answer.isEmpty()) firstTokenAt = now
             stats = stats.copy(
-                generatedTokens = generated,
+                generatedTokens = answer.size + 1,
                 timeToFirstTokenSeconds = (firstTokenAt - start) / 1e9,
                 decodeSeconds = (now - firstTokenAt) / 1e9,
                 rssBytes = Memory.rssBytes(),
             )
-            if (token in folder.eosIds) {
+            if (token in stops) {
                 reason = StopReason.EOS
                 break
             }
+            answer.add(token)
             emit(GenerationEvent.Text(decoder.push(token), stats))
-            if (generated >= budget) {
+            if (answer.size >= budget) {
                 reason = if (budget < settings.maxNewTokens) StopReason.CONTEXT_FULL else StopReason.MAX_TOKENS
                 break
             }
@@ -112,6 +138,7 @@ class Generator(private val model: OrtModel, private val tokenizer: Tokenizer) {
             pssBytes = Memory.pssBytes(),
         )
         emit(GenerationEvent.Finished(decoder.flush(), finalStats))
+        return answer.toIntArray()
     }
 
     private fun seconds(since: Long): Double = (System.nanoTime() - since) / 1e9

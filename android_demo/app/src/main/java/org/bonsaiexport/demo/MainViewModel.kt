@@ -28,6 +28,8 @@ data class UiState(
     val output: String = "",
     val stats: String = "",
     val settings: Settings = Settings(),
+    /** A ChatML model: each prompt is a chat turn of one conversation (newChat() starts another). */
+    val chat: Boolean = false,
 )
 
 /**
@@ -50,6 +52,9 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
 
     private var model: OrtModel? = null
     private var tokenizer: Tokenizer? = null
+    // Mirrors the model's cache: set while loading and changed by chat turns, both on the model thread; read on the
+    // main thread only while no model call runs (not busy, not generating).
+    private var conversation: Conversation? = null
     private var generation: Job? = null
     private val stopRequested = AtomicBoolean(false)
 
@@ -61,14 +66,18 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
         if (_state.value.busy) return
         val path = _state.value.modelPath
         prefs.edit().putString(KEY_PATH, path).apply()
-        _state.update { it.copy(busy = true, loaded = false, modelStatus = "Loading $path ...") }
+        _state.update {
+            it.copy(busy = true, loaded = false, chat = false, output = "", modelStatus = "Loading $path ...")
+        }
         viewModelScope.launch {
             val status = try {
                 withContext(modelDispatcher) { loadNow(File(path)) }
             } catch (e: Exception) {
                 "Load failed: ${e.message}"
             }
-            _state.update { it.copy(busy = false, loaded = model != null, modelStatus = status) }
+            _state.update {
+                it.copy(busy = false, loaded = model != null, chat = conversation != null, modelStatus = status)
+            }
         }
     }
 
@@ -76,6 +85,7 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
         model?.close()
         model = null
         tokenizer = null
+        conversation = null
         val started = System.nanoTime()
         val folder = ModelFolder.open(dir)
         val tok = Tokenizer.load(folder.tokenizerFile)
@@ -89,8 +99,10 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
         val loaded = OrtModel.load(folder, settings, getApplication<Application>().applicationInfo.nativeLibraryDir)
         model = loaded
         tokenizer = tok
+        conversation = if (ChatMl.supported(tok)) Conversation() else null
         val seconds = (System.nanoTime() - started) / 1e9
-        return "${folder.describe()}\ncustom ops: ${loaded.customOps}; ${settings.threads} threads" +
+        return "${folder.describe()}${if (conversation != null) "; ChatML chat" else ""}\n" +
+            "custom ops: ${loaded.customOps}; ${settings.threads} threads" +
             (if (settings.pinToBigCores) " on big cores" else "") +
             String.format(java.util.Locale.ROOT, "; loaded in %.1f s; RSS %s", seconds, Memory.mb(Memory.rssBytes()))
     }
@@ -121,10 +133,18 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
         val tok = tokenizer ?: return
         if (_state.value.generating || _state.value.busy) return
         stopRequested.set(false)
-        _state.update { it.copy(generating = true, output = prompt, stats = "prefill ...") }
+        val chat = conversation
+        val shown = if (chat != null) "${_state.value.output}${if (_state.value.output.isEmpty()) "" else "\n\n"}" +
+            "> $prompt\n\n" else prompt
+        _state.update { it.copy(generating = true, output = shown, stats = "prefill ...") }
+        val settings = _state.value.settings
+        val events = if (chat != null) {
+            Generator(m, tok).chat(chat, prompt, thinking = null, settings = settings, stop = stopRequested)
+        } else {
+            Generator(m, tok).generate(prompt, settings, stopRequested)
+        }
         generation = viewModelScope.launch {
-            Generator(m, tok).generate(prompt, _state.value.settings, stopRequested)
-                .flowOn(modelDispatcher)
+            events.flowOn(modelDispatcher)
                 .catch { e -> _state.update { it.copy(stats = "Error: ${e.message}") } }
                 .collect { event ->
                     _state.update { it.copy(output = it.output + event.text, stats = event.stats.format()) }
@@ -134,6 +154,13 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
     }
 
     fun stop() = stopRequested.set(true)
+
+    /** A new conversation (chat models): the transcript cleared, the cache's next turn starts at position 0. */
+    fun newChat() {
+        if (_state.value.generating || _state.value.busy) return
+        _state.update { it.copy(output = "", stats = "") }
+        viewModelScope.launch { withContext(modelDispatcher) { conversation?.newChat() } }
+    }
 
     fun updateSettings(new: Settings) {
         val old = _state.value.settings

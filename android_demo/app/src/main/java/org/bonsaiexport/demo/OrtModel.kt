@@ -2,18 +2,23 @@ package org.bonsaiexport.demo
 
 import ai.onnxruntime.OnnxTensor
 import ai.onnxruntime.OnnxTensorLike
+import ai.onnxruntime.OnnxValue
 import ai.onnxruntime.OrtEnvironment
 import ai.onnxruntime.OrtException
 import ai.onnxruntime.OrtSession
 import android.util.Log
 import java.io.File
-import java.nio.FloatBuffer
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
 import java.nio.LongBuffer
 
 /**
- * model.onnx in an ONNX Runtime session, with its KV cache. Each forward() appends tokens at the next positions:
- * the `present.{i}.*` outputs of one run are fed back as the next run's `past_key_values.{i}.*` (the tensors are
- * passed as they are, no copy). Not thread-safe: call it from one thread.
+ * model.onnx in an ONNX Runtime session, with its KV cache: one [1, kv heads, maxSeqLen, head dim] float buffer per
+ * layer and K/V, bound as both `past_key_values.{i}.*` and `present.{i}.*` (GroupQueryAttention's shared-buffer
+ * mode, as onnxruntime-genai and our Python runner run it). Each forward() writes only its new positions in place,
+ * instead of a new present per layer and token that the next run reads back as its past. The cost: the caches are
+ * allocated at full length when the model loads (layers x 2 x kv heads x maxSeqLen x head dim x 4 bytes).
+ * Not thread-safe: call it from one thread.
  */
 class OrtModel private constructor(
     val folder: ModelFolder,
@@ -24,31 +29,48 @@ class OrtModel private constructor(
     val customOps: String,
 ) : AutoCloseable {
     private val io = folder.io
-    private val emptyCache: OnnxTensor = OnnxTensor.createTensor(
-        env, FloatBuffer.allocate(0), longArrayOf(1, folder.nKvHeads.toLong(), 0, folder.headDim.toLong()),
-    )
-    private var cache: OrtSession.Result? = null
+    private val caches: Map<String, OnnxTensor> = (0 until folder.nLayers).flatMap {
+        listOf(io.pastKey(it) to cacheTensor(), io.pastValue(it) to cacheTensor())
+    }.toMap()
+    // present.{i}.* -> the tensor of past_key_values.{i}.*: ORT writes the new positions into the buffer it reads
+    private val pinned: Map<String, OnnxValue> = (0 until folder.nLayers).flatMap {
+        listOf(io.presentKey(it) to caches.getValue(io.pastKey(it)),
+            io.presentValue(it) to caches.getValue(io.pastValue(it)))
+    }.toMap()
+    private val logitsOnly = setOf(io.logits)
 
-    /** Positions held by the cache (the next token's position). */
+    /** Positions the cache holds (the next token's position). */
     var length = 0
         private set
 
-    /** Forget the cache; the next forward() starts at position 0. */
+    /** Forget the cache; the next forward() starts at position 0 (attention reads only the positions run). */
     fun reset() {
-        cache?.close()
-        cache = null
         length = 0
     }
 
-    /** Runs `tokens` at positions [length, length + tokens.size) and returns the logits of the last one. */
-    fun forward(tokens: LongArray): FloatArray {
+    /** Direct memory: ORT reads and writes it in place, without a copy. */
+    private fun cacheTensor(): OnnxTensor {
+        val shape = longArrayOf(1, folder.nKvHeads.toLong(), folder.maxSeqLen.toLong(), folder.headDim.toLong())
+        val floats = folder.nKvHeads.toLong() * folder.maxSeqLen * folder.headDim
+        require(floats * 4 <= Int.MAX_VALUE) { "a KV cache of $floats floats per layer is too large" }
+        val buffer = ByteBuffer.allocateDirect((floats * 4).toInt()).order(ByteOrder.nativeOrder()).asFloatBuffer()
+        return OnnxTensor.createTensor(env, buffer, shape)
+    }
+
+    /**
+     * Runs `tokens` at positions [at, at + tokens.size) and returns the logits of the last one. `at` defaults to the
+     * end of the cache; a smaller one rewinds it (a chat turn whose history was rewritten): the positions after it
+     * are overwritten.
+     */
+    fun forward(tokens: LongArray, at: Int = length): FloatArray {
         val t = tokens.size
-        val total = length + t
+        val total = at + t
         require(t > 0) { "no tokens" }
+        require(at in 0..length) { "position $at: the cache holds $length positions (run them in order)" }
         require(total <= folder.maxSeqLen) { "positions up to $total exceed the model's context ${folder.maxSeqLen}" }
         val created = ArrayList<OnnxTensor>(3)
         try {
-            val feeds = HashMap<String, OnnxTensorLike>()
+            val feeds = HashMap<String, OnnxTensorLike>(caches)
             fun input(name: String, values: LongArray, shape: LongArray) {
                 val tensor = OnnxTensor.createTensor(env, LongBuffer.wrap(values), shape)
                 created.add(tensor)
@@ -56,21 +78,14 @@ class OrtModel private constructor(
             }
             input(io.inputIds, tokens, longArrayOf(1, t.toLong()))
             input(io.attentionMask, LongArray(total) { 1L }, longArrayOf(1, total.toLong()))
-            input(io.positionIds, LongArray(t) { (length + it).toLong() }, longArrayOf(1, t.toLong()))
-            val past = cache
-            for (i in 0 until folder.nLayers) {
-                feeds[io.pastKey(i)] = past?.let { it.get(io.presentKey(i)).get() as OnnxTensor } ?: emptyCache
-                feeds[io.pastValue(i)] = past?.let { it.get(io.presentValue(i)).get() as OnnxTensor } ?: emptyCache
+            input(io.positionIds, LongArray(t) { (at + it).toLong() }, longArrayOf(1, t.toLong()))
+            session.run(feeds, logitsOnly, pinned).use { result ->
+                length = total
+                // Absolute reads: Buffer.position(int) has a covariant override only on newer Android releases.
+                val logits = (result.get(io.logits).get() as OnnxTensor).floatBuffer
+                val offset = (t - 1) * folder.vocabSize
+                return FloatArray(folder.vocabSize) { logits.get(offset + it) }
             }
-            val result = session.run(feeds)
-            past?.close()
-            cache = result
-            length = total
-
-            // Absolute reads: Buffer.position(int) has a covariant override only on newer Android releases.
-            val logits = (result.get(io.logits).get() as OnnxTensor).floatBuffer
-            val offset = (t - 1) * folder.vocabSize
-            return FloatArray(folder.vocabSize) { logits.get(offset + it) }
         } finally {
             created.forEach { it.close() }
         }
@@ -78,7 +93,7 @@ class OrtModel private constructor(
 
     override fun close() {
         reset()
-        emptyCache.close()
+        caches.values.forEach { it.close() }
         session.close()
         options.close()
     }
