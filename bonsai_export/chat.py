@@ -15,6 +15,9 @@ and a multi-turn session that keeps the runner's KV cache across turns.
   context raises `ContextFull`, naming the context length and the tokens the conversation needs, and leaves the
   conversation as it was (nothing is dropped silently: `reset()` starts a new one). An answer that reaches the end of
   the context stops there (`TurnResult.hit_context`).
+- `converse` is `bonsai-export chat`'s loop: one message a line, `/reset` alone on a line starts a new conversation,
+  the end of the input ends it. As with apply_chat_template's default, special tokens typed in a message (say
+  `<|im_end|>`) are encoded as the special tokens they name.
 """
 
 from __future__ import annotations
@@ -231,6 +234,18 @@ class ChatSession:
         return res, filled
 
 
+def open_session(path: str | Path, sampling: SamplingConfig, system: str | None = None,
+                 enable_thinking: bool | None = None, **runner_options) -> ChatSession:
+    """A chat with the artifact or checkpoint at `path` (`runner_options`: open_runner's)."""
+    from .runners import open_runner
+
+    if Path(path).is_dir():
+        ChatTemplate.read(Path(path))  # a base model is refused before its weights load
+    runner = open_runner(path, **runner_options)
+    folder = runner.tokenizer_dir
+    return ChatSession(runner, ChatTemplate.read(folder), Tokenizer(folder), system, enable_thinking, sampling)
+
+
 RESET = "/reset"  # typed alone on a line: a new conversation
 
 
@@ -248,21 +263,26 @@ def read_messages(stream) -> Iterable[str]:
 
 
 def converse(session: ChatSession, messages: Iterable[str], out, err, quiet: bool = False,
-             as_json: bool = False) -> int:
+             as_json: bool = False, keep_going: bool = True) -> int:
     """The interactive loop of `bonsai-export chat`: each non-empty line is a user turn, its answer streamed to
     `out` (or, `as_json`, one JSON object a turn); a refused turn (context full) is one error line on `err` and the
-    conversation goes on. Returns 0 at the end of the input (Ctrl-C propagates: the CLI answers 130)."""
-    for n, message in enumerate(m for m in messages if m.strip()):
+    conversation goes on (`keep_going` False: ContextFull is raised, for `run --chat`). Returns 0 at the end of the
+    input (Ctrl-C propagates: the CLI answers 130)."""
+    turns = 0
+    for message in (m for m in messages if m.strip()):
         if message.strip() == RESET:
             session.reset()
             continue
         try:
             res = session.turn(message, None if as_json else (lambda text: print(text, end="", file=out, flush=True)))
         except ContextFull as exc:
+            if not keep_going:
+                raise
             print(f"error: {exc}", file=err, flush=True)
             continue
+        turns += 1
         if as_json:
-            print(json.dumps({"turn": n, "user": message, **vars(res)}), file=out, flush=True)
+            print(json.dumps({"turn": turns, "user": message, **vars(res)}), file=out, flush=True)
             continue
         print(file=out, flush=True)
         if not quiet:

@@ -4,6 +4,7 @@ through the command line."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import torch
 from transformers import AutoTokenizer
 
 import bonsai_export
-from bonsai_export.chat import ChatSession, ChatTemplate, ContextFull, common_prefix
+from bonsai_export.chat import ChatSession, ChatTemplate, ContextFull, common_prefix, converse, open_session
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import export
 from bonsai_export import artifact as A
@@ -307,6 +308,24 @@ def test_an_artifact_carries_the_template_and_chats_over_its_cache(llama_artifac
     assert ChatTemplate.read(llama_artifact).source == LLAMA_TEMPLATE
     assert rec.calls[0][0] >= first.prompt_tokens - 1
     assert from_scratch(runner, session, session.messages[:-1]) == second.tokens
+
+
+def test_converse_resets_reports_a_full_context_and_goes_on(qwen):
+    session = open_session(qwen, SamplingConfig(max_new_tokens=4), max_seq_len=64)
+    out, err = io.StringIO(), io.StringIO()
+    lines = ["Hi", "", "/reset", "Hi", "word " * 40, "Ok"]
+    assert converse(session, iter(lines), out, err, quiet=True) == 0
+    answers = out.getvalue().splitlines()
+    assert len(answers) == 3 and answers[0] == answers[1]  # /reset: the same answer to the same first message
+    assert err.getvalue().count("error: context full") == 1 and "context holds 64" in err.getvalue()
+    assert [m["content"] for m in session.messages if m["role"] == "user"] == ["Hi", "Ok"]
+    with pytest.raises(ContextFull):
+        converse(session, ["word " * 40], out, err, keep_going=False)
+
+
+def test_open_session_refuses_a_base_model_before_loading_it(tiny_ckpt):
+    with pytest.raises(BonsaiError, match="has no chat template"):
+        open_session(tiny_ckpt, GREEDY)
 
 
 # ---- the Android app's ChatML format (Chat.kt), on the JVM ----
