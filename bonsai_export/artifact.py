@@ -34,6 +34,9 @@ RUNNABLE = ("pte", "onnx")  # the types bonsai-export's runners open
 EMBEDDINGS = ("bf16", "int8")
 HEADS = ("bf16", "int8", "int4")
 TERNARY_OPS = ("custom", "stock")  # ONNX: bonsai::TernaryMatMul (our library) or com.microsoft MatMulNBits bits=2
+# The packed ternary formats (docs/FORMAT.md): t2, one f32 scale per output channel (Bonsai); t2g, one fp16 scale
+# per block of 128 weights (Ternary-Bonsai). ModelShape records which one an artifact holds.
+TERNARY_FORMATS = ("t2", "t2g")
 # GGUF: llama.cpp's types (option value -> ggml type in export/gguf.py)
 GGUF_TERNARY = ("tq2_0", "tq1_0")
 GGUF_DENSE = ("f16", "bf16", "q8_0", "q4_0")
@@ -116,6 +119,11 @@ class ModelShape:
     bits_per_ternary_weight: float = 0.0
     head_bytes: int = 0
     note: str | None = None  # what an artifact not made by export is (bench's baselines)
+    ternary_format: str = "t2"  # the decoder layers' packed format, one of TERNARY_FORMATS
+    # How the embedding and the head are stored: a dense format (EMBEDDINGS, HEADS) or "t2g" (a group-ternary
+    # checkpoint's own tables); None in a manifest written before these fields (then: the options' formats).
+    embedding_format: str | None = None
+    head_format: str | None = None
 
     @property
     def bytes_per_token(self) -> int:
@@ -397,6 +405,10 @@ def _shape(model, bad) -> ModelShape:
     known = {f.name for f in dataclasses.fields(ModelShape)}
     if set(model) - known:
         raise bad(f"'model' has unknown fields {', '.join(sorted(set(model) - known))}")
+    for key, allowed in (("ternary_format", TERNARY_FORMATS), ("embedding_format", (None, *EMBEDDINGS, "t2g")),
+                         ("head_format", (None, *HEADS, "t2g"))):
+        if model.get(key, allowed[0]) not in allowed:
+            raise bad(f"'model.{key}' is {str(model[key])[:40]!r}, expected one of {', '.join(map(str, allowed))}")
     return ModelShape(**{**model, "eos_ids": tuple(eos)})
 
 

@@ -2,12 +2,15 @@
 
 GQA attention with HF's rotate-half RoPE, fp32 RMSNorm, SwiGLU MLP, a static KV cache of max_seq_len, and every
 ternary projection through `bonsai::ternary_linear`. Group-scaled ternary checkpoints (one scale per 128 weights,
-Ternary-Bonsai) run eagerly through GroupTernaryLinear / GroupTernaryEmbedding until the packed op takes them.
+Ternary-Bonsai) run eagerly through GroupTernaryLinear / GroupTernaryEmbedding (the fp32 reference); their export
+form (build_model) packs every linear, the embedding and the head as t2g (docs/FORMAT.md "Scales": scale_layout 1).
 ExecuTorch's LLM contract: forward(tokens[1, T], input_pos[1]) -> logits[1, T, vocab]; the caches are buffers
 updated in place at input_pos.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import torch
@@ -18,7 +21,8 @@ from . import artifact as A
 from . import formats, ops  # noqa: F401  (ops registers torch.ops.bonsai.ternary_linear)
 from .checkpoint import NORMS, QK_NORMS, Checkpoint, TernaryWeight
 from .config import ModelArgs
-from .dense import quantize_dense_
+from .dense import FORMATS as DENSE_FORMATS
+from .dense import Bf16Embedding, DenseLinear, Int8Embedding, quantize_dense_
 from .errors import BonsaiError
 
 # Projections that read the same input run as one matrix, their rows concatenated in this order (keys: our
@@ -36,6 +40,8 @@ FUSED = {
 
 class TernaryLinear(nn.Module):
     """y = (x @ T^T) * scales with T packed in the t2 format and the activation mode fixed at build time."""
+
+    scale_layout = formats.SCALE_LAYOUTS["channel"]
 
     def __init__(self, in_features: int, out_features: int, act_bits: int):
         super().__init__()
@@ -86,6 +92,72 @@ class GroupTernaryEmbedding(nn.Module):
         return self.values[tokens].float() * self.scales[tokens].repeat_interleave(self.group, dim=-1)
 
 
+def fp16_scales(scales: torch.Tensor, where: str) -> torch.Tensor:
+    """Group scales as the fp16 that t2g stores, refused unless every one is exactly an fp16 value (the source's
+    own scales are: Ternary-Bonsai's Q2_0 stores fp16, its unpacked folders bf16 values inside fp16's range)."""
+    s = scales.float()
+    half = s.to(torch.float16)
+    bad = (half.float() != s).nonzero()
+    if len(bad):
+        row, col = bad[0].tolist()
+        raise BonsaiError(f"{where}: scale [{row}, {col}] = {s[row, col].item()!r} is not an fp16 value, and t2g "
+                          f"stores fp16 scales (docs/FORMAT.md, Scales); this checkpoint cannot be exported losslessly")
+    return half
+
+
+class BlockTernaryLinear(nn.Module):
+    """t2g: T packed as t2 plus one fp16 scale per block of 128 weights (scale_layout 1), y = x @ (s_b * T)^T through
+    bonsai::ternary_linear: the export form of GroupTernaryLinear (float or per-token int8 activations)."""
+
+    scale_layout = formats.SCALE_LAYOUTS["block"]
+
+    def __init__(self, in_features: int, out_features: int, act_bits: int):
+        super().__init__()
+        self.in_features, self.out_features, self.act_bits = in_features, out_features, act_bits
+        self.register_buffer("packed", torch.zeros(out_features, formats.row_bytes(in_features), dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, formats.num_blocks(in_features), dtype=torch.float16))
+
+    def load(self, values: torch.Tensor, scales: torch.Tensor, where: str = "group-scaled weight") -> None:
+        if TernaryWeight(values, scales).group_size != formats.BLOCK_K:
+            raise BonsaiError(f"{where}: one scale per {TernaryWeight(values, scales).group_size} weights; t2g "
+                              f"blocks hold {formats.BLOCK_K}")
+        self.packed.copy_(torch.from_numpy(formats.pack(values.numpy())))
+        self.scales.copy_(fp16_scales(scales, where))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.bonsai.ternary_linear(x, self.packed, self.scales, self.in_features, self.act_bits,
+                                               self.scale_layout)
+
+
+def _byte_trits() -> torch.Tensor:
+    """[256, 4] float32: the trit of each 2-bit plane i of a packed byte, code - 1 (code 3 never occurs)."""
+    b = torch.arange(256, dtype=torch.int32)[:, None]
+    return (((b >> (2 * torch.arange(4, dtype=torch.int32))) & 3) - formats.CODE_OFFSET).float()
+
+
+class BlockTernaryEmbedding(nn.Module):
+    """Rows of a t2g table [V, D] (a tied head reads the same two buffers): per token its packed row and its block
+    scales are gathered and unpacked in the graph, bytes -> their four planes' trits through a [256, 4] table (plain
+    gathers, transpose and multiply, which every runtime has), so nothing but the packed table is stored. Exact:
+    a trit times a widened fp16 scale. (A native gather op would save the [T, D] float temporaries; these ops need
+    no new kernel in either runtime.)"""
+
+    def __init__(self, packed: torch.Tensor, scales: torch.Tensor, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales", scales)
+        self.register_buffer("byte_trits", _byte_trits(), persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, t = tokens.shape
+        rows = F.embedding(tokens, self.packed).long()  # [B, T, row_bytes]: byte j of block n holds k = 32 i + j
+        trits = F.embedding(rows, self.byte_trits)  # [B, T, row_bytes, 4 planes]
+        trits = trits.view(b, t, -1, formats.LANES, 4).transpose(-1, -2)  # [B, T, blocks, plane, j]
+        scales = F.embedding(tokens, self.scales).float()  # [B, T, blocks]
+        return (trits.reshape(b, t, -1, formats.BLOCK_K) * scales.unsqueeze(-1)).reshape(b, t, -1)[..., :self.dim]
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -116,21 +188,23 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def linear(in_features: int, out_features: int, act_bits: int, group: int | None) -> nn.Module:
-    """A ternary projection: packed per-channel (`group` None) or eager group-scaled."""
+def linear(in_features: int, out_features: int, act_bits: int, group: int | None, packed: bool) -> nn.Module:
+    """A ternary projection: packed per-channel (`group` None); group-scaled packed as t2g (`packed`) or eager."""
     if group is None:
         return TernaryLinear(in_features, out_features, act_bits)
+    if packed:
+        return BlockTernaryLinear(in_features, out_features, act_bits)
     return GroupTernaryLinear(in_features, out_features, group)
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs, act_bits: int, max_seq_len: int, group: int | None = None):
+    def __init__(self, args: ModelArgs, make_linear, max_seq_len: int):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         q_dim, kv_dim = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
         self.qkv_split = (q_dim, kv_dim, kv_dim)
-        self.qkv_proj = linear(args.dim, q_dim + 2 * kv_dim, act_bits, group)
-        self.o_proj = linear(q_dim, args.dim, act_bits, group)
+        self.qkv_proj = make_linear(args.dim, q_dim + 2 * kv_dim)
+        self.o_proj = make_linear(q_dim, args.dim)
         self.qk_norm = args.qk_norm
         if args.qk_norm:  # Qwen3: each head of q and k normalized over head_dim, before RoPE
             self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
@@ -153,10 +227,10 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, args: ModelArgs, act_bits: int, group: int | None = None):
+    def __init__(self, args: ModelArgs, make_linear):
         super().__init__()
-        self.gate_up_proj = linear(args.dim, 2 * args.hidden_dim, act_bits, group)
-        self.down_proj = linear(args.hidden_dim, args.dim, act_bits, group)
+        self.gate_up_proj = make_linear(args.dim, 2 * args.hidden_dim)
+        self.down_proj = make_linear(args.hidden_dim, args.dim)
 
     def forward(self, x):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -164,12 +238,12 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, args: ModelArgs, act_bits: int, max_seq_len: int, group: int | None = None):
+    def __init__(self, args: ModelArgs, make_linear, max_seq_len: int):
         super().__init__()
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.self_attn = Attention(args, act_bits, max_seq_len, group)
+        self.self_attn = Attention(args, make_linear, max_seq_len)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.mlp = FeedForward(args, act_bits, group)
+        self.mlp = FeedForward(args, make_linear)
 
     def forward(self, x, cos, sin, pos, input_pos):
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, pos, input_pos)
@@ -178,22 +252,24 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     def __init__(self, args: ModelArgs, act_quant: str = "none", max_seq_len: int | None = None,
-                 group: int | None = None):
+                 group: int | None = None, packed: bool = False):
         """`group`: None for per-channel ternary linears (packed, bonsai::ternary_linear), else the group size of
-        group-scaled ones (eager, float activations only)."""
+        group-scaled ones: eager fp32 (float activations only), or `packed` as t2g through bonsai::ternary_linear."""
         super().__init__()
         if act_quant not in formats.ACT_MODES:
             raise BonsaiError(f"act_quant: expected one of {', '.join(formats.ACT_MODES)}, got {act_quant!r}")
-        if group is not None and act_quant != "none":
-            raise BonsaiError(f"act_quant {act_quant}: group-scaled ternary weights (one scale per {group}) run "
-                              f"with float activations only for now; use --act-quant none")
+        if group is not None and act_quant != "none" and not packed:
+            raise BonsaiError(f"act_quant {act_quant}: the eager model of group-scaled ternary weights (one scale "
+                              f"per {group}) runs float activations; use --act-quant none, or export the "
+                              f"checkpoint (its t2g artifact takes int8 activations)")
         max_seq_len = max_seq_len or args.max_seq_len
         if not 1 <= max_seq_len <= args.max_seq_len:
             raise BonsaiError(f"max_seq_len: expected 1..{args.max_seq_len} (the model's limit), got {max_seq_len}")
         self.args, self.act_quant, self.max_seq_len = args, act_quant, max_seq_len
         act_bits = formats.ACT_MODES[act_quant]
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(Block(args, act_bits, max_seq_len, group) for _ in range(args.n_layers))
+        make_linear = partial(linear, act_bits=act_bits, group=group, packed=packed)
+        self.layers = nn.ModuleList(Block(args, make_linear, max_seq_len) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, args.head_dim, 2, dtype=torch.float64) / args.head_dim))
@@ -222,12 +298,14 @@ class Transformer(nn.Module):
             layer.self_attn.cache.v.zero_()
 
 
-def from_checkpoint(ckpt: Checkpoint, act_quant: str = "none", max_seq_len: int | None = None) -> Transformer:
-    """Build the model (fp32 dense parts, packed ternary linears) from a canonical checkpoint."""
-    model = Transformer(ckpt.args, act_quant, max_seq_len, ckpt.group_size)
+def from_checkpoint(ckpt: Checkpoint, act_quant: str = "none", max_seq_len: int | None = None,
+                    packed: bool = False) -> Transformer:
+    """Build the model (fp32 dense parts, packed ternary linears) from a canonical checkpoint; `packed`: a
+    group-scaled checkpoint's linears, embedding and head as t2g (else they run eagerly in fp32)."""
+    model = Transformer(ckpt.args, act_quant, max_seq_len, ckpt.group_size, packed)
     dense = ckpt.dense
     with torch.no_grad():
-        _load_table(model, ckpt)
+        _load_table(model, ckpt, packed)
         model.norm.weight.copy_(dense["model.norm.weight"].float())
         for i, layer in enumerate(model.layers):
             for norm in NORMS:
@@ -236,20 +314,39 @@ def from_checkpoint(ckpt: Checkpoint, act_quant: str = "none", max_seq_len: int 
                 layer.self_attn.get_submodule(norm).weight.copy_(dense[f"model.layers.{i}.self_attn.{norm}.weight"])
             for sub, parts in FUSED.items():
                 ws = [ckpt.ternary[f"model.layers.{i}.{part}"] for part in parts]
-                layer.get_submodule(sub).load(torch.cat([w.values for w in ws]), torch.cat([w.scales for w in ws]))
+                values, scales = torch.cat([w.values for w in ws]), torch.cat([w.scales for w in ws])
+                module = layer.get_submodule(sub)
+                if isinstance(module, BlockTernaryLinear):
+                    module.load(values, scales, f"{ckpt.source}: model.layers.{i}.{parts[0]}")
+                else:
+                    module.load(values, scales)
     return model.eval()
 
 
-def _load_table(model: Transformer, ckpt: Checkpoint) -> None:
-    """The embedding and the head: dense tensors, or group-ternary ones (Ternary-Bonsai) kept int8 plus scales.
-    A tied head reads the embedding's weight in either form."""
+def _load_table(model: Transformer, ckpt: Checkpoint, packed: bool) -> None:
+    """The embedding and the head: dense tensors, or group-ternary ones (Ternary-Bonsai) kept int8 plus scales
+    (eager) or t2g (`packed`). A tied head reads the embedding's weight in either form; packed, the very same
+    buffers, so an artifact holds the table once."""
     embed = ckpt.ternary.get("model.embed_tokens")
-    if embed is not None:
+    if embed is not None and packed:
+        table = BlockTernaryLinear(ckpt.args.dim, ckpt.args.vocab_size, act_bits=0)
+        table.load(embed.values, embed.scales, f"{ckpt.source}: model.embed_tokens")
+        model.embed_tokens = BlockTernaryEmbedding(table.packed, table.scales, ckpt.args.dim)
+    elif embed is not None:
         model.embed_tokens = GroupTernaryEmbedding(embed)
     else:
         model.embed_tokens.weight.copy_(ckpt.dense["model.embed_tokens.weight"].float())
-    head = ckpt.ternary.get("lm_head", embed if ckpt.args.tie_embeddings else None)
-    if head is not None:
+    own_head = ckpt.ternary.get("lm_head")
+    head = own_head if own_head is not None else (embed if ckpt.args.tie_embeddings else None)
+    if head is not None and packed:
+        # the head runs float activations whatever act_quant is, as the dense heads do (README, "Heads and
+        # embedding"): the logits' quality is set by it, and it is read once per token either way
+        model.lm_head = BlockTernaryLinear(ckpt.args.dim, ckpt.args.vocab_size, act_bits=0)
+        if own_head is None and embed is not None:
+            model.lm_head.packed, model.lm_head.scales = model.embed_tokens.packed, model.embed_tokens.scales
+        else:
+            model.lm_head.load(head.values, head.scales, f"{ckpt.source}: lm_head")
+    elif head is not None:
         model.lm_head = GroupTernaryLinear(ckpt.args.dim, ckpt.args.vocab_size, head.group_size)
         model.lm_head.load(head.values, head.scales)
     else:
@@ -259,12 +356,38 @@ def _load_table(model: Transformer, ckpt: Checkpoint) -> None:
 
 def build_model(ckpt: Checkpoint, cfg: A.ExportConfig) -> Transformer:
     """The model exactly as the artifact of `cfg` computes it: the export's input, and the tests' reference."""
-    if ckpt.group_size is not None:
-        raise BonsaiError(f"{ckpt.source}: group-scaled ternary weights (one scale per {ckpt.group_size} weights, "
-                          f"format {ckpt.format}) cannot be exported yet (no packed format for them in the "
-                          f"exporters); `bonsai-export run` runs the checkpoint eagerly")
-    model = from_checkpoint(ckpt, act_quant=cfg.act_quant, max_seq_len=cfg.max_seq_len)
-    return quantize_dense_(model, cfg.embedding, cfg.head)
+    if ckpt.group_size is None:
+        model = from_checkpoint(ckpt, act_quant=cfg.act_quant, max_seq_len=cfg.max_seq_len)
+        return quantize_dense_(model, cfg.embedding, cfg.head)
+    model = from_checkpoint(ckpt, act_quant=cfg.act_quant, max_seq_len=cfg.max_seq_len, packed=True)
+    return _dense_tables_(model, cfg)
+
+
+def _dense_tables_(model: Transformer, cfg: A.ExportConfig) -> Transformer:
+    """A group-scaled checkpoint's embedding and head stay t2g where the checkpoint has them ternary (its own
+    values, lossless: the default "bf16" formats mean exactly that); a dense one takes its --embedding / --head
+    format. A lossy format for a ternary table is refused: it would be larger and lose the checkpoint's values."""
+    for option, value, ternary in (("embedding", cfg.embedding, isinstance(model.embed_tokens, BlockTernaryEmbedding)),
+                                   ("head", cfg.head, isinstance(model.lm_head, BlockTernaryLinear))):
+        if ternary and value != "bf16":
+            raise BonsaiError(f"--{option} {value}: this checkpoint's {option} is group-ternary and is exported as "
+                              f"t2g (2.125 bits a weight, its own values); leave --{option} at its default")
+    if isinstance(model.embed_tokens, nn.Embedding):
+        weight = model.embed_tokens.weight.detach()
+        model.embed_tokens = Bf16Embedding(weight) if cfg.embedding == "bf16" else Int8Embedding(weight)
+    if isinstance(model.lm_head, nn.Linear):
+        model.lm_head = DenseLinear(model.lm_head.weight, cfg.head)
+    return model
+
+
+def table_formats(model: Transformer) -> tuple[str, str]:
+    """The stored formats of the embedding and the head: "t2g", or the dense format's name."""
+    embed = model.embed_tokens
+    embedding = ("t2g" if isinstance(embed, BlockTernaryEmbedding) else "int8" if isinstance(embed, Int8Embedding)
+                 else "bf16")
+    head = model.lm_head
+    bits = {f.bits: name for name, f in DENSE_FORMATS.items()}
+    return embedding, ("t2g" if isinstance(head, BlockTernaryLinear) else bits[head.bits])
 
 
 def ternary_values(model: Transformer) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""The independent reference: transformers' own Llama with every ternary linear folded into a plain dense weight.
+"""The independent reference: transformers' own Llama (Qwen3ForCausalLM for a Qwen3 checkpoint, Ternary-Bonsai)
+with every ternary linear, and a group-ternary embedding and head, folded into a plain dense weight.
 
 Of ours it uses only the checkpoint reader (checkpoint.py) and the config it gives: the model definition,
 attention, RoPE, the tokenizer (AutoTokenizer) and greedy decoding (`generate`) are all transformers', so it
@@ -13,16 +14,20 @@ import itertools
 import torch
 
 from .checkpoint import Checkpoint
-from .config import llama_config
+from .config import llama_config, qwen3_config
 from .errors import BonsaiError
 
 
 def folded_llama(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, **config):
-    """transformers' LlamaForCausalLM in `dtype` with W = T * scales per output channel for every ternary linear
-    and the checkpoint's dense tensors as they are; `config` overrides LlamaConfig fields (attn_implementation)."""
-    from transformers import LlamaForCausalLM
+    """transformers' LlamaForCausalLM in `dtype` (Qwen3ForCausalLM for a Qwen3 checkpoint: per-head q/k norms)
+    with W = T * scales (per output channel, or per group of 128 weights) for every ternary tensor and the
+    checkpoint's dense tensors as they are; `config` overrides the config's fields (attn_implementation)."""
+    from transformers import LlamaForCausalLM, Qwen3ForCausalLM
 
-    model = LlamaForCausalLM(llama_config(ckpt.args, **config)).to(dtype).eval()
+    if ckpt.args.qk_norm:
+        model = Qwen3ForCausalLM(qwen3_config(ckpt.args, **config)).to(dtype).eval()
+    else:
+        model = LlamaForCausalLM(llama_config(ckpt.args, **config)).to(dtype).eval()
     state = {k: v.to(dtype) for k, v in ckpt.dense.items()}
     state.update({f"{n}.weight": w.folded().to(dtype) for n, w in ckpt.ternary.items()})
     if ckpt.args.tie_embeddings:  # correct whether or not transformers shares the two parameters
@@ -30,7 +35,7 @@ def folded_llama(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, **config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if "rotary_emb" not in m]  # RoPE's inverse frequencies are computed, not read
     if missing or unexpected:
-        raise BonsaiError(f"reference Llama: expected exactly the checkpoint's tensors, got missing {missing[:3]}, "
+        raise BonsaiError(f"reference {type(model).__name__}: expected exactly the checkpoint's tensors, got missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}")
     return model
 

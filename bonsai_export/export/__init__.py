@@ -11,9 +11,10 @@ import shutil
 from pathlib import Path
 
 from .. import artifact as A
+from .. import formats
 from .. import checkpoint as C
 from ..errors import BonsaiError
-from ..model import TernaryLinear, build_model
+from ..model import build_model, table_formats
 from ..native import ET_OPS_LIB
 from ..tokenizer import write_canonical
 from .stages import progress, stage
@@ -23,10 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def ternary_stats(model) -> dict:
-    linears = [m for m in model.modules() if isinstance(m, TernaryLinear)]
+    """The decoder layers' ternary matrices (t2 or t2g; a ternary head counts in head_bytes): weights, stored
+    bytes (codes and scales) and bits per weight."""
+    linears = [m for m in model.layers.modules() if hasattr(m, "scale_layout")]
     weights = sum(m.in_features * m.out_features for m in linears)
-    nbytes = sum(m.packed.numel() + 4 * m.scales.numel() for m in linears)
-    return {"ternary_weights": weights, "ternary_bytes": nbytes, "bits_per_ternary_weight": 8 * nbytes / weights}
+    nbytes = sum(b.numel() * b.element_size() for m in linears for b in (m.packed, m.scales))
+    block = {m.scale_layout for m in linears} == {formats.SCALE_LAYOUTS["block"]}
+    return {"ternary_weights": weights, "ternary_bytes": nbytes, "bits_per_ternary_weight": 8 * nbytes / weights,
+            "ternary_format": "t2g" if block else "t2"}
 
 
 def export(source: str | Path, out: str | Path, cfg: A.ExportConfig, force: bool = False) -> A.Manifest:
@@ -73,6 +78,8 @@ def model_shape(ckpt: C.Checkpoint, model, note: str | None = None) -> A.ModelSh
     a = model.args
     head_bytes = sum(b.numel() * b.element_size() for b in model.lm_head.buffers())
     figures = ternary_stats(model) if note is None else {}  # a baseline's layers are not ternary
+    if note is None:
+        figures["embedding_format"], figures["head_format"] = table_formats(model)
     return A.ModelShape(n_layers=a.n_layers, dim=a.dim, vocab_size=a.vocab_size, max_seq_len=model.max_seq_len,
                         bos_id=a.bos_id, eos_ids=tuple(a.eos_ids), n_kv_heads=a.n_kv_heads, head_dim=a.head_dim,
                         **figures, head_bytes=head_bytes if note is None else 0, note=note)

@@ -15,7 +15,10 @@ I/O (optimum / onnxruntime-genai naming; cache layout [batch, kv_heads, seq, hea
     (or past and present bound to one [batch, kv_heads, max_seq_len, head_dim] buffer, filled in place)
 
 Ternary variants (TERNARY_OPS): "custom" = one bonsai::TernaryMatMul node over the packed t2 buffers
-(docs/FORMAT.md); "stock" = com.microsoft MatMulNBits bits=2 (runs on unmodified ONNX Runtime).
+(docs/FORMAT.md); "stock" = com.microsoft MatMulNBits bits=2 (runs on unmodified ONNX Runtime). Block-scaled t2g
+(Ternary-Bonsai): TernaryMatMul with scale_layout=1 and fp16 scales; stock: MatMulNBits bits=2 block_size=128 with
+explicit zero points (formats.matmul_nbits_weights); its ternary embedding is gathered from the same packed table
+a tied head reads (make_t2g_embedding).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from .. import formats, ops
 from ..artifact import GENAI_CONFIG, ONNX_FILE, ORT_OPS_LIB, TERNARY_OPS, ArtifactEntry, ExportConfig, onnx_metadata
 from ..dense import Bf16Embedding, DenseLinear, Int8Embedding
 from ..errors import BonsaiError
-from ..model import TernaryLinear, Transformer
+from ..model import BlockTernaryEmbedding, BlockTernaryLinear, TernaryLinear, Transformer
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,8 @@ class GraphBuilder:
         """x f32 [..., K] -> y f32 [..., N] = ternary linear of `linear` (custom: bonsai::TernaryMatMul over the
         t2 buffers; stock: MatMulNBits bits=2 over the same values)."""
         k = linear.in_features
+        if linear.scale_layout == formats.SCALE_LAYOUTS["block"]:
+            return self.make_t2g_matmul(name, x, linear, weight_name)
         if self.ternary_op == "custom":
             packed = self.weight(f"{weight_name}.packed", linear.packed.numpy())
             scales = self.weight(f"{weight_name}.scales", _f32(linear.scales))
@@ -129,9 +134,77 @@ class GraphBuilder:
                        f"{name}/MatMulNBits", MS_DOMAIN, K=q.shape[1], N=q.shape[0], bits=bits, block_size=block,
                        accuracy_level=NBITS_ACCURACY_LEVEL)
 
+
+    # ---- block-scaled t2g (Ternary-Bonsai): linears, a tied or untied head, the embedding ----
+    def shared_weight(self, name: str, make) -> str:
+        """An initializer that the embedding and a tied head both read: made once, by the first reader."""
+        return name if name in self.inits else self.weight(name, make())
+
+    def t2g_tensors(self, linear, weight_name: str, matmul: bool = True) -> tuple[str, ...]:
+        """custom: (packed u8 [N, row_bytes], scales f16 [N, blocks]); stock: MatMulNBits' (B u8 [N, blocks, 32],
+        scales f32 [N * blocks], and for a matmul (not the embedding's gather) zero_points u8
+        [N, ceil(blocks / 4)]) from formats.matmul_nbits_weights."""
+        packed, scales = linear.packed.numpy(), linear.scales.numpy()
+        if self.ternary_op == "custom":
+            return (self.shared_weight(f"{weight_name}.packed", lambda: packed),
+                    self.shared_weight(f"{weight_name}.scales", lambda: scales))
+        names = (f"{weight_name}.qweight", f"{weight_name}.scales", f"{weight_name}.zero_points")[:3 if matmul else 2]
+        if any(n not in self.inits for n in names):
+            for n, a in zip(names, formats.matmul_nbits_weights(packed, scales, linear.in_features)):
+                self.shared_weight(n, lambda: a)
+        return names
+
+    def make_t2g_matmul(self, name: str, x: str, linear: BlockTernaryLinear, weight_name: str) -> str:
+        k, n = linear.in_features, linear.out_features
+        if self.ternary_op == "custom":
+            return self.op("TernaryMatMul", [x, *self.t2g_tensors(linear, weight_name)], f"{name}/TernaryMatMul",
+                           BONSAI_DOMAIN, in_features=k, act_bits=linear.act_bits, scale_layout=linear.scale_layout)
+        return self.op("MatMulNBits", [x, *self.t2g_tensors(linear, weight_name)], f"{name}/MatMulNBits",
+                       MS_DOMAIN, K=k, N=n, bits=formats.NBITS_BITS, block_size=formats.BLOCK_K,
+                       accuracy_level=NBITS_ACCURACY_LEVEL)
+
+    def make_t2g_embedding(self, module: BlockTernaryEmbedding, input_ids: str) -> str:
+        """Rows of the packed table the head's matmul reads (custom: t2; stock: MatMulNBits' B), unpacked by a
+        [256, 4] byte -> trits table, times their widened block scales; no float copy of the table is stored:
+
+            input_ids ─ Gather(packed) ─ Cast ─ Gather(byte trits) ─ Reshape [B, S, blocks, 128] ─┐   (t2: Transpose
+                      └ Gather(scales [V, blocks]) ─ Cast ─ Unsqueeze ─────────────────────────── Mul ─ Reshape ─> h
+                                                                                       planes to K order first)
+        """
+        p, nb = "/model/embed_tokens", formats.num_blocks(module.dim)
+        table = BlockTernaryLinear(module.dim, module.packed.shape[0], act_bits=0)
+        table.packed, table.scales = module.packed, module.scales
+        names = self.t2g_tensors(table, "model.embed_tokens", matmul=False)
+        rows = self.op("Cast", [self.op("Gather", [names[0], input_ids], f"{p}/Gather")], f"{p}/CastRows",
+                       to=TensorProto.INT32)
+        custom = self.ternary_op == "custom"
+        trits = self.op("Gather", [self.weight("model.embed_tokens.byte_trits", _byte_trits(custom)), rows],
+                        f"{p}/GatherTrits")  # [B, S, row_bytes (or blocks, 32), 4]
+        trits = self.op("Reshape", [trits, self.const([0, 0, nb, formats.LANES, 4])], f"{p}/ReshapeTrits")
+        if custom:  # t2: byte j holds weight 32 i + j in plane i
+            trits = self.op("Transpose", [trits], f"{p}/Transpose", perm=[0, 1, 2, 4, 3])
+        trits = self.op("Reshape", [trits, self.const([0, 0, nb, formats.BLOCK_K])], f"{p}/ReshapeBlocks")
+        scales = names[1] if custom else self.op("Reshape", [names[1], self.const([-1, nb])], f"{p}/ReshapeScales")
+        s = self.op("Cast", [self.op("Gather", [scales, input_ids], f"{p}/GatherScales")], f"{p}/CastScales",
+                    to=TensorProto.FLOAT)
+        s = self.op("Unsqueeze", [s, self.const([-1])], f"{p}/Unsqueeze")
+        rows = self.op("Reshape", [self.op("Mul", [trits, s], f"{p}/Mul"), self.const([0, 0, nb * formats.BLOCK_K])],
+                       f"{p}/Reshape")
+        if nb * formats.BLOCK_K == module.dim:
+            return rows
+        return self.op("Slice", [rows, self.const([0]), self.const([module.dim]), self.const([-1])], f"{p}/Slice")
+
+    def make_qk_norm(self, name: str, x: str, norm, heads: int, head_dim: int) -> str:
+        """Qwen3's per-head RMSNorm of q or k [B, S, heads * head_dim] over head_dim, before RoPE."""
+        x = self.op("Reshape", [x, self.const([0, 0, heads, head_dim])], f"{name}/Reshape")
+        x = self.make_rms_norm(name, x, norm)
+        return self.op("Reshape", [x, self.const([0, 0, heads * head_dim])], f"{name}/ReshapeBack")
+
     # ---- dense parts ----
     def make_embedding(self, module, input_ids: str) -> str:
         """input_ids [B, S] -> h f32 [B, S, dim]."""
+        if isinstance(module, BlockTernaryEmbedding):
+            return self.make_t2g_embedding(module, input_ids)
         if isinstance(module, Bf16Embedding):
             rows = self.op("Gather", [self.weight("model.embed_tokens.weight", _to_bf16_array(module.weight)),
                                       input_ids], "/model/embed_tokens/Gather")
@@ -156,7 +229,7 @@ class GraphBuilder:
         s = self.op("Gather", [s, groups], f"{p}/SpreadScales", axis=-1)
         return self.op("Mul", [self.op("Cast", [q], f"{p}/Cast", to=TensorProto.FLOAT), s], f"{p}/Mul")
 
-    def make_head(self, head: DenseLinear, x: str) -> str:
+    def make_head(self, head: DenseLinear, x: str, tied: bool = False) -> str:
         """x f32 [B, S, dim] -> logits f32 [B, S, vocab] (weight-only formats, float activations).
 
         custom: one bonsai::DenseMatMul node over the DenseLinear buffers (bf16, or int8 / int4 codes with bf16
@@ -166,6 +239,8 @@ class GraphBuilder:
                 custom op's weights exactly; int4 -> make_int4_stock_head, the custom op's weights within a
                 float rounding. MatMulNBits quantizes activations to int8 per block (accuracy_level 4), which the
                 custom op does not."""
+        if isinstance(head, BlockTernaryLinear):  # Ternary-Bonsai: the t2g table, shared with a tied embedding
+            return self.make_t2g_matmul("/lm_head", x, head, "model.embed_tokens" if tied else "lm_head")
         k, bits, w = head.in_features, head.bits, head.weight
         if self.ternary_op == "custom":
             weight = _to_bf16_array(w) if bits == 16 else w.numpy()
@@ -209,6 +284,13 @@ class GraphBuilder:
                        stash_type=1)
 
 
+def _byte_trits(planar: bool) -> np.ndarray:
+    """[256, 4] float32: the four trits of a packed byte in element order; planar (t2): plane i (bits 2i) holds
+    code t + 1; else (MatMulNBits) element e (bits 2e) holds code t + 2."""
+    codes = (np.arange(256)[:, None] >> (2 * np.arange(4))) & 3
+    return (codes - (formats.CODE_OFFSET if planar else formats.NBITS_ZERO_POINT)).astype(np.float32)
+
+
 def _to_bf16_array(weight: torch.Tensor) -> np.ndarray:
     """bf16 tensor -> numpy array numpy_helper stores as BFLOAT16 (via ml_dtypes, which onnx depends on)."""
     import ml_dtypes
@@ -228,6 +310,9 @@ def make_attention(g: GraphBuilder, i: int, attn, x: str, io: dict) -> str:
     p, w = f"/model/layers.{i}/attn", f"model.layers.{i}.self_attn"
     qkv = g.make_ternary_matmul(f"{p}/qkv_proj", x, attn.qkv_proj, f"{w}.qkv_proj")
     q, k, v = g.node("Split", [qkv, g.const(attn.qkv_split)], f"{p}/qkv_proj/Split", n_out=3, axis=-1)
+    if attn.qk_norm:
+        q = g.make_qk_norm(f"{p}/q_norm", q, attn.q_norm, attn.n_heads, attn.head_dim)
+        k = g.make_qk_norm(f"{p}/k_norm", k, attn.k_norm, attn.n_kv_heads, attn.head_dim)
     q = g.op("RotaryEmbedding", [q, io["position_ids"], io["cos"], io["sin"]], f"{p}/q_rotary/RotaryEmbedding",
              MS_DOMAIN, interleaved=0, num_heads=attn.n_heads)
     k = g.op("RotaryEmbedding", [k, io["position_ids"], io["cos"], io["sin"]], f"{p}/k_rotary/RotaryEmbedding",
@@ -300,7 +385,8 @@ def build_graph(model: Transformer, ternary_op: str) -> onnx.ModelProto:
         h = g.op("Add", [h, make_attention(g, i, layer.self_attn, x, io)], f"/model/layers.{i}/attn/Add")
         x = g.make_rms_norm(f"/model/layers.{i}/post_attention_layernorm", h, layer.post_attention_layernorm)
         h = g.op("Add", [h, make_mlp(g, i, layer.mlp, x)], f"/model/layers.{i}/mlp/Add")
-    logits = g.make_head(model.lm_head, g.make_rms_norm("/model/norm", h, model.norm))
+    tied = getattr(model.lm_head, "packed", None) is getattr(model.embed_tokens, "packed", False)
+    logits = g.make_head(model.lm_head, g.make_rms_norm("/model/norm", h, model.norm), tied)
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/model/logits/Identity"))
     inputs, outputs = io_specs(model)
     graph = helper.make_graph(g.nodes, "bonsai", inputs, outputs, list(g.inits.values()))

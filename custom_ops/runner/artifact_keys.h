@@ -46,6 +46,9 @@ inline constexpr char kTernaryBytes[] = "ternary_bytes";
 inline constexpr char kBitsPerTernaryWeight[] = "bits_per_ternary_weight";
 inline constexpr char kHeadBytes[] = "head_bytes";
 inline constexpr char kNote[] = "note";
+inline constexpr char kTernaryFormat[] = "ternary_format";
+inline constexpr char kEmbeddingFormat[] = "embedding_format";
+inline constexpr char kHeadFormat[] = "head_format";
 }  // namespace model
 
 namespace entry {

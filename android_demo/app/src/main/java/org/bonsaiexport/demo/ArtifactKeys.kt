@@ -42,6 +42,9 @@ object ArtifactKeys {
         const val BITS_PER_TERNARY_WEIGHT = "bits_per_ternary_weight"
         const val HEAD_BYTES = "head_bytes"
         const val NOTE = "note"
+        const val TERNARY_FORMAT = "ternary_format"
+        const val EMBEDDING_FORMAT = "embedding_format"
+        const val HEAD_FORMAT = "head_format"
     }
     object Entry {
         const val TYPE = "type"
