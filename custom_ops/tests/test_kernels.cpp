@@ -35,7 +35,6 @@ const int64_t kTokens[] = {1, 2, 3, 5, 8, 9};
 const int64_t kRows[] = {1, 3, 4, 5, 17, 33};
 const int64_t kDepths[] = {1, 31, 127, 128, 129, 300, 513};
 const int32_t kThreadCounts[] = {1, 3};
-const char* const kIsas[] = {"ref", "avx2", "avx512", "neon", "dotprod"};
 constexpr int64_t kLongK = 257 * bonsai::kBlockK + 77;  // 258 blocks
 // act_bits = 0 sums in float in a kernel-specific order: allow this many ulps of sum_k |x| * scale.
 constexpr float kFloatRelTol = 1e-5f;
@@ -550,10 +549,16 @@ int main(int argc, char** argv) {
   bonsai_threadpool* pool = bonsai_threadpool_create(kThreadCounts[1]);
   bonsai_parallel pools[2] = {{}, bonsai_threadpool_parallel(pool)};
   std::mt19937 rng(1234);
-  for (const char* isa : kIsas) {
-    const int cases = run_isa(isa, pools, rng);
-    if (cases) printf("isa %s: %d shapes checked\n", isa, cases);
-    else printf("isa %s: not supported here\n", isa);
+  // Every table of the core's one registry (bonsai_isa_names: "avx512,avx2,dotprod,neon,ref").
+  std::string names = bonsai_isa_names();
+  CHECK(names == "avx512,avx2,dotprod,neon,ref", "registry names %s", names.c_str());
+  for (size_t start = 0; start <= names.size();) {
+    const size_t end = names.find(',', start) == std::string::npos ? names.size() : names.find(',', start);
+    const std::string isa = names.substr(start, end - start);
+    const int cases = run_isa(isa.c_str(), pools, rng);
+    if (cases) printf("isa %s: %d shapes checked\n", isa.c_str(), cases);
+    else printf("isa %s: not supported here\n", isa.c_str());
+    start = end + 1;
   }
   CHECK(bonsai_set_isa("auto") == BONSAI_OK && picked == bonsai_isa_name(), "auto is stable");
   check_invalid_arguments();
