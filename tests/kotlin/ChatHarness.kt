@@ -23,7 +23,9 @@ fun main(args: Array<String>) {
     val request = Json.parseToJsonElement(File(args[0]).readText()).jsonObject
     val tokenizer = Tokenizer.load(File(request.getValue("tokenizer").jsonPrimitive.content))
     val texts = request.getValue("conversations").jsonArray.map { renderCase(it.jsonObject) }
-    val ids = texts.map { text -> JsonArray(tokenizer.encode(text, addSpecialTokens = false).map { JsonPrimitive(it) }) }
+    val ids = texts.map { text ->
+        JsonArray(tokenizer.encode(text, addSpecialTokens = false).map { JsonPrimitive(it) })
+    }
     println(JsonObject(mapOf("texts" to JsonArray(texts.map { JsonPrimitive(it) }), "ids" to JsonArray(ids))))
 }
 
