@@ -6,7 +6,8 @@ y = (x @ T^T) * scales, or one per group of 128 weights along `in` (Ternary-Bons
 group-ternary embedding and head are TernaryWeights too ("model.embed_tokens", "lm_head"), not dense tensors.
 Formats understood:
 - "qlinear": Bonsai's own (QLinear): `X.weight` latent or exact 16-bit values, `X.scales` [out].
-- "bitnet-bitlinear" / "bitnet-autobitlinear": transformers' packed BitNet format (see bitnet.py).
+- "bitnet-bitlinear" / "bitnet-autobitlinear": transformers' packed BitNet format (see bitnet.py), on Llama-shaped
+  models (Falcon3-1.58bit) and on BitNet b1.58 2B4T (`model_type: bitnet`, which adds two sub-layer norms).
 - "unpacked-g128": a Qwen3 folder of dense 16-bit weights whose every group of 128 holds one magnitude
   (prism-ml's Ternary-Bonsai-*-unpacked; see ternary_groups.py).
 - "gguf-q2_0": a folder holding one Ternary-Bonsai GGUF of Q2_0 tensors, plus the tokenizer files (gguf_reader.py).
@@ -34,6 +35,8 @@ HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model
                 *TOKENIZER_FILES]
 NORMS = ("input_layernorm", "post_attention_layernorm")
 QK_NORMS = ("q_norm", "k_norm")  # Qwen3: model.layers.{i}.self_attn.{q,k}_norm.weight [head_dim]
+# BitNet b1.58 2B4T: model.layers.{i}.{name}.weight, before o_proj ([dim]) and before down_proj ([hidden_dim])
+SUB_NORMS = ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
 GROUP_SIZE = 128  # weights per scale of the group-scaled checkpoints (Ternary-Bonsai's g128, GGUF Q2_0)
 # Storage dtypes of dense and latent weights that we convert exactly; float8 and others are refused by name.
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -87,6 +90,13 @@ class Checkpoint:
             raise BonsaiError(f"{self.source}: ternary weights mix scale layouts {sorted(map(str, sizes))}; one "
                               f"checkpoint holds one layout")
         return next(iter(sizes), None)
+
+    @property
+    def act_quant(self) -> str:
+        """The activation mode the checkpoint's own model computes, the eager default: int8 per-token absmax for
+        transformers' BitNet formats (BitLinear and AutoBitLinear quantize every linear's input so, and BitNet
+        b1.58 was trained so), float for the others."""
+        return "int8" if self.format.startswith("bitnet-") else "none"
 
     @property
     def tokenizer_files(self) -> list[Path]:
@@ -234,6 +244,9 @@ def _read_qlinear(tensors: dict, name: str, shape: tuple) -> TernaryWeight:
 
 def _read_bitnet(tensors: dict, name: str, shape: tuple, linear_class: str) -> TernaryWeight:
     out, cols = shape
+    if f"{name}.weight" in tensors and tuple(tensors[f"{name}.weight"].shape) != (-(-out // 4), cols):
+        raise BonsaiError(f"{name}.weight: expected packed BitNet shape {[-(-out // 4), cols]} (4 rows of [{out}, "
+                          f"{cols}] a byte), got {list(tensors[f'{name}.weight'].shape)}")
     packed = _take(tensors, f"{name}.weight", (-(-out // 4), cols), floating=False)
     if packed.dtype != torch.uint8:
         raise BonsaiError(f"{name}.weight: expected uint8 packed BitNet weights, got {packed.dtype}")
@@ -305,20 +318,25 @@ def _read_source(folder: Path) -> tuple[dict, dict, str | None]:
 
 
 def detect_format(cfg: dict, tensors: dict) -> str:
-    if cfg.get("model_type") == "bitnet":
-        raise BonsaiError(
-            "model_type 'bitnet' (BitNet b1.58 2B4T architecture): needs the attn_sub_norm/ffn_sub_norm "
-            "sub-layer norms and the ReLU^2 MLP, which bonsai-export's Llama model does not implement"
-        )
     quant = cfg.get("quantization_config") or {}
+    if cfg.get("model_type") == "bitnet" and not quant:
+        raise BonsaiError("config.json: model_type 'bitnet' without a quantization_config holds BitNet's bf16 "
+                          "master weights, which transformers runs unquantized; use the packed checkpoint "
+                          "(microsoft/bitnet-b1.58-2B-4T)")
     if quant:
-        if quant.get("quant_method") != "bitnet":
+        if not isinstance(quant, dict) or quant.get("quant_method") != "bitnet":
             raise BonsaiError(f"config.json: unsupported quantization_config.quant_method "
-                              f"{quant.get('quant_method')!r}; supported: 'bitnet'")
+                              f"{quant.get('quant_method') if isinstance(quant, dict) else quant!r}; "
+                              f"supported: 'bitnet'")
         linear_class = quant.get("linear_class", "bitlinear")
         if linear_class not in bitnet.LINEAR_CLASSES:
             raise BonsaiError(f"config.json: unsupported quantization_config.linear_class {linear_class!r}; "
                               f"supported: {', '.join(bitnet.LINEAR_CLASSES)}")
+        # online: latent float weights ternarized at run time; use_rms_norm: an extra norm inside every linear
+        for key, default in (("quantization_mode", "offline"), ("use_rms_norm", False)):
+            if quant.get(key, default) not in (default, None):
+                raise BonsaiError(f"config.json: unsupported quantization_config.{key} {quant[key]!r}; "
+                                  f"bonsai-export reads packed BitNet checkpoints ({key} {default!r})")
         return f"bitnet-{linear_class}"
     if cfg.get("model_type") == "qwen3" and not any(n.endswith(".scales") for n in tensors):
         return "unpacked-g128"  # Qwen3 without QLinear scales: the dense weights carry the group scales
@@ -377,6 +395,9 @@ def load(source: str | Path, progress: bool = True) -> Checkpoint:
         for norm in QK_NORMS if args.qk_norm else ():
             key = f"model.layers.{i}.self_attn.{norm}.weight"
             dense[key] = _take(tensors, key, (args.head_dim,))
+        for norm, size in zip(SUB_NORMS, (d, args.hidden_dim)) if args.sub_norms else ():
+            key = f"model.layers.{i}.{norm}.weight"
+            dense[key] = _take(tensors, key, (size,))
     _reject_leftovers(tensors)
     if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise BonsaiError(f"{folder}: no tokenizer.json or tokenizer.model; copy the model's tokenizer files in")

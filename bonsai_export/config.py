@@ -1,4 +1,5 @@
-"""ModelArgs: the shape of a Bonsai-style Llama or a Qwen3, read from (and written to) a Hugging Face config.json."""
+"""ModelArgs: the shape of a Bonsai-style Llama, a Qwen3 or a BitNet b1.58 (2B4T), read from (and written to) a
+Hugging Face config.json."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 from .errors import BonsaiError
 
+MLP_ACTS = ("silu", "relu2")  # transformers' hidden_act names of the MLP activations model.py implements
 MAX_POSITIONS = 1 << 20  # KV cache positions; more is a typo, not a model (an fp32 cache of 2**31
 # positions is ~800 GB at Bonsai's shape)
 
@@ -29,8 +31,14 @@ class ModelArgs:
     eos_ids: tuple[int, ...] = (2,)
     pad_id: int = 0
     qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k (weights [head_dim]) before RoPE
+    # BitNet b1.58 2B4T: RMSNorm on the attention output before o_proj ([n_heads * head_dim]) and on the MLP's
+    # product before down_proj ([hidden_dim]), and relu(gate)^2 * up instead of silu(gate) * up
+    sub_norms: bool = False
+    mlp_act: str = "silu"  # "silu" or "relu2"
 
     def __post_init__(self):
+        if self.mlp_act not in MLP_ACTS:
+            raise BonsaiError(f"config: hidden_act must be one of {', '.join(MLP_ACTS)}, got {self.mlp_act!r}")
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden_dim",
                      "max_seq_len"):
             if getattr(self, name) <= 0:
@@ -107,6 +115,26 @@ PRESETS = {
     "ternary-bonsai-tiny": ModelArgs(vocab_size=1152, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=128,
                                      hidden_dim=384, norm_eps=1e-6, rope_theta=1e6, max_seq_len=256,
                                      tie_embeddings=True, bos_id=1024, eos_ids=(1026,), pad_id=1024, qk_norm=True),
+    # microsoft/bitnet-b1.58-2B-4T: BitNetConfig's shape (GQA 4:1, head_dim 128, rope_theta 5e5, tied embeddings,
+    # Llama-3's 128,256-token vocabulary, <|end_of_text|> = 128001), 4096 positions as its config.json has.
+    "bitnet-2b4t": ModelArgs(vocab_size=128256, dim=2560, n_layers=30, n_heads=20, n_kv_heads=5, head_dim=128,
+                             hidden_dim=6912, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=4096,
+                             tie_embeddings=True, bos_id=128000, eos_ids=(128001,), pad_id=128001, sub_norms=True,
+                             mlp_act="relu2"),
+    # The same family for tests: GQA 2:1, rows a multiple of 4 (transformers' packing), 1024 BPE tokens then
+    # Llama-3-style added tokens at 1024.. (<|begin_of_text|> 1024, <|end_of_text|> 1025).
+    "bitnet-2b4t-tiny": ModelArgs(vocab_size=1056, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32,
+                                  hidden_dim=256, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=256,
+                                  tie_embeddings=True, bos_id=1024, eos_ids=(1025,), pad_id=1025, sub_norms=True,
+                                  mlp_act="relu2"),
+    # tiiuae Falcon3-1B-Instruct-1.58bit: a plain Llama (head_dim 256, GQA 2:1, rope_theta 1000042, untied head,
+    # 131,072-token vocabulary), every linear packed BitNet with the bitlinear (divide) scale.
+    "falcon3-1.58bit": ModelArgs(vocab_size=131072, dim=2048, n_layers=18, n_heads=8, n_kv_heads=4, head_dim=256,
+                                 hidden_dim=8192, norm_eps=1e-6, rope_theta=1000042.0, max_seq_len=8192,
+                                 bos_id=11, eos_ids=(11,), pad_id=2023),
+    "falcon3-1.58bit-tiny": ModelArgs(vocab_size=1056, dim=128, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=64,
+                                      hidden_dim=256, norm_eps=1e-6, rope_theta=1000042.0, max_seq_len=256,
+                                      bos_id=1024, eos_ids=(1025,), pad_id=1025),
 }
 
 
@@ -148,6 +176,8 @@ def from_hf_config(cfg: dict) -> ModelArgs:
                           f"restore the checkpoint's config.json")
     if cfg.get("model_type") == "qwen3":
         return _from_qwen3_config(cfg)
+    if cfg.get("model_type") == "bitnet":
+        return _from_bitnet_config(cfg)
     for key, is_default in _UNSUPPORTED.items():
         if key in cfg and not is_default(cfg[key]):
             raise BonsaiError(
@@ -175,6 +205,52 @@ def from_hf_config(cfg: dict) -> ModelArgs:
     )
 
 
+# Fields of a BitNet config.json (transformers' BitNetConfig) that change the computation and that model.py does
+# not implement; hidden_act must be relu2 (the ReLU^2 MLP), checked on its own for a clearer message.
+_BITNET_UNSUPPORTED = {
+    "rope_scaling": _UNSUPPORTED["rope_scaling"],
+    "attention_bias": lambda v: not v,
+}
+
+
+def _from_bitnet_config(cfg: dict) -> ModelArgs:
+    """BitNet b1.58 (transformers' BitNetForCausalLM): Llama plus the two sub-layer norms and the ReLU^2 MLP;
+    defaults are BitNetConfig's, so a field left out means what transformers reads."""
+    for key, is_default in _BITNET_UNSUPPORTED.items():
+        if key in cfg and not is_default(cfg[key]):
+            raise BonsaiError(f"config.json: unsupported {key}={repr(cfg[key])[:80]}; bonsai-export implements "
+                              f"BitNet with default RoPE and no biases")
+    act = _typed(cfg, "hidden_act", (str,), "relu2")
+    if act != "relu2":
+        raise BonsaiError(f"config.json: hidden_act {act!r} for model_type 'bitnet'; bonsai-export implements its "
+                          f"ReLU^2 MLP (hidden_act 'relu2')")
+    dim = _typed(cfg, "hidden_size", (int,), 2560)
+    n_heads = _typed(cfg, "num_attention_heads", (int,), 20)
+    head_dim = _typed(cfg, "head_dim", (int,), dim // n_heads if n_heads > 0 else 0)
+    if n_heads * head_dim != dim:  # transformers sizes attn_sub_norm by hidden_size, the attention output's width
+        raise BonsaiError(f"config.json: num_attention_heads * head_dim ({n_heads} * {head_dim}) must equal "
+                          f"hidden_size ({dim}) for model_type 'bitnet' (attn_sub_norm has hidden_size weights)")
+    eos = cfg.get("eos_token_id")
+    return ModelArgs(
+        vocab_size=_typed(cfg, "vocab_size", (int,), 128256),
+        dim=dim,
+        n_layers=_typed(cfg, "num_hidden_layers", (int,), 30),
+        n_heads=n_heads,
+        n_kv_heads=_typed(cfg, "num_key_value_heads", (int,), n_heads),
+        head_dim=head_dim,
+        hidden_dim=_typed(cfg, "intermediate_size", (int,), 6912),
+        norm_eps=float(_typed(cfg, "rms_norm_eps", (int, float), 1e-5)),
+        rope_theta=_rope_theta(cfg, 500000.0),
+        max_seq_len=_typed(cfg, "max_position_embeddings", (int,), 2048),
+        tie_embeddings=_typed(cfg, "tie_word_embeddings", (bool,), False),
+        bos_id=_typed(cfg, "bos_token_id", (int,), 128000),
+        eos_ids=_eos_ids(eos) if eos is not None else (128001,),
+        pad_id=_typed(cfg, "pad_token_id", (int,), _eos_ids(eos)[0] if eos is not None else 128001),
+        sub_norms=True,
+        mlp_act="relu2",
+    )
+
+
 # Fields of a Qwen3 config.json that change the computation and that model.py does not implement. sliding_window
 # and max_window_layers are read by transformers only when use_sliding_window is true.
 _QWEN3_UNSUPPORTED = {
@@ -186,16 +262,16 @@ _QWEN3_UNSUPPORTED = {
 }
 
 
-def _qwen3_rope_theta(cfg: dict) -> float:
+def _rope_theta(cfg: dict, default: float) -> float:
     """rope_theta, top level (transformers 4) or inside rope_parameters (transformers 5, which writes both)."""
     params = _typed(cfg, "rope_parameters", (dict,), {})
     kind = params.get("rope_type", params.get("type", "default"))
     if kind != "default":
         raise BonsaiError(f"config.json: unsupported rope_parameters.rope_type={kind!r}; bonsai-export implements "
-                          f"Qwen3 with default RoPE (no YaRN or other scaling)")
+                          f"default RoPE (no YaRN or other scaling)")
     if "rope_theta" in cfg:
-        return float(_typed(cfg, "rope_theta", (int, float), 1e6))
-    return float(_typed(params, "rope_theta", (int, float), 1e6))  # Qwen3Config's default is 1e6 too
+        return float(_typed(cfg, "rope_theta", (int, float), default))
+    return float(_typed(params, "rope_theta", (int, float), default))
 
 
 def _from_qwen3_config(cfg: dict) -> ModelArgs:
@@ -219,7 +295,7 @@ def _from_qwen3_config(cfg: dict) -> ModelArgs:
         head_dim=_typed(cfg, "head_dim", (int,), 128),
         hidden_dim=_require(cfg, "intermediate_size", (int,)),
         norm_eps=float(_typed(cfg, "rms_norm_eps", (int, float), 1e-6)),
-        rope_theta=_qwen3_rope_theta(cfg),
+        rope_theta=_rope_theta(cfg, 1e6),  # Qwen3Config's default
         max_seq_len=_typed(cfg, "max_position_embeddings", (int,), 32768),
         tie_embeddings=_typed(cfg, "tie_word_embeddings", (bool,), False),
         bos_id=bos,
@@ -303,9 +379,59 @@ def to_qwen3_config(args: ModelArgs) -> dict:
     }
 
 
+def to_bitnet_config(args: ModelArgs) -> dict:
+    """config.json of microsoft/bitnet-b1.58-2B-4T's packed folder (BitNetForCausalLM, packed uint8 linears with
+    one autobitlinear (multiply) scale each)."""
+    return {
+        "architectures": ["BitNetForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": args.bos_id,
+        "eos_token_id": args.eos_ids[0] if len(args.eos_ids) == 1 else list(args.eos_ids),
+        "hidden_act": "relu2",
+        "hidden_size": args.dim,
+        "initializer_range": 0.02,
+        "intermediate_size": args.hidden_dim,
+        "max_position_embeddings": args.max_seq_len,
+        "model_type": "bitnet",
+        "num_attention_heads": args.n_heads,
+        "num_hidden_layers": args.n_layers,
+        "num_key_value_heads": args.n_kv_heads,
+        "quantization_config": {"linear_class": "autobitlinear", "quant_method": "bitnet",
+                                "quantization_mode": "offline"},
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "tie_word_embeddings": args.tie_embeddings,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": args.vocab_size,
+    }
+
+
+def to_falcon3_bitnet_config(args: ModelArgs) -> dict:
+    """config.json of a tiiuae Falcon3-*-1.58bit folder: a Llama whose linears are packed BitNet with the
+    bitlinear (divide) scale (transformers' LlamaForCausalLM with its BitNet quantizer)."""
+    cfg = {k: v for k, v in to_hf_config(args).items() if k != "auto_map"}
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    cfg["quantization_config"] = {"linear_class": "bitlinear", "modules_to_not_convert": None,
+                                  "quant_method": "bitnet", "quantization_mode": "offline"}
+    return cfg
+
+
 def hf_config(args: ModelArgs) -> dict:
     """config.json of the family `args` belongs to."""
+    if args.sub_norms:
+        return to_bitnet_config(args)
     return to_qwen3_config(args) if args.qk_norm else to_hf_config(args)
+
+
+def bitnet_config(args: ModelArgs, **overrides):
+    """transformers' BitNetConfig of the same shape (the reference BitNetForCausalLM is built from it)."""
+    from transformers import BitNetConfig
+
+    skip = ("architectures", "torch_dtype", "quantization_config")
+    return BitNetConfig(**{k: v for k, v in to_bitnet_config(args).items() if k not in skip},
+                        pad_token_id=args.pad_id, **overrides)
 
 
 def qwen3_config(args: ModelArgs, **overrides):

@@ -1,4 +1,5 @@
-"""A compact, export-ready Llama for Bonsai-shaped models (and Qwen3: the same plus per-head q/k RMSNorm).
+"""A compact, export-ready Llama for Bonsai-shaped models (and Qwen3: the same plus per-head q/k RMSNorm; BitNet
+b1.58 2B4T: the same plus RMSNorms before o_proj and down_proj and a ReLU^2 MLP).
 
 GQA attention with HF's rotate-half RoPE, fp32 RMSNorm, SwiGLU MLP, a static KV cache of max_seq_len, and every
 ternary projection through `bonsai::ternary_linear`. Group-scaled ternary checkpoints (one scale per 128 weights,
@@ -19,7 +20,7 @@ from torch import nn
 
 from . import artifact as A
 from . import formats, ops  # noqa: F401  (ops registers torch.ops.bonsai.ternary_linear)
-from .checkpoint import NORMS, QK_NORMS, Checkpoint, TernaryWeight
+from .checkpoint import NORMS, QK_NORMS, SUB_NORMS, Checkpoint, TernaryWeight
 from .config import ModelArgs
 from .dense import FORMATS as DENSE_FORMATS
 from .dense import Bf16Embedding, DenseLinear, Int8Embedding, quantize_dense_
@@ -209,6 +210,9 @@ class Attention(nn.Module):
         if args.qk_norm:  # Qwen3: each head of q and k normalized over head_dim, before RoPE
             self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
             self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
+        if args.sub_norms:  # BitNet: the attention output normalized before o_proj quantizes it
+            self.attn_sub_norm = RMSNorm(q_dim, args.norm_eps)
+        self.sub_norm = args.sub_norms
         self.cache = KVCache(args.n_kv_heads, max_seq_len, args.head_dim)
 
     def forward(self, x, cos, sin, pos, input_pos):
@@ -223,7 +227,8 @@ class Attention(nn.Module):
         k = k * cos + rotate_half(k) * sin
         k_cache, v_cache = self.cache.update(pos, k.transpose(1, 2), v.transpose(1, 2))  # [1, Hkv, S, hd]
         y = torch.ops.bonsai.attention(q, k_cache, v_cache, input_pos)  # [1, T, H, hd], reads [0, pos + T)
-        return self.o_proj(y.reshape(b, t, -1))
+        y = y.reshape(b, t, -1)
+        return self.o_proj(self.attn_sub_norm(y) if self.sub_norm else y)
 
 
 class FeedForward(nn.Module):
@@ -231,10 +236,20 @@ class FeedForward(nn.Module):
         super().__init__()
         self.gate_up_proj = make_linear(args.dim, 2 * args.hidden_dim)
         self.down_proj = make_linear(args.hidden_dim, args.dim)
+        self.act = F.silu if args.mlp_act == "silu" else relu2
+        if args.sub_norms:  # BitNet: the product normalized before down_proj quantizes it
+            self.ffn_sub_norm = RMSNorm(args.hidden_dim, args.norm_eps)
+        self.sub_norm = args.sub_norms
 
     def forward(self, x):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        h = self.act(gate) * up  # [1, T, hidden_dim]
+        return self.down_proj(self.ffn_sub_norm(h) if self.sub_norm else h)
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """BitNet b1.58's MLP activation (transformers' "relu2"): relu(x)^2."""
+    return F.relu(x).square()
 
 
 class Block(nn.Module):
@@ -298,10 +313,12 @@ class Transformer(nn.Module):
             layer.self_attn.cache.v.zero_()
 
 
-def from_checkpoint(ckpt: Checkpoint, act_quant: str = "none", max_seq_len: int | None = None,
+def from_checkpoint(ckpt: Checkpoint, act_quant: str | None = None, max_seq_len: int | None = None,
                     packed: bool = False) -> Transformer:
     """Build the model (fp32 dense parts, packed ternary linears) from a canonical checkpoint; `packed`: a
-    group-scaled checkpoint's linears, embedding and head as t2g (else they run eagerly in fp32)."""
+    group-scaled checkpoint's linears, embedding and head as t2g (else they run eagerly in fp32). `act_quant`
+    None: the mode the checkpoint's own model computes (ckpt.act_quant: int8 for BitNet formats)."""
+    act_quant = ckpt.act_quant if act_quant is None else act_quant
     model = Transformer(ckpt.args, act_quant, max_seq_len, ckpt.group_size, packed)
     dense = ckpt.dense
     with torch.no_grad():
@@ -312,6 +329,8 @@ def from_checkpoint(ckpt: Checkpoint, act_quant: str = "none", max_seq_len: int 
                 getattr(layer, norm).weight.copy_(dense[f"model.layers.{i}.{norm}.weight"].float())
             for norm in QK_NORMS if ckpt.args.qk_norm else ():
                 layer.self_attn.get_submodule(norm).weight.copy_(dense[f"model.layers.{i}.self_attn.{norm}.weight"])
+            for norm in SUB_NORMS if ckpt.args.sub_norms else ():
+                layer.get_submodule(norm).weight.copy_(dense[f"model.layers.{i}.{norm}.weight"].float())
             for sub, parts in FUSED.items():
                 ws = [ckpt.ternary[f"model.layers.{i}.{part}"] for part in parts]
                 values, scales = torch.cat([w.values for w in ws]), torch.cat([w.scales for w in ws])

@@ -8,6 +8,11 @@ SentencePiece tokenizer as tokenizer.model plus tokenizer.json. Linear weights a
 The Qwen3 presets (ternary-bonsai-*) are prism-ml's unpacked Ternary-Bonsai folders instead: Qwen3 config.json,
 bf16 weights whose every group of 128 along a row is one magnitude times {-1, 0, +1} (all linears, the tied
 embedding), and a Qwen2-style byte-level BPE tokenizer.json with Qwen's added tokens at Qwen's ids.
+
+The BitNet presets are transformers' packed BitNet folders: bitnet-2b4t* as microsoft/bitnet-b1.58-2B-4T
+(BitNetForCausalLM, autobitlinear: y = (x @ T^T) * weight_scale), falcon3-1.58bit* as tiiuae's Falcon3-1.58bit
+(LlamaForCausalLM, bitlinear: y = (x @ T^T) / weight_scale): every linear a uint8 [ceil(out / 4), in] of 2-bit
+codes (bitnet.py) plus a bf16 weight_scale [1], the rest bf16, and a Llama-3-style byte-level BPE tokenizer.json.
 """
 
 from __future__ import annotations
@@ -25,17 +30,28 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .checkpoint import GROUP_SIZE, NORMS, QK_NORMS
-from .config import PRESETS, ModelArgs, hf_config, to_hf_config
+from . import bitnet
+from .checkpoint import GROUP_SIZE, NORMS, QK_NORMS, SUB_NORMS
+from .config import PRESETS, ModelArgs, hf_config, to_falcon3_bitnet_config, to_hf_config
 from .errors import BonsaiError
 from .tokenizer import mistral_v1_spm, spm_to_tokenizer_json
 
 HALF_SHARE = 0.02  # share of latent weights set to exactly +-0.5
+EMBED_STD = 0.1  # the BitNet presets' embedding scale (see _bitnet_tensor)
 TRAIN_RECIPE = 1  # bump with any change to bonsai_export/train.py that changes the trained-tiny weights
 
 
-def inventory(args: ModelArgs) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Every tensor of the checkpoint, in file order: name -> (shape, dtype)."""
+# Presets stored in transformers' packed BitNet format, and their scale convention (bitnet.LINEAR_CLASSES).
+BITNET_PRESETS = {"bitnet-2b4t": "autobitlinear", "bitnet-2b4t-tiny": "autobitlinear",
+                  "falcon3-1.58bit": "bitlinear", "falcon3-1.58bit-tiny": "bitlinear"}
+
+
+def inventory(args: ModelArgs, packed: bool = False) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Every tensor of the checkpoint, in file order: name -> (shape, dtype). `packed`: transformers' BitNet
+    format (uint8 [ceil(out / 4), in] weights and a weight_scale [1] each; BitNet's sub-layer norms if the model
+    has them)."""
+    if packed:
+        return _bitnet_inventory(args)
     bf16, d = torch.bfloat16, args.dim
     inv = {"model.embed_tokens.weight": ((args.vocab_size, d), bf16)}
     for i in range(args.n_layers):
@@ -51,6 +67,42 @@ def inventory(args: ModelArgs) -> dict[str, tuple[tuple[int, ...], torch.dtype]]
     if not args.tie_embeddings:
         inv["lm_head.weight"] = ((args.vocab_size, d), bf16)
     return inv
+
+
+def _bitnet_inventory(args: ModelArgs) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    bf16, d = torch.bfloat16, args.dim
+    inv = {"model.embed_tokens.weight": ((args.vocab_size, d), bf16)}
+    for i in range(args.n_layers):
+        for sub, (out, cols) in args.linear_shapes.items():
+            inv[f"model.layers.{i}.{sub}.weight"] = ((-(-out // 4), cols), torch.uint8)
+            inv[f"model.layers.{i}.{sub}.weight_scale"] = ((1,), bf16)
+        for norm in NORMS:
+            inv[f"model.layers.{i}.{norm}.weight"] = ((d,), bf16)
+        for norm, size in zip(SUB_NORMS, (d, args.hidden_dim)) if args.sub_norms else ():
+            inv[f"model.layers.{i}.{norm}.weight"] = ((size,), bf16)
+    inv["model.norm.weight"] = ((d,), bf16)
+    if not args.tie_embeddings:
+        inv["lm_head.weight"] = ((args.vocab_size, d), bf16)
+    return inv
+
+
+def _bitnet_tensor(name: str, shape, args: ModelArgs, linear_class: str, gen) -> torch.Tensor:
+    """Uniform trits packed, a weight_scale keeping outputs near unit variance in the file's convention, norms
+    near 1, a unit-variance embedding and a 1/sqrt(dim) head."""
+    if name.endswith("proj.weight"):
+        out = args.linear_shapes[name.split(".", 3)[3].removesuffix(".weight")][0]
+        return bitnet.pack(torch.randint(-1, 2, (out, shape[1]), generator=gen, dtype=torch.int8))
+    if name.endswith("weight_scale"):
+        module = name.split(".", 3)[3].removesuffix(".weight_scale")
+        s = (torch.rand(1, generator=gen) + 0.5) / math.sqrt(2 / 3 * args.linear_shapes[module][1])
+        return (s if linear_class == "autobitlinear" else 1 / s).to(torch.bfloat16)
+    if name.endswith("norm.weight"):
+        return (1 + 0.1 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+    if name == "lm_head.weight":
+        return (torch.randn(shape, generator=gen) / math.sqrt(shape[1])).to(torch.bfloat16)
+    # small next to the layers' unit-variance outputs: a tied head on a unit-variance embedding predicts the
+    # input token again and again (greedy text of one token)
+    return (torch.randn(shape, generator=gen) * EMBED_STD).to(torch.bfloat16)
 
 
 def _latent_weight(shape, gen) -> torch.Tensor:
@@ -99,6 +151,11 @@ def _tensors(preset: str, seed: int, progress: bool, retrain: bool = False) -> d
     if retrain:
         raise BonsaiError(f"--retrain: only for the trained-small preset ({preset} has random weights)")
     gen = torch.Generator().manual_seed(seed)
+    if preset in BITNET_PRESETS:
+        args = PRESETS[preset]
+        return {name: _bitnet_tensor(name, shape, args, BITNET_PRESETS[preset], gen)
+                for name, (shape, _) in tqdm(inventory(args, packed=True).items(), desc="weights", unit="tensor",
+                                             disable=not progress, leave=False)}
     inv = inventory(PRESETS[preset])
     make = (lambda name, shape: _qwen3_tensor(name, shape, gen)) if PRESETS[preset].qk_norm else (
         lambda name, shape: _tensor(name, shape, inv, gen))
@@ -121,7 +178,9 @@ def make_checkpoint(preset: str, out: str | Path, seed: int = 0, progress: bool 
     try:
         save_file(_tensors(preset, seed, progress, retrain), str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
-        (_write_qwen3_side_files if args.qk_norm else _write_side_files)(args, tmp)
+        write = (_write_bitnet_side_files if preset in BITNET_PRESETS
+                 else _write_qwen3_side_files if args.qk_norm else _write_side_files)
+        write(args, tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private
         if out.exists():
             out.rmdir()
@@ -220,6 +279,70 @@ def _write_qwen3_side_files(args: ModelArgs, folder: Path) -> None:
                   "eos_token": "<|im_end|>", "errors": "replace", "model_max_length": args.max_seq_len,
                   "pad_token": "<|endoftext|>", "split_special_tokens": False, "tokenizer_class": "Qwen2Tokenizer",
                   "unk_token": None}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
+
+
+# Llama-3's added tokens in id order from <|begin_of_text|>; a model's remaining added rows are reserved specials.
+LLAMA3_ADDED = ("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>",
+                "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>")
+# BitNet b1.58 2B4T's chat format: "Role: content<|eot_id|>" turns after <|begin_of_text|>.
+BITNET_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
+    "{{ message['role'] | capitalize + ': ' + message['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}")
+
+
+def llama3_bpe(first_added: int, vocab_size: int) -> str:
+    """A Llama-3-style tokenizer.json: no normalizer, Llama-3's split (digits three at a time) then byte-level,
+    ignore_merges, BPE learned offline on _bpe_corpus() (unreachable <|filler_i|> pieces up to `first_added`),
+    LLAMA3_ADDED then <|reserved_special_token_i|> from first_added to vocab_size, and <|begin_of_text|> added by
+    the post-processor, as Meta's file has it."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from .tokenizer import SPLIT_PATTERNS
+
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERNS["llama3"]), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(_bpe_corpus(), trainers.BpeTrainer(
+        vocab_size=first_added, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    if len(vocab) > first_added:
+        raise BonsaiError(f"tokenizer: {len(vocab)} learned tokens do not fit below id {first_added}")
+    vocab.update({f"<|filler_{i}|>": i for i in range(len(vocab), first_added)})
+    names = list(LLAMA3_ADDED[:vocab_size - first_added])
+    names += [f"<|reserved_special_token_{i}|>" for i in range(3, 3 + vocab_size - first_added - len(names))]
+    spec["added_tokens"] = [{"id": first_added + i, "content": name, "single_word": False, "lstrip": False,
+                             "rstrip": False, "normalized": False, "special": True} for i, name in enumerate(names)]
+    bos = names[0]
+    spec["post_processor"] = {"type": "Sequence", "processors": [
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                                                  {"Sequence": {"id": "A", "type_id": 0}}],
+         "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                  {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+         "special_tokens": {bos: {"id": bos, "ids": [first_added], "tokens": [bos]}}}]}
+    return Tokenizer.from_str(json.dumps(spec)).to_str(pretty=True)
+
+
+def _write_bitnet_side_files(args: ModelArgs, folder: Path) -> None:
+    """config.json, generation_config.json, tokenizer.json and tokenizer_config.json as the hub folders of
+    microsoft/bitnet-b1.58-2B-4T (sub-layer norms) or a tiiuae Falcon3-1.58bit (plain Llama) have them."""
+    config = hf_config(args) if args.sub_norms else to_falcon3_bitnet_config(args)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    generation = {"bos_token_id": args.bos_id, "do_sample": False, "eos_token_id": args.eos_ids[0],
+                  "transformers_version": "4.52.0"}
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    (folder / "tokenizer.json").write_text(llama3_bpe(args.bos_id, args.vocab_size))
+    tok_config = {"add_bos_token": True, "bos_token": LLAMA3_ADDED[0], "clean_up_tokenization_spaces": True,
+                  "eos_token": LLAMA3_ADDED[1], "model_max_length": args.max_seq_len,
+                  "tokenizer_class": "PreTrainedTokenizerFast"}
+    if args.sub_norms:
+        tok_config["chat_template"] = BITNET_CHAT_TEMPLATE
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
 
 

@@ -129,7 +129,8 @@ CONFIG_CASES = {
     "hidden_act": ({"hidden_act": "gelu"}, r"unsupported hidden_act='gelu'"),
     "missing field": ({"hidden_size": None}, r"field 'hidden_size' has unexpected value None"),
     "gqa": ({"num_key_value_heads": 3}, r"num_attention_heads \(2\) must be a multiple of num_key_value_heads"),
-    "bitnet arch": ({"model_type": "bitnet"}, r"model_type 'bitnet'.*attn_sub_norm/ffn_sub_norm.*ReLU\^2"),
+    # a Llama (SiLU MLP) relabelled as BitNet b1.58, whose MLP is ReLU^2: the activation is named
+    "bitnet arch": ({"model_type": "bitnet"}, r"hidden_act 'silu' for model_type 'bitnet'"),
     "quant method": ({"quantization_config": {"quant_method": "gptq"}}, r"unsupported quantization_config"),
     "linear class": ({"quantization_config": {"quant_method": "bitnet", "linear_class": "x"}},
                      r"unsupported quantization_config.linear_class 'x'"),

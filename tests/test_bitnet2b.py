@@ -1,0 +1,166 @@
+"""BitNet b1.58 2B4T (transformers' BitNetForCausalLM: packed uint8 linears with an autobitlinear scale, RMSNorms
+before o_proj and down_proj, a ReLU^2 MLP, tied embeddings) against transformers loading the same folder: eager,
+.pte and .onnx logits and greedy tokens, in the mode transformers computes (int8 per-token absmax activations on
+every linear, the head in float); and one clear error per malformed folder."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from bonsai_export import checkpoint
+from bonsai_export.errors import BonsaiError
+from bonsai_export.generate import SamplingConfig, generate
+from bonsai_export.model import from_checkpoint
+from bonsai_export.runners import EagerRunner, positions
+from bonsai_export.synthetic import make_checkpoint
+
+MAX_SEQ = 64
+NEW_TOKENS = 16
+PROMPT = [1024, 5, 77, 300, 12, 999, 401, 8, 1040, 64, 3, 250]
+# fp32 against fp32 on the same trits and scales, int8 activations quantized the same way: only the summation
+# order and where the scales multiply differ (measured 2.3e-5 on logits of magnitude ~80).
+LOGIT_ATOL = 1e-3
+
+
+def hf_reference(folder: Path):
+    """transformers' own model of the folder, as it loads it (its BitNet quantizer unpacks the uint8 weights),
+    then in float32: the trits and the bf16 scales are exact there."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return torch.nn.Module.float(model).eval()  # PreTrainedModel.float refuses quantized models
+
+
+def hf_greedy(model, ids: list[int], n: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                             attention_mask=torch.ones(1, len(ids), dtype=torch.long), eos_token_id=None,
+                             pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+def greedy(runner, ids: list[int], n: int) -> list[int]:
+    """n greedy tokens on a fresh cache, EOS not stopping them."""
+    runner.reset()
+    return generate(runner, ids, SamplingConfig(max_new_tokens=n), eos_ids=(), max_seq_len=runner.max_seq_len).tokens
+
+
+def decode_errors(runner, hf, ids: list[int], n: int) -> list[float]:
+    """Prefill (every position's logits), then n single-token steps along transformers' greedy path: max |delta
+    logits| against transformers' full forward at each step."""
+    runner.reset()
+    path = ids + hf_greedy(hf, ids, n)
+    with torch.no_grad():
+        want = hf(torch.tensor([path])).logits
+    errors = [float((runner(torch.tensor([ids]), positions(0, len(ids))) - want[:, :len(ids)]).abs().max())]
+    for pos in range(len(ids), len(path)):
+        got = runner(torch.tensor([[path[pos]]]), positions(pos, 1))
+        errors.append(float((got[0, -1] - want[0, pos]).abs().max()))
+    assert float(want.abs().max()) > 1  # not a degenerate comparison
+    return errors
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_checkpoint("bitnet-2b4t-tiny", tmp_path_factory.mktemp("b2") / "ckpt", seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(folder):
+    return hf_reference(folder)
+
+
+def test_reader_keeps_the_packed_trits_and_the_multiplying_scale(folder):
+    ckpt = checkpoint.load(folder, progress=False)
+    assert ckpt.format == "bitnet-autobitlinear" and ckpt.act_quant == "int8"
+    args = ckpt.args
+    assert args.sub_norms and args.mlp_act == "relu2" and args.tie_embeddings
+    tensors = load_file(folder / "model.safetensors")
+    from bonsai_export import bitnet
+
+    w = ckpt.ternary["model.layers.1.mlp.down_proj"]
+    assert torch.equal(w.values, bitnet.unpack(tensors["model.layers.1.mlp.down_proj.weight"], args.dim))
+    scale = tensors["model.layers.1.mlp.down_proj.weight_scale"].float()
+    assert torch.equal(w.scales, scale.expand(args.dim))  # autobitlinear: y = (x @ T^T) * weight_scale
+    assert set(ckpt.dense) >= {"model.layers.0.self_attn.attn_sub_norm.weight", "model.layers.0.mlp.ffn_sub_norm.weight"}
+
+
+def test_eager_logits_and_greedy_tokens_equal_transformers_bitnet(folder, reference):
+    ckpt = checkpoint.load(folder, progress=False)
+    model = from_checkpoint(ckpt, max_seq_len=MAX_SEQ)  # the family's default: int8 activations
+    assert model.act_quant == "int8"
+    runner = EagerRunner(model, folder)
+    errors = decode_errors(runner, reference, PROMPT, NEW_TOKENS)
+    assert max(errors) <= LOGIT_ATOL, errors
+    tokens = greedy(runner, PROMPT, NEW_TOKENS)
+    assert tokens == hf_greedy(reference, PROMPT, NEW_TOKENS) and len(set(tokens)) > 1
+
+
+def test_float_activations_are_not_what_transformers_computes(folder, reference):
+    """The int8 default matters: float activations move these logits by far more than rounding."""
+    model = from_checkpoint(checkpoint.load(folder, progress=False), act_quant="none", max_seq_len=MAX_SEQ)
+    with torch.no_grad():
+        delta = (model(torch.tensor([PROMPT]), positions(0, len(PROMPT)))
+                 - reference(torch.tensor([PROMPT])).logits).abs().max()
+    assert float(delta) > 100 * LOGIT_ATOL
+
+
+# ---- malformed folders: one clear line each, exit 2 through the CLI ----
+
+def _edit(folder: Path, out: Path, tensors=None, config=None) -> Path:
+    shutil.copytree(folder, out)
+    if tensors:
+        t = load_file(out / "model.safetensors")
+        tensors(t)
+        save_file(t, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if config:
+        cfg = json.loads((out / "config.json").read_text())
+        config(cfg)
+        (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+Q = "model.layers.0.self_attn.q_proj"
+MALFORMED = {
+    "packed shape": (lambda t: t.update({f"{Q}.weight": t[f"{Q}.weight"][:-1]}), None,
+                     rf"{Q}.weight: expected packed BitNet shape \[32, 128\] \(4 rows of \[128, 128\] a byte\), "
+                     rf"got \[31, 128\]"),
+    "unpacked weight": (lambda t: t.update({f"{Q}.weight": torch.zeros(128, 128, dtype=torch.bfloat16)}), None,
+                        rf"{Q}.weight: expected packed BitNet shape \[32, 128\]"),
+    "weight_scale": (lambda t: t.pop(f"{Q}.weight_scale"), None, rf"{Q}.weight_scale: missing from the checkpoint"),
+    "attn_sub_norm": (lambda t: t.pop("model.layers.1.self_attn.attn_sub_norm.weight"), None,
+                      r"model.layers.1.self_attn.attn_sub_norm.weight: missing from the checkpoint"),
+    "ffn_sub_norm": (lambda t: t.pop("model.layers.0.mlp.ffn_sub_norm.weight"), None,
+                     r"model.layers.0.mlp.ffn_sub_norm.weight: missing from the checkpoint"),
+    "code 3": (lambda t: t.update({f"{Q}.weight": t[f"{Q}.weight"] | 3}), None,
+               rf"{Q}.weight: invalid 2-bit code 3"),
+    "master weights": (None, lambda c: c.pop("quantization_config"),
+                       r"model_type 'bitnet' without a quantization_config holds BitNet's bf16 master weights"),
+    "online": (None, lambda c: c["quantization_config"].update(quantization_mode="online"),
+               r"unsupported quantization_config.quantization_mode 'online'"),
+    "activation": (None, lambda c: c.update(hidden_act="silu"), r"hidden_act 'silu' for model_type 'bitnet'"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_folder_is_refused_on_one_line(folder, tmp_path, case):
+    tensors, config, message = MALFORMED[case]
+    bad = _edit(folder, tmp_path / "bad", tensors, config)
+    with pytest.raises(BonsaiError, match=message):
+        checkpoint.load(bad, progress=False)
+
+
+def test_cli_refuses_a_missing_sub_norm_with_exit_2(folder, tmp_path):
+    tensors, config, message = MALFORMED["attn_sub_norm"]
+    bad = _edit(folder, tmp_path / "bad", tensors, config)
+    proc = subprocess.run([sys.executable, "-m", "bonsai_export", "--quiet", "info", str(bad)], capture_output=True,
+                          text=True, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "attn_sub_norm.weight: missing from the checkpoint" in lines[0], proc.stderr
