@@ -1,7 +1,7 @@
-"""The artifact contract: what an exported folder is (ExportConfig, ModelShape, ArtifactEntry, Manifest), the
-metadata export bakes into the .pte (PteMetadata) and the .onnx (onnx_metadata), and the manifest's reader and
-writer. Everything else reads an artifact through these types; the C++ runner's and the Kotlin app's key tables
-are generated from them (artifact_sources.py)."""
+"""The artifact contract: what an exported folder is (ExportConfig, ModelShape, ArtifactEntry, Manifest) and the
+manifest's reader and writer; what the .pte and the .onnx carry inside is metadata.py. Everything else reads an
+artifact through these types; the C++ runner's and the Kotlin app's key tables are generated from both
+(artifact_sources.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from . import __version__, formats
 from .errors import BonsaiError
@@ -201,77 +200,6 @@ class Manifest:
                 "files": {name: dataclasses.asdict(e) for name, e in self.files.items()}}
 
 
-@dataclass(frozen=True)
-class PteMetadata:
-    """The constant methods baked into a .pte: ExecuTorch's LLM runner metadata under ExecuTorch's names (its
-    "max_seq_len" is tokens per call, here `call_tokens`; the context is its "max_context_len"), and our options."""
-
-    call_tokens: int  # most tokens one forward call takes; longer prompts go in several calls
-    max_seq_len: int  # the context: KV cache positions
-    vocab_size: int
-    n_layers: int
-    bos_id: int
-    eos_ids: tuple[int, ...]
-    options: ExportConfig
-    format_version: int = FORMAT_VERSION
-
-    # field -> constant method; the C++ runner's and the Kotlin app's copies are generated from these tables
-    METHODS: ClassVar[dict[str, str]] = {
-        "call_tokens": "get_max_seq_len", "max_seq_len": "get_max_context_len", "vocab_size": "get_vocab_size",
-        "n_layers": "get_n_layers", "bos_id": "get_bos_id", "eos_ids": "get_eos_ids",
-        "options": "get_bonsai_export_options", "format_version": "get_bonsai_format_version"}
-    # fixed flags ExecuTorch's runner reads: every program has a KV cache and a dynamic prompt length
-    FLAGS: ClassVar[dict[str, bool]] = {"use_kv_cache": True, "enable_dynamic_shape": True}
-
-    def methods(self) -> dict:
-        """Constant method name -> value, for to_edge_transform_and_lower (the options as UTF-8 bytes: a
-        constant method returns numbers or lists of them)."""
-        values = {**dataclasses.asdict(self), "eos_ids": list(self.eos_ids),
-                  "options": list(self.options.to_json().encode())}
-        return {**{self.METHODS[k]: v for k, v in values.items()}, **self.FLAGS}
-
-    @classmethod
-    def read(cls, get, where: str) -> "PteMetadata":
-        """From a program: `get(method name)` returns what the method returns (a list of numbers)."""
-        values = {k: get(name) for k, name in cls.METHODS.items()}
-        try:
-            options = json.loads(bytes(int(b) for b in values.pop("options")).decode())
-        except (ValueError, UnicodeDecodeError):
-            raise BonsaiError(f"{where}: its {cls.METHODS['options']} is not JSON; re-export the folder") from None
-        scalars = {k: int(v[0]) for k, v in values.items() if k != "eos_ids"}
-        return cls(**scalars, eos_ids=tuple(int(e) for e in values["eos_ids"]),
-                   options=ExportConfig.from_dict(options, where))
-
-
-# The .onnx's metadata_props (onnx.ModelProto; ONNX Runtime: session.get_modelmeta().custom_metadata_map).
-ONNX_META_OPTIONS = "bonsai_export_options"
-ONNX_META_FORMAT_VERSION = "bonsai_format_version"
-
-
-def onnx_metadata(cfg: ExportConfig) -> dict[str, str]:
-    return {ONNX_META_OPTIONS: cfg.to_json(), ONNX_META_FORMAT_VERSION: str(FORMAT_VERSION)}
-
-
-def onnx_options(props: dict[str, str], where: str) -> ExportConfig:
-    """The export options an .onnx carries (its metadata_props)."""
-    if ONNX_META_OPTIONS not in props:
-        raise BonsaiError(f"{where}: no {ONNX_META_OPTIONS} in its metadata; re-export the folder")
-    try:
-        data = json.loads(props[ONNX_META_OPTIONS])
-    except ValueError:
-        raise BonsaiError(f"{where}: its {ONNX_META_OPTIONS} is not JSON; re-export the folder") from None
-    return ExportConfig.from_dict(data, where)
-
-
-def check_embedded(options: ExportConfig, manifest: Manifest, where: str) -> None:
-    """The options a .pte or .onnx carries must be the manifest's (a file of another export, copied in)."""
-    if options != manifest.options:
-        diff = [f"{k} {v!r} vs {getattr(manifest.options, k)!r}" for k, v in options.to_dict().items()
-                if getattr(manifest.options, k) != v]
-        raise BonsaiError(f"{where}: exported with other options than {MANIFEST} says ({'; '.join(diff)}); "
-                          f"re-export the folder")
-
-
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -284,11 +212,13 @@ def write_manifest(folder: Path, body: Manifest | dict) -> Manifest:
     """Hash every file of the folder into the manifest (written last, so it covers all files), then seal the
     manifest itself: an edit to it (an id, a size) is seen by verify and refused by the runners. `body` may be
     the dict of a manifest read as JSON (a folder described again after its files changed)."""
+    paths = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name != MANIFEST)
+    files = {p.name: FileEntry(p.stat().st_size, sha256(p)) for p in paths}
     if isinstance(body, dict):
-        body = parse_manifest(Path(folder), {**body, "files": {}, "format_version": FORMAT_VERSION})
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name != MANIFEST)
+        listed = {name: dataclasses.asdict(entry) for name, entry in files.items()}
+        body = parse_manifest(Path(folder), {**body, "files": listed, "format_version": FORMAT_VERSION})
     manifest = dataclasses.replace(body, format_version=FORMAT_VERSION, bonsai_export_version=__version__,
-                                   files={p.name: FileEntry(p.stat().st_size, sha256(p)) for p in files})
+                                   files=files)
     data = manifest.to_dict()
     data[SEAL] = seal_of(data)
     (Path(folder) / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")

@@ -1,8 +1,9 @@
 """The artifact contract's names for the readers that are not Python: a C++ header for bonsai_runner and a Kotlin
-object for the Android app, both generated from artifact.py's types, so the three readers share one definition.
+object for the Android app, both generated from artifact.py's and metadata.py's types, so the three readers share
+one definition.
 
 `python -m bonsai_export.artifact_sources` writes them; tests/test_artifact_sources.py fails when a checked-in copy
-differs from what artifact.py generates, or when those sources spell a key themselves instead of using the copy.
+differs from what they generate, or when those sources spell a key themselves instead of using the copy.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import sys
 from pathlib import Path
 
 from . import artifact as A
+from . import metadata as M
 
 ROOT = Path(__file__).resolve().parents[1]
 CPP_HEADER = Path("custom_ops/runner/artifact_keys.h")
 KOTLIN_OBJECT = Path("android_demo/app/src/main/java/org/bonsaiexport/demo/ArtifactKeys.kt")
-_NOTE = "Generated from bonsai_export/artifact.py by `python -m bonsai_export.artifact_sources`; do not edit."
+_NOTE = ("Generated from bonsai_export/{artifact,metadata}.py by `python -m bonsai_export.artifact_sources`; "
+         "do not edit.")
 
 
 def _fields(cls, drop: tuple[str, ...] = ()) -> list[str]:
@@ -36,7 +39,7 @@ def sections() -> dict[str, dict[str, str | int]]:
         "Manifest": {k.upper(): k for k in _fields(A.Manifest)},
         "Model": {k.upper(): k for k in _fields(A.ModelShape)},
         "Entry": {k.upper(): k for k in _fields(A.ArtifactEntry, drop=("details",))},
-        "Pte": {k.upper(): v for k, v in {**A.PteMetadata.METHODS, **{f: f for f in A.PteMetadata.FLAGS}}.items()},
+        "Pte": {k.upper(): v for k, v in {**M.PteMetadata.METHODS, **{f: f for f in M.PteMetadata.FLAGS}}.items()},
     }
 
 
@@ -58,7 +61,7 @@ def cpp_header() -> str:
 
 def kotlin_object() -> str:
     lines = [f"// {_NOTE}", "package org.bonsaiexport.demo", "",
-             "/** The artifact contract's names (bonsai_export/artifact.py), as the app reads them. */",
+             "/** The artifact contract's names (bonsai_export/artifact.py, metadata.py), as the app reads them. */",
              "object ArtifactKeys {"]
     for section, names in sections().items():
         lines.append(f"    object {section} {{")

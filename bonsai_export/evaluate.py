@@ -9,7 +9,6 @@ left-truncated (counted in the report). lm-eval is an optional dependency: `pip 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from importlib import metadata
 from pathlib import Path
@@ -213,10 +212,3 @@ def markdown(report: dict) -> str:
                      f"{s['seconds']:.1f} | {s['requests_per_s']:.2f} |")
     return "\n".join(lines) + "\n"
 
-
-def write_reports(report: dict, prefix: Path) -> tuple[Path, Path]:
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = Path(f"{prefix}.json"), Path(f"{prefix}.md")
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    md_path.write_text(markdown(report))
-    return json_path, md_path

@@ -1,5 +1,5 @@
 """Token generation over any runner that maps (tokens[1, T], input_pos[1]) -> the last position's logits [1, 1, V]
-with its own KV cache (runners.py)."""
+with its own KV cache (runners.py): the one decode loop, which `run`, validate, eval's scoring and bench use."""
 
 from __future__ import annotations
 
@@ -73,8 +73,10 @@ Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def generate(forward: Forward, prompt: list[int], cfg: SamplingConfig, eos_ids: tuple[int, ...],
-             max_seq_len: int, on_token: Callable[[int], None] | None = None) -> GenerationResult:
-    """Prefill the prompt in one call, then decode one token per call until EOS, max_new_tokens or max_seq_len."""
+             max_seq_len: int, on_token: Callable[[int], None] | None = None,
+             stop: Callable[[list[int]], bool] | None = None) -> GenerationResult:
+    """Prefill the prompt in one call, then decode one token per call until EOS, max_new_tokens, max_seq_len or
+    `stop(tokens so far)` (checked after each token: a stop string may span tokens)."""
     if not prompt:
         raise BonsaiError("prompt: empty after tokenization")
     if len(prompt) >= max_seq_len:
@@ -95,7 +97,7 @@ def generate(forward: Forward, prompt: list[int], cfg: SamplingConfig, eos_ids: 
             res.tokens.append(token)
             if on_token:
                 on_token(token)
-            if len(res.tokens) >= cfg.max_new_tokens:
+            if len(res.tokens) >= cfg.max_new_tokens or (stop is not None and stop(res.tokens)):
                 break
             if pos >= max_seq_len:  # the cache is full: stop cleanly, the caller reports it
                 res.hit_max_seq_len = True
@@ -104,3 +106,10 @@ def generate(forward: Forward, prompt: list[int], cfg: SamplingConfig, eos_ids: 
             pos += 1
         res.decode_s = time.perf_counter() - start
     return res
+
+
+def greedy(runner, prompt: list[int], n: int) -> list[int]:
+    """n greedy (argmax) tokens after the prompt on a fresh cache, EOS not stopping them: the tokens compared
+    across backends."""
+    runner.reset()
+    return generate(runner, prompt, SamplingConfig(max_new_tokens=n), eos_ids=(), max_seq_len=runner.max_seq_len).tokens

@@ -4,8 +4,9 @@ describes the flow). Nothing imports this module; it is the table the test and t
 """
 
 LAYERS: dict[str, tuple[str, ...]] = {
-    # shared vocabulary: errors, paths, the artifact contract (manifest, file names, ExportConfig), native libraries
-    "base": ("bonsai_export", "errors", "paths", "quiet", "options", "formats", "artifact", "native", "layers"),
+    # shared vocabulary: errors, paths, the artifact contract (manifest, embedded metadata), native libraries
+    "base": ("bonsai_export", "errors", "paths", "quiet", "options", "formats", "artifact", "metadata", "native",
+             "layers"),
     # checkpoint -> canonical ternary form -> the export-ready model
     "model": ("config", "bitnet", "ternary_groups", "gguf_reader", "tokenizer", "checkpoint", "kernels", "ops",
               "dense", "model"),
@@ -14,7 +15,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # artifact (or checkpoint) -> logits and tokens
     "runtime": ("runners", "generate", "chat"),
     # everything that drives exporters and runners: checks, measurements, checkpoints made for tests and demos
-    "tools": ("gates", "validate", "reference", "scoring", "evaluate", "eval_tasks.loader", "bench_report",
-              "bench_kernels", "device_bench", "peers", "bench", "train", "synthetic", "info", "artifact_sources"),
-    "cli": ("cli", "__main__"),
+    "tools": ("gates", "reports", "validate", "reference", "scoring", "evaluate", "eval_tasks.loader", "bench_report",
+              "bench_kernels", "device_bench", "peers", "baselines", "bench_worker", "bench", "train", "synthetic",
+              "info", "artifact_sources"),
+    # parse -> config -> one public function per subcommand
+    "cli": ("cli", "cli.parser", "cli.commands", "__main__"),
 }

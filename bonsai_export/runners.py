@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from . import artifact as A
+from . import metadata as M
 from . import options
 from .errors import BonsaiError
 from .native import ET_OPS_LIB, native_dir
@@ -109,11 +110,11 @@ class PteRunner(Runner):
             portable_lib._unsafe_reset_threadpool(threads)
         try:
             self.program = Runtime.get().load_program(str(path))
-            meta = A.PteMetadata.read(lambda name: self.program.load_method(name).execute([]), str(path))
+            meta = M.PteMetadata.read(lambda name: self.program.load_method(name).execute([]), str(path))
         except (RuntimeError, ValueError) as exc:
             raise BonsaiError(f"{path}: ExecuTorch cannot load it ({exc}); run `bonsai-export verify {folder}`, or "
                               f"re-export") from None
-        A.check_embedded(meta.options, manifest or A.read_manifest(folder), str(path))
+        M.check_embedded(meta.options, manifest or A.read_manifest(folder), str(path))
         self.max_seq_len, self.call_tokens = meta.max_seq_len, meta.call_tokens
         self.bos_id, self.vocab_size, self.eos_ids = meta.bos_id, meta.vocab_size, meta.eos_ids
         self.method = self.program.load_method("forward")
@@ -199,7 +200,7 @@ class OnnxRunner(Runner):
         self.model = Path(folder) / entry.file
         self.session = onnx_session(self.model, library, threads)
         props = self.session.get_modelmeta().custom_metadata_map
-        A.check_embedded(A.onnx_options(props, str(self.model)), manifest, str(self.model))
+        M.check_embedded(M.onnx_options(props, str(self.model)), manifest, str(self.model))
         self.vocab_size = _check_onnx_io(self.session, shape, self.model)
         self._np, self.filled = np, 0
         self.binding = self.session.io_binding()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .generate import SamplingConfig, generate
 from .runners import Runner, positions
 
 
@@ -42,10 +43,14 @@ class Scorer:
 
     def forward(self, tokens: list[int], pos: int) -> torch.Tensor:
         """log-softmax of the logits of `tokens` placed at positions pos.. : [T, vocab] float64."""
-        self.stats.forward_calls += 1
-        self.stats.tokens += len(tokens)
-        logits = self.runner(torch.tensor([tokens], dtype=torch.long), positions(pos, len(tokens)))
+        logits = self._counted(torch.tensor([tokens], dtype=torch.long), positions(pos, len(tokens)))
         return torch.log_softmax(logits[0].double(), dim=-1)
+
+    def _counted(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """The runner's call, counted in the stats."""
+        self.stats.forward_calls += 1
+        self.stats.tokens += tokens.shape[1]
+        return self.runner(tokens, input_pos)
 
     def loglikelihoods(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(sum log p(continuation | context), continuation is the greedy path) for (context, continuation)
@@ -102,17 +107,10 @@ class Scorer:
     def greedy_until(self, prompt: list[int], max_new: int, stop, decode) -> list[int]:
         """Greedy tokens after `prompt` until EOS, max_new tokens, the end of the cache, or `stop(decode(ids))`
         says a stop string appeared (decoding the whole continuation: a stop string may span tokens)."""
-        start, out = time.perf_counter(), []
+        start = time.perf_counter()
         self.runner.reset()
-        logp, pos = self.forward(prompt, 0)[-1], len(prompt)
-        while len(out) < max_new:
-            token = int(logp.argmax())
-            if token in self.runner.eos_ids:
-                break
-            out.append(token)
-            if stop(decode(out)) or pos >= self.runner.max_seq_len:
-                break
-            logp, pos = self.forward([token], pos)[-1], pos + 1
+        out = generate(self._counted, prompt, SamplingConfig(max_new_tokens=max_new), self.runner.eos_ids,
+                       self.runner.max_seq_len, stop=lambda ids: stop(decode(ids))).tokens
         self.stats.requests += 1
         self.stats.seconds += time.perf_counter() - start
         return out

@@ -35,7 +35,7 @@ import torch
 from .artifact import ExportConfig
 from .errors import BonsaiError
 from .gates import Gates
-from .generate import SamplingConfig, generate
+from .generate import SamplingConfig, generate, greedy
 from .runners import Runner, positions
 from .tokenizer import Tokenizer
 
@@ -77,23 +77,12 @@ def decode_check(ref: Runner, art: Runner, prompt: list[int], steps: int) -> dic
         path.append(int(r.argmax()))
         tokens = torch.tensor([[path[-1]]])
     stats = _compare(torch.stack(ref_steps), torch.stack(art_steps))
-    own = _greedy(art, prompt, steps)
+    own = greedy(art, prompt, steps)
     first_diff = first_difference(path, own)
     return {"steps": steps, "per_step_max_abs": stats["max_abs"].tolist(),
             "per_step_mean_abs": stats["mean_abs"].tolist(), "per_step_kl": stats["kl"].tolist(),
             "top1_agreement": float(stats["top1"].mean()), "greedy_identical": first_diff is None,
             "greedy_first_difference": first_diff, "reference_tokens": path, "artifact_tokens": own}
-
-
-def _greedy(runner: Runner, prompt: list[int], steps: int) -> list[int]:
-    runner.reset()
-    out, tokens, pos = [], torch.tensor([prompt]), 0
-    for _ in range(steps):
-        logits = runner(tokens, torch.tensor([pos]))[0, -1]
-        pos += tokens.shape[1]
-        out.append(int(logits.argmax()))
-        tokens = torch.tensor([[out[-1]]])
-    return out
 
 
 def first_difference(a: list, b: list) -> int | None:
@@ -112,8 +101,8 @@ def generation_check(art: Runner, lm, prompt: str, max_new_tokens: int, exact: b
                           f"{art.max_seq_len}")
     ref_ids = lm.greedy(ref_prompt, max_new_tokens)
     art.reset()
-    greedy = SamplingConfig(max_new_tokens=max_new_tokens)  # temperature 0, as `run` defaults to
-    art_ids = generate(art, art_prompt, greedy, art.eos_ids, art.max_seq_len).tokens
+    cfg = SamplingConfig(max_new_tokens=max_new_tokens)  # temperature 0, as `run` defaults to
+    art_ids = generate(art, art_prompt, cfg, art.eos_ids, art.max_seq_len).tokens
     ref_text, art_text = lm.decode(ref_ids), tok.decode(art_ids)
     return {"prompt": prompt, "max_new_tokens": max_new_tokens, "exact_artifact": exact,
             "prompt_ids_reference": ref_prompt, "prompt_ids_artifact": art_prompt,
@@ -278,10 +267,3 @@ def validate(artifact: Runner, reference: Runner, tokenizer, *, text: str, promp
     report["failures"] = verdict(report, gates)
     return report
 
-
-def write_reports(report: dict, prefix: Path) -> tuple[Path, Path]:
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = prefix.with_suffix(".json"), prefix.with_suffix(".md")
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    md_path.write_text(markdown(report))
-    return json_path, md_path

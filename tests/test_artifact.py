@@ -12,6 +12,7 @@ import pytest
 
 from bonsai_export import artifact as A
 from bonsai_export import artifact_sources as S
+from bonsai_export import metadata as M
 from bonsai_export.errors import BonsaiError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,25 +82,25 @@ def test_a_malformed_manifest_is_refused_on_one_line(tmp_path, edit, message):
 
 
 def test_pte_metadata_round_trips_through_constant_methods():
-    meta = A.PteMetadata(call_tokens=64, max_seq_len=128, vocab_size=320, n_layers=2, bos_id=1, eos_ids=(2, 7),
+    meta = M.PteMetadata(call_tokens=64, max_seq_len=128, vocab_size=320, n_layers=2, bos_id=1, eos_ids=(2, 7),
                          options=OPTIONS)
     methods = meta.methods()
     assert methods["get_max_seq_len"] == 64 and methods["get_max_context_len"] == 128  # ExecuTorch's names
     assert methods["use_kv_cache"] is True and methods["get_eos_ids"] == [2, 7]
     # what a program's method returns: a list of values (one for a scalar)
     returned = {k: (v if isinstance(v, list) else [v]) for k, v in methods.items()}
-    assert A.PteMetadata.read(returned.__getitem__, "model.pte") == meta
+    assert M.PteMetadata.read(returned.__getitem__, "model.pte") == meta
 
 
 def test_embedded_options_must_be_the_manifests(tmp_path):
     body = manifest(tmp_path)
-    A.check_embedded(A.onnx_options(A.onnx_metadata(OPTIONS), "model.onnx"), body, "model.onnx")
+    M.check_embedded(M.onnx_options(M.onnx_metadata(OPTIONS), "model.onnx"), body, "model.onnx")
     other = dataclasses.replace(OPTIONS, head="bf16")
     with pytest.raises(BonsaiError, match="exported with other options than bonsai_manifest.json says "
                                           r"\(head 'bf16' vs 'int8'\)"):
-        A.check_embedded(A.onnx_options(A.onnx_metadata(other), "model.onnx"), body, "model.onnx")
+        M.check_embedded(M.onnx_options(M.onnx_metadata(other), "model.onnx"), body, "model.onnx")
     with pytest.raises(BonsaiError, match="no bonsai_export_options in its metadata"):
-        A.onnx_options({}, "model.onnx")
+        M.onnx_options({}, "model.onnx")
 
 
 @pytest.mark.parametrize("path", list(S.generated()))
@@ -127,3 +128,13 @@ def test_runner_and_app_name_only_generated_keys():
     assert {("Model", "N_LAYERS"), ("Model", "MAX_SEQ_LEN"), ("Entry", "TERNARY_OP")} <= set(kotlin)
     for section, name in kotlin:
         assert name in names[section], f"ModelFolder.kt reads {section}.{name}, which artifact.py does not define"
+
+
+def test_a_folder_described_again_from_its_manifests_json(tmp_path):
+    """write_manifest also takes the JSON of a manifest (a folder whose files changed, described again)."""
+    A.write_manifest(tmp_path, manifest(tmp_path))
+    (tmp_path / A.PTE_FILE).write_bytes(b"another program")
+    raw = json.loads((tmp_path / A.MANIFEST).read_text())
+    again = A.write_manifest(tmp_path, {k: v for k, v in raw.items() if k not in ("files", A.SEAL)})
+    assert again.files[A.PTE_FILE].bytes == 15 and A.verify(tmp_path) == []
+    assert again.model == SHAPE and again.options == OPTIONS

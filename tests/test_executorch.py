@@ -8,9 +8,11 @@ import torch
 
 from bonsai_export import artifact as A
 from bonsai_export import checkpoint
+from bonsai_export import metadata as M
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import export
 from bonsai_export.export.executorch import MAX_CALL_TOKENS
+from bonsai_export.generate import greedy
 from bonsai_export.model import build_model
 from bonsai_export.native import native_dir
 from bonsai_export.runners import PteRunner, load_et_ops, positions
@@ -63,12 +65,6 @@ def test_pte_matches_eager_over_prefill_and_48_decode_steps(exported, prompt):
         # host's XNNPACK kernels: on an AVX-512 host the long prompt's prefill already has one, so every step
         # carries it. Greedy tokens stay identical but at near-ties (asserted above).
         assert max(errors) < 0.25, errors
-
-
-def greedy(runner, prompt, n):
-    from bonsai_export.generate import SamplingConfig, generate
-
-    return generate(runner, prompt, SamplingConfig(max_new_tokens=n), (), runner.max_seq_len).tokens
 
 
 def test_cpp_runner_generates_the_same_tokens(exported):
@@ -206,7 +202,7 @@ def test_the_pte_carries_its_metadata_and_options(exported):
 
     load_et_ops()
     program = Runtime.get().load_program(str(out / A.PTE_FILE))
-    meta = A.PteMetadata.read(lambda name: program.load_method(name).execute([]), A.PTE_FILE)
+    meta = M.PteMetadata.read(lambda name: program.load_method(name).execute([]), A.PTE_FILE)
     manifest = A.read_manifest(out)
     assert meta.options == manifest.options and meta.format_version == A.FORMAT_VERSION
     assert (meta.max_seq_len, meta.call_tokens) == (MAX_SEQ, min(MAX_SEQ, MAX_CALL_TOKENS))

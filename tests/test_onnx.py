@@ -11,9 +11,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bonsai_export import artifact as A
 from bonsai_export import checkpoint, formats
+from bonsai_export import metadata as M
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import export
 from bonsai_export.export import onnx as O
+from bonsai_export.generate import greedy
 from bonsai_export.model import build_model
 from bonsai_export.native import native_dir
 from bonsai_export.runners import OnnxRunner, onnx_session, open_runner, positions
@@ -89,12 +91,6 @@ def test_onnx_matches_eager_over_prefill_and_48_decode_steps(exported, eager, pr
     print(f"{op}/{act}/{prompt}: max|delta|/std = {worst:.3g}")
 
 
-def greedy(runner, prompt, n):
-    from bonsai_export.generate import SamplingConfig, generate
-
-    return generate(runner, prompt, SamplingConfig(max_new_tokens=n), (), runner.max_seq_len).tokens
-
-
 def test_onnxruntime_genai_generates_the_same_greedy_tokens(exported):
     if importlib.util.find_spec("onnxruntime_genai") is None:
         pytest.skip("onnxruntime-genai is not installed (pip install 'bonsai-export[genai]')")
@@ -147,8 +143,8 @@ def test_manifest_genai_config_and_library_in_the_folder(exported):
     assert (entry.type, entry.ternary_op, manifest.options.ternary_op) == ("onnx", op, op)
     # the options are inside the .onnx too, and the runner checks them against the manifest's
     props = {p.key: p.value for p in onnx.load(str(out / A.ONNX_FILE), load_external_data=False).metadata_props}
-    assert A.onnx_options(props, A.ONNX_FILE) == manifest.options
-    assert props[A.ONNX_META_FORMAT_VERSION] == str(A.FORMAT_VERSION)
+    assert M.onnx_options(props, A.ONNX_FILE) == manifest.options
+    assert props[M.ONNX_META_FORMAT_VERSION] == str(A.FORMAT_VERSION)
     cfg = json.loads((out / A.GENAI_CONFIG).read_text())
     library = cfg["model"]["decoder"]["session_options"].get("custom_ops_library")
     assert library == (A.ORT_OPS_LIB if op == "custom" else None)

@@ -14,6 +14,7 @@ import torch
 from torch.export import Dim, export
 
 from .. import artifact as A
+from ..metadata import PteMetadata
 from ..model import Transformer
 from .stages import stage
 
@@ -31,9 +32,9 @@ def call_tokens(model: Transformer) -> int:
     return min(MAX_CALL_TOKENS, model.max_seq_len)
 
 
-def metadata(model: Transformer, cfg: A.ExportConfig) -> A.PteMetadata:
+def metadata(model: Transformer, cfg: A.ExportConfig) -> PteMetadata:
     a = model.args
-    return A.PteMetadata(call_tokens=call_tokens(model), max_seq_len=model.max_seq_len, vocab_size=a.vocab_size,
+    return PteMetadata(call_tokens=call_tokens(model), max_seq_len=model.max_seq_len, vocab_size=a.vocab_size,
                          n_layers=a.n_layers, bos_id=a.bos_id, eos_ids=tuple(a.eos_ids), options=cfg)
 
 

@@ -32,9 +32,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import formats, ops
-from ..artifact import GENAI_CONFIG, ONNX_FILE, ORT_OPS_LIB, TERNARY_OPS, ArtifactEntry, ExportConfig, onnx_metadata
+from ..artifact import GENAI_CONFIG, ONNX_FILE, ORT_OPS_LIB, TERNARY_OPS, ArtifactEntry, ExportConfig
 from ..dense import Bf16Embedding, DenseLinear, Int8Embedding
 from ..errors import BonsaiError
+from ..metadata import onnx_metadata
 from ..model import BlockTernaryEmbedding, BlockTernaryLinear, TernaryLinear, Transformer
 
 log = logging.getLogger(__name__)

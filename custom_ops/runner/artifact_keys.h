@@ -1,4 +1,4 @@
-// Generated from bonsai_export/artifact.py by `python -m bonsai_export.artifact_sources`; do not edit.
+// Generated from bonsai_export/{artifact,metadata}.py by `python -m bonsai_export.artifact_sources`; do not edit.
 #pragma once
 
 #include <cstdint>

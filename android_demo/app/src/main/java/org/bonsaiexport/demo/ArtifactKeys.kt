@@ -1,7 +1,7 @@
-// Generated from bonsai_export/artifact.py by `python -m bonsai_export.artifact_sources`; do not edit.
+// Generated from bonsai_export/{artifact,metadata}.py by `python -m bonsai_export.artifact_sources`; do not edit.
 package org.bonsaiexport.demo
 
-/** The artifact contract's names (bonsai_export/artifact.py), as the app reads them. */
+/** The artifact contract's names (bonsai_export/artifact.py, metadata.py), as the app reads them. */
 object ArtifactKeys {
     object Folder {
         const val FORMAT_VERSION = 2
