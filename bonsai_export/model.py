@@ -236,14 +236,14 @@ class FeedForward(nn.Module):
         super().__init__()
         self.gate_up_proj = make_linear(args.dim, 2 * args.hidden_dim)
         self.down_proj = make_linear(args.hidden_dim, args.dim)
-        self.act = F.silu if args.mlp_act == "silu" else relu2
+        self.mlp_act = args.mlp_act  # "silu" (SwiGLU) or "relu2" (BitNet b1.58)
         if args.sub_norms:  # BitNet: the product normalized before down_proj quantizes it
             self.ffn_sub_norm = RMSNorm(args.hidden_dim, args.norm_eps)
         self.sub_norm = args.sub_norms
 
     def forward(self, x):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        h = self.act(gate) * up  # [1, T, hidden_dim]
+        h = (F.silu(gate) if self.mlp_act == "silu" else relu2(gate)) * up  # [1, T, hidden_dim]
         return self.down_proj(self.ffn_sub_norm(h) if self.sub_norm else h)
 
 

@@ -3,6 +3,7 @@ before o_proj and down_proj, a ReLU^2 MLP, tied embeddings) against transformers
 .pte and .onnx logits and greedy tokens, in the mode transformers computes (int8 per-token absmax activations on
 every linear, the head in float); and one clear error per malformed folder."""
 
+import inspect
 import json
 import shutil
 import subprocess
@@ -13,11 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from bonsai_export import artifact as A
 from bonsai_export import checkpoint
 from bonsai_export.errors import BonsaiError
+from bonsai_export.export import export
+from bonsai_export.export import onnx as O
 from bonsai_export.generate import SamplingConfig, generate
 from bonsai_export.model import from_checkpoint
-from bonsai_export.runners import EagerRunner, positions
+from bonsai_export.runners import EagerRunner, open_runner, positions
 from bonsai_export.synthetic import make_checkpoint
 
 MAX_SEQ = 64
@@ -109,6 +113,33 @@ def test_float_activations_are_not_what_transformers_computes(folder, reference)
         delta = (model(torch.tensor([PROMPT]), positions(0, len(PROMPT)))
                  - reference(torch.tensor([PROMPT])).logits).abs().max()
     assert float(delta) > 100 * LOGIT_ATOL
+
+
+@pytest.fixture(scope="module")
+def artifact(folder, tmp_path_factory):
+    """.pte and .onnx of the folder with the export's defaults (int8 activations, bf16 embedding and head)."""
+    out = tmp_path_factory.mktemp("b2-art") / "all"
+    export(folder, out, A.ExportConfig(format="all", max_seq_len=MAX_SEQ))
+    return out
+
+
+def _onnx_has_sub_norms() -> bool:
+    """Whether the ONNX graph builder emits BitNet's sub-layer norms (export/onnx.py, its owner's change)."""
+    return "attn_sub_norm" in inspect.getsource(O.make_attention)
+
+
+ONNX_PENDING = pytest.mark.xfail(not _onnx_has_sub_norms(), strict=True,
+                                 reason="export/onnx.py does not emit attn_sub_norm / ffn_sub_norm / ReLU^2 yet")
+
+
+@pytest.mark.parametrize("backend", ["pte", pytest.param("onnx", marks=ONNX_PENDING)])
+def test_artifact_logits_and_greedy_tokens_equal_transformers_bitnet(artifact, reference, backend):
+    assert A.read_manifest(artifact).options.act_quant == "int8"
+    runner = open_runner(artifact, backend=backend)
+    errors = decode_errors(runner, reference, PROMPT, NEW_TOKENS)
+    assert max(errors) <= LOGIT_ATOL, errors
+    tokens = greedy(runner, PROMPT, NEW_TOKENS)
+    assert tokens == hf_greedy(reference, PROMPT, NEW_TOKENS) and len(set(tokens)) > 1
 
 
 # ---- malformed folders: one clear line each, exit 2 through the CLI ----
