@@ -5,6 +5,9 @@ bits 2i..2i+1 of packed[r, c] hold W[i * rows + r, c] + 1, where rows = ceil(out
 `weight_scale` has shape [1]. Two conventions exist for it:
 - "bitlinear":     y = (x @ W^T) / weight_scale   (Falcon3 1.58bit, HF1BitLLM)
 - "autobitlinear": y = (x @ W^T) * weight_scale   (microsoft/bitnet-b1.58-2B-4T)
+The bf16 "master weights" folders (quantization_mode "online", microsoft/bitnet-b1.58-2B-4T-bf16) store latent
+float weights instead, which AutoBitLinear ternarizes on every forward with one absmean scale per tensor
+(absmean_ternarize).
 """
 
 from __future__ import annotations
@@ -40,3 +43,11 @@ def channel_scales(weight_scale: torch.Tensor, out: int, linear_class: str) -> t
     s = weight_scale.float().reshape(-1)
     s = 1.0 / s if linear_class == "bitlinear" else s
     return s.expand(out).contiguous()
+
+
+def absmean_ternarize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent weights [out, in] -> (int8 trits, the float32 scale [1] that multiplies x @ T^T), as AutoBitLinear's
+    online WeightQuant computes them in float32: s = 1 / max(mean |W|, 1e-5), T = clamp(round(W * s), -1, 1)."""
+    w = w.float()
+    s = 1.0 / w.abs().mean().clamp(min=1e-5)
+    return (w * s).round().clamp(-1, 1).to(torch.int8), (1.0 / s).reshape(1)

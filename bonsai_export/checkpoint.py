@@ -7,7 +7,8 @@ group-ternary embedding and head are TernaryWeights too ("model.embed_tokens", "
 Formats understood:
 - "qlinear": Bonsai's own (QLinear): `X.weight` latent or exact 16-bit values, `X.scales` [out].
 - "bitnet-bitlinear" / "bitnet-autobitlinear": transformers' packed BitNet format (see bitnet.py), on Llama-shaped
-  models (Falcon3-1.58bit) and on BitNet b1.58 2B4T (`model_type: bitnet`, which adds two sub-layer norms).
+  models (Falcon3-1.58bit) and on BitNet b1.58 2B4T (`model_type: bitnet`, which adds two sub-layer norms);
+  "bitnet-online": BitNet's bf16 master weights (quantization_mode "online"), ternarized per tensor on load.
 - "unpacked-g128": a Qwen3 folder of dense 16-bit weights whose every group of 128 holds one magnitude
   (prism-ml's Ternary-Bonsai-*-unpacked; see ternary_groups.py).
 - "gguf-q2_0": a folder holding one Ternary-Bonsai GGUF of Q2_0 tensors, plus the tokenizer files (gguf_reader.py).
@@ -260,6 +261,14 @@ def _read_bitnet(tensors: dict, name: str, shape: tuple, linear_class: str) -> T
     return TernaryWeight(values, bitnet.channel_scales(scale, out, linear_class))
 
 
+def _read_bitnet_online(tensors: dict, name: str, shape: tuple) -> TernaryWeight:
+    if f"{name}.weight_scale" in tensors:
+        raise BonsaiError(f"{name}.weight_scale: present in an online (master-weights) BitNet folder, whose scales "
+                          f"are computed from the weights; set quantization_mode to 'offline' for packed weights")
+    values, scale = bitnet.absmean_ternarize(_take(tensors, f"{name}.weight", shape))
+    return TernaryWeight(values, scale.expand(shape[0]).contiguous())
+
+
 def _read_unpacked(tensors: dict, name: str, shape: tuple) -> TernaryWeight:
     weight = _take(tensors, f"{name}.weight", shape)
     return TernaryWeight(*ternary_groups.split(weight, f"{name}.weight", GROUP_SIZE))
@@ -293,6 +302,8 @@ def _read_linear(tensors: dict, fmt: str, name: str, shape: tuple) -> TernaryWei
         return _read_unpacked(tensors, name, shape)
     if fmt == "gguf-q2_0":
         return _read_q2_0(tensors, name, shape)
+    if fmt == "bitnet-online":
+        return _read_bitnet_online(tensors, name, shape)
     return _read_bitnet(tensors, name, shape, fmt.split("-", 1)[1])
 
 
@@ -332,11 +343,15 @@ def detect_format(cfg: dict, tensors: dict) -> str:
         if linear_class not in bitnet.LINEAR_CLASSES:
             raise BonsaiError(f"config.json: unsupported quantization_config.linear_class {linear_class!r}; "
                               f"supported: {', '.join(bitnet.LINEAR_CLASSES)}")
-        # online: latent float weights ternarized at run time; use_rms_norm: an extra norm inside every linear
-        for key, default in (("quantization_mode", "offline"), ("use_rms_norm", False)):
-            if quant.get(key, default) not in (default, None):
-                raise BonsaiError(f"config.json: unsupported quantization_config.{key} {quant[key]!r}; "
-                                  f"bonsai-export reads packed BitNet checkpoints ({key} {default!r})")
+        if quant.get("use_rms_norm"):  # an extra RMSNorm inside every linear
+            raise BonsaiError(f"config.json: unsupported quantization_config.use_rms_norm {quant['use_rms_norm']!r}; "
+                              f"bonsai-export reads BitNet linears without their own norm")
+        mode = quant.get("quantization_mode") or "offline"
+        if mode == "online" and linear_class == "autobitlinear":
+            return "bitnet-online"  # latent float weights, ternarized per tensor as AutoBitLinear does
+        if mode != "offline":
+            raise BonsaiError(f"config.json: unsupported quantization_config.quantization_mode {mode!r} with "
+                              f"linear_class {linear_class!r}; supported: 'offline', or 'online' with autobitlinear")
         return f"bitnet-{linear_class}"
     if cfg.get("model_type") == "qwen3" and not any(n.endswith(".scales") for n in tensors):
         return "unpacked-g128"  # Qwen3 without QLinear scales: the dense weights carry the group scales

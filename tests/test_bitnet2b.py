@@ -142,6 +142,33 @@ def test_artifact_logits_and_greedy_tokens_equal_transformers_bitnet(artifact, r
     assert tokens == hf_greedy(reference, PROMPT, NEW_TOKENS) and len(set(tokens)) > 1
 
 
+def master_weights(folder: Path, out: Path) -> Path:
+    """The folder as microsoft/bitnet-b1.58-2B-4T-bf16 stores it: latent bf16 linears, no weight_scale,
+    quantization_mode "online" (AutoBitLinear ternarizes each tensor on every forward)."""
+    gen = torch.Generator().manual_seed(11)
+
+    def latent(t):
+        for name in [n for n in t if n.endswith("weight_scale")]:
+            del t[name]
+            shape = checkpoint.load(folder, progress=False).ternary[name.removesuffix(".weight_scale")].values.shape
+            t[name.replace("weight_scale", "weight")] = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+
+    return _edit(folder, out, latent, lambda c: c["quantization_config"].update(quantization_mode="online"))
+
+
+def test_master_weights_are_ternarized_as_transformers_does(folder, tmp_path):
+    online = master_weights(folder, tmp_path / "bf16")
+    ckpt = checkpoint.load(online, progress=False)
+    assert ckpt.format == "bitnet-online" and ckpt.act_quant == "int8"
+    w = ckpt.ternary["model.layers.0.mlp.up_proj"]
+    assert set(w.values.unique().tolist()) == {-1, 0, 1} and len(set(w.scales.tolist())) == 1  # one per tensor
+    reference = hf_reference(online)
+    assert type(reference.model.layers[0].mlp.up_proj).__name__ == "AutoBitLinear"
+    assert reference.model.layers[0].mlp.up_proj.online_quant
+    errors = decode_errors(EagerRunner(from_checkpoint(ckpt, max_seq_len=MAX_SEQ), online), reference, PROMPT, 4)
+    assert max(errors) <= LOGIT_ATOL, errors
+
+
 # ---- malformed folders: one clear line each, exit 2 through the CLI ----
 
 def _edit(folder: Path, out: Path, tensors=None, config=None) -> Path:
@@ -173,8 +200,11 @@ MALFORMED = {
                rf"{Q}.weight: invalid 2-bit code 3"),
     "master weights": (None, lambda c: c.pop("quantization_config"),
                        r"model_type 'bitnet' without a quantization_config holds BitNet's bf16 master weights"),
-    "online": (None, lambda c: c["quantization_config"].update(quantization_mode="online"),
-               r"unsupported quantization_config.quantization_mode 'online'"),
+    "online bitlinear": (None, lambda c: c["quantization_config"].update(quantization_mode="online",
+                                                                          linear_class="bitlinear"),
+                         r"unsupported quantization_config.quantization_mode 'online' with linear_class 'bitlinear'"),
+    "online with packed weights": (None, lambda c: c["quantization_config"].update(quantization_mode="online"),
+                                   rf"{Q}.weight_scale: present in an online \(master-weights\) BitNet folder"),
     "activation": (None, lambda c: c.update(hidden_act="silu"), r"hidden_act 'silu' for model_type 'bitnet'"),
 }
 
