@@ -344,3 +344,66 @@ def test_the_apps_chatml_gives_transformers_ids(kotlin, qwen, tmp_path):
     for case, text, ids in zip(CASES, answer["texts"], answer["ids"], strict=True):
         assert text == template.render(list(case.messages), case.add_generation_prompt, case.enable_thinking), case
         assert ids == transformers_ids(folder, case), case.name
+
+
+# ---- the command line ----
+
+def cli(*args, stdin: str = "", timeout: int = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": PACKAGE_PARENT}
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+CLI_TURNS = ["Hello there", "", "Tell me more about it.", "word " * 40, "/reset", "Hello there"]
+
+
+@pytest.fixture(scope="module")
+def cli_chat(qwen):
+    """One `chat --json` run over CLI_TURNS (a blank line, a turn too long for the context, /reset), to end of input."""
+    return cli("--json", "chat", str(qwen), "--no-think", "--max-new-tokens", "6", "--max-seq-len", "64",
+               stdin="\n".join(CLI_TURNS) + "\n")
+
+
+def test_cli_chat_answers_as_the_session_does_and_ends_at_eof(cli_chat, qwen, small_context):
+    assert cli_chat.returncode == 0, cli_chat.stderr
+    turns = [json.loads(line) for line in cli_chat.stdout.splitlines()]
+    session = ChatSession(small_context, ChatTemplate.read(qwen), Tokenizer(qwen), enable_thinking=False,
+                          sampling=SamplingConfig(max_new_tokens=6))
+    first, second = session.turn("Hello there"), session.turn("Tell me more about it.")
+    assert [t["tokens"] for t in turns] == [first.tokens, second.tokens, first.tokens]  # /reset: the first again
+    assert turns[1]["fed_tokens"] < turns[1]["prompt_tokens"] and turns[2]["fed_tokens"] == turns[2]["prompt_tokens"]
+
+
+def test_cli_chat_reports_a_full_context_on_one_line_and_goes_on(cli_chat):
+    errors = [line for line in cli_chat.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "context full" in errors[0] and "context holds 64" in errors[0], cli_chat.stderr
+    assert "Traceback" not in cli_chat.stderr
+
+
+def test_run_chat_streams_one_turn(cli_chat, qwen):
+    done = cli("run", str(qwen), "--chat", "--no-think", "--prompt", "Hello there", "--max-new-tokens", "6",
+               "--max-seq-len", "64")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == json.loads(cli_chat.stdout.splitlines()[0])["text"] + "\n"
+    assert "stopped at EOS" in done.stderr or "max new tokens" in done.stderr  # the turn's summary line
+
+
+def test_cli_chat_interrupted_exits_130(qwen):
+    env = {**os.environ, "PYTHONPATH": PACKAGE_PARENT}
+    proc = subprocess.Popen([*CLI, "--quiet", "chat", str(qwen)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(3)  # anywhere: starting, loading, or waiting for a line
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["chat"], ["run", "--chat", "--prompt", "Hi"], ["run", "--system", "x",
+                                                                                  "--prompt", "Hi"]])
+def test_cli_chat_bad_input_is_one_error_line(tiny_ckpt, capsys, argv):
+    from bonsai_export.cli import main
+
+    assert main(["--quiet", argv[0], str(tiny_ckpt), *argv[1:]]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    want = "are chat options; add --chat" if "--system" in argv else "has no chat template"
+    assert len(errors) == 1 and want in errors[0] and "Traceback" not in err, err

@@ -81,6 +81,10 @@ def cmd_run(args) -> int:
 
     if not args.prompt.strip():
         raise BonsaiError("--prompt: empty; give the text to continue, e.g. --prompt \"Once upon a time\"")
+    if args.chat:
+        return cmd_chat(args, [args.prompt])
+    if args.system is not None or args.think is not None:
+        raise BonsaiError("--system and --think are chat options; add --chat, or use `bonsai-export chat`")
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     runner = open_runner(args.model if args.model else _default(), act_quant=args.act_quant,
                          max_seq_len=args.max_seq_len, threads=args.threads, backend=args.backend)
@@ -100,6 +104,18 @@ def cmd_run(args) -> int:
     if not args.quiet:
         print(_run_summary(runner.name, res), file=sys.stderr)
     return 0
+
+
+def cmd_chat(args, messages: list[str] | None = None) -> int:
+    from ..chat import converse, open_session, read_messages
+    from ..generate import SamplingConfig
+
+    cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    session = open_session(args.model if args.model else _default(), cfg, args.system, args.think,
+                           act_quant=args.act_quant, max_seq_len=args.max_seq_len, threads=args.threads,
+                           backend=args.backend)
+    return converse(session, messages or read_messages(sys.stdin), sys.stdout, sys.stderr, quiet=args.quiet,
+                    as_json=args.json, keep_going=messages is None)
 
 
 def _run_summary(backend: str, res) -> str:

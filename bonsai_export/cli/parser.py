@@ -37,6 +37,8 @@ EXAMPLES = {
              "  bonsai-export bench out/tiny --threads 2 --repeats 3 --no-baselines --no-peers\n"
              "  bonsai-export bench out/bonsai --device adb --runner-dir build-android/install --threads 2,4",
     "verify": "bonsai-export verify out/bonsai\n  bonsai-export --json verify out/bonsai",
+    "chat": 'bonsai-export chat ckpt/ternary-bonsai --system "Be brief." --no-think\n'
+            '  printf "Hi\\nAnd then?\\n" | bonsai-export --json chat out/ternary-bonsai',
     "bench-kernels": "bonsai-export bench-kernels --quick --json-out kernels.json",
     "eval": "bonsai-export eval out/bonsai --reference deepgrove/Bonsai --report out/bonsai-eval\n"
             "  bonsai-export eval out/tiny --tasks bonsai_qa --limit 20        (the offline task shipped with us)",
@@ -156,10 +158,15 @@ def _export_options(p) -> None:
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
 
 
-def _run_options(p) -> None:
+def _run_options(p, chat: bool = False) -> None:
     p.add_argument("model", nargs="?",
                    help="artifact folder, hub id or checkpoint folder; default: the embedded tiny checkpoint")
-    p.add_argument("--prompt", required=True, type=_arg(_utf8, "--prompt"))
+    if not chat:
+        p.add_argument("--prompt", required=True, type=_arg(_utf8, "--prompt"))
+        p.add_argument("--chat", action="store_true", help="one chat turn: --prompt is the user's message (see chat)")
+    p.add_argument("--system", type=_arg(_utf8, "--system"), help="chat: the system message")
+    p.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
+                   help="chat: the template's enable_thinking switch (default: the template's own; Qwen3 thinks)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -272,6 +279,10 @@ SUBCOMMANDS = (
     ("eval", C.cmd_eval, _eval_options,
      "score an artifact on lm-evaluation-harness tasks, beside the float reference and "
      "Bonsai's published numbers (needs lm-eval: pip install 'bonsai-export[eval]')"),
+    ("chat", C.cmd_chat, lambda p: _run_options(p, chat=True),
+     "talk with a model through its chat template: one message a line on stdin, the KV cache kept across turns, "
+     "/reset starts over, end of input ends; a turn the context cannot hold is refused (one line naming the tokens "
+     "it needs and the context length) and the conversation kept"),
     ("verify", C.cmd_verify, _verify_options,
      "check an artifact folder against its manifest: format version, every file's "
      "size and sha256, unlisted files; exits 1 on any difference"),
