@@ -32,9 +32,9 @@ import torch
 
 from .errors import BonsaiError
 from .generate import SamplingConfig, generate
+from .tokenizer import CHAT_TEMPLATE_FILE as TEMPLATE_FILE
 from .tokenizer import TOKENIZER_CONFIG, StreamDecoder, Tokenizer
 
-TEMPLATE_FILE = "chat_template.jinja"  # transformers' own file for a folder's single template
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 IM_END = "<|im_end|>"  # ChatML's end of a message: an answer stops there even where the config's EOS is another id
 

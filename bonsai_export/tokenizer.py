@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers' own file for a folder's single template
 SPM_MODEL = "tokenizer.model"
 MARKER = "\u2581"  # SentencePiece's visible space
 
@@ -349,6 +350,9 @@ def _config(source: Path, ref, found: Settings) -> dict:
         cfg = {}
     for key in ("auto_map", "tokenizer_file", "vocab_file", "added_tokens_decoder"):  # no remote code, no paths
         cfg.pop(key, None)
+    jinja = source / CHAT_TEMPLATE_FILE  # transformers prefers it to the config's template: the artifact keeps one
+    if jinja.is_file():
+        cfg["chat_template"] = jinja.read_text(encoding="utf-8")
     cfg.update(tokenizer_class=type(ref).__name__, add_bos_token=bool(found.bos), add_eos_token=bool(found.eos),
                add_prefix_space=found.prefix != "never")
     if found.kind == "sentencepiece":  # `legacy` is a SentencePiece setting only

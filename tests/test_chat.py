@@ -156,6 +156,19 @@ def test_chat_template_jinja_wins_over_the_config_as_in_transformers(qwen, tmp_p
     assert ours(folder, CASES[3]) == transformers_ids(folder, CASES[3])
 
 
+def test_a_template_file_travels_into_the_artifact(qwen, tmp_path):
+    """An artifact keeps one template, the one transformers would use: a folder's chat_template.jinja goes into the
+    artifact's tokenizer_config.json."""
+    from bonsai_export.tokenizer import write_canonical
+
+    folder = with_template(qwen, tmp_path / "file", COUNTING_TEMPLATE, as_file=True)
+    out = tmp_path / "art"
+    out.mkdir()
+    write_canonical(folder, out)
+    assert not (out / "chat_template.jinja").exists()
+    assert "2 messages" in ChatTemplate.read(out).render([USER, ANSWER])
+
+
 def test_a_template_error_is_one_bonsai_error(qwen, tmp_path):
     folder = with_template(qwen, tmp_path / "rich", RICH_TEMPLATE)
     with pytest.raises(BonsaiError, match='chat template: unknown role "tool"'):
