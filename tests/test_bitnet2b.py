@@ -3,7 +3,6 @@ before o_proj and down_proj, a ReLU^2 MLP, tied embeddings) against transformers
 .pte and .onnx logits and greedy tokens, in the mode transformers computes (int8 per-token absmax activations on
 every linear, the head in float); and one clear error per malformed folder."""
 
-import inspect
 import json
 import shutil
 import subprocess
@@ -18,7 +17,6 @@ from bonsai_export import artifact as A
 from bonsai_export import checkpoint
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import export
-from bonsai_export.export import onnx as O
 from bonsai_export.generate import SamplingConfig, generate
 from bonsai_export.model import from_checkpoint
 from bonsai_export.runners import EagerRunner, open_runner, positions
@@ -123,16 +121,7 @@ def artifact(folder, tmp_path_factory):
     return out
 
 
-def _onnx_has_sub_norms() -> bool:
-    """Whether the ONNX graph builder emits BitNet's sub-layer norms (export/onnx.py, its owner's change)."""
-    return "attn_sub_norm" in inspect.getsource(O.make_attention)
-
-
-ONNX_PENDING = pytest.mark.xfail(not _onnx_has_sub_norms(), strict=True,
-                                 reason="export/onnx.py does not emit attn_sub_norm / ffn_sub_norm / ReLU^2 yet")
-
-
-@pytest.mark.parametrize("backend", ["pte", pytest.param("onnx", marks=ONNX_PENDING)])
+@pytest.mark.parametrize("backend", ["pte", "onnx"])
 def test_artifact_logits_and_greedy_tokens_equal_transformers_bitnet(artifact, reference, backend):
     assert A.read_manifest(artifact).options.act_quant == "int8"
     runner = open_runner(artifact, backend=backend)

@@ -319,6 +319,8 @@ def make_attention(g: GraphBuilder, i: int, attn, x: str, io: dict) -> str:
     k = g.op("RotaryEmbedding", [k, io["position_ids"], io["cos"], io["sin"]], f"{p}/k_rotary/RotaryEmbedding",
              MS_DOMAIN, interleaved=0, num_heads=attn.n_kv_heads)
     y = make_group_query_attention(g, i, attn, q, k, v, io)  # [B, S, H*D]; writes present.{i}.*
+    if attn.sub_norm:  # BitNet b1.58: RMSNorm before o_proj
+        y = g.make_rms_norm(f"{p}/attn_sub_norm", y, attn.attn_sub_norm)
     return g.make_ternary_matmul(f"{p}/o_proj", y, attn.o_proj, f"{w}.o_proj")
 
 
@@ -341,9 +343,15 @@ def make_mlp(g: GraphBuilder, i: int, mlp, x: str) -> str:
     gate_up = g.make_ternary_matmul(f"{p}/gate_up_proj", x, mlp.gate_up_proj, f"{w}.gate_up_proj")
     gate, up = g.node("Split", [gate_up, g.const([mlp.down_proj.in_features] * 2)], f"{p}/gate_up_proj/Split",
                       n_out=2, axis=-1)
-    silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{p}/act_fn/Sigmoid")], f"{p}/act_fn/Mul")
-    return g.make_ternary_matmul(f"{p}/down_proj", g.op("Mul", [silu, up], f"{p}/Mul"), mlp.down_proj,
-                                 f"{w}.down_proj")
+    if mlp.mlp_act == "silu":
+        act = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{p}/act_fn/Sigmoid")], f"{p}/act_fn/Mul")
+    else:  # BitNet b1.58's ReLU^2
+        relu = g.op("Relu", [gate], f"{p}/act_fn/Relu")
+        act = g.op("Mul", [relu, relu], f"{p}/act_fn/Mul")
+    h = g.op("Mul", [act, up], f"{p}/Mul")
+    if mlp.sub_norm:  # BitNet b1.58: RMSNorm before down_proj
+        h = g.make_rms_norm(f"{p}/ffn_sub_norm", h, mlp.ffn_sub_norm)
+    return g.make_ternary_matmul(f"{p}/down_proj", h, mlp.down_proj, f"{w}.down_proj")
 
 
 def make_shared_inputs(g: GraphBuilder, model: Transformer) -> dict:
