@@ -153,11 +153,12 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
     const bool grouped = weight_bits != 16;
     const float* sums = nullptr;
     if (weight_bits == 4) {  // once per call: every row's offsets multiply the same group sums
-      if (t_sums.size() < size_t(m * groups)) t_sums.resize(size_t(m * groups));
+      if (t_sums.size() < size_t(2 * m * groups)) t_sums.resize(size_t(2 * m * groups));
       for (int64_t i = 0; i < m * groups; ++i) {
         float sum = 0.f;
         for (int64_t j = 0; j < kDenseChunk; ++j) sum += xp[i * kDenseChunk + j];
-        t_sums[size_t(i)] = sum;
+        t_sums[size_t(2 * i)] = 0.f;  // lines up with the group's scale (kernel_table.h, DenseProblem)
+        t_sums[size_t(2 * i + 1)] = sum;
       }
       sums = t_sums.data();
     }

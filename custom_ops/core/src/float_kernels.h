@@ -38,6 +38,28 @@ inline void load_chunk(const uint8_t* row, int64_t c, int64_t row_bytes, typenam
   V::template widen<Bits>(buf, out);
 }
 
+// sum_g o[n, g] * (sum of x over group g), the offsets' term of int4 row n: one dot product of the row's bf16
+// (scale, offset) pairs with the token's (0, group sum) pairs (DenseProblem::group_sums), 32 pairs' values per
+// step, instead of a scalar decode, multiply and add per group inside the row's stream. The scales meet zeros (a
+// non-finite scale, whose weights are non-finite anyway, makes the row NaN).
+template <class V>
+inline float offset_term(const DenseProblem& p, int64_t n) {
+  using F = typename V::F;
+  constexpr int NV = int(kDenseChunk) / V::W;
+  const uint16_t* pairs = p.group_scales + n * p.groups * 2;
+  const int64_t len = 2 * p.groups;
+  F acc = V::zero();
+  int64_t i = 0;
+  for (; i + kDenseChunk <= len; i += kDenseChunk) {
+    F v[NV];
+    V::template widen<16>(reinterpret_cast<const uint8_t*>(pairs + i), v);
+    for (int j = 0; j < NV; ++j) acc = V::fma(v[j], V::load(p.group_sums + i + j * V::W), acc);
+  }
+  float s = V::hsum(acc);
+  for (i += 1; i < len; i += 2) s += bf16_to_f32(pairs[i]) * p.group_sums[i];
+  return s;
+}
+
 // Decode (one token): R rows stream from memory together, each with two accumulator chains. Whole chunks are
 // widened straight from the rows; only a partial last chunk goes through a zero-padded copy (kept out of the
 // main loop so the accumulators stay in registers).
@@ -50,7 +72,6 @@ inline void dense_gemv_tile(const DenseProblem& p, const float* x, int64_t n, in
   constexpr int64_t kPrefetchEvery = 64 / cb > 0 ? 64 / cb : 1;  // one prefetch per cache line
   F acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V::zero();
-  float bias[R] = {};  // int4: sum over groups of offset * (sum of x over the group)
   const uint8_t* w = p.w + n * p.w_stride;
   auto step = [&](int r, int64_t c, const uint8_t* src) {
     F wv[NV];
@@ -60,7 +81,6 @@ inline void dense_gemv_tile(const DenseProblem& p, const float* x, int64_t n, in
       F part = V::mul(wv[0], V::load(xc));
       for (int i = 1; i < NV; ++i) part = V::fma(wv[i], V::load(xc + i * V::W), part);
       acc[r][c & 1] = V::fma(V::set1(p.scale<Bits>(n + r, c)), part, acc[r][c & 1]);
-      if (Bits == 4) bias[r] += p.offset(n + r, c) * p.group_sums[c];
     } else {
       for (int i = 0; i < NV; ++i) acc[r][i & 1] = V::fma(wv[i], V::load(xc + i * V::W), acc[r][i & 1]);
     }
@@ -82,7 +102,7 @@ inline void dense_gemv_tile(const DenseProblem& p, const float* x, int64_t n, in
   }
   for (int r = 0; r < R; ++r) {
     const float s = V::hsum(V::add(acc[r][0], acc[r][1]));
-    p.y[n + r] = Bits == 16 ? s * p.scale<Bits>(n + r, 0) : s + bias[r];
+    p.y[n + r] = Bits == 16 ? s * p.scale<Bits>(n + r, 0) : Bits == 8 ? s : s + offset_term<V>(p, n + r);
   }
 }
 
@@ -123,7 +143,7 @@ void dense_rows(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64
     const float* x = p.x + m0 * p.x_stride;
     DenseProblem q = p;
     q.y = p.y + m0 * p.y_stride;
-    if (Bits == 4) q.group_sums = p.group_sums + m0 * p.groups;
+    if (Bits == 4) q.group_sums = p.group_sums + m0 * 2 * p.groups;
     int64_t n = n0;
     for (; n + 4 <= n1; n += 4) dense_gemv_tile<V, Bits, 4>(q, x, n, chunks, row_bytes);
     for (; n < n1; ++n) dense_gemv_tile<V, Bits, 1>(q, x, n, chunks, row_bytes);

@@ -67,7 +67,9 @@ struct DenseProblem {
   const float* channel_scales;  // bits 16: [N]
   const uint16_t* group_scales; // bits 8: bf16 scales [N, groups]; bits 4: bf16 (scale, offset) [N, groups, 2]
   int64_t groups;               // ceil(K / kDenseChunk)
-  const float* group_sums;      // bits 4: sum of x over each group, [M, groups] (what the offsets multiply)
+  // bits 4: [M, 2 * groups], (0, sum of x over group g) at 2g, 2g + 1: lined up with a row's (scale, offset)
+  // pairs, so the offsets' term of a row is one dot product with its pairs (float_kernels.h, offset_term)
+  const float* group_sums;
   float* y;                     // [M, y_stride]
   int64_t y_stride;
   int64_t scratch_rows;  // rows of kp floats in each task's scratch (M > 1 widens rows there once)

@@ -154,10 +154,10 @@ struct Avx512Vec {
       out[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + 16))));
     } else {
       // As in AVX2's widen<4>: low nibbles are codes 0..15 of the chunk, high nibbles codes 16..31; one
-      // zero-extending convert widens each half.
-      const __m128i b = _mm_loadu_si128((const __m128i*)p), low4 = _mm_set1_epi8(15);
-      out[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, low4)));
-      out[1] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), low4)));
+      // zero-extending load widens all 16 bytes, a mask keeps their low nibbles and a shift their high ones.
+      const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
+      out[0] = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)));
+      out[1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
     }
   }
 };
