@@ -1,4 +1,5 @@
-"""The independent reference: transformers' own Llama (Qwen3ForCausalLM for a Qwen3 checkpoint, Ternary-Bonsai)
+"""The independent reference: transformers' own Llama (Qwen3ForCausalLM for a Qwen3 checkpoint, Ternary-Bonsai;
+BitNetForCausalLM for BitNet b1.58 2B4T)
 with every ternary linear, and a group-ternary embedding and head, folded into a plain dense weight.
 
 Of ours it uses only the checkpoint reader (checkpoint.py) and the config it gives: the model definition,
@@ -14,18 +15,21 @@ import itertools
 import torch
 
 from .checkpoint import Checkpoint
-from .config import llama_config, qwen3_config
+from .config import bitnet_config, llama_config, qwen3_config
 from .errors import BonsaiError
 
 
 def folded_llama(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, **config):
-    """transformers' LlamaForCausalLM in `dtype` (Qwen3ForCausalLM for a Qwen3 checkpoint: per-head q/k norms)
+    """transformers' LlamaForCausalLM in `dtype` (Qwen3ForCausalLM for a Qwen3 checkpoint: per-head q/k norms;
+    BitNetForCausalLM, unquantized, for a 2B4T-shaped one)
     with W = T * scales (per output channel, or per group of 128 weights) for every ternary tensor and the
     checkpoint's dense tensors as they are; `config` overrides the config's fields (attn_implementation)."""
-    from transformers import LlamaForCausalLM, Qwen3ForCausalLM
+    from transformers import BitNetForCausalLM, LlamaForCausalLM, Qwen3ForCausalLM
 
     if ckpt.args.qk_norm:
         model = Qwen3ForCausalLM(qwen3_config(ckpt.args, **config)).to(dtype).eval()
+    elif ckpt.args.sub_norms:  # BitNet b1.58 2B4T: sub-layer norms and ReLU^2; dense weights, float activations
+        model = BitNetForCausalLM(bitnet_config(ckpt.args, **config)).to(dtype).eval()
     else:
         model = LlamaForCausalLM(llama_config(ckpt.args, **config)).to(dtype).eval()
     state = {k: v.to(dtype) for k, v in ckpt.dense.items()}

@@ -113,6 +113,20 @@ def test_float_activations_are_not_what_transformers_computes(folder, reference)
     assert float(delta) > 100 * LOGIT_ATOL
 
 
+def test_validate_reference_is_transformers_bitnet_with_float_activations(folder):
+    """validate's fp32 reference of a 2B4T checkpoint: BitNetForCausalLM (sub-norms, ReLU^2) on the folded weights,
+    equal to our eager model with float activations."""
+    from bonsai_export.reference import folded_llama
+
+    ckpt = checkpoint.load(folder, progress=False)
+    ref = folded_llama(ckpt)
+    assert type(ref).__name__ == "BitNetForCausalLM"
+    model = from_checkpoint(ckpt, act_quant="none", max_seq_len=MAX_SEQ)
+    with torch.no_grad():
+        delta = (model(torch.tensor([PROMPT]), positions(0, len(PROMPT))) - ref(torch.tensor([PROMPT])).logits)
+    assert float(delta.abs().max()) <= LOGIT_ATOL
+
+
 @pytest.fixture(scope="module")
 def artifact(folder, tmp_path_factory):
     """.pte and .onnx of the folder with the export's defaults (int8 activations, bf16 embedding and head)."""
