@@ -283,10 +283,11 @@ def _check_against_manifest(runner: Runner, shape: A.ModelShape, folder: Path) -
                           f"{runner.vocab_size} (tokenizer of another model?); re-export the folder")
 
 
-def open_runner(path: str | Path, act_quant: str = "none", max_seq_len: int | None = None,
+def open_runner(path: str | Path, act_quant: str | None = None, max_seq_len: int | None = None,
                 threads: int = 0, backend: str | None = None) -> Runner:
     """An artifact folder opens its runtime (`backend` pte or onnx picks one in a folder holding both); anything
-    else is a checkpoint run by the eager model. `threads`: the runtime's threads on this machine (0: its default)."""
+    else is a checkpoint run by the eager model (`act_quant` None: the mode its own model computes, int8 for BitNet
+    formats, else none). `threads`: the runtime's threads on this machine (0: its default)."""
     threads = options.threads(threads)
     if A.is_artifact(path):
         return _open_artifact(Path(path), threads, backend)

@@ -228,3 +228,9 @@ def test_cli_refuses_a_missing_sub_norm_with_exit_2(folder, tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "attn_sub_norm.weight: missing from the checkpoint" in lines[0], proc.stderr
+
+
+def test_run_on_a_bitnet_checkpoint_defaults_to_int8_activations(folder):
+    """`run` / `open_runner` on the checkpoint folder compute what transformers computes unless asked otherwise."""
+    assert open_runner(folder).model.act_quant == "int8"
+    assert open_runner(folder, act_quant="none").model.act_quant == "none"

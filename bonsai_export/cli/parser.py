@@ -172,8 +172,9 @@ def _run_options(p, chat: bool = False) -> None:
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     p.add_argument("--seed", type=_arg(O.seed), default=0)
-    p.add_argument("--act-quant", choices=list(ACT_MODES), default="none",
-                   help="checkpoints only (artifacts fix it at export): none = float activations, int8")
+    p.add_argument("--act-quant", choices=list(ACT_MODES), default=None,
+                   help="checkpoints only (artifacts fix it at export): none = float activations, int8; default: "
+                        "the mode the checkpoint's own model computes (int8 for BitNet formats, else none)")
     p.add_argument("--max-seq-len", type=int, default=None, help="checkpoints only: KV cache length")
     p.add_argument("--threads", type=_arg(O.threads), default=0,
                    help="artifacts: runtime threads (0 = the runtime's default)")
