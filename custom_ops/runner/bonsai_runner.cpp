@@ -305,8 +305,9 @@ int main(int argc, char** argv) {
   if (call_tokens < 1 || max_seq_len < 1 || vocab < 1)
     die(o.model + ": bad metadata (" + pte::kCallTokens + " " + std::to_string(call_tokens) + "); re-export it");
   const auto eos = m.execute(pte::kEosIds);
-  if (tokenizer && int64_t(tokenizer->id_count()) != vocab)
-    die(o.tokenizer + ": " + std::to_string(tokenizer->id_count()) + " ids, the model has " +
+  // a model may have more logits than its tokenizer has ids (Qwen pads its vocabulary), never fewer
+  if (tokenizer && int64_t(tokenizer->id_count()) > vocab)
+    die(o.tokenizer + ": " + std::to_string(tokenizer->id_count()) + " ids, the model has only " +
         std::to_string(vocab) + " logits (tokenizer from another model?)");
   for (int64_t id : o.prompt)
     if (id >= vocab)
