@@ -369,6 +369,7 @@ void run_float_kernels(const char* isa, bonsai_parallel* pools, std::mt19937& rn
   for (int32_t bits : {16, 8, 4}) {
     check_dense(bits, 1, 301, 1536, &pools[1], rng, isa);  // Bonsai's K, decode, a real split
     check_dense(bits, 64, 70, 95, &pools[1], rng, isa);    // prefill tiles with leftovers
+    check_dense(bits, 1, 37, 600, &pools[1], rng, isa);    // int4's offset term: a whole step of pairs and a tail
   }
   for (int64_t d : {1, 7, 16, 33, 96})
     for (int64_t t : {1, 3})
