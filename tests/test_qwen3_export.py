@@ -224,11 +224,11 @@ def test_artifacts_are_the_packed_size(artifacts, folders, name):
 
 
 def test_int8_activations_run_the_t2g_int8_kernels(folders, tmp_path, references):
-    """act_quant int8: every layer's matmul takes int8 activations (block sums in int32), the head stays float;
-    the custom .onnx equals the eager export-ready model."""
+    """act_quant int8: every matmul, the head's included, takes int8 activations (block sums in int32); the
+    custom .onnx equals the eager export-ready model."""
     cfg = A.ExportConfig(format="onnx", act_quant="int8", max_seq_len=MAX_SEQ)
     model = build_model(checkpoint.load(folders["tied"], progress=False), cfg)
-    assert {m.act_bits for m in model.layers.modules() if hasattr(m, "act_bits")} == {8}
+    assert {m.act_bits for m in model.modules() if hasattr(m, "act_bits")} == {8}
     export(folders["tied"], tmp_path / "art", cfg)
     got = open_runner(tmp_path / "art")(torch.tensor([PROMPT]), positions(0, len(PROMPT)))
     with torch.no_grad():
