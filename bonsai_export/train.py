@@ -38,25 +38,14 @@ on that corpus is the next run to make.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import gzip
-import hashlib
-import importlib.metadata
-import importlib.util
-import io
 import json
 import logging
 import lzma
 import math
-import os
-import platform
-import re
 import sys
-import sysconfig
 import time
-import tokenize
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PRESETS, ModelArgs, llama_config
+from .corpus import SMALL_PACKAGES, corpus_tokens, stdlib_docstrings
 from .errors import BonsaiError
 
 log = logging.getLogger(__name__)
@@ -74,26 +64,6 @@ BATCH = 8
 STEPS = 300
 LR = 3e-3
 LATENT_LR = 1e-2  # latent ternary weights must travel ~0.5 to change a trit
-
-
-def stdlib_docstrings(min_chars: int = 80) -> list[str]:
-    """Docstrings of the standard library, in a fixed order (sorted files, AST walk order)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"site-packages", "test", "tests", "pydoc_data", "idlelib", "lib2to3"}
-    docs = []
-    for path in sorted(root.rglob("*.py")):
-        if skip & set(path.relative_to(root).parts):
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) >= min_chars:
-                    docs.append(doc)
-    return docs
 
 
 class STELinear(nn.Module):
@@ -176,15 +146,6 @@ def train_tensors(seed: int = 0, steps: int = STEPS) -> dict[str, torch.Tensor]:
 
 SMALL_FILE = Path(__file__).parent / "data" / "trained_small.safetensors.xz"
 # Dependencies pinned to one version in pyproject.toml whose Python sources hold English docstrings and comments.
-SMALL_PACKAGES = ("torch", "transformers", "executorch", "onnx", "onnxruntime", "onnxscript", "huggingface_hub",
-                  "mistral_common", "safetensors", "tokenizers")
-SKIP_DIRS = frozenset({"site-packages", "test", "tests", "pydoc_data", "idlelib", "lib2to3"})
-MIN_CHARS = 80
-NGRAM = 13  # a training document sharing this many consecutive words with the held-out text is dropped
-VAL_EVERY = 100  # every 100th document is the validation split
-DOC_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-
-
 @dataclass(frozen=True)
 class Recipe:
     seq_len: int = 512
@@ -199,114 +160,6 @@ class Recipe:
 
 
 SMALL_RECIPE = Recipe()
-
-
-def _source_texts(path: str) -> tuple[list[str], list[str], str]:
-    """Docstrings and comment blocks (consecutive `#` lines) of one Python file, each at least MIN_CHARS long, and
-    the whole source ("" when it does not parse)."""
-    try:
-        src = Path(path).read_text(encoding="utf-8")
-        tree = ast.parse(src)
-    except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
-        return [], [], ""
-    docs = []
-    for node in ast.walk(tree):
-        if isinstance(node, DOC_NODES):
-            doc = ast.get_docstring(node)
-            if doc and len(doc) >= MIN_CHARS:
-                docs.append(doc)
-    comments, block, last = [], [], -2
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-            if tok.type != tokenize.COMMENT:
-                continue
-            if block and tok.start[0] != last + 1:
-                comments.append("\n".join(block))
-                block = []
-            text = tok.string.lstrip("#").strip()
-            if text:
-                block.append(text)
-            last = tok.start[0]
-    except (tokenize.TokenError, SyntaxError):
-        pass
-    if block:
-        comments.append("\n".join(block))
-    return docs, [c for c in comments if len(c) >= MIN_CHARS], src
-
-
-def _py_files(root: Path) -> list[str]:
-    return [str(p) for p in sorted(root.rglob("*.py")) if not SKIP_DIRS & set(p.relative_to(root).parts)]
-
-
-def _package_root(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise BonsaiError(f"{name}: not installed; the trained-small corpus reads its sources (pip install .)")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _word_ngrams(text: str, n: int = NGRAM):
-    words = re.findall(r"\w+", text.lower())
-    return (tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-
-
-def corpus_documents(held_out: str, workers: int | None = None,
-                     packages: tuple[str, ...] = SMALL_PACKAGES) -> tuple[dict[str, list[str]], dict]:
-    """The trained-small text: {"stdlib", "code", "packages", "val"} documents and a description. stdlib and
-    packages: docstrings and comment blocks; code: the standard library's source files, whole.
-
-    Sources in a fixed order (sorted files; per file its docstrings in AST walk order, then its comment blocks);
-    exact duplicates dropped (first kept), then every document sharing a NGRAM-word sequence with `held_out`."""
-    roots = [("stdlib", Path(sysconfig.get_paths()["stdlib"]))] + [(n, _package_root(n)) for n in packages]
-    jobs = [(group, f) for group, root in roots for f in _py_files(root)]
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        texts = list(pool.map(_source_texts, [f for _, f in jobs], chunksize=32))
-    seen, docs = set(), []
-    for (group, _), (file_docs, file_comments, source) in zip(jobs, texts):
-        for doc in file_docs + file_comments:
-            if doc not in seen:
-                seen.add(doc)
-                docs.append(("stdlib" if group == "stdlib" else "packages", doc))
-        if group == "stdlib" and source and source not in seen:
-            seen.add(source)
-            docs.append(("code", source))
-    held = set(_word_ngrams(held_out))
-    kept = [(g, d) for g, d in docs if not any(gram in held for gram in _word_ngrams(d))]
-    out = {"stdlib": [], "code": [], "packages": [], "val": []}
-    for i, (group, doc) in enumerate(kept):
-        out["val" if i % VAL_EVERY == VAL_EVERY - 1 else group].append(doc)
-    versions = {n: importlib.metadata.version(n.replace("_", "-")) for n in packages}
-    info = {"python": platform.python_version(), "packages": versions, "files": len(jobs),
-            "documents": len(docs), "dropped_overlapping_held_out": len(docs) - len(kept),
-            **{f"{k}_documents": len(v) for k, v in out.items()}}
-    return out, info
-
-
-def corpus_tokens(workers: int | None = None, packages: tuple[str, ...] = SMALL_PACKAGES) -> dict:
-    """Token streams (each document BOS-prefixed, concatenated) of corpus_documents()'s groups, and the held-out
-    text as `validate` encodes it; train_stream() mixes them into the training stream."""
-    import sentencepiece as spm
-
-    from .tokenizer import mistral_v1_spm
-    from .validate import held_out_text
-
-    held_out = held_out_text(None)
-    docs, info = corpus_documents(held_out, workers, packages)
-    sp, bos = spm.SentencePieceProcessor(model_file=str(mistral_v1_spm())), PRESETS["trained-small"].bos_id
-
-    def stream(texts):
-        ids = []
-        for text in texts:  # as SentencePiece encodes it, after BOS (Tokenizer is transformers' pipeline now)
-            ids.extend([bos, *sp.encode(text)])
-        return torch.tensor(ids, dtype=torch.int16)  # vocab 32000 fits
-
-    out = {name: stream(texts) for name, texts in docs.items()}
-    out["held_out"] = stream([held_out])
-    info.update({f"{name}_tokens": t.numel() for name, t in out.items()})
-    info["sha256"] = hashlib.sha256(b"".join(out[k].numpy().tobytes() for k in sorted(out))).hexdigest()
-    out["info"] = info
-    log.info("corpus: %s", json.dumps(info))
-    return out
 
 
 def train_stream(data: dict, recipe: Recipe) -> torch.Tensor:

@@ -14,7 +14,8 @@ from bonsai_export.model import from_checkpoint
 from bonsai_export.runners import EagerRunner
 from bonsai_export.synthetic import inventory, make_checkpoint
 from bonsai_export.tokenizer import Tokenizer
-from bonsai_export.train import SMALL_FILE, _word_ngrams, load_compact
+from bonsai_export.corpus import word_ngrams
+from bonsai_export.train import SMALL_FILE, load_compact
 from bonsai_export.validate import held_out_text, text_check
 
 SLICE_TOKENS = 1024  # the first 1024 held-out tokens, in windows of 256 as `validate` scores them
@@ -85,8 +86,8 @@ def test_same_bytes_every_time_and_seed_needs_retrain(small, tmp_path):
 
 
 def test_decontamination_finds_a_shared_sequence():
-    held = set(_word_ngrams(held_out_text(None)))
+    held = set(word_ngrams(held_out_text(None)))
     import pdb
 
-    assert any(gram in held for gram in _word_ngrams(pdb.Pdb.do_commands.__doc__))  # in pydoc's "debugger" topic
-    assert not any(gram in held for gram in _word_ngrams("a sentence about ternary weights " * 5))
+    assert any(gram in held for gram in word_ngrams(pdb.Pdb.do_commands.__doc__))  # in pydoc's "debugger" topic
+    assert not any(gram in held for gram in word_ngrams("a sentence about ternary weights " * 5))
