@@ -3,8 +3,9 @@
 // neon.cpp) with its own target flags. Everything here is in an anonymous namespace, so every translation unit
 // gets its own copy compiled for its own ISA (no ODR sharing across flag sets).
 //
-// V provides: F (vector of W floats), zero, set1, load, store, add, mul, fma(a, b, c) = a * b + c, max, hsum,
-// hmax, round (to nearest), exp2i (2^n for integral n in [-126, 127]), prefetch, and
+// V provides: F (vector of W floats), zero, set1, set1_bf16_pair (the bf16 pair[0] of a 32-bit pair, in every
+// lane), load, store, add, mul, fma(a, b, c) = a * b + c, max, hsum, hmax, round (to nearest), exp2i (2^n for
+// integral n in [-126, 127]), prefetch, and
 // widen<Bits>(p, out[32 / W]): the 32 weights k..k+31 of a dense row chunk (bf16, int8 codes or int4 codes 0..15
 // at p) as floats, in K order.
 #ifndef BONSAI_FLOAT_KERNELS_H
@@ -80,7 +81,10 @@ inline void dense_gemv_tile(const DenseProblem& p, const float* x, int64_t n, in
     if (Bits != 16) {  // one scale per chunk (= group of 32): scale the chunk's partial sum
       F part = V::mul(wv[0], V::load(xc));
       for (int i = 1; i < NV; ++i) part = V::fma(wv[i], V::load(xc + i * V::W), part);
-      acc[r][c & 1] = V::fma(V::set1(p.scale<Bits>(n + r, c)), part, acc[r][c & 1]);
+      // int4: the scale from its (scale, offset) pair in one broadcast load (set1_bf16_pair)
+      const F s = Bits == 4 ? V::set1_bf16_pair(p.group_scales + ((n + r) * p.groups + c) * 2)
+                            : V::set1(p.scale<Bits>(n + r, c));
+      acc[r][c & 1] = V::fma(s, part, acc[r][c & 1]);
     } else {
       for (int i = 0; i < NV; ++i) acc[r][i & 1] = V::fma(wv[i], V::load(xc + i * V::W), acc[r][i & 1]);
     }

@@ -53,6 +53,12 @@ struct NeonVec {
   static constexpr int kAttnCols = 8;
   static F zero() { return vdupq_n_f32(0.f); }
   static F set1(float v) { return vdupq_n_f32(v); }
+  // The bf16 pair[0] in every lane: the 32-bit pair duplicated and shifted (as the x86 traits).
+  static F set1_bf16_pair(const uint16_t* pair) {
+    uint32_t v;
+    memcpy(&v, pair, sizeof v);
+    return vreinterpretq_f32_u32(vshlq_n_u32(vdupq_n_u32(v), 16));
+  }
   static F load(const float* p) { return vld1q_f32(p); }
   static void store(float* p, F v) { vst1q_f32(p, v); }
   static F add(F a, F b) { return vaddq_f32(a, b); }

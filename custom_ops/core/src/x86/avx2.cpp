@@ -24,6 +24,12 @@ struct Avx2Vec {
   static constexpr int kAttnCols = 8;     // attention P.V: accumulators per pass (heads x vectors)
   static F zero() { return _mm256_setzero_ps(); }
   static F set1(float v) { return _mm256_set1_ps(v); }
+  // The bf16 pair[0] in every lane: a 32-bit broadcast load of the pair and a shift (no scalar-to-vector move).
+  static F set1_bf16_pair(const uint16_t* pair) {
+    int32_t v;
+    memcpy(&v, pair, sizeof v);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_set1_epi32(v), 16));
+  }
   static F load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }

@@ -121,6 +121,11 @@ struct Avx512Vec {
   static constexpr int kAttnCols = 8;
   static F zero() { return _mm512_setzero_ps(); }
   static F set1(float v) { return _mm512_set1_ps(v); }
+  static F set1_bf16_pair(const uint16_t* pair) {  // as AVX2's
+    int32_t v;
+    memcpy(&v, pair, sizeof v);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_set1_epi32(v), 16));
+  }
   static F load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
