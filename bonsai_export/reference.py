@@ -15,7 +15,7 @@ import itertools
 import torch
 
 from .checkpoint import Checkpoint
-from .config import bitnet_config, llama_config, qwen3_config
+from .hf_configs import bitnet_config, llama_config, qwen3_config
 from .errors import BonsaiError
 
 

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from . import bitnet
 from .checkpoint import GROUP_SIZE, NORMS, QK_NORMS, SUB_NORMS
-from .config import PRESETS, ModelArgs, hf_config, to_falcon3_bitnet_config, to_hf_config
+from .config import PRESETS, ModelArgs
+from .hf_configs import hf_config, to_falcon3_bitnet_config, to_hf_config
 from .errors import BonsaiError
 from .tokenizer import mistral_v1_spm, spm_to_tokenizer_json
 

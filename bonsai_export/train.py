@@ -53,7 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import PRESETS, ModelArgs, llama_config
+from .config import PRESETS, ModelArgs
+from .hf_configs import llama_config
 from .corpus import SMALL_PACKAGES, corpus_tokens, stdlib_docstrings
 from .errors import BonsaiError
 

@@ -223,7 +223,7 @@ def test_malformed_folder_is_refused_on_one_line(folder, tmp_path, case):
 def test_cli_refuses_a_missing_sub_norm_with_exit_2(folder, tmp_path):
     tensors, config, message = MALFORMED["attn_sub_norm"]
     bad = _edit(folder, tmp_path / "bad", tensors, config)
-    proc = subprocess.run([sys.executable, "-m", "bonsai_export", "--quiet", "info", str(bad)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-P", "-m", "bonsai_export", "--quiet", "info", str(bad)], capture_output=True,
                           text=True, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

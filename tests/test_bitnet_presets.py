@@ -13,7 +13,8 @@ import torch
 from safetensors import safe_open
 
 from bonsai_export import checkpoint
-from bonsai_export.config import PRESETS, bitnet_config, from_hf_config, to_bitnet_config, to_falcon3_bitnet_config
+from bonsai_export.config import PRESETS, from_hf_config
+from bonsai_export.hf_configs import bitnet_config, to_bitnet_config, to_falcon3_bitnet_config
 from bonsai_export.synthetic import BITNET_PRESETS, inventory, make_checkpoint
 
 # microsoft/bitnet-b1.58-2B-4T's config.json (the packed folder; the -bf16 one differs only in quantization_mode
@@ -89,7 +90,7 @@ def test_tiny_folder_holds_exactly_its_inventory(preset, tmp_path):
 
 def test_make_checkpoint_cli_writes_the_bitnet_folder(tmp_path):
     out = tmp_path / "b2"
-    proc = subprocess.run([sys.executable, "-m", "bonsai_export", "--quiet", "make-checkpoint", "--preset",
+    proc = subprocess.run([sys.executable, "-P", "-m", "bonsai_export", "--quiet", "make-checkpoint", "--preset",
                            "bitnet-2b4t-tiny", "--out", str(out)], capture_output=True, text=True,
                           cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr

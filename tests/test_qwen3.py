@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bonsai_export import checkpoint as C
-from bonsai_export import config
+from bonsai_export import config, hf_configs
 from bonsai_export.artifact import ExportConfig
 from bonsai_export.errors import BonsaiError
 from bonsai_export.generate import SamplingConfig, generate
@@ -47,7 +47,7 @@ def transformers_qwen3(ckpt: C.Checkpoint):
     """transformers' own Qwen3 in fp32 with every weight W = scale_g * T (the tied head is the embedding)."""
     from transformers import Qwen3ForCausalLM
 
-    model = Qwen3ForCausalLM(config.qwen3_config(ckpt.args, attn_implementation="eager")).float().eval()
+    model = Qwen3ForCausalLM(hf_configs.qwen3_config(ckpt.args, attn_implementation="eager")).float().eval()
     state = {k: v.float() for k, v in ckpt.dense.items()}
     state.update({f"{n}.weight": w.folded() for n, w in ckpt.ternary.items()})
     if ckpt.args.tie_embeddings:
@@ -128,7 +128,7 @@ def test_eager_int8_activations_are_refused_with_one_line(ckpt):
     assert build_model(ckpt, ExportConfig(max_seq_len=64)).act_quant == "int8"
 
 
-QWEN3 = config.to_qwen3_config(ARGS)
+QWEN3 = hf_configs.to_qwen3_config(ARGS)
 
 
 def test_qwen3_config_round_trips():

@@ -251,7 +251,7 @@ def test_lossy_table_formats_and_inexact_scales_are_refused(folders, tmp_path):
 
 
 def cli(*args, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bonsai_export", "--quiet", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-P", "-m", "bonsai_export", "--quiet", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1])
 
 

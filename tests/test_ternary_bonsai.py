@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from bonsai_export import checkpoint as C
-from bonsai_export import config
+from bonsai_export import config, hf_configs
 from bonsai_export.model import from_checkpoint
 from bonsai_export.runners import positions
 from bonsai_export.synthetic import QWEN3_ADDED, inventory, make_checkpoint
@@ -44,7 +44,7 @@ def test_1_7b_preset_has_the_published_inventory():
 
 
 def test_1_7b_config_json_fields():
-    assert config.to_qwen3_config(BIG) == {
+    assert hf_configs.to_qwen3_config(BIG) == {
         "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
         "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 2048,
         "initializer_range": 0.02, "intermediate_size": 6144, "max_position_embeddings": 32768,
@@ -52,7 +52,7 @@ def test_1_7b_config_json_fields():
         "num_key_value_heads": 8, "rms_norm_eps": 1e-6, "rope_scaling": None, "rope_theta": 1e6,
         "sliding_window": None, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
         "transformers_version": "4.51.0", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936}
-    assert config.from_hf_config(config.to_qwen3_config(BIG)) == BIG
+    assert config.from_hf_config(hf_configs.to_qwen3_config(BIG)) == BIG
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +129,11 @@ def test_gguf_folder_loads_to_the_same_canonical_form(gguf_folder, tiny_ckpt):
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bonsai_export", "--quiet", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-P", "-m", "bonsai_export", "--quiet", *map(str, args)], capture_output=True,
                           text=True, cwd=Path(__file__).parent.parent, timeout=300)
 
 
-def test_cli_refuses_export_a_bad_group_and_a_truncated_gguf(tiny, gguf_folder, tmp_path):
-    res = cli("export", tiny, "-o", tmp_path / "out")
-    assert res.returncode == 2 and "cannot be exported yet" in res.stderr
+def test_cli_refuses_a_bad_group_and_a_truncated_gguf(tiny, gguf_folder, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny, bad)
     from safetensors.torch import load_file, save_file
@@ -184,4 +182,4 @@ def test_make_checkpoint_cli_writes_the_preset(tmp_path):
 
 def test_config_json_of_the_folder(tiny):
     cfg = json.loads((tiny / "config.json").read_text())
-    assert cfg == config.to_qwen3_config(config.PRESETS["ternary-bonsai-tiny"])
+    assert cfg == hf_configs.to_qwen3_config(config.PRESETS["ternary-bonsai-tiny"])
