@@ -8,8 +8,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "base": ("bonsai_export", "errors", "paths", "quiet", "options", "formats", "artifact", "metadata", "native",
              "layers"),
     # checkpoint -> canonical ternary form -> the export-ready model
-    "model": ("config", "hf_configs", "bitnet", "ternary_groups", "gguf_reader", "tokenizer", "checkpoint", "kernels",
-              "ops", "dense", "model"),
+    "model": ("config", "hf_configs", "bitnet", "ternary_groups", "gguf_reader", "byte_level", "tokenizer",
+              "sentencepiece_json", "checkpoint", "kernels", "ops", "dense", "model"),
     # model -> artifact folder, in named stages
     "export": ("export", "export.stages", "export.staging", "export.executorch", "export.onnx", "export.gguf"),
     # artifact (or checkpoint) -> logits and tokens

@@ -35,7 +35,8 @@ from .checkpoint import GROUP_SIZE, NORMS, QK_NORMS, SUB_NORMS
 from .config import PRESETS, ModelArgs
 from .hf_configs import hf_config, to_falcon3_bitnet_config, to_hf_config
 from .errors import BonsaiError
-from .tokenizer import mistral_v1_spm, spm_to_tokenizer_json
+from .sentencepiece_json import spm_to_tokenizer_json
+from .tokenizer import mistral_v1_spm
 
 HALF_SHARE = 0.02  # share of latent weights set to exactly +-0.5
 EMBED_STD = 0.1  # the BitNet presets' embedding scale (see _bitnet_tensor)
@@ -301,7 +302,7 @@ def llama3_bpe(first_added: int, vocab_size: int) -> str:
     the post-processor, as Meta's file has it."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from .tokenizer import SPLIT_PATTERNS
+    from .byte_level import SPLIT_PATTERNS
 
     tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .byte_level import SPLIT_PATTERNS, byte_level_alphabet
 from .errors import BonsaiError
 
 log = logging.getLogger(__name__)
@@ -256,26 +257,6 @@ def _template(post, spec) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 # ---- byte-level BPE (Qwen2/Qwen3, Llama-3) ----
 
-# The pre-tokenizer regexes the runners implement as plain code (custom_ops/runner/pretokenize.cpp, Tokenizer.kt),
-# by name; a Split with any other pattern is refused. Qwen2's is transformers' Qwen2Tokenizer PRETOKENIZE_REGEX
-# (Qwen3 ships the same tokenizer); Llama-3's differs only in taking digits three at a time.
-SPLIT_PATTERNS = {
-    "qwen2": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
-    "llama3": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
-}
-
-
-def byte_level_alphabet() -> dict[int, str]:
-    """GPT-2's byte -> character map: printable Latin-1 bytes stand for themselves, the other 68 bytes take the
-    code points from U+0100 on, in byte order."""
-    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    out, extra = {b: chr(b) for b in kept}, 0
-    for b in range(256):
-        if b not in out:
-            out[b], extra = chr(0x100 + extra), extra + 1
-    return out
-
-
 def _looks_byte_level(spec: dict) -> bool:
     """The decoder names the family, as in the C++ and Kotlin runners: ByteLevel for byte-level BPE."""
     return (spec.get("decoder") or {}).get("type") == "ByteLevel"
@@ -416,37 +397,3 @@ class StreamDecoder:
             return ""
         delta, self.text = text[len(self.text):], text
         return delta
-
-
-def spm_to_tokenizer_json(model_file: Path, out_file: Path) -> None:
-    """Write a `tokenizers` tokenizer.json equivalent to a SentencePiece BPE model (Llama/Mistral layout).
-
-    transformers' own converter cannot be used here: in transformers 5 it no longer converts a bare .model file.
-    """
-    import sentencepiece as spm
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, normalizers, processors
-
-    sp = spm.SentencePieceProcessor(model_file=str(model_file))
-    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
-    # every split of a piece into two pieces, ranked as SentencePiece ranks merges: by the merged piece's score
-    # (whitespace runs score -1e9, so they merge last), then by id
-    merges = []
-    for piece, rank in vocab.items():
-        if sp.is_control(rank) or sp.is_unknown(rank) or sp.is_byte(rank):
-            continue
-        for cut in range(1, len(piece)):
-            left, right = piece[:cut], piece[cut:]
-            if left in vocab and right in vocab:
-                merges.append((-sp.get_score(rank), rank, vocab[left], vocab[right], left, right))
-    merges = [(left, right) for *_, left, right in sorted(merges)]
-    tok = HFTokenizer(models.BPE(vocab, merges, unk_token=sp.id_to_piece(sp.unk_id()), fuse_unk=True,
-                                 byte_fallback=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    specials = [sp.id_to_piece(i) for i in (sp.unk_id(), sp.bos_id(), sp.eos_id())]
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
-    bos = sp.id_to_piece(sp.bos_id())
-    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                       special_tokens=[(bos, sp.bos_id())])
-    tok.save(str(out_file))

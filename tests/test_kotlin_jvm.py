@@ -313,7 +313,7 @@ def byte_level_decode_requests(path: Path, ids_per_text: list[list[int]], seed: 
     sequences of single-byte pieces (valid and invalid UTF-8), added tokens, other pieces and unknown ids."""
     from tokenizers import Tokenizer
 
-    from bonsai_export.tokenizer import byte_level_alphabet
+    from bonsai_export.byte_level import byte_level_alphabet
 
     ref = Tokenizer.from_file(str(path))
     rng = random.Random(seed)
@@ -353,7 +353,7 @@ def test_byte_level_words_on_every_code_point(kotlin, byte_level, tmp_path):
     from test_runner_tokenizer import all_code_points_texts
     from tokenizers import Tokenizer
 
-    from bonsai_export.tokenizer import byte_level_alphabet
+    from bonsai_export.byte_level import byte_level_alphabet
 
     alphabet = byte_level_alphabet()
     jvm = run_harness(kotlin, {"tokenizer": str(byte_level["qwen2"][0]), "texts": []}, tmp_path, main=WORDS_HARNESS)
@@ -368,7 +368,7 @@ def test_byte_level_words_on_every_code_point(kotlin, byte_level, tmp_path):
 
 
 def _alphabet_char(byte: int) -> str:
-    from bonsai_export.tokenizer import byte_level_alphabet
+    from bonsai_export.byte_level import byte_level_alphabet
 
     return byte_level_alphabet()[byte]
 

@@ -291,7 +291,7 @@ def all_code_points_texts(chunk: int = 2048, also_unassigned: tuple = ()) -> lis
 
 @pytest.mark.parametrize("name", list(byte_level_layouts.LAYOUTS))
 def test_byte_level_words_on_every_code_point(cli, byte_level, name, tmp_path):
-    from bonsai_export.tokenizer import byte_level_alphabet
+    from bonsai_export.byte_level import byte_level_alphabet
 
     path = byte_level[name][0]
     ref = pipeline(path)
@@ -307,7 +307,7 @@ def test_byte_level_words_on_every_code_point(cli, byte_level, name, tmp_path):
 def byte_level_generated_ids(ref) -> list[list[int]]:
     """Ids a model can produce: a character's bytes cut short or interrupted by specials and words, stray
     continuation bytes, the added tokens that are not special (decoded as their text), ids past the vocabulary."""
-    from bonsai_export.tokenizer import byte_level_alphabet
+    from bonsai_export.byte_level import byte_level_alphabet
 
     alphabet = byte_level_alphabet()
     byte = {b: ref.token_to_id(alphabet[b]) for b in range(256)}
@@ -370,7 +370,7 @@ def test_malformed_byte_level_tokenizer_json_is_refused_on_one_line(cli, byte_le
 
 
 def test_a_byte_level_vocabulary_missing_a_byte_is_refused(cli, byte_level, tmp_path):
-    from bonsai_export.tokenizer import byte_level_alphabet
+    from bonsai_export.byte_level import byte_level_alphabet
 
     spec = json.loads(byte_level["qwen2"][0].read_text())
     lost = byte_level_alphabet()[0x7F]

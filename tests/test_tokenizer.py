@@ -22,7 +22,8 @@ from bonsai_export import tokenizer as T
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import export
 from bonsai_export.runners import open_runner
-from bonsai_export.tokenizer import Tokenizer, spm_to_tokenizer_json
+from bonsai_export.sentencepiece_json import spm_to_tokenizer_json
+from bonsai_export.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,7 @@ def reference_ids(folder: Path, corpus=CORPUS) -> list[list[int]]:
 
 def main(out: Path) -> None:
     from bonsai_export.tokenizer import mistral_v1_spm
-    from bonsai_export.tokenizer import spm_to_tokenizer_json
+    from bonsai_export.sentencepiece_json import spm_to_tokenizer_json
 
     out.mkdir(parents=True, exist_ok=True)
     spm = mistral_v1_spm()
