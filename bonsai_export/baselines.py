@@ -54,7 +54,8 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
     from .export import model_shape
     from .export.executorch import to_pte
     from .export.staging import commit, prepare_out
-    from .model import TernaryLinear, from_checkpoint
+    from .model import from_checkpoint
+    from .ternary_layers import TernaryLinear
     from .tokenizer import write_canonical
 
     ckpt = checkpoint.load(source, progress=False)

@@ -9,7 +9,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
              "layers"),
     # checkpoint -> canonical ternary form -> the export-ready model
     "model": ("config", "hf_configs", "bitnet", "ternary_groups", "gguf_reader", "byte_level", "tokenizer",
-              "sentencepiece_json", "checkpoint", "kernels", "ops", "dense", "model"),
+              "sentencepiece_json", "checkpoint", "kernels", "ops", "dense", "ternary_layers", "model"),
     # model -> artifact folder, in named stages
     "export": ("export", "export.stages", "export.staging", "export.executorch", "export.onnx", "export.gguf"),
     # artifact (or checkpoint) -> logits and tokens

@@ -223,7 +223,7 @@ def test_export_refuses_non_empty_output_and_leaves_nothing_behind(tiny_ckpt, tm
 def test_pte_stores_the_packed_ternary_weights_as_is(exported):
     out, model = exported
     data = (out / A.PTE_FILE).read_bytes()
-    from bonsai_export.model import TernaryLinear
+    from bonsai_export.ternary_layers import TernaryLinear
 
     linears = [m for m in model.modules() if isinstance(m, TernaryLinear)]
     for m in linears:

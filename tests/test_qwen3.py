@@ -9,7 +9,8 @@ from bonsai_export import config, hf_configs
 from bonsai_export.artifact import ExportConfig
 from bonsai_export.errors import BonsaiError
 from bonsai_export.generate import SamplingConfig, generate
-from bonsai_export.model import GroupTernaryEmbedding, GroupTernaryLinear, build_model, from_checkpoint
+from bonsai_export.model import build_model, from_checkpoint
+from bonsai_export.ternary_layers import GroupTernaryEmbedding, GroupTernaryLinear
 from bonsai_export.runners import positions
 
 ARGS = config.PRESETS["ternary-bonsai-tiny"].replace(max_seq_len=96)

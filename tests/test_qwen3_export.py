@@ -19,7 +19,8 @@ from bonsai_export.errors import BonsaiError
 from bonsai_export.export import export
 from bonsai_export.export import onnx as O
 from bonsai_export.generate import SamplingConfig, generate
-from bonsai_export.model import BlockTernaryEmbedding, BlockTernaryLinear, build_model
+from bonsai_export.model import build_model
+from bonsai_export.ternary_layers import BlockTernaryEmbedding, BlockTernaryLinear
 from bonsai_export.reference import folded_llama
 from bonsai_export.runners import open_runner, positions
 from bonsai_export.synthetic import make_checkpoint

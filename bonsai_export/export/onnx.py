@@ -36,7 +36,8 @@ from ..artifact import GENAI_CONFIG, ONNX_FILE, ORT_OPS_LIB, TERNARY_OPS, Artifa
 from ..dense import Bf16Embedding, DenseLinear, Int8Embedding
 from ..errors import BonsaiError
 from ..metadata import onnx_metadata
-from ..model import BlockTernaryEmbedding, BlockTernaryLinear, TernaryLinear, Transformer
+from ..model import Transformer
+from ..ternary_layers import BlockTernaryEmbedding, BlockTernaryLinear, TernaryLinear
 
 log = logging.getLogger(__name__)
 
