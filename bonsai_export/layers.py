@@ -11,7 +11,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "model": ("config", "hf_configs", "bitnet", "ternary_groups", "gguf_reader", "byte_level", "tokenizer",
               "sentencepiece_json", "checkpoint", "kernels", "ops", "dense", "ternary_layers", "model"),
     # model -> artifact folder, in named stages
-    "export": ("export", "export.stages", "export.staging", "export.executorch", "export.onnx", "export.gguf"),
+    "export": ("export", "export.stages", "export.staging", "export.executorch", "export.onnx_nodes", "export.onnx",
+               "export.gguf"),
     # artifact (or checkpoint) -> logits and tokens
     "runtime": ("runners", "generate", "chat"),
     # everything that drives exporters and runners: checks, measurements, checkpoints made for tests and demos

@@ -15,6 +15,7 @@ from bonsai_export import metadata as M
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import export
 from bonsai_export.export import onnx as O
+from bonsai_export.export import onnx_nodes as N
 from bonsai_export.generate import greedy
 from bonsai_export.model import build_model
 from bonsai_export.native import native_dir
@@ -130,7 +131,7 @@ def test_graph_passes_the_checker_with_genai_io_names(exported, tiny_ckpt):
         nbits = [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
         assert len(nbits) == n_ternary and not any(d == "bonsai" for d, _ in ops)
         attrs = {a.name: helper.get_attribute_value(a) for a in nbits[0].attribute}
-        assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (2, O.NBITS_BLOCK, 4)
+        assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (2, N.NBITS_BLOCK, 4)
     assert len({n.name for n in proto.graph.node}) == len(proto.graph.node)  # deterministic, unique names
 
 
@@ -215,7 +216,7 @@ def test_wrong_dtypes_and_bits_are_refused():
     with pytest.raises(Exception, match="DenseMatMul"):  # int8 codes take bf16 group scales, not float32
         _single_node("DenseMatMul", {"x": None, "weight": np.ones((4, 64), np.int8),
                                      "scales": np.ones((4, 2), np.float32)}, {"in_features": 64, "weight_bits": 8})
-    bf16_ones = np.ones((4, 2), np.float32).astype(O._to_bf16_array(torch.ones(1)).dtype)
+    bf16_ones = np.ones((4, 2), np.float32).astype(N.to_bf16_array(torch.ones(1)).dtype)
     sess = _single_node("DenseMatMul", {"x": None, "weight": np.ones((4, 64), np.int8), "scales": bf16_ones},
                         {"in_features": 64, "weight_bits": 4})
     with pytest.raises(Exception, match="weight_bits 4 does not fit the weight's dtype"):
@@ -243,8 +244,8 @@ def test_ternary_and_dense_matmul_nodes_match_the_reference():
     for fmt, spec in FORMATS.items():
         bits = spec.bits
         q, s = quantize_weight(w, fmt)
-        weight = O._to_bf16_array(q) if bits == 16 else q.numpy()
-        scales = s.numpy() if bits == 16 else O._to_bf16_array(s)
+        weight = N.to_bf16_array(q) if bits == 16 else q.numpy()
+        scales = s.numpy() if bits == 16 else N.to_bf16_array(s)
         sess = _single_node("DenseMatMul", {"x": None, "weight": weight, "scales": scales},
                             {"in_features": k, "weight_bits": bits})
         want = ops.dense_weight(q, s, k, bits).numpy()
@@ -259,9 +260,9 @@ def test_stock_mapping_is_exact_without_activation_quantization():
     k, n = 200, 24
     t = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
     scales = rng.random(n).astype(np.float32)
-    b, s = O.nbits_pack(t, 2, O.NBITS_BLOCK, scales)
+    b, s = N.nbits_pack(t, 2, N.NBITS_BLOCK, scales)
     node = helper.make_node("MatMulNBits", ["x", "b", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=2,
-                            block_size=O.NBITS_BLOCK, accuracy_level=0)
+                            block_size=N.NBITS_BLOCK, accuracy_level=0)
     graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(b, "b"), numpy_helper.from_array(s, "s")])
@@ -278,7 +279,7 @@ def test_stock_head_mapping_is_exact(fmt, monkeypatch):
     DENSE_GROUP) exactly, int4 (MatMulNBits bits=4 plus the offsets through the group sums) within a float rounding
     per weight; a group of scale 0 decodes to its offset. Identity rows as x give y = W^T; accuracy_level 0, so
     MatMulNBits does not quantize them."""
-    monkeypatch.setattr(O, "NBITS_ACCURACY_LEVEL", 0)
+    monkeypatch.setattr(N, "NBITS_ACCURACY_LEVEL", 0)
     import onnxruntime as ort
 
     from bonsai_export import ops
@@ -289,7 +290,7 @@ def test_stock_head_mapping_is_exact(fmt, monkeypatch):
     w = rng.standard_normal((n, k)).astype(np.float32)
     w[0, :32] = 0.25  # a constant group: int4 scale 0, offset 0.25
     head = DenseLinear(torch.from_numpy(w), fmt)
-    g = O.GraphBuilder("stock")
+    g = N.GraphBuilder("stock")
     y = g.make_head(head, "x")
     graph = helper.make_graph(g.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], list(g.inits.values()))

@@ -17,7 +17,7 @@ from bonsai_export import artifact as A
 from bonsai_export import checkpoint
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import export
-from bonsai_export.export import onnx as O
+from bonsai_export.export import onnx_nodes as N
 from bonsai_export.generate import SamplingConfig, generate
 from bonsai_export.model import build_model
 from bonsai_export.ternary_layers import BlockTernaryEmbedding, BlockTernaryLinear
@@ -171,7 +171,7 @@ def test_stock_graph_without_activation_quantization_equals_transformers(folders
                                                                           monkeypatch):
     """The stock graph's weights (MatMulNBits bits 2, block 128, explicit zero points; the embedding gathered from
     the head's B) are exact: at accuracy_level 0 (float activations, too slow to ship) it is float rounding."""
-    monkeypatch.setattr(O, "NBITS_ACCURACY_LEVEL", 0)
+    monkeypatch.setattr(N, "NBITS_ACCURACY_LEVEL", 0)
     export(folders[name], tmp_path / "art", A.ExportConfig(format="onnx", act_quant="none", ternary_op="stock",
                                                           max_seq_len=MAX_SEQ))
     runner = open_runner(tmp_path / "art")
