@@ -50,7 +50,7 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerGroup
 
-    from . import checkpoint, formats
+    from . import checkpoint, checkpoint_files, formats
     from .export import model_shape
     from .export.executorch import to_pte
     from .export.staging import commit, prepare_out
@@ -68,7 +68,7 @@ def export_8da4w(source: str, max_seq_len: int, out: Path) -> Path:
             dense.weight.data = values.float() * module.scales[:, None]
             model.get_submodule(name.rsplit(".", 1)[0]).register_module(name.rsplit(".", 1)[1], dense)
     quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32)))
-    tmp = prepare_out(out, force=True, source=checkpoint.root_of(ckpt.folder))
+    tmp = prepare_out(out, force=True, source=checkpoint_files.root_of(ckpt.folder))
     options = A.ExportConfig(max_seq_len=max_seq_len)  # the defaults: our options do not describe this program
     (tmp / A.PTE_FILE).write_bytes(to_pte(model, options))
     settings = write_canonical(ckpt.folder, tmp)

@@ -9,7 +9,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
              "layers"),
     # checkpoint -> canonical ternary form -> the export-ready model
     "model": ("config", "hf_configs", "bitnet", "ternary_groups", "gguf_reader", "byte_level", "tokenizer",
-              "sentencepiece_json", "checkpoint", "kernels", "ops", "dense", "ternary_layers", "model"),
+              "sentencepiece_json", "checkpoint_files", "checkpoint", "kernels", "ops", "dense", "ternary_layers",
+              "model"),
     # model -> artifact folder, in named stages
     "export": ("export", "export.stages", "export.staging", "export.executorch", "export.onnx_nodes", "export.onnx",
                "export.gguf"),

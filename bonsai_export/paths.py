@@ -3,7 +3,7 @@
 A shard name in model.safetensors.index.json or a file name in a manifest is data someone else wrote. Resolved
 (symlinks followed) it must stay inside the folder's root, so that `../x`, `/etc/passwd` or a symlink out of the
 folder is refused before anything is opened. A hub snapshot's files are symlinks into the repository's blob store,
-so a hub checkpoint's root is that repository's cache folder (checkpoint.resolve passes it).
+so a hub checkpoint's root is that repository's cache folder (checkpoint_files.resolve passes it).
 """
 
 from __future__ import annotations
