@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from bonsai_export.tokenizer import PROBE_TEXTS, SPLIT_PATTERNS
+from bonsai_export.byte_level import SPLIT_PATTERNS
+from bonsai_export.tokenizer import PROBE_TEXTS
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>"]

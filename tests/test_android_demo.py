@@ -152,7 +152,7 @@ def bonsai_tokenizer(tmp_path_factory):
     transformers = pytest.importorskip("transformers")
     from tokenizer_layouts import write_layout
 
-    from bonsai_export.tokenizer import spm_to_tokenizer_json
+    from bonsai_export.sentencepiece_json import spm_to_tokenizer_json
     try:
         from bonsai_export.tokenizer import mistral_v1_spm
 

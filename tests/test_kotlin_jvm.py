@@ -94,7 +94,7 @@ def canonical(tmp_path_factory):
     from transformers import AutoTokenizer
 
     from bonsai_export.tokenizer import mistral_v1_spm
-    from bonsai_export.tokenizer import spm_to_tokenizer_json
+    from bonsai_export.sentencepiece_json import spm_to_tokenizer_json
 
     root = tmp_path_factory.mktemp("kotlin-layouts")
     spm = mistral_v1_spm()
