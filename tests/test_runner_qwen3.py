@@ -42,3 +42,21 @@ def test_cpp_runner_tokenizes_and_generates_as_the_python_runner(exported):
         assert timings["prompt_ids"] == hf(prompt).input_ids, prompt
         runner.reset()
         assert timings["generated_ids"] == greedy(runner, timings["prompt_ids"], 8)[: len(timings["generated_ids"])]
+
+
+def test_cpp_runner_names_a_pte_without_our_format_version(tmp_path):
+    """A .pte of another exporter (or of a bonsai-export older than format 2) gets one line saying to re-export."""
+    import torch
+    from executorch.exir import to_edge
+
+    class Plus(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    program = to_edge(torch.export.export(Plus(), (torch.ones(2),))).to_executorch()
+    pte = tmp_path / "foreign.pte"
+    pte.write_bytes(program.buffer)
+    proc = subprocess.run([str(native_dir() / "bonsai_runner"), str(pte), "--tokens", "1"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no artifact format version" in proc.stderr and "re-export it" in proc.stderr

@@ -295,6 +295,10 @@ int main(int argc, char** argv) {
   }
   if (m.load_method("forward", planned_memory) != executorch::runtime::Error::Ok) die("cannot load " + o.model);
   namespace pte = bonsai::artifact::pte;
+  // format 1 had no version method: say what to do rather than which method is missing
+  if (!m.execute(pte::kFormatVersion).ok())
+    die(o.model + ": no artifact format version (a bonsai-export .pte older than format " +
+        std::to_string(bonsai::artifact::folder::kFormatVersion) + ", or not one); re-export it");
   const int64_t format = constant(m, pte::kFormatVersion);
   if (format != bonsai::artifact::folder::kFormatVersion)
     die(o.model + ": artifact format " + std::to_string(format) + ", this runner reads " +
