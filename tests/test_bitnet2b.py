@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_parity import decode_errors, hf_greedy
 from safetensors.torch import load_file, save_file
 
 from bonsai_export import artifact as A
 from bonsai_export import checkpoint
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import export
-from bonsai_export.generate import SamplingConfig, generate
+from bonsai_export.generate import greedy
 from bonsai_export.model import from_checkpoint
 from bonsai_export.runners import EagerRunner, open_runner, positions
 from bonsai_export.synthetic import make_checkpoint
@@ -37,35 +38,6 @@ def hf_reference(folder: Path):
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     return torch.nn.Module.float(model).eval()  # PreTrainedModel.float refuses quantized models
-
-
-def hf_greedy(model, ids: list[int], n: int) -> list[int]:
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                             attention_mask=torch.ones(1, len(ids), dtype=torch.long), eos_token_id=None,
-                             pad_token_id=0)
-    return out[0, len(ids):].tolist()
-
-
-def greedy(runner, ids: list[int], n: int) -> list[int]:
-    """n greedy tokens on a fresh cache, EOS not stopping them."""
-    runner.reset()
-    return generate(runner, ids, SamplingConfig(max_new_tokens=n), eos_ids=(), max_seq_len=runner.max_seq_len).tokens
-
-
-def decode_errors(runner, hf, ids: list[int], n: int) -> list[float]:
-    """Prefill (every position's logits), then n single-token steps along transformers' greedy path: max |delta
-    logits| against transformers' full forward at each step."""
-    runner.reset()
-    path = ids + hf_greedy(hf, ids, n)
-    with torch.no_grad():
-        want = hf(torch.tensor([path])).logits
-    errors = [float((runner(torch.tensor([ids]), positions(0, len(ids))) - want[:, :len(ids)]).abs().max())]
-    for pos in range(len(ids), len(path)):
-        got = runner(torch.tensor([[path[pos]]]), positions(pos, 1))
-        errors.append(float((got[0, -1] - want[0, pos]).abs().max()))
-    assert float(want.abs().max()) > 1  # not a degenerate comparison
-    return errors
 
 
 @pytest.fixture(scope="module")

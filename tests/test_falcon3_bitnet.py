@@ -6,11 +6,13 @@ every linear's input to int8 per token), and its Llama-3-style byte-level tokeni
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_bitnet2b import LOGIT_ATOL, NEW_TOKENS, PROMPT, decode_errors, greedy, hf_greedy, hf_reference
+from hf_parity import decode_errors, hf_greedy
+from test_bitnet2b import LOGIT_ATOL, NEW_TOKENS, PROMPT, hf_reference
 
 from bonsai_export import artifact as A
 from bonsai_export import bitnet, checkpoint
 from bonsai_export.export import export
+from bonsai_export.generate import greedy
 from bonsai_export.model import from_checkpoint
 from bonsai_export.runners import EagerRunner, open_runner
 from bonsai_export.synthetic import make_checkpoint

@@ -11,6 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from hf_parity import decode_errors, hf_greedy
 from safetensors.torch import load_file, save_file
 
 from bonsai_export import artifact as A
@@ -18,7 +19,7 @@ from bonsai_export import checkpoint
 from bonsai_export.errors import BonsaiError
 from bonsai_export.export import export
 from bonsai_export.export import onnx_nodes as N
-from bonsai_export.generate import SamplingConfig, generate
+from bonsai_export.generate import greedy
 from bonsai_export.model import build_model
 from bonsai_export.ternary_layers import BlockTernaryEmbedding, BlockTernaryLinear
 from bonsai_export.reference import folded_llama
@@ -80,35 +81,6 @@ def artifacts(folders, tmp_path_factory):
 @pytest.fixture(scope="module")
 def references(folders):
     return {name: folded_llama(checkpoint.load(f, progress=False)) for name, f in folders.items()}
-
-
-def greedy(runner, ids: list[int], n: int) -> list[int]:
-    """n greedy tokens on a fresh cache, EOS not stopping them."""
-    runner.reset()
-    return generate(runner, ids, SamplingConfig(max_new_tokens=n), eos_ids=(), max_seq_len=runner.max_seq_len).tokens
-
-
-def hf_greedy(model, ids: list[int], n: int) -> list[int]:
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                             attention_mask=torch.ones(1, len(ids), dtype=torch.long), eos_token_id=None,
-                             pad_token_id=0)
-    return out[0, len(ids):].tolist()
-
-
-def decode_errors(runner, hf, ids: list[int], n: int) -> list[float]:
-    """Prefill (logits of every position) then n single-token steps on HF's greedy path (teacher forcing):
-    max |delta logits| against HF's full forward at each step."""
-    runner.reset()
-    path = ids + hf_greedy(hf, ids, n)
-    with torch.no_grad():
-        want = hf(torch.tensor([path])).logits
-    errors = [float((runner(torch.tensor([ids]), positions(0, len(ids))) - want[:, :len(ids)]).abs().max())]
-    for pos in range(len(ids), len(path)):
-        got = runner(torch.tensor([[path[pos]]]), positions(pos, 1))
-        errors.append(float((got[0, -1] - want[0, pos]).abs().max()))
-    assert float(want.abs().max()) > 1  # not a degenerate comparison
-    return errors
 
 
 @pytest.mark.parametrize("backend", ["pte", "onnx"])
