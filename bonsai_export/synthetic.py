@@ -31,10 +31,11 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from . import bitnet
+from .byte_level import SPLIT_PATTERNS
 from .checkpoint import GROUP_SIZE, NORMS, QK_NORMS, SUB_NORMS
 from .config import PRESETS, ModelArgs
-from .hf_configs import hf_config, to_falcon3_bitnet_config, to_hf_config
 from .errors import BonsaiError
+from .hf_configs import hf_config, to_falcon3_bitnet_config, to_hf_config
 from .sentencepiece_json import spm_to_tokenizer_json
 from .tokenizer import mistral_v1_spm
 
@@ -210,8 +211,6 @@ def _write_side_files(args: ModelArgs, folder: Path) -> None:
 
 # Qwen2/Qwen3's pre-tokenizer split, then byte-level; the added tokens of Qwen3, from <|endoftext|> on, in id
 # order (special: whether transformers treats them as special tokens).
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-               r"\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN3_ADDED = [(t, True) for t in (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
     "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
@@ -239,26 +238,35 @@ def _bpe_corpus() -> list[str]:
             "def f(x):\n    return x ** 2 + 3.14159 * x - 42\n\tif a != b: print('ok')\n", "0123456789 " * 8]
 
 
-def byte_level_bpe(first_added: int) -> str:
-    """A Qwen2-style tokenizer.json: NFC, the Qwen2 split and byte-level pre-tokenizer, BPE learned offline on
-    _bpe_corpus() (unreachable <|reserved_i|> entries fill the vocabulary up to `first_added`, as Qwen's rows
-    past its merges), then QWEN3_ADDED at first_added.."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+def _learned_spec(tok, first_added: int, filler: str) -> dict:
+    """tok's BPE learned on _bpe_corpus() as tokenizer.json's dict, its vocabulary filled up to `first_added` with
+    unreachable `filler`-named pieces (as real byte-level vocabularies hold rows past their merges)."""
+    from tokenizers import pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
     tok.train_from_iterator(_bpe_corpus(), trainers.BpeTrainer(
         vocab_size=first_added, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]
     if len(vocab) > first_added:
         raise BonsaiError(f"tokenizer: {len(vocab)} learned tokens do not fit below id {first_added}")
-    vocab.update({f"<|reserved_{i}|>": i for i in range(len(vocab), first_added)})
+    vocab.update({filler.format(i): i for i in range(len(vocab), first_added)})
+    return spec
+
+
+def byte_level_bpe(first_added: int) -> str:
+    """A Qwen2-style tokenizer.json: NFC, the Qwen2 split and byte-level pre-tokenizer, BPE learned offline on
+    _bpe_corpus() (unreachable <|reserved_i|> entries fill the vocabulary up to `first_added`, as Qwen's rows
+    past its merges), then QWEN3_ADDED at first_added.."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERNS["qwen2"]), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    spec = _learned_spec(tok, first_added, "<|reserved_{}|>")
     spec["added_tokens"] = [{"id": first_added + i, "content": content, "single_word": False, "lstrip": False,
                              "rstrip": False, "normalized": False, "special": special}
                             for i, (content, special) in enumerate(QWEN3_ADDED)]
@@ -300,22 +308,14 @@ def llama3_bpe(first_added: int, vocab_size: int) -> str:
     ignore_merges, BPE learned offline on _bpe_corpus() (unreachable <|filler_i|> pieces up to `first_added`),
     LLAMA3_ADDED then <|reserved_special_token_i|> from first_added to vocab_size, and <|begin_of_text|> added by
     the post-processor, as Meta's file has it."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from .byte_level import SPLIT_PATTERNS
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(SPLIT_PATTERNS["llama3"]), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(_bpe_corpus(), trainers.BpeTrainer(
-        vocab_size=first_added, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    spec = json.loads(tok.to_str())
-    vocab = spec["model"]["vocab"]
-    if len(vocab) > first_added:
-        raise BonsaiError(f"tokenizer: {len(vocab)} learned tokens do not fit below id {first_added}")
-    vocab.update({f"<|filler_{i}|>": i for i in range(len(vocab), first_added)})
+    spec = _learned_spec(tok, first_added, "<|filler_{}|>")
     names = list(LLAMA3_ADDED[:vocab_size - first_added])
     names += [f"<|reserved_special_token_{i}|>" for i in range(3, 3 + vocab_size - first_added - len(names))]
     spec["added_tokens"] = [{"id": first_added + i, "content": name, "single_word": False, "lstrip": False,
