@@ -169,6 +169,14 @@ def _eos_ids(value) -> tuple[int, ...]:
     raise BonsaiError(f"config.json: eos_token_id must be an int or a list of ints, got {repr(value)[:80]}")
 
 
+def _refuse_unsupported(cfg: dict, table: dict, implements: str) -> None:
+    """The first field of `table` present in cfg with a value its check does not accept, refused on one line."""
+    for key, is_default in table.items():
+        if key in cfg and not is_default(cfg[key]):
+            raise BonsaiError(f"config.json: unsupported {key}={repr(cfg[key])[:80]}; bonsai-export implements "
+                              f"{implements}")
+
+
 def from_hf_config(cfg: dict) -> ModelArgs:
     """Validate a Llama-family or Qwen3 config.json dict and convert it. Unsupported features raise BonsaiError."""
     if not isinstance(cfg, dict):
@@ -178,12 +186,7 @@ def from_hf_config(cfg: dict) -> ModelArgs:
         return _from_qwen3_config(cfg)
     if cfg.get("model_type") == "bitnet":
         return _from_bitnet_config(cfg)
-    for key, is_default in _UNSUPPORTED.items():
-        if key in cfg and not is_default(cfg[key]):
-            raise BonsaiError(
-                f"config.json: unsupported {key}={repr(cfg[key])[:80]}; bonsai-export implements plain Llama "
-                f"(default RoPE, full attention, no biases, SiLU MLP)"
-            )
+    _refuse_unsupported(cfg, _UNSUPPORTED, "plain Llama (default RoPE, full attention, no biases, SiLU MLP)")
     dim = _require(cfg, "hidden_size", (int,))
     n_heads = _require(cfg, "num_attention_heads", (int,))
     number = (int, float)
@@ -216,10 +219,7 @@ _BITNET_UNSUPPORTED = {
 def _from_bitnet_config(cfg: dict) -> ModelArgs:
     """BitNet b1.58 (transformers' BitNetForCausalLM): Llama plus the two sub-layer norms and the ReLU^2 MLP;
     defaults are BitNetConfig's, so a field left out means what transformers reads."""
-    for key, is_default in _BITNET_UNSUPPORTED.items():
-        if key in cfg and not is_default(cfg[key]):
-            raise BonsaiError(f"config.json: unsupported {key}={repr(cfg[key])[:80]}; bonsai-export implements "
-                              f"BitNet with default RoPE and no biases")
+    _refuse_unsupported(cfg, _BITNET_UNSUPPORTED, "BitNet with default RoPE and no biases")
     act = _typed(cfg, "hidden_act", (str,), "relu2")
     if act != "relu2":
         raise BonsaiError(f"config.json: hidden_act {act!r} for model_type 'bitnet'; bonsai-export implements its "
@@ -277,12 +277,8 @@ def _rope_theta(cfg: dict, default: float) -> float:
 def _from_qwen3_config(cfg: dict) -> ModelArgs:
     """Qwen3 (transformers' Qwen3ForCausalLM): Llama plus per-head q/k RMSNorm, head_dim 128 by default (not
     hidden_size / heads), no biases; defaults are Qwen3Config's, so a field left out means what transformers reads."""
-    for key, is_default in _QWEN3_UNSUPPORTED.items():
-        if key in cfg and not is_default(cfg[key]):
-            raise BonsaiError(
-                f"config.json: unsupported {key}={repr(cfg[key])[:80]}; bonsai-export implements Qwen3 with full "
-                f"attention on every layer, default RoPE, no biases and a SiLU MLP"
-            )
+    _refuse_unsupported(cfg, _QWEN3_UNSUPPORTED,
+                        "Qwen3 with full attention on every layer, default RoPE, no biases and a SiLU MLP")
     n_heads = _require(cfg, "num_attention_heads", (int,))
     eos = cfg.get("eos_token_id")
     bos = _typed(cfg, "bos_token_id", (int,), 151643)
