@@ -1,6 +1,6 @@
-"""The offline text the trained presets learn from: the Python standard library's docstrings, comments and source
-and the pinned dependencies' docstrings and comments (train.py's docstring says how each preset uses them), and the
-held-out text (`pydoc_data.topics`, validate's) kept out of them."""
+"""The offline text the trained presets learn from: the Python standard library's docstrings, comments and source,
+the pinned dependencies' docstrings and comments, and Python's documentation (train.py's docstring says how each
+preset uses them), and the held-out text (`pydoc_data.topics`, validate's) kept out of them."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import torch
 
 from .config import PRESETS
 from .errors import BonsaiError
+from .rst_text import docs_files, rst_sections
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +101,38 @@ def _package_root(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def python_docs_root() -> Path:
+    """Where Debian's python3.X-doc package puts the documentation's reStructuredText sources."""
+    major, minor = platform.python_version_tuple()[:2]
+    return Path(f"/usr/share/doc/python{major}.{minor}/html/_sources")
+
+
+def docs_sections(root: Path) -> list[str]:
+    """Python's documentation, section by section (rst_text), in sorted file order."""
+    files = docs_files(root)
+    if not files:
+        major, minor = platform.python_version_tuple()[:2]
+        raise BonsaiError(f"{root}: no reStructuredText files; install Python's documentation sources (Debian: "
+                          f"apt-get install python{major}.{minor}-doc) or pass --docs with Python's Doc/ folder")
+    return [s for f in files for s in rst_sections(f.read_text(encoding="utf-8")) if len(s) >= MIN_CHARS]
+
+
 def word_ngrams(text: str, n: int = NGRAM):
     words = re.findall(r"\w+", text.lower())
     return (tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
-def corpus_documents(held_out: str, workers: int | None = None,
-                     packages: tuple[str, ...] = SMALL_PACKAGES) -> tuple[dict[str, list[str]], dict]:
-    """The trained-small text: {"stdlib", "code", "packages", "val"} documents and a description. stdlib and
-    packages: docstrings and comment blocks; code: the standard library's source files, whole.
+def without_held_out(docs: list[tuple[str, str]], held_out: str) -> list[tuple[str, str]]:
+    """The (group, text) documents that share no NGRAM-word sequence with the held-out text."""
+    held = set(word_ngrams(held_out))
+    return [(g, d) for g, d in docs if not any(gram in held for gram in word_ngrams(d))]
+
+
+def corpus_documents(held_out: str, workers: int | None = None, packages: tuple[str, ...] = SMALL_PACKAGES,
+                     docs_root: Path | None = None) -> tuple[dict[str, list[str]], dict]:
+    """The trained-small text: {"stdlib", "code", "packages", "docs", "val"} documents and a description. stdlib
+    and packages: docstrings and comment blocks; code: the standard library's source files, whole; docs: the
+    sections of Python's documentation under docs_root (none when None).
 
     Sources in a fixed order (sorted files; per file its docstrings in AST walk order, then its comment blocks);
     exact duplicates dropped (first kept), then every document sharing a NGRAM-word sequence with `held_out`."""
@@ -125,19 +149,24 @@ def corpus_documents(held_out: str, workers: int | None = None,
         if group == "stdlib" and source and source not in seen:
             seen.add(source)
             docs.append(("code", source))
-    held = set(word_ngrams(held_out))
-    kept = [(g, d) for g, d in docs if not any(gram in held for gram in word_ngrams(d))]
-    out = {"stdlib": [], "code": [], "packages": [], "val": []}
+    for section in docs_sections(docs_root) if docs_root else []:
+        if section not in seen:
+            seen.add(section)
+            docs.append(("docs", section))
+    kept = without_held_out(docs, held_out)
+    out = {"stdlib": [], "code": [], "packages": [], "docs": [], "val": []}
     for i, (group, doc) in enumerate(kept):
         out["val" if i % VAL_EVERY == VAL_EVERY - 1 else group].append(doc)
     versions = {n: importlib.metadata.version(n.replace("_", "-")) for n in packages}
     info = {"python": platform.python_version(), "packages": versions, "files": len(jobs),
+            "docs_files": len(docs_files(docs_root)) if docs_root else 0,
             "documents": len(docs), "dropped_overlapping_held_out": len(docs) - len(kept),
             **{f"{k}_documents": len(v) for k, v in out.items()}}
     return out, info
 
 
-def corpus_tokens(workers: int | None = None, packages: tuple[str, ...] = SMALL_PACKAGES) -> dict:
+def corpus_tokens(workers: int | None = None, packages: tuple[str, ...] = SMALL_PACKAGES,
+                  docs_root: Path | None = None) -> dict:
     """Token streams (each document BOS-prefixed, concatenated) of corpus_documents()'s groups, and the held-out
     text as `validate` encodes it; train_stream() mixes them into the training stream."""
     import sentencepiece as spm
@@ -146,7 +175,7 @@ def corpus_tokens(workers: int | None = None, packages: tuple[str, ...] = SMALL_
     from .validate import held_out_text
 
     held_out = held_out_text(None)
-    docs, info = corpus_documents(held_out, workers, packages)
+    docs, info = corpus_documents(held_out, workers, packages, docs_root)
     sp, bos = spm.SentencePieceProcessor(model_file=str(mistral_v1_spm())), PRESETS["trained-small"].bos_id
 
     def stream(texts):

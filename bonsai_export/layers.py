@@ -18,7 +18,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "runtime": ("runners", "generate", "chat"),
     # everything that drives exporters and runners: checks, measurements, checkpoints made for tests and demos
     "tools": ("gates", "reports", "validate", "reference", "scoring", "evaluate", "eval_tasks.loader", "bench_report",
-              "bench_kernels", "device_bench", "peers", "baselines", "bench_worker", "bench", "corpus", "train",
+              "bench_kernels", "device_bench", "peers", "baselines", "bench_worker", "bench", "rst_text", "corpus", "train",
               "synthetic", "info", "artifact_sources"),
     # parse -> config -> one public function per subcommand
     "cli": ("cli", "cli.parser", "cli.commands", "__main__"),

@@ -11,28 +11,25 @@ something.
 `make-checkpoint --preset trained-small` unpacks weights trained once on a GPU and committed in compact form
 (`bonsai_export/data/trained_small.safetensors.xz`); `--retrain` trains them again with the recipe below
 (`SMALL_RECIPE`, CUDA when available, else CPU):
-- text: docstrings and comment blocks of the standard library (seen twice per pass) and its source files, and the
-  docstrings and comment blocks of the exactly pinned dependencies (`SMALL_PACKAGES`); exact duplicates dropped,
-  and every document that shares a 13-word sequence with the held-out text (`pydoc_data.topics`) dropped too
-  (pdb's command docstrings are in its "debugger" topic); every 100th document is kept back as a validation
-  split. 11.7M training tokens from Python 3.11.7 and the pinned versions (the corpus depends on both; its
-  sha256 is in the committed file's metadata and is rebuilt identically);
+- text: docstrings and comment blocks of the standard library (seen twice per pass) and its source files, the
+  docstrings and comment blocks of the exactly pinned dependencies (`SMALL_PACKAGES`), and Python's documentation
+  (the reStructuredText sources of Debian's python3.X-doc, or `--docs` Python's Doc/ folder; as plain text, one
+  document per section: `rst_text`; seen twice per pass); exact duplicates dropped, and every document that shares
+  a 13-word sequence with the held-out text (`pydoc_data.topics`, which Sphinx builds from the same documentation)
+  dropped too: 215 documents, most of them the Language Reference's sections and pdb's command docstrings; every
+  100th document is kept back as a validation split. 16.9M training tokens per pass from Python 3.11.7, its
+  documentation 3.11.2 and the pinned versions (the corpus depends on all three; its sha256 is in the committed
+  file's metadata and is rebuilt identically);
 - model: the `trained-small` shape, the same straight-through ternary layers, untied embedding and head; the
   embedding rows of tokens that never occur in the training text start at zero and stay there (they get no
-  gradient), which keeps the committed file small; 3414 steps of 64 x 512 tokens (about 9.5 passes);
+  gradient), which keeps the committed file small; 3414 steps of 64 x 512 tokens (about 6.6 passes);
 - output: exact ternary values, scales, norms, embedding and head in bf16.
-The committed run: 444 s on one H200 (sharing it with a second experiment; GPU runs are not bit-reproducible).
-Float-reference perplexity 73.5 on `validate`'s held-out slice (first 4096 tokens, windows of 256), 63.5 over the
-whole text, 17.3 on the validation split. Measured on the way: the standard library's text 4 times per pass
-instead of 2: 105; without its source files (1160 steps): 103, and there dim 192 instead of 256 gave 105.
-A later run on a whole H200 (`--time-budget 330`, 5712 steps): held-out 109 at step 500, 74.1 at 3000, then rising
-to 81.7 at the end while the validation split kept falling (17.3 -> 15.5); dim 384 (3757 steps, `--compile`): 86.7
-at 1500, 103.5 at the end. Past about 3 passes the model learns the corpus's own style (code, API docstrings) at
-the held-out prose's expense: more steps or width do not bring it under 60; text closer to the held-out prose would.
-The lead: six more packages' docstrings (`--package` numpy, scipy, pandas, matplotlib, sympy, networkx at 2.3.5,
-1.17.1, 3.1.1, 3.11.2, 1.14.0, 3.6.1: packages text 6.6M -> 12.9M tokens) gave 71.4 at the end of a 1520-step
-schedule, below the committed run's 73.5 after 3414 steps (its weights were lost to the GPU budget); a full schedule
-on that corpus is the next run to make.
+The committed run: 264 s on one H200 (`--compile`, sharing it with a second run; GPU runs are not
+bit-reproducible). Float-reference perplexity 35.1 on `validate`'s held-out slice (first 4096 tokens, windows of
+256; 41.8 on the first 1024), validation split 16.9. The documentation is what brought it there: without it the
+same schedule gave 73.5, and more steps (held-out 74 at 3000 steps, rising to 81.7 at 5712), width (dim 384:
+103.5) or six more packages' docstrings (71.4 at 1520 steps) did not reach 60; with it seen 4 times per pass
+instead of 2, 39.5 (rising from 38.5 at step 3000: four copies are learnt by heart).
 """
 
 from __future__ import annotations
@@ -55,7 +52,7 @@ from torch import nn
 
 from .config import PRESETS, ModelArgs
 from .hf_configs import llama_config
-from .corpus import SMALL_PACKAGES, corpus_tokens, stdlib_docstrings
+from .corpus import SMALL_PACKAGES, corpus_tokens, python_docs_root, stdlib_docstrings
 from .errors import BonsaiError
 
 log = logging.getLogger(__name__)
@@ -156,18 +153,21 @@ class Recipe:
     lr: float = 3e-3  # embedding, head, norms, scales
     latent_lr: float = 1e-2  # latent ternary weights
     weight_decay: float = 0.01  # not on the latent weights
-    stdlib_repeats: int = 2  # the standard library's text (closest to the held-out text) is seen this many times
+    stdlib_repeats: int = 2  # the standard library's text is seen this many times
     code_repeats: int = 1  # the standard library's source files, whole
+    docs_repeats: int = 2  # Python's documentation (the held-out text's kind of prose)
 
 
 SMALL_RECIPE = Recipe()
 
 
 def train_stream(data: dict, recipe: Recipe) -> torch.Tensor:
-    """The training stream: the standard library's text stdlib_repeats times, its code code_repeats times, then the
-    packages' text (windows are drawn uniformly from the stream, so repeating a group weights it)."""
+    """The training stream: the standard library's text stdlib_repeats times, its code code_repeats times, the
+    packages' text, then Python's documentation docs_repeats times (windows are drawn uniformly from the stream, so
+    repeating a group weights it)."""
+    docs = data.get("docs", torch.zeros(0, dtype=torch.int16))
     return torch.cat([data["stdlib"]] * recipe.stdlib_repeats + [data["code"]] * recipe.code_repeats
-                     + [data["packages"]]).long()
+                     + [data["packages"]] + [docs] * recipe.docs_repeats).long()
 
 
 def _lr_factor(step: int, recipe: Recipe) -> float:
@@ -337,7 +337,7 @@ def small_tensors(seed: int = 0, retrain: bool = False) -> dict[str, torch.Tenso
             raise BonsaiError(f"--seed {seed}: the committed trained-small weights are seed 0; add --retrain to "
                               f"train with another seed (a GPU is advised)")
         return load_compact(SMALL_FILE)[0]
-    model, _ = train_small(PRESETS["trained-small"], corpus_tokens(), seed=seed)
+    model, _ = train_small(PRESETS["trained-small"], corpus_tokens(docs_root=python_docs_root()), seed=seed)
     return small_checkpoint_tensors(model)
 
 
@@ -348,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="compact file to write (.safetensors.xz; .safetensors.gz: fast, larger)")
     p.add_argument("--package", action="append", default=[], metavar="NAME",
                    help="add an installed package's docstrings and comments to the corpus (experiments)")
+    p.add_argument("--docs", type=Path, default=None, metavar="DIR",
+                   help="Python's documentation sources (default: where Debian's python3.X-doc installs them)")
     p.add_argument("--save-tokens", help="write corpus_tokens() to this file (torch.save) and stop unless --out")
     p.add_argument("--tokens", help="read the corpus streams from a --save-tokens file instead of building them")
     p.add_argument("--shape", action="append", default=[], metavar="FIELD=INT",
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.tokens:
         data = torch.load(opts.tokens)
     else:
-        data = corpus_tokens(packages=SMALL_PACKAGES + tuple(opts.package))
+        data = corpus_tokens(packages=SMALL_PACKAGES + tuple(opts.package), docs_root=opts.docs or python_docs_root())
     if opts.save_tokens:
         torch.save(data, opts.save_tokens)
         if not opts.out:
