@@ -396,8 +396,13 @@ int run_isa(const char* isa, bonsai_parallel* pools, std::mt19937& rng) {
   check_case(isa, make_case(1, 5, kLongK, rng), nullptr);
   // More tokens than a GEMM call sums at once (256), with leftover tokens and rows.
   check_case(isa, make_case(263, 7, 200, rng), &pools[1]);
+  // Block-scale 4-row tiles that take 8 blocks at a time: whole groups (8, 16 blocks), a partial last group (9, 17),
+  // decode and a GEMM's leftover tokens, leftover rows.
+  for (int64_t m : {1, 3})
+    for (int64_t k : {8 * bonsai::kBlockK, 8 * bonsai::kBlockK + 76, 16 * bonsai::kBlockK, 16 * bonsai::kBlockK + 1})
+      check_case(isa, make_case(m, 9, k, rng), m == 3 ? &pools[1] : nullptr);
   run_float_kernels(isa, pools, rng);
-  return cases + 2;
+  return cases + 10;
 }
 
 void check_invalid_arguments() {

@@ -19,12 +19,16 @@
 //             hold c = t + 1, so sum_k q is subtracted;
 //   float:    V (float_kernels.h's vector type) and widen(Codes, V::F*): the 32 weights t of a plane as floats
 //             in K order (only for kStepBlocks == 1);
-//   scales:   the t2g kernels (kStepBlocks == 1: each block's sum is scaled on its own): half(uint16_t) -> float,
-//             the exact widening of an fp16 block scale; for 4-row tiles Rows4 (4 int32), F4 (4 floats),
-//             hsum4(Sum[4]) -> Rows4 (the 4 rows' sums in lanes), f4_zero(), store4(float*, F4),
-//             scales4(const uint16_t* s, stride) -> F4 (half(s[r * stride]) in lane r) and
-//             scale_rows4(F4 acc, Rows4 sums, int32 sub, F4 scales): per lane r, acc + float(sums_r - sub) *
-//             scales_r, a float32 product then a sum, like the scalar path.
+//   scales:   the t2g kernels: half(uint16_t) -> float, the exact widening of an fp16 block scale; F4 (4 floats),
+//             f4_zero(), store4(float*, F4): a 4-row tile's running sums, row r in lane r. 4-row tiles of
+//             one-block steps take kScaleGroup blocks at a time: Block4, block4(Part[4][C]) (one block's 4
+//             row sums, reduced as far as the type likes), block4_zero(), GroupScales, group_scales(s, stride,
+//             blocks) (the 4 rows' scales of `blocks` <= kScaleGroup blocks at s, s + stride, ...) and
+//             scale_group(F4 acc, Block4[kScaleGroup], const int32_t* sub, GroupScales, blocks): per block j
+//             in order, per row r, acc_r + float(sum_rj - sub[j]) * scale_rj, a float32 product then a sum,
+//             like the scalar path (sub only with unsigned codes). Two-block steps (kStepBlocks == 2) give
+//             Rows4 (4 int32), hsum4x2(Sum[4], Rows4*, Rows4*) (the two blocks' 4 row sums in lanes),
+//             scales4(s, stride) -> F4 (half(s[r * stride]) in lane r) and scale_rows4(F4, Rows4, sub, F4).
 #ifndef BONSAI_TERNARY_KERNELS_H
 #define BONSAI_TERNARY_KERNELS_H
 
@@ -150,17 +154,51 @@ void gemm_i8(const int8_t* q, int64_t q_stride, int64_t m_count, int64_t nblocks
 // z[m, r] = sum_b float(acc[m, r, b]) * s[r, b] for MR tokens x NR rows, block by block in block order (each
 // block's int32 sum is complete before it is scaled, and the float32 products and sums round exactly as the
 // reference's; the core is built with -ffp-contract=off, so no FMA merges them).
+//
+// 4-row tiles of one-block steps: per block, the reductions and scale loads cost about as many vector ops as
+// the multiplies, so a type may batch them over kScaleGroup blocks (e.g. one load of 8 scales per row and a transpose
+// instead of a gather per block; several blocks' row sums reduced together). Blocks past the row's end are
+// block4_zero() and add nothing.
+template <class T, int MR>
+void tile_t2g_i8_rows4(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t nblocks, const uint8_t* w,
+                       int64_t w_stride, const uint16_t* scales, float* z, int64_t z_stride) {
+  constexpr int C = MR == 1 ? T::kGemvChains : 1;
+  constexpr int64_t G = T::kScaleGroup;
+  typename T::F4 acc4[MR];
+  for (int m = 0; m < MR; ++m) acc4[m] = T::f4_zero();
+  for (int64_t g = 0; g < nblocks; g += G) {
+    const int64_t blocks = nblocks - g < G ? nblocks - g : G;
+    // The tile's block scales, widened once for its MR tokens, before the group's multiplies: a cache miss on
+    // them (the weights are prefetched, the scales are not) then overlaps those.
+    const typename T::GroupScales group = T::group_scales(scales + g, nblocks, blocks);
+    typename T::Block4 blk[MR][G];
+#pragma GCC unroll 16
+    for (int64_t j = 0; j < G; ++j) {
+      if (j < blocks) {
+        typename T::Part part[MR][4][C];
+        for (int m = 0; m < MR; ++m)
+          for (int r = 0; r < 4; ++r)
+            for (int c = 0; c < C; ++c) part[m][r][c] = T::part_zero();
+        step_i8<T, MR, 4, C>(q, q_stride, w, w_stride, g + j, 1, part);
+        for (int m = 0; m < MR; ++m) blk[m][j] = T::block4(part[m]);
+      } else {
+        for (int m = 0; m < MR; ++m) blk[m][j] = T::block4_zero();
+      }
+    }
+    for (int m = 0; m < MR; ++m) acc4[m] = T::scale_group(acc4[m], blk[m], qsums + m * nblocks + g, group, blocks);
+  }
+  for (int m = 0; m < MR; ++m) T::store4(z + m * z_stride, acc4[m]);
+}
+
+// Single rows, and 4-row tiles of a type holding two blocks per register (S = 2): those split their sums into
+// the two blocks' (hsum4x2), each reduced over the 4 rows and scaled as one vector, in block order.
 template <class T, int MR, int NR>
 void tile_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t nblocks, const uint8_t* w,
                  int64_t w_stride, const uint16_t* scales, float* z, int64_t z_stride) {
   constexpr int C = MR == 1 ? T::kGemvChains : 1;
   constexpr int64_t S = T::kStepBlocks;
-  // 4-row tiles reduce their rows' sums together and scale them as one vector: the same per-row operations in
-  // the same order as the scalar path, with one horizontal reduction per 4 rows instead of one per row. A type
-  // holding two blocks per register (S = 2) splits its sums into the two blocks' (hsum4x2) and scales them in
-  // block order.
   constexpr bool kRows4 = NR == 4;
-  static_assert(S == 1 || kRows4, "two blocks per step only in 4-row tiles");
+  static_assert(kRows4 == (S == 2), "4-row tiles of one-block steps are tile_t2g_i8_rows4's");
   float acc[MR][NR] = {};
   typename T::F4 acc4[MR];
   for (int m = 0; m < MR; ++m) acc4[m] = T::f4_zero();
@@ -179,13 +217,11 @@ void tile_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_
       const int32_t* sub = qsums + m * nblocks + b;  // used only with unsigned codes
       typename T::Sum sums[NR];
       for (int r = 0; r < NR; ++r) sums[r] = T::flush(T::sum_zero(), part[m][r]);
-      if constexpr (kRows4 && S == 2) {
+      if constexpr (kRows4) {
         typename T::Rows4 first, second;
         T::hsum4x2(sums, &first, &second);
         acc4[m] = T::scale_rows4(acc4[m], first, T::kUnsignedCodes ? sub[0] : 0, scale4[0]);
         if (blocks == 2) acc4[m] = T::scale_rows4(acc4[m], second, T::kUnsignedCodes ? sub[1] : 0, scale4[1]);
-      } else if constexpr (kRows4) {
-        acc4[m] = T::scale_rows4(acc4[m], T::hsum4(sums), T::kUnsignedCodes ? sub[0] : 0, scale4[0]);
       } else {
         for (int r = 0; r < NR; ++r)
           acc[m][r] = acc[m][r] + float(T::hsum(sums[r]) - (T::kUnsignedCodes ? sub[0] : 0)) *
@@ -208,9 +244,14 @@ template <class T, class T1, int MR, int NR>
 void rows_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t nblocks, const uint8_t* w,
                  int64_t w_stride, const uint16_t* scales, int64_t n0, int64_t n1, float* z, int64_t z_stride) {
   int64_t n = n0;
-  for (; n + NR <= n1; n += NR)
-    tile_t2g_i8<T, MR, NR>(q, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
-                           z_stride);
+  for (; n + NR <= n1; n += NR) {
+    if constexpr (NR == 4 && T::kStepBlocks == 1)
+      tile_t2g_i8_rows4<T, MR>(q, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
+                               z_stride);
+    else
+      tile_t2g_i8<T, MR, NR>(q, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
+                             z_stride);
+  }
   for (; n < n1; ++n)
     tile_t2g_i8<T1, MR, 1>(q, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
                            z_stride);

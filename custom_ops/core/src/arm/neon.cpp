@@ -180,13 +180,24 @@ struct NeonTernary {
   static Rows4 hsum4(const Sum (&s)[4]) { return vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3])); }
   static F4 f4_zero() { return vdupq_n_f32(0.0f); }
   static void store4(float* p, F4 v) { vst1q_f32(p, v); }
-  static F4 scales4(const uint16_t* s, int64_t stride) {
+  // t2g 4-row tiles (ternary_kernels.h), one block at a time: the block's 4 row sums in lanes, a gather of the 4
+  // rows' scales; signed codes, so nothing is subtracted.
+  static constexpr int64_t kScaleGroup = 1;
+  using Block4 = Rows4;
+  using GroupScales = F4;
+  static Block4 block4_zero() { return vdupq_n_s32(0); }
+  template <int C>
+  static Block4 block4(const Part (&part)[4][C]) {
+    const Sum sums[4] = {flush(sum_zero(), part[0]), flush(sum_zero(), part[1]), flush(sum_zero(), part[2]),
+                         flush(sum_zero(), part[3])};
+    return hsum4(sums);
+  }
+  static GroupScales group_scales(const uint16_t* s, int64_t stride, int64_t) {
     const uint16_t h[4] = {s[0], s[stride], s[2 * stride], s[3 * stride]};
     return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
   }
-  static F4 scale_rows4(F4 acc, Rows4 sums, int32_t sub, F4 scales) {
-    const float32x4_t blocks = vcvtq_f32_s32(vsubq_s32(sums, vdupq_n_s32(sub)));
-    return vaddq_f32(acc, vmulq_f32(blocks, scales));  // not fused: -ffp-contract=off
+  static F4 scale_group(F4 acc, const Block4 (&sums)[1], const int32_t*, GroupScales scales, int64_t) {
+    return vaddq_f32(acc, vmulq_f32(vcvtq_f32_s32(sums[0]), scales));  // not fused: -ffp-contract=off
   }
   // The 32 weights of a plane as floats, 4 at a time.
   static void widen(Codes t, float32x4_t* f) {

@@ -34,6 +34,15 @@ struct Avx512Ymm : YmmBlocks {
     for (int c = 0; c < C; ++c) sum = _mm256_add_epi32(sum, part[c]);
     return sum;
   }
+  // t2g 4-row tiles: each block's 4 row sums reduced on their own, scaled by YmmBlocks' group of one block.
+  using Block4 = Rows4;
+  static Block4 block4_zero() { return _mm_setzero_si128(); }
+  template <int C>
+  static Block4 block4(const Part (&part)[4][C]) {
+    const Sum sums[4] = {flush(sum_zero(), part[0]), flush(sum_zero(), part[1]), flush(sum_zero(), part[2]),
+                         flush(sum_zero(), part[3])};
+    return hsum4(sums);
+  }
 };
 
 // Building blocks of the GEMV (decode), in zmm: two blocks per register and no shifts.

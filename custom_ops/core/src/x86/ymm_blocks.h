@@ -71,9 +71,16 @@ struct YmmBlocks {
     return _mm_cvtph_ps(_mm_setr_epi16(short(s[0]), short(s[stride]), short(s[2 * stride]), short(s[3 * stride]), 0,
                                        0, 0, 0));
   }
+  // 4-row tiles of one-block steps (ternary_kernels.h), one block at a time: a gather of the 4 rows' scales.
+  static constexpr int64_t kScaleGroup = 1;
+  using GroupScales = F4;
+  static GroupScales group_scales(const uint16_t* s, int64_t stride, int64_t) { return scales4(s, stride); }
   static F4 scale_rows4(F4 acc, Rows4 sums, int32_t sub, F4 scales) {
     const __m128 blocks = _mm_cvtepi32_ps(_mm_sub_epi32(sums, _mm_set1_epi32(sub)));
     return _mm_add_ps(acc, _mm_mul_ps(blocks, scales));  // not fused: -ffp-contract=off
+  }
+  static F4 scale_group(F4 acc, const Rows4 (&sums)[1], const int32_t* sub, F4 scales, int64_t) {
+    return scale_rows4(acc, sums[0], sub[0], scales);
   }
 };
 
