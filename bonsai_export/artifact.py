@@ -62,13 +62,20 @@ class ExportConfig:
     gguf_embedding: str = "f16"
     # A ternary tensor whose K is not a multiple of 256 is refused unless a fallback type is named.
     gguf_fallback: str = "none"
+    # Ternary-Bonsai's t2g (a scale per 128 weights) in TQ2_0 / TQ1_0 (a scale per 256): refused where a block's
+    # two groups differ, unless regrouped (lossy, measured; for speed comparisons).
+    gguf_regroup: bool = False
+    # A non-SiLU MLP (BitNet 2B4T's relu^2), which llama.cpp's graphs do not compute: refused unless asked for
+    # anyway (runs at the model's speed, computes another function; recorded as not faithful).
+    gguf_speed_only: bool = False
 
     def __post_init__(self):
         for name, allowed in (("format", ARTIFACT_FORMATS), ("act_quant", tuple(formats.ACT_MODES)),
                               ("embedding", EMBEDDINGS), ("head", HEADS),
                               ("ternary_op", TERNARY_OPS), ("gguf_ternary", GGUF_TERNARY),
                               ("gguf_head", GGUF_DENSE), ("gguf_embedding", GGUF_DENSE),
-                              ("gguf_fallback", GGUF_FALLBACKS)):
+                              ("gguf_fallback", GGUF_FALLBACKS), ("gguf_regroup", (False, True)),
+                              ("gguf_speed_only", (False, True))):
             if getattr(self, name) not in allowed:
                 raise BonsaiError(f"--{name.replace('_', '-')}: expected one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")

@@ -13,7 +13,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
               "model"),
     # model -> artifact folder, in named stages
     "export": ("export", "export.stages", "export.staging", "export.executorch", "export.onnx_nodes", "export.onnx",
-               "export.gguf"),
+               "export.gguf_vocab", "export.gguf"),
     # artifact (or checkpoint) -> logits and tokens
     "runtime": ("runners", "generate", "chat"),
     # everything that drives exporters and runners: checks, measurements, checkpoints made for tests and demos

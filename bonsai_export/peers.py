@@ -73,11 +73,17 @@ def stock_onnx(source: str, options: A.ExportConfig) -> Path:
 
 
 def gguf_file(folder: Path, manifest: A.Manifest) -> Path:
-    """The artifact's own GGUF when it has one, else the GGUF `export --format gguf` writes from its checkpoint."""
+    """The artifact's own GGUF when it has one, else the GGUF `export --format gguf` writes from its checkpoint.
+
+    That one is written with --gguf-regroup and --gguf-speed-only, so that every family gets a peer to time: both
+    change nothing where the checkpoint does not need them (blocks one scale holds exactly, a SiLU MLP); where they
+    do (Ternary-Bonsai's t2g groups, BitNet 2B4T's relu^2), the file's manifest entry records it and gguf_summary's
+    `caveat` says so."""
     if (own := manifest.artifact("gguf")) is not None:
         return folder / own.file
     out = _exported("gguf", manifest.source.checkpoint,
-                    A.ExportConfig(format="gguf", max_seq_len=manifest.options.max_seq_len))
+                    A.ExportConfig(format="gguf", max_seq_len=manifest.options.max_seq_len, gguf_regroup=True,
+                                   gguf_speed_only=True))
     return out / A.read_manifest(out).artifact("gguf").file
 
 
@@ -95,7 +101,23 @@ def gguf_summary(path: Path) -> dict:
             types.setdefault(role, set()).add(t.tensor_type.name)
     read = sum(int(t.n_bytes) for t in tensors if len(t.shape) == 2 and t.name != "token_embd.weight")
     return {"file": str(path), "bytes": path.stat().st_size, "bytes_per_token": read,
-            "tensor_types": {role: ", ".join(sorted(v)) for role, v in types.items()}}
+            "tensor_types": {role: ", ".join(sorted(v)) for role, v in types.items()}, "caveat": _caveat(path)}
+
+
+def _caveat(path: Path) -> str | None:
+    """What the file does not compute of the checkpoint, from the manifest entry beside it (None: the file is the
+    checkpoint's weights up to fp16 rounding of the scales, or carries no manifest to say otherwise)."""
+    if not (path.parent / A.MANIFEST).is_file():
+        return None
+    entry = A.read_manifest(path.parent).artifact("gguf")
+    details = entry.details if entry is not None else {}
+    notes = []
+    if details.get("faithful") is False:
+        notes.append("not faithful: llama.cpp's graph uses SiLU where the model's MLP is relu^2 (speed only)")
+    if details.get("regrouped_blocks"):
+        notes.append(f"lossy: {details['regrouped_blocks']} blocks regrouped to one scale per 256 weights (worst "
+                     f"tensor's relative error {details['regroup_max_rel_error']:.3g})")
+    return "; ".join(notes) or None
 
 
 class LlamaCppRunner:

@@ -148,6 +148,17 @@ EXPORT_CHOICES = {
 }
 
 
+# ExportConfig's boolean fields: a flag each (off by default)
+EXPORT_FLAGS = {
+    "gguf_regroup": "GGUF: write Ternary-Bonsai's t2g (a scale per 128 weights) as TQ2_0 / TQ1_0 (a scale per 256) "
+                    "even where a block's two groups differ: each block takes the larger scale, its trits re-rounded "
+                    "(lossy, error in the manifest; for speed comparisons)",
+    "gguf_speed_only": "GGUF: write a model whose MLP llama.cpp does not compute (BitNet 2B4T's relu^2; llama.cpp "
+                       "uses SiLU): it runs at the model's speed but computes another function (manifest: faithful "
+                       "false)",
+}
+
+
 def _export_options(p) -> None:
     _add_model(p)
     p.add_argument("-o", "--output", required=True, help="artifact folder to write")
@@ -155,6 +166,8 @@ def _export_options(p) -> None:
     for field, (choices, help_) in EXPORT_CHOICES.items():
         p.add_argument(f"--{field.replace('_', '-')}", choices=list(choices), default=getattr(ExportConfig, field),
                        help=help_)
+    for field, help_ in EXPORT_FLAGS.items():
+        p.add_argument(f"--{field.replace('_', '-')}", action="store_true", help=help_)
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
 
 

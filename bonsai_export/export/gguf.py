@@ -2,29 +2,38 @@
 
 Written with the `gguf` package (llama.cpp's own container writer and numpy quantizers), from the checkpoint
 itself rather than from our model, because every tensor gets a llama.cpp type of its own:
+- the architecture: llama.cpp's `llama` (Bonsai, Falcon3-1.58bit), `qwen3` (Ternary-Bonsai: q/k norms) or `bitnet`
+  (BitNet b1.58 2B4T: sub-layer norms, the head is the token table).
 - ternary projections: TQ2_0 (or TQ1_0): blocks of 256 weights along K with one fp16 scale each. A row of Bonsai
-  is T * s with one scale per output channel, so each block's absmax is |s| and its codes are T exactly: the
-  fold is exact up to rounding s to fp16 (none for bf16 scales in fp16's normal range, measured per export).
-- embedding and head: F16 (default; bf16 values are exact in fp16 down to 2**-14), BF16 (bit-exact), Q8_0, Q4_0.
+  is T * s with one scale per output channel (or per tensor), so each block's absmax is |s| and its codes are T
+  exactly: the fold is exact up to rounding s to fp16 (none for bf16 scales in fp16's normal range, measured per
+  export). Ternary-Bonsai's t2g has one scale per 128 weights: exact when both halves of every block share a
+  magnitude, else refused, or regrouped lossily with --gguf-regroup (the block takes the larger scale, its trits
+  are re-rounded; the error is measured and recorded).
+- embedding and head: F16 (default; bf16 values are exact in fp16 down to 2**-14), BF16 (bit-exact), Q8_0, Q4_0;
+  a group-ternary table (Ternary-Bonsai) is folded first.
 - norms: F32, as llama.cpp keeps every 1-D tensor.
-- q and k rows permuted from transformers' rotate-half RoPE layout to llama.cpp's interleaved pairs, as
-  llama.cpp's converter does for Llama models (`permute_rope`).
-- the tokenizer: the checkpoint's reference pipeline (tokenizer.py) as a SentencePiece "llama" vocabulary.
+- q and k rows permuted from transformers' rotate-half RoPE layout to llama.cpp's interleaved pairs for the llama
+  arch only, as llama.cpp's converter does (`permute_rope`); qwen3 and bitnet run NEOX RoPE, transformers' layout.
+- the tokenizer: gguf_vocab.py.
+- BitNet 2B4T's MLP is relu(gate)^2 * up; llama.cpp's bitnet graph computes silu(gate) * up, so such a model is
+  refused unless --gguf-speed-only asks for a file that runs at its speed but not its function.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import gguf
 import numpy as np
+import torch
 
 from .. import artifact as A
 from .. import checkpoint as C
+from ..config import ModelArgs
 from ..errors import BonsaiError
-from ..tokenizer import reference_pipeline, settings
+from .gguf_vocab import add_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,13 @@ FALLBACKS = {"none": None, "f16": "F16", "q8_0": "Q8_0"}  # for ternary tensors 
 FILE_TYPES = {"TQ2_0": "MOSTLY_TQ2_0", "TQ1_0": "MOSTLY_TQ1_0"}  # general.file_type: the ternary layers' type
 FP16_MAX = float(np.finfo(np.float16).max)
 FP16_ROUNDING = 2.0 ** -11  # the worst relative error of rounding a value in fp16's normal range
+TABLES = ("model.embed_tokens", "lm_head")  # group-ternary checkpoints hold these as TernaryWeights too
+# BitNet 2B4T's sub-layer norms by their HF names (gguf's name map knows only other checkpoints' names for them)
+SUB_NORMS = {"self_attn.attn_sub_norm": gguf.MODEL_TENSOR.ATTN_SUB_NORM,
+             "mlp.ffn_sub_norm": gguf.MODEL_TENSOR.FFN_SUB_NORM}
+REGROUP_WARNING = ("gguf: --gguf-regroup: %d blocks of 256 weights held two different group scales and now hold the "
+                   "larger one (worst tensor's relative error %.3g); lossy: for speed comparisons; prism's llama.cpp "
+                   "fork loads the model's own Q2_0 GGUF exactly")
 
 
 def qtype(name: str):
@@ -44,6 +60,11 @@ def qtype(name: str):
 def block_size(type_name: str) -> int:
     """Weights per block along K (1 for the float types)."""
     return gguf.GGML_QUANT_SIZES[qtype(type_name)][0]
+
+
+def arch_of(a: ModelArgs) -> gguf.MODEL_ARCH:
+    """llama.cpp's graph for the family: Qwen3 (q/k norms), BitNet b1.58 2B4T (sub-layer norms), else Llama."""
+    return gguf.MODEL_ARCH.QWEN3 if a.qk_norm else gguf.MODEL_ARCH.BITNET if a.sub_norms else gguf.MODEL_ARCH.LLAMA
 
 
 def permute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -63,32 +84,41 @@ def unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
 def write_gguf(ckpt: C.Checkpoint, path: Path, cfg: A.ExportConfig, max_seq_len: int) -> A.ArtifactEntry:
     """Write the GGUF file; returns the manifest's artifacts entry."""
     plan = _plan(ckpt, cfg)  # every refusal before any byte is written
-    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[plan["arch"]])
     _hyperparameters(writer, ckpt, max_seq_len, plan["ternary_type"])
-    _tokenizer(writer, ckpt)
-    scale_error = 0.0
+    add_vocabulary(writer, ckpt)
+    scale_error = regroup_error = 0.0
     for hf_name, gguf_name, type_name in plan["tensors"]:
-        data, err = _tensor(ckpt, hf_name, type_name)
-        scale_error = max(scale_error, err)
+        data, err, lost = _tensor(ckpt, hf_name, type_name, plan)
+        scale_error, regroup_error = max(scale_error, err), max(regroup_error, lost)
         writer.add_tensor(gguf_name, data, raw_dtype=qtype(type_name))
     if scale_error > FP16_ROUNDING:  # scales below 2**-14 keep fewer bits in fp16 than rounding alone costs
         log.warning("gguf: ternary scales below fp16's normal range (2**-14) lose precision in the blocks: worst "
                     "relative error %.3g", scale_error)
+    if plan["regrouped_blocks"]:
+        log.warning(REGROUP_WARNING, plan["regrouped_blocks"], regroup_error)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    details = {"ternary": plan["ternary_type"], "head": plan["head_type"], "embedding": plan["embedding_type"],
-               "fallback_tensors": plan["fallbacks"], "scale_fp16_max_rel_error": scale_error}
+    details = {"arch": gguf.MODEL_ARCH_NAMES[plan["arch"]], "ternary": plan["ternary_type"],
+               "head": plan["head_type"], "embedding": plan["embedding_type"], "fallback_tensors": plan["fallbacks"],
+               "scale_fp16_max_rel_error": scale_error, "regrouped_blocks": plan["regrouped_blocks"],
+               "regroup_max_rel_error": regroup_error, "faithful": plan["faithful"]}
     return A.ArtifactEntry(type="gguf", file=A.GGUF_FILE, bits_per_ternary_weight=_ternary_bits(ckpt, plan),
                            details=details)
+
+
+def _layers(ckpt: C.Checkpoint) -> dict[str, C.TernaryWeight]:
+    """The ternary projections (not a group-ternary embedding or head)."""
+    return {m: w for m, w in ckpt.ternary.items() if m not in TABLES}
 
 
 def _ternary_bits(ckpt: C.Checkpoint, plan: dict) -> float:
     """Bits per weight of the ternary layers as stored (blocks with their scales; fallbacks included)."""
     kinds = {hf: t for hf, _, t in plan["tensors"]}
     weights = bits = 0
-    for module, w in ckpt.ternary.items():
+    for module, w in _layers(ckpt).items():
         n = w.values.numel()
         per_block, block_bytes = gguf.GGML_QUANT_SIZES[qtype(kinds[module + ".weight"])]
         weights, bits = weights + n, bits + n * 8 * block_bytes / per_block
@@ -98,23 +128,21 @@ def _ternary_bits(ckpt: C.Checkpoint, plan: dict) -> float:
 # ----------------------------------------------------------------------------------------------- tensor plan
 
 def _plan(ckpt: C.Checkpoint, cfg: A.ExportConfig) -> dict:
-    """(HF name, GGUF name, ggml type) of every tensor, in file order, and the fallbacks taken."""
-    a = ckpt.args
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, a.n_layers)
+    """(HF name, GGUF name, ggml type) of every tensor, in file order, the fallbacks taken and the blocks
+    regrouped."""
+    a, arch = ckpt.args, arch_of(ckpt.args)
+    faithful = _check_arch(a, arch, cfg)
+    names = gguf.get_tensor_name_map(arch, a.n_layers)
     ternary, head, embedding = TERNARY_TYPES[cfg.gguf_ternary], DENSE_TYPES[cfg.gguf_head], \
         DENSE_TYPES[cfg.gguf_embedding]
     tensors, fallbacks = [("model.embed_tokens.weight", "token_embd.weight", embedding)], {}
-    for module, w in ckpt.ternary.items():
+    for module, w in _layers(ckpt).items():
         gguf_name = names.get_name(module) + ".weight"
         type_name = _ternary_type(module, tuple(w.values.shape), ternary, cfg.gguf_fallback)
         if type_name != ternary:
             fallbacks[gguf_name] = type_name
         tensors.append((module + ".weight", gguf_name, type_name))
-    for i in range(a.n_layers):
-        for norm in C.NORMS:
-            hf_name = f"model.layers.{i}.{norm}"
-            tensors.append((hf_name + ".weight", names.get_name(hf_name) + ".weight", "F32"))
-    tensors.append(("model.norm.weight", "output_norm.weight", "F32"))
+    tensors += _norms(a, arch, names)
     # A tied head is llama.cpp's default when output.weight is absent: write it only when its type differs.
     if not a.tie_embeddings or head != embedding:
         head_source = "model.embed_tokens.weight" if a.tie_embeddings else "lm_head.weight"
@@ -125,8 +153,43 @@ def _plan(ckpt: C.Checkpoint, cfg: A.ExportConfig) -> dict:
         log.warning("gguf: %s needs K to be a multiple of %d; %d tensors stored as %s instead: %s", ternary,
                     block_size(ternary), len(fallbacks), FALLBACKS[cfg.gguf_fallback],
                     ", ".join(fallbacks))
-    return {"tensors": tensors, "fallbacks": fallbacks, "ternary_type": ternary, "head_type": head,
-            "embedding_type": embedding}
+    mixed = _mixed(ckpt, tensors, cfg.gguf_regroup)
+    return {"arch": arch, "tensors": tensors, "fallbacks": fallbacks, "ternary_type": ternary, "head_type": head,
+            "embedding_type": embedding, "faithful": faithful, "mixed": set(mixed),
+            "regrouped_blocks": sum(mixed.values())}
+
+
+def _norms(a: ModelArgs, arch, names) -> list[tuple[str, str, str]]:
+    """Every 1-D tensor (F32), the family's extra norms included."""
+    out = []
+    for i in range(a.n_layers):
+        hf_names = [f"model.layers.{i}.{norm}" for norm in C.NORMS]
+        hf_names += [f"model.layers.{i}.self_attn.{norm}" for norm in C.QK_NORMS] if a.qk_norm else []
+        for hf_name in hf_names:
+            out.append((hf_name + ".weight", names.get_name(hf_name) + ".weight", "F32"))
+        for sub, tensor in SUB_NORMS.items() if a.sub_norms else ():
+            out.append((f"model.layers.{i}.{sub}.weight", gguf.TENSOR_NAMES[tensor].format(bid=i) + ".weight", "F32"))
+    return out + [("model.norm.weight", "output_norm.weight", "F32")]
+
+
+def _check_arch(a: ModelArgs, arch, cfg: A.ExportConfig) -> bool:
+    """Refuse what llama.cpp's graph for the family cannot compute; returns whether the file computes the model
+    (False only for a non-SiLU MLP written with --gguf-speed-only)."""
+    name = gguf.MODEL_ARCH_NAMES[arch]
+    if a.mlp_act != "silu" and not cfg.gguf_speed_only:
+        raise BonsaiError(f"config: hidden_act {a.mlp_act!r} (relu(gate)^2 * up, BitNet b1.58 2B4T): llama.cpp's "
+                          f"{name} graph uses SiLU (silu(gate) * up), so its GGUF would load and run at this model's "
+                          f"speed but compute another function; bitnet.cpp's own converter is the faithful path, or "
+                          f"pass --gguf-speed-only to write it for speed comparisons (recorded as not faithful)")
+    if arch == gguf.MODEL_ARCH.BITNET:
+        if a.n_heads * a.head_dim != a.dim:
+            raise BonsaiError(f"config: llama.cpp's bitnet graph needs num_attention_heads * head_dim ({a.n_heads} * "
+                              f"{a.head_dim}) to equal hidden_size ({a.dim}); export --format pte or onnx")
+        if not a.tie_embeddings or cfg.gguf_head != cfg.gguf_embedding:
+            raise BonsaiError(f"--gguf-head {cfg.gguf_head}: llama.cpp's bitnet graph has no output tensor (the head "
+                              f"is the token table), so the head must be tied and of --gguf-embedding's type "
+                              f"({cfg.gguf_embedding})")
+    return a.mlp_act == "silu"
 
 
 def _ternary_type(module: str, shape: tuple[int, int], ternary: str, fallback: str) -> str:
@@ -150,14 +213,14 @@ def _check_values(ckpt: C.Checkpoint, hf_name: str, type_name: str) -> None:
     """Refuse, before anything is written, a dense tensor its type cannot hold (K, range) and a ternary scale
     beyond fp16 (the type of every block scale)."""
     module = hf_name.removesuffix(".weight")
-    if module in ckpt.ternary:
+    if module in _layers(ckpt):
         scales = ckpt.ternary[module].scales.abs()
         if scales.max() > FP16_MAX:
             raise BonsaiError(f"{hf_name}: a scale of {scales.max():.4g} is beyond fp16's range ({FP16_MAX:.0f}), "
                               f"the type of TQ2_0 / TQ1_0 block scales (and of the F16 / Q8_0 fallbacks); export "
                               f"--format pte or onnx")
         return
-    x = ckpt.dense[hf_name]
+    x = _values(ckpt, hf_name)
     _check_k(hf_name, tuple(x.shape), type_name, "--gguf-head / --gguf-embedding f16 or bf16 (any K)")
     if x.abs().max() > TYPE_MAX[type_name]:
         raise BonsaiError(f"{hf_name}: values up to {x.abs().max():.4g} overflow {type_name}'s fp16 range "
@@ -170,23 +233,71 @@ def _check_k(name: str, shape: tuple[int, ...], type_name: str, fix: str) -> Non
                           f"{block_size(type_name)}; use {fix}")
 
 
+def _mixed(ckpt: C.Checkpoint, tensors: list, regroup: bool) -> dict[str, int]:
+    """HF name -> how many of its ternary blocks one block scale cannot hold exactly (group-scaled weights whose
+    groups in one block have different magnitudes); without --gguf-regroup the first such block is refused."""
+    out = {}
+    for hf_name, _, type_name in tensors:
+        w = ckpt.ternary.get(hf_name.removesuffix(".weight"))
+        if type_name not in FILE_TYPES or w is None or w.group_size is None:
+            continue
+        mixed = _mixed_blocks(w, block_size(type_name))
+        if mixed.any() and not regroup:
+            row, b = (int(i) for i in mixed.nonzero()[0])
+            block, g = block_size(type_name), w.group_size
+            scales = w.scales[row, b * block // g:(b + 1) * block // g].tolist()
+            raise BonsaiError(f"{hf_name} row {row}, weights {b * block}..{(b + 1) * block - 1}: its groups of {g} "
+                              f"have scales {', '.join(f'{s:.6g}' for s in scales)}, but a {type_name} block holds "
+                              f"one fp16 scale per {block} weights ({int(mixed.sum())} such blocks in this tensor); "
+                              f"pass --gguf-regroup to write it anyway (lossy, for speed comparisons: each block "
+                              f"takes the larger scale, its trits re-rounded), or export --format pte or onnx (exact)")
+        if mixed.any():
+            out[hf_name] = int(mixed.sum())
+    return out
+
+
+def _mixed_blocks(w: C.TernaryWeight, block: int) -> torch.Tensor:
+    """bool [out, K / block]: blocks whose nonzero weights have more than one magnitude in fp16, the scales'
+    type in the file (a group of zero trits, or of scale 0, takes any scale). Group sizes divide the block
+    (Ternary-Bonsai: 128 in 256)."""
+    n, k = w.values.shape
+    g = w.group_size
+    used = w.values.view(n, k // g, g).ne(0).any(-1)
+    mags = w.scales.abs().to(torch.float16).float()
+    used &= mags != 0
+    mags = mags.view(n, k // block, block // g)
+    hi = torch.where(used.view_as(mags), mags, -torch.inf).amax(-1)
+    lo = torch.where(used.view_as(mags), mags, torch.inf).amin(-1)
+    return hi > lo
+
+
 # ----------------------------------------------------------------------------------------------- tensor data
 
-def _tensor(ckpt: C.Checkpoint, hf_name: str, type_name: str) -> tuple[np.ndarray, float]:
-    """The tensor's bytes in its ggml type (q/k rows permuted), and the worst relative error of its scales in
-    fp16 (0 for dense tensors)."""
+def _values(ckpt: C.Checkpoint, hf_name: str) -> torch.Tensor:
+    """The tensor as float32: a ternary one folded (scale * T), a dense one widened."""
     module = hf_name.removesuffix(".weight")
-    if module in ckpt.ternary:
-        w = ckpt.ternary[module]
-        values, err = w.folded().numpy(), _scale_error(w.scales.numpy())
-    else:
-        values, err = ckpt.dense[hf_name].float().numpy(), 0.0
+    return ckpt.ternary[module].folded() if module in ckpt.ternary else ckpt.dense[hf_name].float()
+
+
+def _tensor(ckpt: C.Checkpoint, hf_name: str, type_name: str, plan: dict) -> tuple[np.ndarray, float, float]:
+    """The tensor's bytes in its ggml type (q/k rows permuted for the llama arch), the worst relative error of
+    its scales in fp16 (0 for dense tensors), and ||written - folded|| / ||folded|| of a regrouped one (else 0)."""
+    module = hf_name.removesuffix(".weight")
+    values = _values(ckpt, hf_name).numpy()
+    err = _scale_error(ckpt.ternary[module].scales.numpy()) if module in _layers(ckpt) else 0.0
     a = ckpt.args
-    if module.endswith("self_attn.q_proj"):
+    if plan["arch"] == gguf.MODEL_ARCH.LLAMA and module.endswith("self_attn.q_proj"):
         values = permute_rope(values, a.n_heads)
-    elif module.endswith("self_attn.k_proj"):
+    elif plan["arch"] == gguf.MODEL_ARCH.LLAMA and module.endswith("self_attn.k_proj"):
         values = permute_rope(values, a.n_kv_heads)
-    return gguf.quants.quantize(np.ascontiguousarray(values, dtype=np.float32), qtype(type_name)), err
+    # gguf's TQ2_0 / TQ1_0 quantizers take each block's absmax as its scale and round(w / scale) as its codes: the
+    # trits exactly when the block holds one magnitude, the regrouping --gguf-regroup describes otherwise.
+    data = gguf.quants.quantize(np.ascontiguousarray(values, dtype=np.float32), qtype(type_name))
+    lost = 0.0
+    if hf_name in plan["mixed"]:
+        written = gguf.quants.dequantize(data, qtype(type_name)).reshape(values.shape)
+        lost = float(np.linalg.norm(written - values) / np.linalg.norm(values))
+    return data, err, lost
 
 
 def _scale_error(scales: np.ndarray) -> float:
@@ -199,8 +310,8 @@ def _scale_error(scales: np.ndarray) -> float:
 # ----------------------------------------------------------------------------------------------- metadata
 
 def _hyperparameters(writer, ckpt: C.Checkpoint, max_seq_len: int, ternary: str) -> None:
-    """The llama.* keys llama.cpp's Llama graph reads (key_length / value_length: head_dim need not be
-    dim / n_heads)."""
+    """The {arch}.* keys llama.cpp's graphs read (the writer prefixes its arch; key_length / value_length: head_dim
+    need not be dim / n_heads, as in Qwen3)."""
     a = ckpt.args
     writer.add_name(Path(str(ckpt.source)).name or "model")
     writer.add_file_type(gguf.LlamaFileType[FILE_TYPES[ternary]])
@@ -217,73 +328,3 @@ def _hyperparameters(writer, ckpt: C.Checkpoint, max_seq_len: int, ternary: str)
     writer.add_rope_freq_base(a.rope_theta)
     writer.add_layer_norm_rms_eps(a.norm_eps)
     writer.add_vocab_size(a.vocab_size)
-
-
-def _tokenizer(writer, ckpt: C.Checkpoint) -> None:
-    """The reference pipeline (transformers' reading of the checkpoint) as llama.cpp's SentencePiece vocabulary:
-    pieces by id, scores that rank merges as the pipeline's BPE merges do, token types, special ids and the
-    BOS / EOS / prefix-space behaviour."""
-    pipeline = reference_pipeline(ckpt.folder)
-    found = settings(pipeline)  # refuses a pipeline outside the subset (non-BPE, other pre-tokenizers)
-    spec = json.loads(pipeline.to_str())
-    tokens, scores, types = _vocabulary(spec, ckpt.args.vocab_size)
-    a = ckpt.args
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(a.bos_id)
-    writer.add_eos_token_id(a.eos_ids[0])  # llama.cpp stops on one EOS id (and on control tokens it names EOG)
-    unk = _unk(spec)
-    if unk is not None:
-        writer.add_unk_token_id(spec["model"]["vocab"][unk])
-    writer.add_pad_token_id(a.pad_id)
-    writer.add_add_bos_token(bool(found.bos))
-    writer.add_add_eos_token(bool(found.eos))
-    writer.add_add_space_prefix(found.prefix != "never")
-
-
-def _unk(spec: dict) -> str | None:
-    """The unknown piece: the BPE model's unk_token, which transformers 5's rebuilt pipeline leaves out, else
-    SentencePiece's llama name for it."""
-    vocab = spec["model"]["vocab"]
-    unk = spec["model"].get("unk_token") or "<unk>"
-    return unk if unk in vocab else None
-
-
-def _vocabulary(spec: dict, vocab_size: int) -> tuple[list[str], list[float], list[int]]:
-    """Pieces, scores and types by id. llama.cpp's SentencePiece tokenizer merges the adjacent pair whose
-    merged piece has the highest score, so a piece scores minus the rank of the first merge that makes it:
-    the pipeline's merge order. Pieces no merge makes (characters, bytes, specials) score 0."""
-    vocab = spec["model"]["vocab"]
-    pieces = {i: p for p, i in vocab.items()}
-    added = {t["id"]: t for t in spec.get("added_tokens") or []}
-    if sorted(set(pieces) | set(added)) != list(range(len(set(pieces) | set(added)))):
-        raise BonsaiError("tokenizer: its ids are not 0..n-1 without gaps; llama.cpp's vocabulary is a list by id")
-    n = max(len(set(pieces) | set(added)), vocab_size)
-    rank = {}
-    for r, merge in enumerate(spec["model"].get("merges") or []):
-        left, right = merge.split(" ") if isinstance(merge, str) else merge
-        rank.setdefault(left + right, r)
-    tokens, scores, types = [], [], []
-    for i in range(n):
-        piece = added[i]["content"] if i in added else pieces.get(i, f"[PAD{i}]")  # rows past the tokenizer
-        tokens.append(piece)
-        scores.append(-float(rank[piece]) if piece in rank else 0.0)
-        types.append(_token_type(piece, added.get(i), _unk(spec), i in pieces or i in added))
-    return tokens, scores, types
-
-
-def _token_type(piece: str, added: dict | None, unk: str | None, known: bool) -> int:
-    t = gguf.TokenType
-    if not known:
-        return t.UNUSED
-    if piece == unk:
-        return t.UNKNOWN
-    if added is not None:
-        return t.CONTROL if added.get("special") else t.USER_DEFINED
-    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-        return t.BYTE
-    return t.NORMAL
-
