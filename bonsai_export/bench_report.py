@@ -94,6 +94,8 @@ def _peer_section(results: dict) -> list[str]:
              f"llama.cpp on `{Path(gguf['file']).name}` ({types}; {number(gguf['bytes_per_token'] / 1e6)} MB read per "
              f"decoded token), through llama-cpp-python's `llama_decode`, timed by the same worker as our Python "
              f"runners.", ""] if gguf else []
+    if gguf and gguf.get("caveat"):
+        lines += [f"The peer's file is {gguf['caveat']}", ""]
     columns = [("decode_tps", "decode")] + [(f"prefill_{n}_tps", f"prefill {n}")
                                             for n in results.get("prefill_lengths", (64, 128, 512))]
     body = [[r["label"], str(r["threads"]), *(cell(r.get(k), "x") for k, _ in columns)] for r in rows]

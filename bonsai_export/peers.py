@@ -72,18 +72,24 @@ def stock_onnx(source: str, options: A.ExportConfig) -> Path:
     return _exported("onnx-stock", source, A.ExportConfig(format="onnx", ternary_op="stock", **keep))
 
 
+# The GGUF type of the same precision as our head / embedding format, so that the peer reads as many dense bytes
+# per token as our artifact (issue 16 compares "our 8-bit head vs Q8_0, our 4-bit head vs Q4_0").
+GGUF_DENSE_OF = {"bf16": "f16", "int8": "q8_0", "int4": "q4_0"}
+
+
 def gguf_file(folder: Path, manifest: A.Manifest) -> Path:
     """The artifact's own GGUF when it has one, else the GGUF `export --format gguf` writes from its checkpoint.
 
     That one is written with --gguf-regroup and --gguf-speed-only, so that every family gets a peer to time: both
     change nothing where the checkpoint does not need them (blocks one scale holds exactly, a SiLU MLP); where they
     do (Ternary-Bonsai's t2g groups, BitNet 2B4T's relu^2), the file's manifest entry records it and gguf_summary's
-    `caveat` says so."""
+    `caveat` says so. Its head and embedding have the precision of the artifact's (GGUF_DENSE_OF)."""
     if (own := manifest.artifact("gguf")) is not None:
         return folder / own.file
     out = _exported("gguf", manifest.source.checkpoint,
                     A.ExportConfig(format="gguf", max_seq_len=manifest.options.max_seq_len, gguf_regroup=True,
-                                   gguf_speed_only=True))
+                                   gguf_speed_only=True, gguf_head=GGUF_DENSE_OF[manifest.options.head],
+                                   gguf_embedding=GGUF_DENSE_OF[manifest.options.embedding]))
     return out / A.read_manifest(out).artifact("gguf").file
 
 
