@@ -51,7 +51,8 @@ class ExportConfig:
     max_seq_len: int | None = None  # the context (KV cache positions); None: the model's limit (Bonsai: 2048)
     act_quant: str = "int8"  # int8: per-token absmax int8 activations; none: float (exact Bonsai)
     # The checkpoint's own bf16 tables (lossless): --act-quant none is then exact Bonsai, and with int8 activations
-    # the int8 head cost top-1 agreement under the 98% gate on trained-small (README, "Heads and embedding").
+    # the int8 head cost top-1 agreement under the 98% gate on a weaker trained-small (README, "Heads and
+    # embedding").
     embedding: str = "bf16"
     head: str = "bf16"
     ternary_op: str = "custom"  # ONNX only: custom = bonsai::TernaryMatMul; stock = MatMulNBits (unmodified ORT)
