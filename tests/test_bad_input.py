@@ -550,9 +550,15 @@ def test_broken_pipe_and_ctrl_c(artifact, tmp_path):
     proc.stdout.close()  # `| head -c 1`
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and b"Traceback" not in err and b"Error" not in err, err[-2000:]
+    log = tmp_path / "last.log"
+    log.unlink()
     proc = subprocess.Popen([*CLI, "run", str(artifact), "--prompt", "x"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
-    time.sleep(1.0)  # importing torch
+    # The session opens last.log just before it imports torch: Ctrl-C then lands in the imports or the run
+    # (a fixed sleep missed a whole run on an idle machine, where it takes under a second).
+    deadline = time.monotonic() + 60
+    while not log.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 130 and b"Traceback" not in err and err.strip() == b"interrupted", err[-2000:]
