@@ -33,7 +33,7 @@ import torch
 from .errors import BonsaiError
 from .generate import SamplingConfig, generate
 from .tokenizer import CHAT_TEMPLATE_FILE as TEMPLATE_FILE
-from .tokenizer import TOKENIZER_CONFIG, StreamDecoder, Tokenizer
+from .tokenizer import TOKENIZER_CONFIG, StreamDecoder, Tokenizer, chat_template_source
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 IM_END = "<|im_end|>"  # ChatML's end of a message: an answer stops there even where the config's EOS is another id
@@ -57,15 +57,6 @@ def _token_text(value) -> str | None:
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) else None
-
-
-def _template_source(folder: Path, config: dict) -> str | None:
-    if (folder / TEMPLATE_FILE).is_file():  # transformers lets this file win over the config's key
-        return (folder / TEMPLATE_FILE).read_text(encoding="utf-8")
-    found = config.get("chat_template")
-    if isinstance(found, list):  # the older layout of several named templates
-        found = next((t.get("template") for t in found if isinstance(t, dict) and t.get("name") == "default"), None)
-    return found if isinstance(found, str) and found.strip() else None
 
 
 def _environment():
@@ -106,7 +97,7 @@ class ChatTemplate:
         """The template of a checkpoint or artifact folder; a folder without one (a base model) is refused."""
         folder = Path(folder)
         config = _json_file(folder / TOKENIZER_CONFIG)
-        source = _template_source(folder, config)
+        source = chat_template_source(folder, config)
         if source is None:
             raise BonsaiError(f"{folder}: has no chat template (no {TEMPLATE_FILE}, no chat_template in "
                               f"{TOKENIZER_CONFIG}): a base model; use `bonsai-export run --prompt`, or add the "

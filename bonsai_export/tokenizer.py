@@ -236,6 +236,17 @@ def _check_decoder(decoder) -> None:
         _unsupported("decoder", "Replace('▁', ' '), ByteFallback, Fuse[, Strip(' ', 1, 0)]")
 
 
+def chat_template_source(folder: Path, config: dict) -> str | None:
+    """The folder's chat template as transformers picks it: chat_template.jinja wins over tokenizer_config.json's
+    `chat_template` (`config`), a string or the older list of named templates (the "default" one)."""
+    if (folder / CHAT_TEMPLATE_FILE).is_file():
+        return (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    found = config.get("chat_template")
+    if isinstance(found, list):
+        found = next((t.get("template") for t in found if isinstance(t, dict) and t.get("name") == "default"), None)
+    return found if isinstance(found, str) and found.strip() else None
+
+
 def _template(post, spec) -> tuple[tuple[int, ...], tuple[int, ...]]:
     if post is None:
         return (), ()

@@ -16,7 +16,7 @@ import gguf
 
 from .. import checkpoint as C
 from ..errors import BonsaiError
-from ..tokenizer import CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG, Settings, reference_pipeline, settings
+from ..tokenizer import TOKENIZER_CONFIG, Settings, chat_template_source, reference_pipeline, settings
 
 # byte_level.SPLIT_PATTERNS name -> llama.cpp's tokenizer.ggml.pre of the same regex (llama-vocab.cpp: "qwen2" is
 # LLAMA_VOCAB_PRE_TYPE_QWEN2, "llama-bpe" LLAMA_VOCAB_PRE_TYPE_LLAMA3, which also takes words found whole in the
@@ -39,14 +39,12 @@ def add_vocabulary(writer, ckpt: C.Checkpoint) -> None:
 
 
 def _chat_template(folder: Path) -> str | None:
-    """The folder's template as transformers picks it: chat_template.jinja, else tokenizer_config.json's string."""
-    if (folder / CHAT_TEMPLATE_FILE).is_file():
-        return (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    """The folder's template as transformers picks it (a missing or malformed tokenizer_config.json: none)."""
     try:
-        found = json.loads((folder / TOKENIZER_CONFIG).read_text(encoding="utf-8")).get("chat_template")
-    except (OSError, ValueError, AttributeError):  # no config, or one that is not a JSON object
-        return None
-    return found if isinstance(found, str) and found.strip() else None
+        config = json.loads((folder / TOKENIZER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    return chat_template_source(folder, config if isinstance(config, dict) else {})
 
 
 # ----------------------------------------------------------------------------------------------- byte-level BPE
