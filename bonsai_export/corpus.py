@@ -101,19 +101,22 @@ def _package_root(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def _python_xy() -> str:
+    return ".".join(platform.python_version_tuple()[:2])
+
+
 def python_docs_root() -> Path:
     """Where Debian's python3.X-doc package puts the documentation's reStructuredText sources."""
-    major, minor = platform.python_version_tuple()[:2]
-    return Path(f"/usr/share/doc/python{major}.{minor}/html/_sources")
+    return Path(f"/usr/share/doc/python{_python_xy()}/html/_sources")
 
 
-def docs_sections(root: Path) -> list[str]:
-    """Python's documentation, section by section (rst_text), in sorted file order."""
-    files = docs_files(root)
+def docs_sections(root: Path, files: list[Path] | None = None) -> list[str]:
+    """Python's documentation, section by section (rst_text), in sorted file order (`files`: docs_files(root),
+    when the caller has it already)."""
+    files = docs_files(root) if files is None else files
     if not files:
-        major, minor = platform.python_version_tuple()[:2]
         raise BonsaiError(f"{root}: no reStructuredText files; install Python's documentation sources (Debian: "
-                          f"apt-get install python{major}.{minor}-doc) or pass --docs with Python's Doc/ folder")
+                          f"apt-get install python{_python_xy()}-doc) or pass --docs with Python's Doc/ folder")
     return [s for f in files for s in rst_sections(f.read_text(encoding="utf-8")) if len(s) >= MIN_CHARS]
 
 
@@ -149,7 +152,8 @@ def corpus_documents(held_out: str, workers: int | None = None, packages: tuple[
         if group == "stdlib" and source and source not in seen:
             seen.add(source)
             docs.append(("code", source))
-    for section in docs_sections(docs_root) if docs_root else []:
+    doc_files = docs_files(docs_root) if docs_root else []
+    for section in docs_sections(docs_root, doc_files) if docs_root else []:
         if section not in seen:
             seen.add(section)
             docs.append(("docs", section))
@@ -159,7 +163,7 @@ def corpus_documents(held_out: str, workers: int | None = None, packages: tuple[
         out["val" if i % VAL_EVERY == VAL_EVERY - 1 else group].append(doc)
     versions = {n: importlib.metadata.version(n.replace("_", "-")) for n in packages}
     info = {"python": platform.python_version(), "packages": versions, "files": len(jobs),
-            "docs_files": len(docs_files(docs_root)) if docs_root else 0,
+            "docs_files": len(doc_files),
             "documents": len(docs), "dropped_overlapping_held_out": len(docs) - len(kept),
             **{f"{k}_documents": len(v) for k, v in out.items()}}
     return out, info
