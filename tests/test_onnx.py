@@ -127,9 +127,11 @@ def test_graph_passes_the_checker_with_genai_io_names(exported, tiny_ckpt):
     n_ternary = 4 * args.n_layers  # q/k/v and gate/up run fused
     if op == "custom":
         assert ops.count(("bonsai", "TernaryMatMul")) == n_ternary and ("bonsai", "DenseMatMul") in ops
+        assert ops.count(("bonsai", "Attention")) == args.n_layers and "GroupQueryAttention" not in dict(ops).values()
     else:
         nbits = [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
         assert len(nbits) == n_ternary and not any(d == "bonsai" for d, _ in ops)
+        assert ops.count((N.MS_DOMAIN, "GroupQueryAttention")) == args.n_layers
         attrs = {a.name: helper.get_attribute_value(a) for a in nbits[0].attribute}
         assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (2, N.NBITS_BLOCK, 4)
     assert len({n.name for n in proto.graph.node}) == len(proto.graph.node)  # deterministic, unique names
@@ -350,6 +352,68 @@ def test_attention_in_the_shared_cache_matches_eager_over_calls(tmp_path, tiny_c
             want = model(torch.tensor([tokens]), positions(pos, len(tokens)))
         got = runner(torch.tensor([tokens]), positions(pos, len(tokens)))
         assert float((got - want).abs().max()) <= TOL["custom"] * float(want.std())
+
+
+def _attention_session(folder, op: str, heads: int, kv_heads: int):
+    """One attention node of `op` (our bonsai::Attention or ORT's GroupQueryAttention) as a whole graph."""
+    f, i32 = TensorProto.FLOAT, TensorProto.INT32
+    names = ["query", "key", "value", "past_key", "past_value", "seqlens_k", "total_seq"]
+    types = [f] * 5 + [i32] * 2
+    shapes = [["b", "t", "hq"], ["b", "t", "hk"], ["b", "t", "hk"], ["b", kv_heads, "p", "d"],
+              ["b", kv_heads, "p", "d"], ["b"], []]
+    domain, extra = ("bonsai", {}) if op == "Attention" else (N.MS_DOMAIN, {"do_rotary": 0})
+    node = helper.make_node(op, names, ["out", "present_key", "present_value"], domain=domain, num_heads=heads,
+                            kv_num_heads=kv_heads, **extra)
+    outputs = [helper.make_tensor_value_info(n, f, None) for n in ("out", "present_key", "present_value")]
+    graph = helper.make_graph([node], "attn", [helper.make_tensor_value_info(n, t, s)
+                                                for n, t, s in zip(names, types, shapes)], outputs)
+    opsets = [helper.make_opsetid("", O.OPSET), helper.make_opsetid(N.MS_DOMAIN, 1), helper.make_opsetid("bonsai", 1)]
+    path = folder / f"{op}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=O.IR_VERSION), str(path))
+    return onnx_session(path, native_dir() / A.ORT_OPS_LIB)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["copied-past", "shared-buffer"])
+def test_our_attention_node_matches_group_query_attention(tmp_path, shared):
+    """bonsai::Attention against ORT's own GroupQueryAttention on the same inputs, in both cache modes: a prompt,
+    then one token, then three, each call's present fed back as the next past."""
+    heads, kv_heads, d, max_len = 8, 2, 16, 24
+    ours = _attention_session(tmp_path, "Attention", heads, kv_heads)
+    theirs = _attention_session(tmp_path, "GroupQueryAttention", heads, kv_heads)
+    rng = np.random.default_rng(0)
+    empty = np.zeros((1, kv_heads, max_len if shared else 0, d), np.float32)
+    caches = {s: (empty.copy(), empty.copy()) for s in ("ours", "theirs")}
+    pos = 0
+    for t in (5, 1, 3):
+        feed = {"query": rng.standard_normal((1, t, heads * d), np.float32),
+                "key": rng.standard_normal((1, t, kv_heads * d), np.float32),
+                "value": rng.standard_normal((1, t, kv_heads * d), np.float32),
+                "seqlens_k": np.array([pos + t - 1], np.int32), "total_seq": np.array(pos + t, np.int32)}
+        got = {}
+        for side, sess in (("ours", ours), ("theirs", theirs)):
+            k, v = caches[side]
+            out, pk, pv = sess.run(None, {**feed, "past_key": k, "past_value": v})
+            got[side] = out
+            caches[side] = (pk, pv)
+        assert caches["ours"][0].shape == (1, kv_heads, max_len if shared else pos + t, d)
+        np.testing.assert_allclose(got["ours"], got["theirs"], rtol=1e-5, atol=1e-5)
+        for a, b in zip(caches["ours"], caches["theirs"]):
+            np.testing.assert_array_equal(a[:, :, :pos + t], b[:, :, :pos + t])
+        pos += t
+
+
+def test_our_attention_node_refuses_positions_outside_the_cache(tmp_path):
+    heads, kv_heads, d = 4, 2, 8
+    sess = _attention_session(tmp_path, "Attention", heads, kv_heads)
+    feed = {"query": np.zeros((1, 2, heads * d), np.float32), "key": np.zeros((1, 2, kv_heads * d), np.float32),
+            "value": np.zeros((1, 2, kv_heads * d), np.float32),
+            "past_key": np.zeros((1, kv_heads, 4, d), np.float32),
+            "past_value": np.zeros((1, kv_heads, 4, d), np.float32), "total_seq": np.array(4, np.int32)}
+    for seqlens, match in ((2**31 - 1, "does not fit"), (0, "does not fit"), (-7, "does not fit")):
+        with pytest.raises(Exception, match=match):
+            sess.run(None, {**feed, "seqlens_k": np.array([seqlens], np.int32)})
+    with pytest.raises(Exception, match="disagree with num_heads"):
+        sess.run(None, {**feed, "seqlens_k": np.array([3], np.int32), "query": np.zeros((1, 2, 5), np.float32)})
 
 
 def test_cli_exports_all_formats_and_runs_the_onnx_folder(tmp_path, tiny_ckpt, capsys):

@@ -6,6 +6,7 @@
 // attend, float_kernels.h for the SIMD tables) handles the H / Hkv query heads of one KV head together, so each
 // cached K and V row is read once per KV head, not once per query head.
 #include <math.h>
+#include <string.h>
 
 #include <algorithm>
 #include <atomic>
@@ -122,5 +123,29 @@ extern "C" int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int6
   AttentionJob job{table, {q, k_cache, v_cache, out, t, n_heads, head_dim, n_kv_heads, cache_len, pos}};
   run_tasks(parallel, t * n_kv_heads, attention_task, &job);  // one task per (token, KV head)
   if (job.out_of_memory) return fail(BONSAI_ERR_ALLOC, "bonsai_attention: out of memory for the score buffer");
+  return BONSAI_OK;
+}
+
+extern "C" int bonsai_cache_update(const float* rows, int64_t t, int64_t n_kv_heads, int64_t head_dim,
+                                   const float* past, int64_t past_len, float* cache, int64_t cache_len, int64_t pos) {
+  using namespace bonsai;
+  clear_error();
+  if (!rows || !cache || (!past && pos > 0)) return fail(BONSAI_ERR_NULL, "bonsai_cache_update: null pointer");
+  if (t <= 0 || n_kv_heads <= 0 || head_dim <= 0 || past_len < 0 ||
+      !sizes_fit(t, n_kv_heads, head_dim, n_kv_heads, cache_len) || !sizes_fit(t, 1, 1, n_kv_heads, past_len))
+    return fail(BONSAI_ERR_SHAPE, "bonsai_cache_update: bad sizes T=" + std::to_string(t) + " Hkv=" +
+                                      std::to_string(n_kv_heads) + " D=" + std::to_string(head_dim) + " S=" +
+                                      std::to_string(cache_len));
+  // pos is data (from the attention mask): compared without forming pos + t, which could wrap.
+  if (pos < 0 || pos > past_len || pos > cache_len - t)
+    return fail(BONSAI_ERR_SHAPE, "bonsai_cache_update: " + std::to_string(t) + " new positions from " +
+                                      std::to_string(pos) + " do not follow a past of " + std::to_string(past_len) +
+                                      " positions in a cache of " + std::to_string(cache_len));
+  const size_t row = size_t(head_dim) * sizeof(float);
+  for (int64_t h = 0; h < n_kv_heads; ++h) {
+    float* dst = cache + h * cache_len * head_dim;
+    if (cache != past && pos > 0) memcpy(dst, past + h * past_len * head_dim, size_t(pos) * row);
+    for (int64_t i = 0; i < t; ++i) memcpy(dst + (pos + i) * head_dim, rows + (i * n_kv_heads + h) * head_dim, row);
+  }
   return BONSAI_OK;
 }

@@ -244,4 +244,38 @@ int bonsai_check_attention(const char* op, const bonsai_tensor* q, const bonsai_
   return BONSAI_OK;
 }
 
+int bonsai_check_cache_attention(const char* op, const bonsai_tensor* q, const bonsai_tensor* k,
+                                 const bonsai_tensor* v, const bonsai_tensor* past_key,
+                                 const bonsai_tensor* past_value, int64_t n_heads, int64_t n_kv_heads, int64_t* t,
+                                 int64_t* head_dim, int64_t* past_len) {
+  using namespace bonsai;
+  clear_error();
+  const Checker c{op};
+  if (!t || !head_dim || !past_len) return c.error(BONSAI_ERR_NULL, "null output pointer");
+  if (n_heads < 1 || n_kv_heads < 1 || n_heads > BONSAI_MAX_ROWS || n_heads % n_kv_heads)
+    return c.error(BONSAI_ERR_SHAPE, "num_heads " + std::to_string(n_heads) + " must be a positive multiple of "
+                                         "kv_num_heads " + std::to_string(n_kv_heads));
+  if (int rc = c.typed("query", q, BONSAI_DTYPE_F32, 3, "[1, T, H * D]")) return rc;
+  if (int rc = c.typed("key", k, BONSAI_DTYPE_F32, 3, "[1, T, Hkv * D]")) return rc;
+  if (int rc = c.typed("value", v, BONSAI_DTYPE_F32, 3, "[1, T, Hkv * D]")) return rc;
+  if (int rc = c.typed("past_key", past_key, BONSAI_DTYPE_F32, 4, "[1, Hkv, P, D]")) return rc;
+  if (int rc = c.typed("past_value", past_value, BONSAI_DTYPE_F32, 4, "[1, Hkv, P, D]")) return rc;
+  const int64_t *qd = q->dims, *pd = past_key->dims;
+  const int64_t d = qd[2] / n_heads;
+  bool same = k->dims[0] == v->dims[0] && k->dims[1] == v->dims[1] && k->dims[2] == v->dims[2];
+  for (int i = 0; i < 4; ++i) same &= pd[i] == past_value->dims[i];
+  if (qd[0] != 1 || qd[1] < 1 || qd[1] > BONSAI_MAX_ROWS || d < 1 || d > BONSAI_MAX_ROWS || qd[2] != d * n_heads ||
+      !same || k->dims[0] != 1 || k->dims[1] != qd[1] || k->dims[2] != n_kv_heads * d || pd[0] != 1 ||
+      pd[1] != n_kv_heads || pd[2] > BONSAI_MAX_ROWS || pd[3] != d)
+    return c.error(BONSAI_ERR_SHAPE, "query " + dims_str(*q) + ", key " + dims_str(*k) + ", value " + dims_str(*v) +
+                                         ", past_key " + dims_str(*past_key) + " and past_value " +
+                                         dims_str(*past_value) + " disagree with num_heads " +
+                                         std::to_string(n_heads) + ", kv_num_heads " + std::to_string(n_kv_heads) +
+                                         " (expected [1, T, H * D], two [1, T, Hkv * D] and two [1, Hkv, P, D])");
+  *t = qd[1];
+  *head_dim = d;
+  *past_len = pd[2];
+  return BONSAI_OK;
+}
+
 }  // extern "C"

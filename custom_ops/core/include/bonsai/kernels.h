@@ -97,6 +97,14 @@ BONSAI_API int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int6
                                 const float* v_cache, int64_t n_kv_heads, int64_t cache_len, int64_t pos,
                                 float* out, const bonsai_parallel* parallel);
 
+// The cache step of ONNX Runtime's GroupQueryAttention contract (our bonsai::Attention node): the new rows
+// rows[T, Hkv, D] are written at positions [pos, pos + T) of cache[Hkv, cache_len, D]. When cache is not past (the
+// runtime gave the present output a buffer of its own instead of the past's), positions [0, pos) of
+// past[Hkv, past_len, D] are copied into it first. Errors: BONSAI_ERR_SHAPE unless T, Hkv, D > 0,
+// 0 <= pos <= past_len and pos + T <= cache_len.
+BONSAI_API int bonsai_cache_update(const float* rows, int64_t t, int64_t n_kv_heads, int64_t head_dim,
+                                   const float* past, int64_t past_len, float* cache, int64_t cache_len, int64_t pos);
+
 // Weights per group along K that share one scale (and offset) in bonsai_dense_linear's group-wise formats.
 // Mirrors formats.DENSE_GROUP (bonsai_export/formats.py); tests/test_kernels.py checks both agree.
 #define BONSAI_DENSE_GROUP 32
@@ -159,6 +167,14 @@ BONSAI_API int bonsai_check_ternary_codes(const char* op, const uint8_t* packed,
 // only; the position itself is data, checked by bonsai_attention.
 BONSAI_API int bonsai_check_attention(const char* op, const bonsai_tensor* q, const bonsai_tensor* k_cache,
                                       const bonsai_tensor* v_cache, const bonsai_tensor* input_pos);
+
+// cache_attention(q f32 [1, T, H * D], k / v f32 [1, T, Hkv * D], past_key / past_value f32 [1, Hkv, P, D]) with
+// H = n_heads and Hkv = n_kv_heads (GroupQueryAttention's layout): shapes only. On success *t = T, *head_dim = D
+// and *past_len = P (0 for an empty past).
+BONSAI_API int bonsai_check_cache_attention(const char* op, const bonsai_tensor* q, const bonsai_tensor* k,
+                                            const bonsai_tensor* v, const bonsai_tensor* past_key,
+                                            const bonsai_tensor* past_value, int64_t n_heads, int64_t n_kv_heads,
+                                            int64_t* t, int64_t* head_dim, int64_t* past_len);
 
 #ifdef __cplusplus
 }  // extern "C"
