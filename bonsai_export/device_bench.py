@@ -73,8 +73,10 @@ def runner_files(runner_dir: Path) -> list[Path]:
 
 
 def runner_args(prompt_tokens: int, new_tokens: int, threads: int) -> list[str]:
+    """One timed run after one untimed run of the same prompt (the warm-up every backend of the bench gets)."""
     ids = [1] + list(range(FIRST_TOKEN, FIRST_TOKEN + prompt_tokens - 1))
-    return ["--tokens", ",".join(map(str, ids)), "--max-new-tokens", str(new_tokens), "--threads", str(threads)]
+    return ["--tokens", ",".join(map(str, ids)), "--max-new-tokens", str(new_tokens), "--threads", str(threads),
+            "--warmup", "1"]
 
 
 def medians(runs: list[dict]) -> dict:

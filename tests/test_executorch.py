@@ -71,13 +71,15 @@ def test_cpp_runner_generates_the_same_tokens(exported):
     out, _ = exported
     exe = native_dir() / "bonsai_runner"
     ids = PROMPTS["short"]
-    proc = subprocess.run([str(exe), str(out / A.PTE_FILE), "--tokens", ",".join(map(str, ids)),
-                           "--max-new-tokens", "24"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
-    assert [int(t) for t in lines[0].split(",")] == greedy(PteRunner(out), ids, 24)
-    timings = json.loads(lines[1])
-    assert timings["generated_tokens"] == 24 and timings["decode_tps"] > 0
+    want = greedy(PteRunner(out), ids, 24)
+    for warmup in ([], ["--warmup", "2"]):  # untimed passes of the prompt first change nothing
+        proc = subprocess.run([str(exe), str(out / A.PTE_FILE), "--tokens", ",".join(map(str, ids)),
+                               "--max-new-tokens", "24", *warmup], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lines = proc.stdout.strip().splitlines()
+        assert [int(t) for t in lines[0].split(",")] == want
+        timings = json.loads(lines[1])
+        assert timings["generated_tokens"] == 24 and timings["decode_tps"] > 0 and timings["prefill_tps"] > 0
     ldd = subprocess.run(["ldd", str(exe)], capture_output=True, text=True).stdout
     libs = {line.split()[0] for line in ldd.splitlines() if "=>" in line}
     assert not any(lib.startswith(("libtorch", "libc10", "libpython")) for lib in libs), libs
