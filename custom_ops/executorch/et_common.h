@@ -9,12 +9,23 @@
 #include "bonsai/kernels.h"
 #include "bonsai/parallel.h"
 
+// The executorch wheel ships libexecutorch_threadpool.so but not threadpool.h; this declaration matches the
+// library's exported symbol (ExecuTorch 1.5: extension/threadpool/threadpool.h).
+namespace executorch::extension::threadpool {
+class ThreadPool {
+ public:
+  void run(executorch::runtime::FunctionRef<void(size_t)> fn, size_t range);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+
 namespace bonsai_et {
 
+// Each task goes to pthreadpool as one item, which idle threads steal: extension::parallel_for would cut the
+// tasks into one fixed chunk per thread, and a thread slowed by another process would then hold back the loop.
 inline void et_parallel_for(void* /*runtime_ctx*/, int64_t n_tasks, bonsai_task_fn task, void* task_ctx) {
-  executorch::extension::parallel_for(0, n_tasks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) task(task_ctx, i);
-  });
+  executorch::extension::threadpool::get_threadpool()->run(
+      [&](size_t i) { task(task_ctx, static_cast<int64_t>(i)); }, static_cast<size_t>(n_tasks));
 }
 
 inline bonsai_parallel et_parallel() {

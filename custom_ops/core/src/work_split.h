@@ -15,6 +15,10 @@ namespace bonsai {
 constexpr int64_t kRowGrain = 16;
 // Tokens per task when a GEMM is also split over M (the GEMM kernels' largest token tile).
 constexpr int64_t kTokenGrain = 4;
+// Tasks per thread over N when the work allows: the runtimes' pools hand tasks to whichever thread is free, so a
+// thread slowed by another process on its core (a shared machine, a phone's background work) takes fewer tasks
+// instead of holding back the whole loop, as it does with one fixed share per thread.
+constexpr int64_t kTasksPerThread = 4;
 
 // How a [M, N] output is cut into n_chunks x m_chunks tasks.
 struct Split {
@@ -49,7 +53,9 @@ inline Split make_split(int64_t m, int64_t n, int64_t row_bytes, int64_t min_tas
   if (useful < workers) workers = useful > 1 ? useful : 1;
   Split s{m, n, 1, 1};
   const int64_t row_grains = (n + kRowGrain - 1) / kRowGrain;
-  s.n_chunks = workers < row_grains ? workers : row_grains;
+  const double most = work < double(workers * kTasksPerThread) ? work : double(workers * kTasksPerThread);
+  const int64_t n_tasks = workers > 1 && most > double(workers) ? int64_t(most) : workers;
+  s.n_chunks = n_tasks < row_grains ? n_tasks : row_grains;
   const int64_t token_grains = (m + kTokenGrain - 1) / kTokenGrain;
   const int64_t spare = workers / s.n_chunks;
   s.m_chunks = split_tokens && m > 1 && spare > 1 ? (spare < token_grains ? spare : token_grains) : 1;
