@@ -412,6 +412,8 @@ def test_our_attention_node_refuses_positions_outside_the_cache(tmp_path):
     for seqlens, match in ((2**31 - 1, "does not fit"), (0, "does not fit"), (-7, "does not fit")):
         with pytest.raises(Exception, match=match):
             sess.run(None, {**feed, "seqlens_k": np.array([seqlens], np.int32)})
+    with pytest.raises(Exception, match="does not fit"):  # a present longer than past + new: refused, not allocated
+        sess.run(None, {**feed, "seqlens_k": np.array([3], np.int32), "total_seq": np.array(2**31 - 1, np.int32)})
     with pytest.raises(Exception, match="disagree with num_heads"):
         sess.run(None, {**feed, "seqlens_k": np.array([3], np.int32), "query": np.zeros((1, 2, 5), np.float32)})
 

@@ -41,7 +41,7 @@ EXTERNAL_DATA_LIMIT = 1_800_000_000  # bytes of weights above which they go to m
 
 
 def make_attention(g: GraphBuilder, i: int, attn, x: str, io: dict) -> str:
-    """Self-attention of layer i over its KV cache.
+    """Self-attention of layer i over its KV cache (the attention node: make_group_query_attention).
 
           x ─ qkv_proj ─ Split ─┬─ q ── RotaryEmbedding(position_ids) ─┐
                                 ├─ k ── RotaryEmbedding(position_ids) ─┼─ GroupQueryAttention(past_key, past_value,

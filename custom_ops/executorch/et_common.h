@@ -8,16 +8,7 @@
 
 #include "bonsai/kernels.h"
 #include "bonsai/parallel.h"
-
-// The executorch wheel ships libexecutorch_threadpool.so but not threadpool.h; this declaration matches the
-// library's exported symbol (ExecuTorch 1.5: extension/threadpool/threadpool.h).
-namespace executorch::extension::threadpool {
-class ThreadPool {
- public:
-  void run(executorch::runtime::FunctionRef<void(size_t)> fn, size_t range);
-};
-ThreadPool* get_threadpool();
-}  // namespace executorch::extension::threadpool
+#include "et_threadpool.h"
 
 namespace bonsai_et {
 

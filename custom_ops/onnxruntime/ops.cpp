@@ -1,7 +1,8 @@
 // ONNX Runtime custom-op library (libbonsai_ort_ops.so): bonsai::TernaryMatMul, bonsai::DenseMatMul and
 // bonsai::Attention, thin lite-API bindings over the shared kernel core. The core validates the tensors
 // (bonsai_check_*), then they call bonsai_ternary_linear / bonsai_dense_linear / bonsai_attention with ONNX
-// Runtime's intra-op thread pool as the parallel-for hook. No math here (custom_ops/core does it). Node contracts: docs/FORMAT.md.
+// Runtime's intra-op thread pool as the parallel-for hook. No math here (custom_ops/core does it). Node contracts:
+// docs/FORMAT.md.
 //
 // ABI rules (shared/notes/onnxruntime.md): ORT_API_MANUAL_INIT, the API is fetched in RegisterCustomOps, and the
 // library does not link libonnxruntime (the loading process provides it).
@@ -199,7 +200,8 @@ struct DenseMatMul {
 // ---- bonsai::Attention: com.microsoft GroupQueryAttention's contract (do_rotary 0, batch 1) on our kernels ----
 // (query f32 [1, T, H D], key / value f32 [1, T, Hkv D], past_key / past_value f32 [1, Hkv, P, D], seqlens_k i32 [1]
 // = attended positions - 1, total_sequence_length i32 scalar) -> (output [1, T, H D], present_key / present_value
-// [1, Hkv, max(P, total), D]); attributes num_heads, kv_num_heads. Past and present may be one buffer (written in
+// [1, Hkv, max(P, attended), D]); attributes num_heads, kv_num_heads. The new tokens follow the past (attended <=
+// P + T) and total_sequence_length, data like seqlens_k, may not ask for a longer present than that. Past and present may be one buffer (written in
 // place, as ORT's own node does) or two (the past is copied). ORT's CPU GroupQueryAttention took 6.7 of 28 ms a
 // token at Bonsai's size; this reads only the filled prefix of the cache.
 struct Attention {
@@ -225,10 +227,11 @@ struct Attention {
     if (seqlens_k.NumberOfElement() != 1 || total_seq.NumberOfElement() != 1)
       return fail(std::string(kName) + ": seqlens_k and total_sequence_length must hold one value each (batch 1)");
     const int64_t attended = int64_t(seqlens_k.Data()[0]) + 1, total = total_seq.Data()[0];
-    const int64_t cache_len = past_len > total ? past_len : total;
-    if (attended < t || attended > cache_len)
-      return fail(std::string(kName) + ": seqlens_k " + std::to_string(attended - 1) + " does not fit " +
-                  std::to_string(t) + " new tokens and a cache of " + std::to_string(cache_len) + " positions");
+    const int64_t cache_len = past_len > attended ? past_len : attended;
+    if (attended < t || attended > past_len + t || total > cache_len)
+      return fail(std::string(kName) + ": seqlens_k " + std::to_string(attended - 1) + " (total_sequence_length " +
+                  std::to_string(total) + ") does not fit " + std::to_string(t) + " new tokens after a past of " +
+                  std::to_string(past_len) + " positions");
     return guarded(kName, [&] {
       float* out = y.Allocate(q.Shape());
       const std::vector<int64_t> cache_shape{1, n_kv_heads, cache_len, d};

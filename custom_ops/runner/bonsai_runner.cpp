@@ -31,18 +31,9 @@
 #include <string>
 #include <vector>
 
+#include "../executorch/et_threadpool.h"
 #include "artifact_keys.h"
 #include "bpe_tokenizer.h"
-
-// The executorch wheel ships libexecutorch_threadpool.so but not threadpool.h; these two declarations match the
-// library's exported symbols (ExecuTorch 1.5: extension/threadpool/threadpool.h).
-namespace executorch::extension::threadpool {
-class ThreadPool {
- public:
-  bool _unsafe_reset_threadpool(uint32_t num_threads);
-};
-ThreadPool* get_threadpool();
-}  // namespace executorch::extension::threadpool
 
 using executorch::extension::Module;
 using executorch::extension::make_tensor_ptr;

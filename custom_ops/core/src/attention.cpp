@@ -132,7 +132,7 @@ extern "C" int bonsai_cache_update(const float* rows, int64_t t, int64_t n_kv_he
   clear_error();
   if (!rows || !cache || (!past && pos > 0)) return fail(BONSAI_ERR_NULL, "bonsai_cache_update: null pointer");
   if (t <= 0 || n_kv_heads <= 0 || head_dim <= 0 || past_len < 0 ||
-      !sizes_fit(t, n_kv_heads, head_dim, n_kv_heads, cache_len) || !sizes_fit(t, 1, 1, n_kv_heads, past_len))
+      !sizes_fit(t, n_kv_heads, head_dim, n_kv_heads, std::max(cache_len, past_len)))
     return fail(BONSAI_ERR_SHAPE, "bonsai_cache_update: bad sizes T=" + std::to_string(t) + " Hkv=" +
                                       std::to_string(n_kv_heads) + " D=" + std::to_string(head_dim) + " S=" +
                                       std::to_string(cache_len));

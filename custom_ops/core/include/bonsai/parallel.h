@@ -25,8 +25,9 @@ typedef void (*bonsai_task_fn)(void* task_ctx, int64_t task);
 typedef void (*bonsai_parallel_for_fn)(void* runtime_ctx, int64_t n_tasks, bonsai_task_fn task, void* task_ctx);
 
 // What a runtime lends the core. A null bonsai_parallel pointer, a null parallel_for or num_threads <= 1 all
-// mean "run inline on the calling thread". num_threads is how many tasks may run at once; the core creates
-// about that many equal tasks (static split: decode GEMV is memory-bound and the cores are equal).
+// mean "run inline on the calling thread". num_threads is how many tasks may run at once; the core cuts a few
+// equal tasks per thread when the work allows (work_split.h), and the hook should give them to whichever thread
+// is free, so that a thread slowed by another process takes fewer.
 typedef struct bonsai_parallel {
   bonsai_parallel_for_fn parallel_for;
   void* runtime_ctx;
