@@ -32,6 +32,7 @@ ARTIFACT_TYPES = ("pte", "onnx", "gguf")  # ArtifactEntry.type: one file format 
 RUNNABLE = ("pte", "onnx")  # the types bonsai-export's runners open
 EMBEDDINGS = ("bf16", "int8")
 HEADS = ("bf16", "int8", "int4")
+HEAD_ACT_QUANTS = ("none", "int8")  # the dense head's activations: float, or int8 per group of DENSE_GROUP
 TERNARY_OPS = ("custom", "stock")  # ONNX: bonsai::TernaryMatMul (our library) or com.microsoft MatMulNBits bits=2
 # The packed ternary formats (docs/FORMAT.md): t2, one f32 scale per output channel (Bonsai); t2g, one fp16 scale
 # per block of 128 weights (Ternary-Bonsai). ModelShape records which one an artifact holds.
@@ -55,6 +56,10 @@ class ExportConfig:
     # embedding").
     embedding: str = "bf16"
     head: str = "bf16"
+    # int8: an int8 / int4 head multiplies int8 activations (one scale per group of 32, as llama.cpp's Q8_0 dot
+    # products and MatMulNBits' accuracy_level 4 do) in exact integer sums; none: float activations, the
+    # runtimes agreeing with the eager model to float rounding.
+    head_act_quant: str = "none"
     ternary_op: str = "custom"  # ONNX only: custom = bonsai::TernaryMatMul; stock = MatMulNBits (unmodified ORT)
     # GGUF only. TQ2_0 is what llama.cpp decodes fastest (TQ1_0: 1.69 bits, slower); F16 head and embedding are
     # the checkpoint's bf16 values exactly (down to 2**-14) in the half type every llama.cpp backend runs.
@@ -72,7 +77,7 @@ class ExportConfig:
 
     def __post_init__(self):
         for name, allowed in (("format", ARTIFACT_FORMATS), ("act_quant", tuple(formats.ACT_MODES)),
-                              ("embedding", EMBEDDINGS), ("head", HEADS),
+                              ("embedding", EMBEDDINGS), ("head", HEADS), ("head_act_quant", HEAD_ACT_QUANTS),
                               ("ternary_op", TERNARY_OPS), ("gguf_ternary", GGUF_TERNARY),
                               ("gguf_head", GGUF_DENSE), ("gguf_embedding", GGUF_DENSE),
                               ("gguf_fallback", GGUF_FALLBACKS), ("gguf_regroup", (False, True)),
@@ -80,6 +85,9 @@ class ExportConfig:
             if getattr(self, name) not in allowed:
                 raise BonsaiError(f"--{name.replace('_', '-')}: expected one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
+        if self.head_act_quant == "int8" and self.head == "bf16":
+            raise BonsaiError("--head-act-quant int8: needs --head int8 or int4 (a bf16 head has no integer codes "
+                              "to multiply int8 activations with)")
         if self.max_seq_len is not None and (not _is_int(self.max_seq_len) or self.max_seq_len < 2):
             raise BonsaiError(f"--max-seq-len: expected >= 2, got {self.max_seq_len}")
 

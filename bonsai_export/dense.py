@@ -7,8 +7,10 @@ compute the same thing. The formats (`--embedding bf16|int8`, `--head bf16|int8|
 - int8: group-wise, one bf16 scale per DENSE_GROUP (32) weights along K, codes in [-128, 127];
 - int4: codes in [0, 15] with a bf16 scale and offset per group (w = s * q + m);
   each group's scale (and offset) is the candidate that minimises the group's squared error (search_scales).
-The head runs in `bonsai::dense_linear` with float activations, so every runtime agrees with the eager model to
-float rounding (no activation quantizer whose rounding could flip). The int8 embedding is the int8 head format
+The head runs in `bonsai::dense_linear` with float activations by default, so every runtime agrees with the eager
+model to float rounding (no activation quantizer whose rounding could flip); `--head-act-quant int8` makes an int8
+or int4 head multiply int8 activations (one scale per group of DENSE_GROUP) in exact integer sums instead, the
+faster decode that llama.cpp's Q8_0 / Q4_0 dot products compute. The int8 embedding is the int8 head format
 read one row at a time.
 """
 
@@ -190,25 +192,28 @@ class Int8Embedding(nn.Module):
 
 
 class DenseLinear(nn.Module):
-    """y = x @ W^T through bonsai::dense_linear, with W in one of the weight-only FORMATS."""
+    """y = x @ W^T through bonsai::dense_linear, with W in one of the FORMATS; act_bits 8 (int8 / int4 only):
+    int8 activations per group (ops.dense_activations)."""
 
-    def __init__(self, weight: torch.Tensor, fmt: str):
+    def __init__(self, weight: torch.Tensor, fmt: str, act_bits: int = 0):
         super().__init__()
-        self.in_features, self.bits = weight.shape[1], FORMATS[fmt].bits
+        if act_bits and FORMATS[fmt].bits == 16:
+            raise ValueError(f"int8 activations need an int8 or int4 head, got {fmt}")
+        self.in_features, self.bits, self.act_bits = weight.shape[1], FORMATS[fmt].bits, act_bits
         qweight, scales = quantize_weight(weight, fmt)
         self.register_buffer("weight", qweight)
         self.register_buffer("scales", scales)
 
     def forward(self, x):
-        return torch.ops.bonsai.dense_linear(x, self.weight, self.scales, self.in_features, self.bits)
+        return torch.ops.bonsai.dense_linear(x, self.weight, self.scales, self.in_features, self.bits, self.act_bits)
 
 
-def quantize_dense_(model, embedding: str, head: str):
+def quantize_dense_(model, embedding: str, head: str, head_act_bits: int = 0):
     """Swap model.embed_tokens and model.lm_head for their export formats (in place); returns the model."""
     if embedding not in EMBEDDING_FORMATS or head not in FORMATS:
         raise ValueError(f"expected embedding in {EMBEDDING_FORMATS} and head in {tuple(FORMATS)}, got "
                          f"{embedding!r} and {head!r}")
     weight = model.embed_tokens.weight.detach()
     model.embed_tokens = Bf16Embedding(weight) if embedding == "bf16" else Int8Embedding(weight)
-    model.lm_head = DenseLinear(model.lm_head.weight, head)
+    model.lm_head = DenseLinear(model.lm_head.weight, head, head_act_bits)
     return model

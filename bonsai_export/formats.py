@@ -111,6 +111,37 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, d
 
 
+def quantize_dense_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The dense head's int8 activations (docs/FORMAT.md, "Dense weights"): x float32 [M, K] -> (q int8
+    [M, G * DENSE_GROUP], zero past K; d float32 [M, G]), each group of DENSE_GROUP quantized with its own absmax
+    as quantize_activations does per token."""
+    x = np.asarray(x, dtype=np.float32)
+    m, k = x.shape
+    groups = dense_groups(k)
+    padded = np.zeros((m, groups * DENSE_GROUP), np.float32)
+    padded[:, :k] = x
+    q, d = quantize_activations(padded.reshape(m * groups, DENSE_GROUP))
+    return q.reshape(m, -1), d.reshape(m, groups)
+
+
+def dense_matmul_i8(x: np.ndarray, codes: np.ndarray, scales: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
+    """Reference of the int8-activation head: x float32 [M, K], integer codes [N, K], float32 group scales and
+    offsets [N, G] (offsets None for int8) -> y float64 [M, N] = sum_g s * d_g * (the group's exact int32 sum)
+    (+ o * d_g * sum of q over the group)."""
+    m, k = np.asarray(x).shape
+    q, d = quantize_dense_activations(x)
+    groups = d.shape[1]
+    padded = np.zeros((codes.shape[0], groups * DENSE_GROUP), np.int64)
+    padded[:, :k] = codes
+    sums = np.einsum("mgk,ngk->mng", q.reshape(m, groups, DENSE_GROUP).astype(np.int64),
+                     padded.reshape(-1, groups, DENSE_GROUP))  # exact
+    y = (sums * scales[None].astype(np.float64) * d[:, None].astype(np.float64)).sum(-1)
+    if offsets is not None:
+        qsum = q.reshape(m, groups, DENSE_GROUP).astype(np.int64).sum(-1)  # [M, G]
+        y += (qsum * d).astype(np.float64) @ offsets.T.astype(np.float64)
+    return y
+
+
 def int8_accumulate(q: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Exact int32 accumulators acc[m, n] = sum_k q[m, k] * t[n, k]."""
     return q.astype(np.int32) @ t.astype(np.int32).T

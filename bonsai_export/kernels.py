@@ -59,7 +59,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bonsai_int8_accumulate": (ctypes.c_int, [vp, i64, i64, vp, i64, i64, vp, par]),
         "bonsai_ternary_gather": (ctypes.c_int, [vp, i64, i64, i64, vp, i32, vp, i64, vp]),
         "bonsai_quantize_activations": (ctypes.c_int, [vp, i64, i64, vp, vp]),
-        "bonsai_dense_linear": (ctypes.c_int, [vp, i64, i64, vp, i32, vp, i64, vp, par]),
+        "bonsai_dense_linear": (ctypes.c_int, [vp, i64, i64, vp, i32, vp, i64, i32, vp, par]),
         "bonsai_attention": (ctypes.c_int, [vp, i64, i64, i64, vp, vp, i64, i64, i64, vp, par]),
         "bonsai_threadpool_create": (vp, [i32]),
         "bonsai_threadpool_destroy": (None, [vp]),
@@ -260,14 +260,17 @@ def _dense_scales(scales, n: int, k: int, bits: int) -> np.ndarray:
 
 
 def dense_linear(
-    x: np.ndarray, weight: np.ndarray, scales: np.ndarray, k: int, bits: int, threads: int | None = None
+    x: np.ndarray, weight: np.ndarray, scales: np.ndarray, k: int, bits: int, threads: int | None = None,
+    act_bits: int = 0,
 ) -> np.ndarray:
     """y float32 [M, N] = x float32 [M, K] @ W.T with W in a dense_linear format (kernels.h): bits 16: raw bf16
     bits uint16/int16 [N, K], scales float32 [N]; 8: int8 [N, K], raw bf16 scales [N, G]; 4: uint8
-    nibbles [N, 16 G], raw bf16 (scale, offset) [N, G, 2], G = formats.dense_groups(K). Float32 accumulation
-    in a kernel-specific order."""
+    nibbles [N, 16 G], raw bf16 (scale, offset) [N, G, 2], G = formats.dense_groups(K). act_bits 8 (bits 8 or
+    4): x quantized per group (formats.dense_matmul_i8). Float32 accumulation in a kernel-specific order."""
     if bits not in _DENSE_WEIGHTS:
         raise ValueError(f"expected bits in {sorted(_DENSE_WEIGHTS)}, got {bits!r}")
+    if act_bits not in (0, 8) or (act_bits == 8 and bits == 16):
+        raise ValueError(f"expected act_bits 0, or 8 with bits 8 or 4, got act_bits={act_bits!r} bits={bits}")
     if not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"expected K > 0, got {k!r}")
     k = int(k)
@@ -286,7 +289,7 @@ def dense_linear(
     m = x.shape[0]
     y = np.empty((m, n), dtype=np.float32)
     lib = _load()
-    args = [x.ctypes.data, m, k, weight.ctypes.data, bits, scales.ctypes.data, n, y.ctypes.data]
+    args = [x.ctypes.data, m, k, weight.ctypes.data, bits, scales.ctypes.data, n, act_bits, y.ctypes.data]
     _call(lib.bonsai_dense_linear, args, threads)
     return y
 

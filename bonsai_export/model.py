@@ -259,7 +259,7 @@ def build_model(ckpt: Checkpoint, cfg: A.ExportConfig) -> Transformer:
     """The model exactly as the artifact of `cfg` computes it: the export's input, and the tests' reference."""
     if ckpt.group_size is None:
         model = from_checkpoint(ckpt, act_quant=cfg.act_quant, max_seq_len=cfg.max_seq_len)
-        return quantize_dense_(model, cfg.embedding, cfg.head)
+        return quantize_dense_(model, cfg.embedding, cfg.head, formats.ACT_MODES[cfg.head_act_quant])
     model = from_checkpoint(ckpt, act_quant=cfg.act_quant, max_seq_len=cfg.max_seq_len, packed=True)
     return _dense_tables_(model, cfg)
 
@@ -277,7 +277,7 @@ def _dense_tables_(model: Transformer, cfg: A.ExportConfig) -> Transformer:
         weight = model.embed_tokens.weight.detach()
         model.embed_tokens = Bf16Embedding(weight) if cfg.embedding == "bf16" else Int8Embedding(weight)
     if isinstance(model.lm_head, nn.Linear):
-        model.lm_head = DenseLinear(model.lm_head.weight, cfg.head)
+        model.lm_head = DenseLinear(model.lm_head.weight, cfg.head, formats.ACT_MODES[cfg.head_act_quant])
     return model
 
 

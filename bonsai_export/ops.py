@@ -7,8 +7,9 @@ Bonsai); 8: per-token absmax int8 activations with int32 accumulation. scale_lay
 output channel (Bonsai); 1: scales f16 [N, num_blocks(K)], one per block of 128 weights (Ternary-Bonsai), each
 block's int32 sum scaled on its own (formats.matmul_blocks).
 
-    dense_linear(x[..., K] f32, weight, scales, int in_features, int weight_bits) -> y[..., N] f32
-Weight-only quantized linear with float activations (the output head; docs/FORMAT.md "Dense weights").
+    dense_linear(x[..., K] f32, weight, scales, int in_features, int weight_bits, int act_bits=0) -> y[..., N] f32
+Quantized linear (the output head; docs/FORMAT.md "Dense weights"), float activations or (act_bits 8, weight_bits
+8 or 4) int8 activations with one scale per group of formats.DENSE_GROUP (formats.quantize_dense_activations).
 weight_bits 16: weight bf16 [N, K], scales f32 [N]; 8: int8 codes [N, K], bf16 scales [N, G], one per group of
 formats.DENSE_GROUP weights along K: W[n, k] = code[n, k] * scales[n, k // DENSE_GROUP]; 4: uint8 [N, 16 G]
 nibbles 0..15 (per group: low nibbles the first 16 columns, high the last 16), bf16 (scale, offset) pairs
@@ -167,19 +168,31 @@ def raw16(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(torch.int16) if t.dtype == torch.bfloat16 else t.contiguous()
 
 
-def _dense_linear(x, weight, scales, in_features, weight_bits):
+def dense_activations(x: torch.Tensor, act_bits: int) -> torch.Tensor:
+    """x as the head multiplies it: itself, or (act_bits 8) its int8 group codes times their scales."""
+    if act_bits == 0:
+        return x.float()
+    x2 = x.detach().reshape(-1, x.shape[-1]).float().numpy()
+    q, d = formats.quantize_dense_activations(x2)
+    xq = q.astype("float32").reshape(len(x2), d.shape[1], formats.DENSE_GROUP) * d[..., None]
+    return torch.from_numpy(xq.reshape(len(x2), -1)[:, : x.shape[-1]]).reshape(x.shape)
+
+
+def _dense_linear(x, weight, scales, in_features, weight_bits, act_bits=0):
     if x.shape[-1] != in_features:
         raise ValueError(f"dense_linear: x {list(x.shape)} does not fit in_features={in_features}")
+    if act_bits not in (0, 8) or (act_bits == 8 and weight_bits == 16):
+        raise ValueError(f"dense_linear: expected act_bits 0, or 8 with weight_bits 8 or 4, got {act_bits}")
     native = _native()
     if native is None or x.numel() == 0 or weight_bits not in (16, 8, 4):
-        return x.float() @ dense_weight(weight, scales, in_features, weight_bits).T
+        return dense_activations(x, act_bits) @ dense_weight(weight, scales, in_features, weight_bits).T
     x2 = x.detach().reshape(-1, in_features).float().contiguous()
     y = torch.from_numpy(native.dense_linear(
-        x2.numpy(), raw16(weight).numpy(), raw16(scales).numpy(), in_features, weight_bits))
+        x2.numpy(), raw16(weight).numpy(), raw16(scales).numpy(), in_features, weight_bits, act_bits=act_bits))
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
-_define("dense_linear", "Tensor x, Tensor weight, Tensor scales, int in_features, int weight_bits",
+_define("dense_linear", "Tensor x, Tensor weight, Tensor scales, int in_features, int weight_bits, int act_bits=0",
         _dense_linear, _linear_fake)
 
 

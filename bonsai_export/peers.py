@@ -14,6 +14,7 @@ reused by later runs.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -83,29 +84,44 @@ def gguf_file(folder: Path, manifest: A.Manifest) -> Path:
     That one is written with --gguf-regroup and --gguf-speed-only, so that every family gets a peer to time: both
     change nothing where the checkpoint does not need them (blocks one scale holds exactly, a SiLU MLP); where they
     do (Ternary-Bonsai's t2g groups, BitNet 2B4T's relu^2), the file's manifest entry records it and gguf_summary's
-    `caveat` says so. Its head and embedding have the precision of the artifact's (GGUF_DENSE_OF)."""
+    `caveat` says so. Its head and embedding have the precision of the artifact's (GGUF_DENSE_OF); a tied
+    checkpoint's one table takes the head's, since every token reads it as the head."""
     if (own := manifest.artifact("gguf")) is not None:
         return folder / own.file
-    out = _exported("gguf", manifest.source.checkpoint,
-                    A.ExportConfig(format="gguf", max_seq_len=manifest.options.max_seq_len, gguf_regroup=True,
-                                   gguf_speed_only=True, gguf_head=GGUF_DENSE_OF[manifest.options.head],
-                                   gguf_embedding=GGUF_DENSE_OF[manifest.options.embedding]))
+    source, options = manifest.source.checkpoint, manifest.options
+    head = GGUF_DENSE_OF[options.head]
+    out = _exported("gguf", source,
+                    A.ExportConfig(format="gguf", max_seq_len=options.max_seq_len, gguf_regroup=True,
+                                   gguf_speed_only=True, gguf_head=head,
+                                   gguf_embedding=head if _tied(source) else GGUF_DENSE_OF[options.embedding]))
     return out / A.read_manifest(out).artifact("gguf").file
+
+
+def _tied(source: str) -> bool:
+    """Whether a local checkpoint folder ties its head to the token table (config.json)."""
+    try:
+        return json.loads((Path(source) / "config.json").read_text()).get("tie_word_embeddings") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def gguf_summary(path: Path) -> dict:
     """Tensor types of a GGUF (ternary layers, head, embedding) and the bytes a decoded token reads: every
-    2-D weight but the embedding table (one row of it is read per token)."""
+    2-D weight but the embedding table (one row of it is read per token), unless that table is the head too (no
+    output tensor)."""
     from gguf import GGUFReader
 
     tensors = GGUFReader(path).tensors
+    tied = not any(t.name == "output.weight" for t in tensors)
     types = {}
     for t in tensors:
         role = ("embedding" if t.name == "token_embd.weight" else "head" if t.name == "output.weight"
                 else "ternary layers" if t.name.startswith("blk.") and len(t.shape) == 2 else None)
         if role:
             types.setdefault(role, set()).add(t.tensor_type.name)
-    read = sum(int(t.n_bytes) for t in tensors if len(t.shape) == 2 and t.name != "token_embd.weight")
+    if tied and "embedding" in types:
+        types["head"] = types["embedding"]
+    read = sum(int(t.n_bytes) for t in tensors if len(t.shape) == 2 and (tied or t.name != "token_embd.weight"))
     return {"file": str(path), "bytes": path.stat().st_size, "bytes_per_token": read,
             "tensor_types": {role: ", ".join(sorted(v)) for role, v in types.items()}, "caveat": _caveat(path)}
 

@@ -207,14 +207,69 @@ def test_dense_c_side_validates():
     w = np.zeros((5, 40), np.int8)
     s = np.full((5, 2), 0x3F80, np.uint16)  # bf16 1.0
     y = np.empty((2, 5), np.float32)
-    ok = [x.ctypes.data, 2, 40, w.ctypes.data, 8, s.ctypes.data, 5, y.ctypes.data]
+    ok = [x.ctypes.data, 2, 40, w.ctypes.data, 8, s.ctypes.data, 5, 0, y.ctypes.data]
     assert lib.bonsai_dense_linear(*ok, None) == 0
-    for index, value, status in [(0, None, 1), (3, None, 1), (5, None, 1), (7, None, 1), (1, 0, 2), (2, -1, 2),
-                                 (6, 0, 2), (4, 2, 3), (4, 32, 3)]:
+    for index, value, status in [(0, None, 1), (3, None, 1), (5, None, 1), (8, None, 1), (1, 0, 2), (2, -1, 2),
+                                 (6, 0, 2), (4, 2, 3), (4, 32, 3), (7, 4, 3), (7, -8, 3)]:
         args = list(ok)
         args[index] = value
         assert lib.bonsai_dense_linear(*args, None) == status, f"argument {index} = {value}"
         assert lib.bonsai_last_error().decode().startswith("bonsai_dense_linear")
+    bf16 = [x.ctypes.data, 2, 40, np.zeros((5, 40), np.uint16).ctypes.data, 16, np.ones(5, np.float32).ctypes.data,
+            5, 8, y.ctypes.data]  # int8 activations need integer codes
+    assert lib.bonsai_dense_linear(*bf16, None) == 3
+    assert "act_bits" in lib.bonsai_last_error().decode()
+
+
+# --- int8 activations (act_bits 8) ---
+
+def int8_act_reference(x, qweight, scales, k, bits):
+    """formats.dense_matmul_i8 on the format's integer codes and float scales (and offsets)."""
+    if bits == 8:
+        codes, s, o = qweight.numpy(), scales.float().numpy(), None
+    else:
+        codes, s, o = ops.unpack_int4(qweight, k).numpy(), scales[..., 0].float().numpy(), scales[..., 1].float().numpy()
+    return formats.dense_matmul_i8(x.numpy(), codes, s, o)
+
+
+@settings(max_examples=EXAMPLES_PER_ISA, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    m=st.sampled_from((1, 2, 7)),
+    n=st.integers(1, 97),
+    k=st.integers(1, 600),
+    fmt=st.sampled_from(GROUPED),
+    threads=st.sampled_from((1, 2, 3)),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_dense_int8_activations_match_reference(isa, m, n, k, fmt, threads, seed):
+    """Every kernel against formats.dense_matmul_i8 (exact group sums in int64, the rest in float64), within the
+    float path's rounding bound; and the eager op's pure-PyTorch fallback (ops.dense_activations) is that math."""
+    x, qweight, scales = dense_problem(seed, m, n, k, fmt)
+    bits = dense.FORMATS[fmt].bits
+    got = K.dense_linear(x.numpy(), ops.raw16(qweight).numpy(), ops.raw16(scales).numpy(), k, bits,
+                         threads=threads, act_bits=8)
+    want = int8_act_reference(x, qweight, scales, k, bits)
+    xq = ops.dense_activations(x, 8).double()
+    magnitude = ops.dense_weight(qweight, scales, k, bits).double().abs()
+    if bits == 4:
+        magnitude = magnitude + ops.group_scales(scales[..., 1], k).double().abs()
+    bound = (DENSE_REL_TOL * (xq.abs() @ magnitude.T) + 1e-30).numpy()
+    assert np.all(np.abs(got - want) <= bound), f"max error {np.abs(got - want).max()}"
+    fallback = (xq @ ops.dense_weight(qweight, scales, k, bits).double().T).numpy()
+    assert np.all(np.abs(fallback - want) <= bound)
+
+
+def test_dense_int8_activations_quantize_per_group():
+    """One large value quantizes only its own group: the others keep their resolution (a per-token scale would
+    round them to zero), and an all-zero group gives d = 0."""
+    x = np.zeros((1, 96), np.float32)
+    x[0, :32] = 1000.0
+    x[0, 32:64] = np.linspace(-1, 1, 32, dtype=np.float32)
+    q, d = formats.quantize_dense_activations(x)
+    assert q.shape == (1, 96) and d.shape == (1, 3)
+    assert d[0, 2] == 0 and not q[0, 64:].any()
+    assert np.array_equal(q[0, 32:64], np.clip(np.rint(x[0, 32:64] * np.float32(127)), -127, 127).astype(np.int8))
+    assert d[0, 0] == np.float32(1000) / np.float32(127)
 
 
 # --- attention ---

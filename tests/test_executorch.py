@@ -85,14 +85,16 @@ def test_cpp_runner_generates_the_same_tokens(exported):
     assert not any(lib.startswith(("libtorch", "libc10", "libpython")) for lib in libs), libs
 
 
-DENSE_CASES = [dict(embedding="int8", head="int8"), dict(embedding="bf16", head="int4")]
-assert len(DENSE_CASES) == 2
+DENSE_CASES = [dict(embedding="int8", head="int8"), dict(embedding="bf16", head="int4"),
+               dict(embedding="bf16", head="int8", head_act_quant="int8"),
+               dict(embedding="bf16", head="int4", head_act_quant="int8")]
+assert len(DENSE_CASES) == 4
 
 
-@pytest.mark.parametrize("dense", DENSE_CASES, ids=lambda d: f"{d['embedding']}-{d['head']}")
+@pytest.mark.parametrize("dense", DENSE_CASES, ids=lambda d: f"{d['embedding']}-{d['head']}-{d.get('head_act_quant', 'none')}")
 def test_group_wise_embedding_and_heads_match_eager(tiny_ckpt, tmp_path, dense):
-    """bonsai::dense_linear's int8 and int4 heads and the int8 embedding in the .pte, float activations: float
-    rounding only, as the bf16 head (the formats' weights are exact, docs/FORMAT.md)."""
+    """bonsai::dense_linear's int8 and int4 heads (float or int8 activations) and the int8 embedding in the .pte:
+    float rounding only, as the bf16 head (the formats' weights and integer sums are exact, docs/FORMAT.md)."""
     cfg = A.ExportConfig(act_quant="none", max_seq_len=MAX_SEQ, **dense)
     export(tiny_ckpt, tmp_path / "art", cfg)
     errors = compare_steps(PteRunner(tmp_path / "art"), build_model(checkpoint.load(tiny_ckpt, progress=False), cfg),

@@ -323,14 +323,16 @@ def test_external_data_past_the_limit(tmp_path, tiny_ckpt, monkeypatch, eager):
     assert float((got - want).abs().max()) <= TOL["stock"]["none"] * float(want.std())
 
 
-DENSE_CASES = [dict(embedding="int8", head="int8"), dict(embedding="bf16", head="int4")]
-assert len(DENSE_CASES) == 2
+DENSE_CASES = [dict(embedding="int8", head="int8"), dict(embedding="bf16", head="int4"),
+               dict(embedding="bf16", head="int8", head_act_quant="int8"),
+               dict(embedding="bf16", head="int4", head_act_quant="int8")]
+assert len(DENSE_CASES) == 4
 
 
-@pytest.mark.parametrize("dense", DENSE_CASES, ids=lambda d: f"{d['embedding']}-{d['head']}")
+@pytest.mark.parametrize("dense", DENSE_CASES, ids=lambda d: f"{d['embedding']}-{d['head']}-{d.get('head_act_quant', 'none')}")
 def test_group_wise_embedding_and_heads_match_eager(tmp_path, tiny_ckpt, dense):
-    """bonsai::DenseMatMul's int8 and int4 heads and the int8 embedding's Gather / Mul graph, float activations:
-    float rounding only (TOL["custom"]), as the bf16 head."""
+    """bonsai::DenseMatMul's int8 and int4 heads (float or int8 activations: act_bits) and the int8 embedding's
+    Gather / Mul graph: float rounding only (TOL["custom"]), as the bf16 head."""
     cfg = A.ExportConfig(format="onnx", act_quant="none", max_seq_len=MAX_SEQ, **dense)
     export(tiny_ckpt, tmp_path / "art", cfg)
     model, runner = build_model(checkpoint.load(tiny_ckpt, progress=False), cfg), open_runner(tmp_path / "art")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .. import __version__, bench_kernels
 from .. import options as O
-from ..artifact import (ARTIFACT_FORMATS, EMBEDDINGS, GGUF_DENSE, GGUF_FALLBACKS, GGUF_TERNARY, HEADS, TERNARY_OPS,
-                        ExportConfig)
+from ..artifact import (ARTIFACT_FORMATS, EMBEDDINGS, GGUF_DENSE, GGUF_FALLBACKS, GGUF_TERNARY, HEAD_ACT_QUANTS, HEADS,
+                        TERNARY_OPS, ExportConfig)
 from ..config import PRESETS
 from ..errors import BonsaiError
 from ..formats import ACT_MODES
@@ -134,6 +134,8 @@ EXPORT_CHOICES = {
     "embedding": (EMBEDDINGS, "token table: bf16 (the checkpoint's, lossless; default) or int8 (8.5 bits/weight)"),
     "head": (HEADS, "output head: bf16 (lossless; default), int8 (8.5 bits/weight: ~1.25x decode, top-1 -0.2 to "
                     "-0.5 points) or int4 (5 bits: perplexity +0.8%%); README, Heads and embedding"),
+    "head_act_quant": (HEAD_ACT_QUANTS, "int8 / int4 head's activations: none (float; default) or int8 (one scale "
+                                        "per 32, exact integer sums, as llama.cpp's Q8_0 / Q4_0: faster decode)"),
     "ternary_op": (TERNARY_OPS, "ONNX: custom = bonsai::TernaryMatMul (our op library, copied into the folder); "
                                 "stock = com.microsoft MatMulNBits bits=2 (unmodified ONNX Runtime)"),
     "gguf_ternary": (GGUF_TERNARY, "GGUF: ternary layers as TQ2_0 (2.06 bits/weight, default) or TQ1_0 (1.69 bits, "

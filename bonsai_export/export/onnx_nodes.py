@@ -227,8 +227,9 @@ class GraphBuilder:
             weight = to_bf16_array(w) if bits == 16 else w.numpy()
             scales = f32(head.scales) if bits == 16 else to_bf16_array(head.scales)
             inputs = [x, self.weight("lm_head.weight", weight), self.weight("lm_head.scales", scales)]
+            act = {"act_bits": head.act_bits} if head.act_bits else {}  # absent: float, as before the attribute
             return self.op("DenseMatMul", inputs, "/lm_head/DenseMatMul", BONSAI_DOMAIN, in_features=k,
-                           weight_bits=bits)
+                           weight_bits=bits, **act)
         if bits == 16:
             if not bool((head.scales == 1).all()):
                 raise BonsaiError("internal: a bf16 head must have unit scales")

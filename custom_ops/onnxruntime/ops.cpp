@@ -166,33 +166,36 @@ struct TernaryMatMul {
 
 // ---- bonsai::DenseMatMul(x f32 [..., K], weight W [N, ...], scales S) -> y f32 [..., N] ----
 // attributes: in_features (K), weight_bits (16: W bf16 [N, K], S f32 [N]; 8: W int8 [N, K], S bf16 [N, G]; 4: W
-// uint8 [N, 16 G] nibbles, S bf16 (scale, offset) [N, G, 2]; G = ceil(K/32)). One kernel per (weight, scale) dtype
-// pair, same op name; the core checks that weight_bits fits the dtypes ORT picked the kernel by.
+// uint8 [N, 16 G] nibbles, S bf16 (scale, offset) [N, G, 2]; G = ceil(K/32)), act_bits (0, the default: float
+// activations; 8: int8 per group, weight_bits 8 or 4). One kernel per (weight, scale) dtype pair, same op name;
+// the core checks that weight_bits fits the dtypes ORT picked the kernel by.
 template <typename W, typename S>
 struct DenseMatMul {
   static constexpr const char* kName = "bonsai::DenseMatMul";
   int64_t in_features = 0;
   int64_t weight_bits = 0;
+  int64_t act_bits = 0;
 
   DenseMatMul(const OrtApi* /*api*/, const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
     in_features = ki.GetAttribute<int64_t>("in_features");
     weight_bits = ki.GetAttribute<int64_t>("weight_bits");
+    act_bits = optional_attribute(info, "act_bits", 0);
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Tensor<float>& x, const Tensor<W>& weight,
                       const Tensor<S>& scales, Tensor<float>& y) {
     const bonsai_tensor xd = describe(x), wd = describe(weight), sd = describe(scales);
     int64_t m = 0, n = 0;
-    if (bonsai_check_dense_linear(kName, &xd, &wd, &sd, in_features, weight_bits, &m, &n) != BONSAI_OK)
+    if (bonsai_check_dense_linear(kName, &xd, &wd, &sd, in_features, weight_bits, act_bits, &m, &n) != BONSAI_OK)
       return fail(bonsai_last_error());
     return guarded(kName, [&] {
       float* out = allocate_last_dim(y, x.Shape(), n);
       if (m == 0) return Ort::Status(nullptr);  // an empty x: nothing to compute
       const bonsai_parallel par = ort_parallel(ctx);
       return core_status(kName, bonsai_dense_linear(x.Data(), m, in_features, weight.DataRaw(),
-                                                    static_cast<int32_t>(weight_bits), scales.DataRaw(), n, out,
-                                                    &par));
+                                                    static_cast<int32_t>(weight_bits), scales.DataRaw(), n,
+                                                    static_cast<int32_t>(act_bits), out, &par));
     });
   }
 };

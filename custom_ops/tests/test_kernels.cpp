@@ -244,8 +244,24 @@ float bf16_round(float v, uint16_t* bits) {  // the bf16 nearest to v (ties to e
   return f;
 }
 
+// act_bits 8: the oracle sees the activations as the kernels quantize them (kernels.h), dequantized in double.
+std::vector<double> dense_activations(const std::vector<float>& x, int64_t m, int64_t k, int32_t act_bits) {
+  std::vector<double> xd(x.begin(), x.end());
+  if (act_bits == 0) return xd;
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t g0 = 0; g0 < k; g0 += BONSAI_DENSE_GROUP) {
+      const int64_t g1 = g0 + BONSAI_DENSE_GROUP < k ? g0 + BONSAI_DENSE_GROUP : k;
+      float amax = 0.0f;
+      for (int64_t i = g0; i < g1; ++i) amax = fmaxf(amax, fabsf(x[size_t(r * k + i)]));
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f, d = amax / 127.0f;
+      for (int64_t i = g0; i < g1; ++i)
+        xd[size_t(r * k + i)] = double(fminf(fmaxf(nearbyintf(x[size_t(r * k + i)] * inv), -127.0f), 127.0f)) * d;
+    }
+  return xd;
+}
+
 void check_dense(int32_t bits, int64_t m, int64_t n, int64_t k, const bonsai_parallel* par, std::mt19937& rng,
-                 const char* isa) {
+                 const char* isa, int32_t act_bits = 0) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_int_distribution<int> nibble(0, 15), byte(-128, 127);
   const int64_t groups = (k + BONSAI_DENSE_GROUP - 1) / BONSAI_DENSE_GROUP;
@@ -292,20 +308,21 @@ void check_dense(int32_t bits, int64_t m, int64_t n, int64_t k, const bonsai_par
   Unaligned<uint8_t> wu(w);
   Unaligned<float> xu(xv), y(size_t(m * n));
   char where[160];
-  snprintf(where, sizeof where, "dense %s bits=%d M=%lld N=%lld K=%lld threads=%d", isa, bits, (long long)m,
-           (long long)n, (long long)k, par ? par->num_threads : 1);
+  snprintf(where, sizeof where, "dense %s bits=%d act_bits=%d M=%lld N=%lld K=%lld threads=%d", isa, bits, act_bits,
+           (long long)m, (long long)n, (long long)k, par ? par->num_threads : 1);
   const void* sp = bits == 16 ? static_cast<const void*>(scales.data()) : scale_bits.data();
-  CHECK(bonsai_dense_linear(xu.ptr, m, k, wu.ptr, bits, sp, n, y.ptr, par) == BONSAI_OK, "%s: %s", where,
+  CHECK(bonsai_dense_linear(xu.ptr, m, k, wu.ptr, bits, sp, n, act_bits, y.ptr, par) == BONSAI_OK, "%s: %s", where,
         bonsai_last_error());
+  const std::vector<double> xa = dense_activations(xv, m, k, act_bits);
   for (int64_t r = 0; r < m; ++r)
     for (int64_t o = 0; o < n; ++o) {
       double want = 0.0, magnitude = 0.0;
       for (int64_t i = 0; i < k; ++i) {
-        want += wf[size_t(o * k + i)] * xv[size_t(r * k + i)];
-        magnitude += fabs(wf[size_t(o * k + i)] * xv[size_t(r * k + i)]);
+        want += wf[size_t(o * k + i)] * xa[size_t(r * k + i)];
+        magnitude += fabs(wf[size_t(o * k + i)] * xa[size_t(r * k + i)]);
         if (bits == 4) {  // the kernels sum code * scale and offset * x apart: both terms' magnitudes count
           const size_t si = size_t((o * groups + i / BONSAI_DENSE_GROUP) * 2);
-          magnitude += fabs(double(scales[si + 1]) * xv[size_t(r * k + i)]);
+          magnitude += fabs(double(scales[si + 1]) * xa[size_t(r * k + i)]);
         }
       }
       const double got = y.ptr[r * n + o];
@@ -371,6 +388,13 @@ void run_float_kernels(const char* isa, bonsai_parallel* pools, std::mt19937& rn
     check_dense(bits, 64, 70, 95, &pools[1], rng, isa);    // prefill tiles with leftovers
     check_dense(bits, 1, 37, 600, &pools[1], rng, isa);    // int4's offset term: a whole step of pairs and a tail
   }
+  for (int32_t bits : {8, 4}) {  // int8 activations: partial groups, tiles and leftovers, batches of 8 scales
+    for (int64_t m : tokens)
+      for (int64_t n : rows)
+        for (int64_t k : depths) check_dense(bits, m, n, k, m == 2 ? &pools[1] : nullptr, rng, isa, 8);
+    check_dense(bits, 1, 301, 1536, &pools[1], rng, isa, 8);
+    check_dense(bits, 3, 37, 600, &pools[1], rng, isa, 8);
+  }
   for (int64_t d : {1, 7, 16, 33, 96})
     for (int64_t t : {1, 3})
       check_attention(t, 4, 2, d, t == 1 ? 40 : 5, t == 3 ? &pools[1] : nullptr, rng, isa);
@@ -429,11 +453,13 @@ void check_invalid_arguments() {
       {"acc N=0", bonsai_int8_accumulate(q.data(), 2, k, w.data(), rb, 0, acc.data(), nullptr), BONSAI_ERR_SHAPE},
       {"quantize K=0", bonsai_quantize_activations(x.data(), 2, 0, q.data(), y.data()), BONSAI_ERR_SHAPE},
       {"unknown isa", bonsai_set_isa("sse9"), BONSAI_ERR_ISA},
-      {"dense null x", bonsai_dense_linear(nullptr, 2, k, w.data(), 8, s.data(), 3, y.data(), nullptr), BONSAI_ERR_NULL},
-      {"dense null w", bonsai_dense_linear(x.data(), 2, k, nullptr, 8, s.data(), 3, y.data(), nullptr), BONSAI_ERR_NULL},
-      {"dense K=0", bonsai_dense_linear(x.data(), 2, 0, w.data(), 8, s.data(), 3, y.data(), nullptr), BONSAI_ERR_SHAPE},
-      {"dense N=0", bonsai_dense_linear(x.data(), 2, 4, w.data(), 8, s.data(), 0, y.data(), nullptr), BONSAI_ERR_SHAPE},
-      {"dense bits=2", bonsai_dense_linear(x.data(), 2, 4, w.data(), 2, s.data(), 3, y.data(), nullptr), BONSAI_ERR_ACT_BITS},
+      {"dense null x", bonsai_dense_linear(nullptr, 2, k, w.data(), 8, s.data(), 3, 0, y.data(), nullptr), BONSAI_ERR_NULL},
+      {"dense null w", bonsai_dense_linear(x.data(), 2, k, nullptr, 8, s.data(), 3, 0, y.data(), nullptr), BONSAI_ERR_NULL},
+      {"dense K=0", bonsai_dense_linear(x.data(), 2, 0, w.data(), 8, s.data(), 3, 0, y.data(), nullptr), BONSAI_ERR_SHAPE},
+      {"dense N=0", bonsai_dense_linear(x.data(), 2, 4, w.data(), 8, s.data(), 0, 0, y.data(), nullptr), BONSAI_ERR_SHAPE},
+      {"dense bits=2", bonsai_dense_linear(x.data(), 2, 4, w.data(), 2, s.data(), 3, 0, y.data(), nullptr), BONSAI_ERR_ACT_BITS},
+      {"dense act_bits=4", bonsai_dense_linear(x.data(), 2, 4, w.data(), 8, s.data(), 3, 4, y.data(), nullptr), BONSAI_ERR_ACT_BITS},
+      {"dense bf16 act_bits=8", bonsai_dense_linear(x.data(), 2, 4, w.data(), 16, s.data(), 3, 8, y.data(), nullptr), BONSAI_ERR_ACT_BITS},
       {"attn null q", bonsai_attention(nullptr, 1, 2, 4, x.data(), x.data(), 1, 8, 0, y.data(), nullptr), BONSAI_ERR_NULL},
       {"attn H%Hkv", bonsai_attention(x.data(), 1, 3, 4, x.data(), x.data(), 2, 8, 0, y.data(), nullptr), BONSAI_ERR_SHAPE},
       {"attn pos", bonsai_attention(x.data(), 2, 2, 4, x.data(), x.data(), 1, 8, 7, y.data(), nullptr), BONSAI_ERR_SHAPE},
@@ -446,7 +472,7 @@ void check_invalid_arguments() {
       {"attn T*H*D overflow", bonsai_attention(x.data(), int64_t(1) << 31, int64_t(1) << 31, int64_t(1) << 31,
                                                x.data(), x.data(), 1, int64_t(1) << 31, 0, y.data(), nullptr),
        BONSAI_ERR_SHAPE},
-      {"dense K huge", bonsai_dense_linear(x.data(), 2, INT64_MAX, w.data(), 4, s.data(), 3, y.data(), nullptr),
+      {"dense K huge", bonsai_dense_linear(x.data(), 2, INT64_MAX, w.data(), 4, s.data(), 3, 0, y.data(), nullptr),
        BONSAI_ERR_SHAPE},
       {"pool threads=0", bonsai_threadpool_create(0) == nullptr ? BONSAI_ERR_SHAPE : BONSAI_OK, BONSAI_ERR_SHAPE},
   };
@@ -511,7 +537,7 @@ void check_tensor_validation() {
   };
   for (const Linear& c : cases) {
     int64_t m = -1, n = -1;
-    const int got = c.dense ? bonsai_check_dense_linear("op", &c.x.t, &c.w.t, &c.s.t, c.k, c.bits, &m, &n)
+    const int got = c.dense ? bonsai_check_dense_linear("op", &c.x.t, &c.w.t, &c.s.t, c.k, c.bits, 0, &m, &n)
                             : bonsai_check_ternary_linear("op", &c.x.t, &c.w.t, &c.s.t, c.k, c.bits, &m, &n);
     CHECK(got == c.want && strstr(bonsai_last_error(), c.message), "%s: status %d, message %s", c.what, got,
           bonsai_last_error());

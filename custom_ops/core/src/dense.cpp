@@ -9,6 +9,7 @@
 // kernels (KernelTable::dense_f32) are float_kernels.h instantiated per ISA. Decode (M = 1) streams each row
 // once with per-row accumulators; prefill (M > 1) widens a block of rows to scaled fp32 once and reuses it for
 // every token (the weights are read from memory once per call, not once per token).
+#include <math.h>
 #include <string.h>
 
 #include <new>
@@ -84,13 +85,41 @@ void dense_rows_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, i
   }
 }
 
+// int8 activations: each group's exact int32 sum times s * d_g, added in group order (int4: then o * d_g * the
+// group's sum of xq, from group_sums).
+template <int Bits>
+void dense_rows_i8_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = p.w + n * p.w_stride;
+    for (int64_t m = m0; m < m1; ++m) {
+      const int8_t* q = p.xq + m * p.x_stride;
+      const float* d = p.xd + m * p.groups;
+      float y = 0.f;
+      for (int64_t g = 0; g < p.groups; ++g) {
+        const int64_t k0 = g * kDenseChunk, k1 = k0 + kDenseChunk < p.k ? k0 + kDenseChunk : p.k;
+        int32_t sum = 0;
+        for (int64_t k = k0; k < k1; ++k) sum += int32_t(weight_at<Bits>(row, k)) * q[k];
+        y += float(sum) * (p.scale<Bits>(n, g) * d[g]);
+        if constexpr (Bits == 4) y += p.offset(n, g) * p.group_sums[(m * p.groups + g) * 2 + 1];
+      }
+      p.y[m * p.y_stride + n] = y;
+    }
+  }
+}
+
 }  // namespace
 
-// The reference kernel (table "ref"): scalar, K order within 16 interleaved partial sums.
+// The reference kernels (table "ref"): scalar, K order within 16 interleaved partial sums; int8 activations in
+// group order.
 void dense_f32_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float* /*scratch*/) {
   if (p.bits == 16) dense_rows_ref<16>(p, m0, m1, n0, n1);
   else if (p.bits == 8) dense_rows_ref<8>(p, m0, m1, n0, n1);
   else dense_rows_ref<4>(p, m0, m1, n0, n1);
+}
+
+void dense_i8_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  if (p.bits == 8) dense_rows_i8_ref<8>(p, m0, m1, n0, n1);
+  else dense_rows_i8_ref<4>(p, m0, m1, n0, n1);
 }
 
 namespace {
@@ -103,6 +132,8 @@ constexpr int64_t kScratchBytes = 160 * 1024;
 thread_local std::vector<float> t_x;        // zero-padded activations
 thread_local std::vector<float> t_sums;     // int4: sums of x over each group of each token
 thread_local std::vector<float> t_scratch;  // per-task widened weight rows
+thread_local std::vector<int8_t> t_xq;      // act_bits 8: quantized activations
+thread_local std::vector<float> t_xd;       // act_bits 8: their group scales
 
 struct DenseJob {
   const KernelTable* table;
@@ -117,14 +148,45 @@ void dense_task(void* ctx, int64_t task) {
   int64_t m0, m1, n0, n1;
   j.split.task_range(task, &m0, &m1, &n0, &n1);
   if (n0 >= n1) return;
-  j.table->dense_f32(j.p, m0, m1, n0, n1, j.scratch ? j.scratch + task * j.scratch_per_task : nullptr);
+  if (j.p.xq) j.table->dense_i8(j.p, m0, m1, n0, n1);
+  else j.table->dense_f32(j.p, m0, m1, n0, n1, j.scratch ? j.scratch + task * j.scratch_per_task : nullptr);
+}
+
+// act_bits 8: each group of each token (zero-padded rows of kp floats) as int8 codes and its scale d_g, in the
+// scalar arithmetic of FORMAT.md ("Dense weights"); with int4 weights also the (0, d_g * sum of codes) pairs of
+// the offsets' term. Once per call, O(M K): no ISA-specific code needed.
+void quantize_groups(const float* x, int64_t m, int64_t groups, int8_t* q, float* d, float* sums) {
+  for (int64_t i = 0; i < m * groups; ++i) {
+    const float* xg = x + i * kDenseChunk;
+    int8_t* qg = q + i * kDenseChunk;
+    float amax = 0.f;
+    for (int64_t j = 0; j < kDenseChunk; ++j) amax = fmaxf(amax, fabsf(xg[j]));
+    int32_t total = 0;
+    if (amax == 0.f) {
+      memset(qg, 0, size_t(kDenseChunk));
+      d[i] = 0.f;
+    } else {
+      const float inv = float(kInt8QMax) / amax;
+      for (int64_t j = 0; j < kDenseChunk; ++j) {
+        const float r = nearbyintf(xg[j] * inv);  // round half to even (the default mode), as numpy's rint
+        qg[j] = int8_t(r < -kInt8QMax ? -kInt8QMax : r > kInt8QMax ? kInt8QMax : r);
+        total += qg[j];
+      }
+      d[i] = amax / float(kInt8QMax);
+    }
+    if (sums) {
+      sums[2 * i] = 0.f;
+      sums[2 * i + 1] = d[i] * float(total);
+    }
+  }
 }
 
 }  // namespace
 }  // namespace bonsai
 
 extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const void* weight, int32_t weight_bits,
-                                   const void* scales, int64_t n, float* y, const bonsai_parallel* parallel) {
+                                   const void* scales, int64_t n, int32_t act_bits, float* y,
+                                   const bonsai_parallel* parallel) {
   using namespace bonsai;
   clear_error();
   if (!x || !weight || !scales || !y) return fail(BONSAI_ERR_NULL, "bonsai_dense_linear: null pointer");
@@ -133,6 +195,10 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
                                       " N=" + std::to_string(n) + " K=" + std::to_string(k));
   if (weight_bits != 16 && weight_bits != 8 && weight_bits != 4)
     return fail(BONSAI_ERR_ACT_BITS, "bonsai_dense_linear: weight_bits must be 16, 8 or 4, got " +
+                                         std::to_string(weight_bits));
+  if (act_bits != 0 && (act_bits != 8 || weight_bits == 16))
+    return fail(BONSAI_ERR_ACT_BITS, "bonsai_dense_linear: act_bits must be 0, or 8 with weight_bits 8 or 4, got "
+                                     "act_bits " + std::to_string(act_bits) + " with weight_bits " +
                                          std::to_string(weight_bits));
   const KernelTable* table = active_table();
   if (!table) return BONSAI_ERR_ISA;
@@ -152,7 +218,17 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
     scratch_rows = scratch_rows < 8 ? 8 : scratch_rows > 64 ? 64 : scratch_rows;
     const bool grouped = weight_bits != 16;
     const float* sums = nullptr;
-    if (weight_bits == 4) {  // once per call: every row's offsets multiply the same group sums
+    const int8_t* xq = nullptr;
+    const float* xd = nullptr;
+    if (act_bits == 8) {
+      if (t_xq.size() < size_t(m * kp)) t_xq.resize(size_t(m * kp));
+      if (t_xd.size() < size_t(m * groups)) t_xd.resize(size_t(m * groups));
+      if (weight_bits == 4 && t_sums.size() < size_t(2 * m * groups)) t_sums.resize(size_t(2 * m * groups));
+      quantize_groups(xp, m, groups, t_xq.data(), t_xd.data(), weight_bits == 4 ? t_sums.data() : nullptr);
+      xq = t_xq.data();
+      xd = t_xd.data();
+      sums = weight_bits == 4 ? t_sums.data() : nullptr;
+    } else if (weight_bits == 4) {  // once per call: every row's offsets multiply the same group sums
       if (t_sums.size() < size_t(2 * m * groups)) t_sums.resize(size_t(2 * m * groups));
       for (int64_t i = 0; i < m * groups; ++i) {
         float sum = 0.f;
@@ -165,9 +241,9 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
     DenseJob job{table,
                  {xp, kp, k, static_cast<const uint8_t*>(weight), dense_row_bytes(weight_bits, k), weight_bits,
                   grouped ? nullptr : static_cast<const float*>(scales),
-                  grouped ? static_cast<const uint16_t*>(scales) : nullptr, groups, sums, y, n, scratch_rows},
+                  grouped ? static_cast<const uint16_t*>(scales) : nullptr, groups, sums, y, n, scratch_rows, xq, xd},
                  split, nullptr, 0};
-    if (m > 1) {
+    if (m > 1 && !xq) {
       job.scratch_per_task = scratch_rows * kp;
       const size_t total = size_t(split.tasks() * job.scratch_per_task);
       if (t_scratch.size() < total) t_scratch.resize(total);

@@ -73,6 +73,10 @@ struct DenseProblem {
   float* y;                     // [M, y_stride]
   int64_t y_stride;
   int64_t scratch_rows;  // rows of kp floats in each task's scratch (M > 1 widens rows there once)
+  // act_bits 8: xq [M, x_stride] int8 activations, zero past K, and xd [M, groups] their group scales d_g; the
+  // int4 offsets' term then reads group_sums = (0, d_g * sum of xq over group g) pairs.
+  const int8_t* xq = nullptr;
+  const float* xd = nullptr;
 
   // Scale of chunk c of row n (bits 16: the row's); Bits is the kernel's instantiation of `bits`.
   template <int Bits>
@@ -121,6 +125,8 @@ struct KernelTable {
                        int64_t w_stride, const uint16_t* scales, int64_t n0, int64_t n1, float* y, int64_t y_stride);
   // Dense: y[m, n] for m in [m0, m1), n in [n0, n1). scratch: p.scratch_rows * kp floats of this task (M > 1).
   void (*dense_f32)(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float* scratch);
+  // Dense with int8 activations (p.xq, p.xd): y[m, n] for m in [m0, m1), n in [n0, n1).
+  void (*dense_i8)(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
   // Attention: query `token`, the H / Hkv query heads of KV head `kv`. scratch: (H / Hkv) * (pos + token + 1).
   void (*attend)(const AttentionProblem& a, int64_t token, int64_t kv, float* scratch);
 };
@@ -130,6 +136,7 @@ struct KernelTable {
 extern const KernelTable kRefTable;
 // The scalar float kernels of the reference table (dense.cpp, attention.cpp).
 void dense_f32_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float* scratch);
+void dense_i8_ref(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void attend_ref(const AttentionProblem& a, int64_t token, int64_t kv, float* scratch);
 #if defined(__x86_64__) || defined(_M_X64)
 extern const KernelTable kAvx2Table;

@@ -180,14 +180,18 @@ int bonsai_check_ternary_codes(const char* op, const uint8_t* packed, int64_t n,
 }
 
 int bonsai_check_dense_linear(const char* op, const bonsai_tensor* x, const bonsai_tensor* weight,
-                              const bonsai_tensor* scales, int64_t in_features, int64_t weight_bits, int64_t* m,
-                              int64_t* n) {
+                              const bonsai_tensor* scales, int64_t in_features, int64_t weight_bits,
+                              int64_t act_bits, int64_t* m, int64_t* n) {
   using namespace bonsai;
   clear_error();
   const Checker c{op};
   if (!m || !n) return c.error(BONSAI_ERR_NULL, "null output pointer");
   if (weight_bits != 16 && weight_bits != 8 && weight_bits != 4)
     return c.error(BONSAI_ERR_ACT_BITS, "weight_bits must be 16, 8 or 4, got " + std::to_string(weight_bits));
+  if (act_bits != 0 && act_bits != 8)
+    return c.error(BONSAI_ERR_ACT_BITS, "act_bits must be 0 or 8, got " + std::to_string(act_bits));
+  if (act_bits == 8 && weight_bits == 16)
+    return c.error(BONSAI_ERR_ACT_BITS, "act_bits 8 needs int8 or int4 weights (weight_bits 8 or 4), got 16");
   if (int rc = c.in_features(in_features)) return rc;
   const int64_t k = in_features, bits = weight_bits;
   if (int rc = c.activations(x, k, m)) return rc;

@@ -109,16 +109,21 @@ BONSAI_API int bonsai_cache_update(const float* rows, int64_t t, int64_t n_kv_he
 // Mirrors formats.DENSE_GROUP (bonsai_export/formats.py); tests/test_kernels.py checks both agree.
 #define BONSAI_DENSE_GROUP 32
 
-// Weight-only quantized dense linear with float32 activations (the output head): y[M, N] = x[M, K] @ W^T with
+// Quantized dense linear (the output head): y[M, N] = x[M, K] @ W^T with
 //   weight_bits 16: W bf16 [N, K] (raw uint16 bits), scales float32 [N]: y[m, n] = scales[n] * sum_k W[n, k] x[m, k]
 //   weight_bits 8:  W int8 codes q [N, K], scales bf16 s [N, G] (raw uint16 bits)
 //   weight_bits 4:  W uint8 [N, 16 G], codes q 0..15 as nibbles: per group, byte j holds column j in its low
 //                   nibble and column 16 + j in its high one; scales bf16 (s, o) pairs [N, G, 2]
 // with G = ceil(K / BONSAI_DENSE_GROUP), one scale (and offset) per group g of BONSAI_DENSE_GROUP weights along K:
 // W[n, k] = q[n, k] * s[n, g] (+ o[n, g]), y[m, n] = sum_k W[n, k] x[m, k].
+// act_bits 0: float32 activations. act_bits 8 (weight_bits 8 or 4 only): each token's activations quantized per
+// group g of BONSAI_DENSE_GROUP, xq[k] = clamp(rint(x[k] * 127 / a_g), -127, 127) with a_g the group's absmax and
+// d_g = a_g / 127 (xq = 0, d_g = 0 for an all-zero group), then exact int32 sums per group:
+//   y[m, n] = sum_g s[n, g] * d_g * sum_{k in g} q[n, k] xq[k]  (+ o[n, g] * d_g * sum_{k in g} xq[k]).
 // Float32 accumulation; summation order unspecified. Errors: BONSAI_ERR_SHAPE, BONSAI_ERR_ACT_BITS (bad bits).
 BONSAI_API int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const void* weight, int32_t weight_bits,
-                                   const void* scales, int64_t n, float* y, const bonsai_parallel* parallel);
+                                   const void* scales, int64_t n, int32_t act_bits, float* y,
+                                   const bonsai_parallel* parallel);
 
 // ---- Tensor validation for the runtime bindings (ExecuTorch, ONNX Runtime) ----
 // A runtime hands a kernel whole tensors whose dtype, rank and sizes a malformed program or input may get wrong
@@ -157,7 +162,7 @@ BONSAI_API int bonsai_check_ternary_linear_ex(const char* op, const bonsai_tenso
 // bonsai_check_ternary_linear.
 BONSAI_API int bonsai_check_dense_linear(const char* op, const bonsai_tensor* x, const bonsai_tensor* weight,
                                          const bonsai_tensor* scales, int64_t in_features, int64_t weight_bits,
-                                         int64_t* m, int64_t* n);
+                                         int64_t act_bits, int64_t* m, int64_t* n);
 
 // Code 3 anywhere in packed [n, packed_row_bytes]: BONSAI_ERR_CODES naming the first row and weight that hold it.
 // One pass over the weights: the bindings call it once per constant weight, not per matmul.

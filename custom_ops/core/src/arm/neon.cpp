@@ -8,6 +8,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../dense_i8_kernels.h"
 #include "../float_kernels.h"
 #include "../kernel_table.h"
 #include "../ternary_kernels.h"
@@ -94,6 +95,37 @@ struct NeonVec {
       const uint8x16_t b = vld1q_u8(p);
       widen_i8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(15))), out);
       widen_i8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), out + 4);
+    }
+  }
+  // dense_i8_kernels.h: one group's weight x activation products in 4 int32 lanes, as floats (int4 codes 0..15
+  // are valid signed bytes). Without dotprod, int16 lanes take two products each (|.| <= 2 * 128 * 127).
+  static int32x4_t dot32(int8x16_t w0, int8x16_t w1, const int8_t* q) {
+    const int8x16_t q0 = vld1q_s8(q), q1 = vld1q_s8(q + 16);
+#if BONSAI_NEON_DOTPROD
+    return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, q0), w1, q1);
+#else
+    const int16x8_t p0 = vmlal_high_s8(vmull_s8(vget_low_s8(w0), vget_low_s8(q0)), w0, q0);
+    const int16x8_t p1 = vmlal_high_s8(vmull_s8(vget_low_s8(w1), vget_low_s8(q1)), w1, q1);
+    return vpadalq_s16(vpaddlq_s16(p0), p1);
+#endif
+  }
+  template <int Bits>
+  static F group_dot(const uint8_t* w, const int8_t* q) {
+    if constexpr (Bits == 8) {
+      const int8_t* c = reinterpret_cast<const int8_t*>(w);
+      return vcvtq_f32_s32(dot32(vld1q_s8(c), vld1q_s8(c + 16), q));
+    } else {
+      const uint8x16_t b = vld1q_u8(w);
+      return vcvtq_f32_s32(dot32(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(15))),
+                                 vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), q));
+    }
+  }
+  template <int Bits>
+  static void scale_batch(const uint16_t* s, const float* d, float* out) {
+    for (int h = 0; h < 2; ++h) {
+      const uint32x4_t bits = Bits == 4 ? vshlq_n_u32(vld1q_u32(reinterpret_cast<const uint32_t*>(s + 8 * h)), 16)
+                                        : vshll_n_u16(vld1_u16(s + 4 * h), 16);
+      vst1q_f32(out + 4 * h, vmulq_f32(vreinterpretq_f32_u32(bits), vld1q_f32(d + 4 * h)));
     }
   }
 };
@@ -212,13 +244,13 @@ struct NeonTernary {
 const KernelTable kDotprodTable = {
     "dotprod", quantize_row_i8, tk::gemv_i8<NeonTernary>, tk::gemm_i8<NeonTernary>, tk::gemv_f32<NeonTernary>,
     tk::gemm_f32<NeonTernary>, tk::gemm_t2g_i8<NeonTernary>, tk::gemm_t2g_f32<NeonTernary>, fk::dense_f32<NeonVec>,
-    fk::attend<NeonVec>,
+    dk::dense_i8<NeonVec>, fk::attend<NeonVec>,
 };
 #else
 const KernelTable kNeonTable = {
     "neon", quantize_row_i8, tk::gemv_i8<NeonTernary>, tk::gemm_i8<NeonTernary>, tk::gemv_f32<NeonTernary>,
     tk::gemm_f32<NeonTernary>, tk::gemm_t2g_i8<NeonTernary>, tk::gemm_t2g_f32<NeonTernary>, fk::dense_f32<NeonVec>,
-    fk::attend<NeonVec>,
+    dk::dense_i8<NeonVec>, fk::attend<NeonVec>,
 };
 #endif
 

@@ -106,7 +106,7 @@ void gemm_t2g_f32_ref(const float* x, int64_t x_stride, int64_t m_count, int64_t
 
 const KernelTable kRefTable = {
     "ref", quantize_row_i8_ref, gemv_t2_i8_ref, gemm_t2_i8_ref, gemv_t2_f32_ref, gemm_t2_f32_ref,
-    gemm_t2g_i8_ref, gemm_t2g_f32_ref, dense_f32_ref, attend_ref,
+    gemm_t2g_i8_ref, gemm_t2g_f32_ref, dense_f32_ref, dense_i8_ref, attend_ref,
 };
 
 }  // namespace bonsai

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../dense_i8_kernels.h"
 #include "../float_kernels.h"
 #include "../kernel_table.h"
 #include "../ternary_kernels.h"
@@ -72,6 +73,29 @@ struct Avx2Vec {
       out[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4));
       out[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4));
     }
+  }
+  // dense_i8_kernels.h: one group's weight x activation products in 8 int32 lanes, as floats. int8 codes are
+  // signed, so vpmaddubsw takes |w| (128 for -128, still an unsigned byte) and the activations with w's sign;
+  // int4 codes 0..15 are unsigned already. Pairs sum to at most 2 * 128 * 127 (no int16 saturation).
+  template <int Bits>
+  static F group_dot(const uint8_t* w, const int8_t* q) {
+    const __m256i a = _mm256_loadu_si256((const __m256i*)q);
+    __m256i pairs;
+    if constexpr (Bits == 8) {
+      const __m256i c = _mm256_loadu_si256((const __m256i*)w);
+      pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(c), _mm256_sign_epi8(a, c));
+    } else {
+      const __m128i b = _mm_loadu_si128((const __m128i*)w);  // low nibbles: columns 0..15, high: 16..31
+      const __m256i codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(15));
+      pairs = _mm256_maddubs_epi16(codes, a);
+    }
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  }
+  template <int Bits>
+  static void scale_batch(const uint16_t* s, const float* d, float* out) {
+    const __m256i bits = Bits == 4 ? _mm256_slli_epi32(_mm256_loadu_si256((const __m256i*)s), 16)  // pair[0]
+                                   : _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)s)), 16);
+    _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_loadu_ps(d)));
   }
 };
 
@@ -215,7 +239,7 @@ struct Avx2Ternary : YmmBlocks {
 const KernelTable kAvx2Table = {
     "avx2", quantize_row_i8_avx2, tk::gemv_i8<Avx2Ternary>, tk::gemm_i8<Avx2Ternary>, tk::gemv_f32<Avx2Ternary>,
     tk::gemm_f32<Avx2Ternary>, tk::gemm_t2g_i8<Avx2Ternary>, tk::gemm_t2g_f32<Avx2Ternary>, fk::dense_f32<Avx2Vec>,
-    fk::attend<Avx2Vec>,
+    dk::dense_i8<Avx2Vec>, fk::attend<Avx2Vec>,
 };
 
 }  // namespace bonsai
