@@ -1,14 +1,16 @@
-// Weight-only quantized dense linear for the output head (and any non-ternary linear): fp32 activations, weights
-// in bf16, int8 codes with one bf16 scale per group of 32 along K, or int4 codes with a bf16 scale and offset per
-// group (docs/FORMAT.md, "Dense weights").
+// Quantized dense linear for the output head (and any non-ternary linear): weights in bf16, int8 codes with one
+// bf16 scale per group of 32 along K, or int4 codes with a bf16 scale and offset per group (docs/FORMAT.md,
+// "Dense weights"); fp32 activations, or (act_bits 8, integer weights only) int8 activations per group.
 // Float activations make the result depend only on float summation order, never on an activation quantizer, so
-// every runtime agrees with the eager model to float rounding.
+// every runtime agrees with the eager model to float rounding; int8 ones trade that for exact integer group sums
+// (llama.cpp's Q8_0 dot products), which decode faster.
 //
 // Layout like the ternary kernels: this file holds the C entry point (validation, zero-padding x to whole chunks
-// of 32, the split of N over threads, per-task scratch) and the scalar reference kernel of table "ref"; the SIMD
-// kernels (KernelTable::dense_f32) are float_kernels.h instantiated per ISA. Decode (M = 1) streams each row
-// once with per-row accumulators; prefill (M > 1) widens a block of rows to scaled fp32 once and reuses it for
-// every token (the weights are read from memory once per call, not once per token).
+// of 32, the activations' group quantization, the split of N over threads, per-task scratch) and the scalar
+// reference kernels of table "ref"; the SIMD kernels (KernelTable::dense_f32, dense_i8) are float_kernels.h and
+// dense_i8_kernels.h instantiated per ISA. Decode (M = 1) streams each row once with per-row accumulators;
+// prefill (M > 1) widens a block of rows to scaled fp32 once and reuses it for every token (the weights are read
+// from memory once per call, not once per token); with int8 activations each 4-row tile serves every token.
 #include <math.h>
 #include <string.h>
 

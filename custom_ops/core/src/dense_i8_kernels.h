@@ -71,24 +71,23 @@ inline void dense_i8_tile(const DenseProblem& p, int64_t m, int64_t n, int64_t r
   }
 }
 
-// Rows in tiles of 4; with several tokens each tile serves every token while its rows are in L1 (the rows are
-// read from memory once per call).
+// One tile of R rows for tokens [m0, m1): with several tokens the tile serves every token while its rows are in
+// L1, so the rows are read from memory once per call.
+template <class Q, int Bits, int R>
+inline void dense_i8_tokens(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n, int64_t row_bytes) {
+  for (int64_t m = m0; m < m1; ++m) {
+    DenseProblem t = p;
+    if (Bits == 4) t.group_sums = p.group_sums + m * 2 * p.groups;  // this token's (0, d_g * sum q) pairs
+    dense_i8_tile<Q, Bits, R>(t, m, n, row_bytes, p.y + m * p.y_stride);
+  }
+}
+
 template <class Q, int Bits>
 void dense_i8_rows(const DenseProblem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const int64_t row_bytes = dense_row_bytes(Bits, p.k);
   int64_t n = n0;
-  for (; n + 4 <= n1; n += 4)
-    for (int64_t m = m0; m < m1; ++m) {
-      DenseProblem t = p;
-      if (Bits == 4) t.group_sums = p.group_sums + m * 2 * p.groups;
-      dense_i8_tile<Q, Bits, 4>(t, m, n, row_bytes, p.y + m * p.y_stride);
-    }
-  for (; n < n1; ++n)
-    for (int64_t m = m0; m < m1; ++m) {
-      DenseProblem t = p;
-      if (Bits == 4) t.group_sums = p.group_sums + m * 2 * p.groups;
-      dense_i8_tile<Q, Bits, 1>(t, m, n, row_bytes, p.y + m * p.y_stride);
-    }
+  for (; n + 4 <= n1; n += 4) dense_i8_tokens<Q, Bits, 4>(p, m0, m1, n, row_bytes);
+  for (; n < n1; ++n) dense_i8_tokens<Q, Bits, 1>(p, m0, m1, n, row_bytes);
 }
 
 template <class Q>
