@@ -39,7 +39,7 @@ TERNARY_OPS = ("custom", "stock")  # ONNX: bonsai::TernaryMatMul (our library) o
 TERNARY_FORMATS = ("t2", "t2g")
 # GGUF: llama.cpp's types (option value -> ggml type in export/gguf.py)
 GGUF_TERNARY = ("tq2_0", "tq1_0")
-GGUF_DENSE = ("f16", "bf16", "q8_0", "q4_0")
+GGUF_DENSE = ("f16", "bf16", "q8_0", "q4_0", "tq2_0")  # tq2_0: a group-ternary table only (Ternary-Bonsai)
 GGUF_FALLBACKS = ("none", "f16", "q8_0")
 
 

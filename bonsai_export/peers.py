@@ -75,7 +75,8 @@ def stock_onnx(source: str, options: A.ExportConfig) -> Path:
 
 # The GGUF type of the same precision as our head / embedding format, so that the peer reads as many dense bytes
 # per token as our artifact (issue 16 compares "our 8-bit head vs Q8_0, our 4-bit head vs Q4_0").
-GGUF_DENSE_OF = {"bf16": "f16", "int8": "q8_0", "int4": "q4_0"}
+# (A group-ternary table, t2g in the manifest, is TQ2_0: regrouped to one scale per 256 like the layers.)
+GGUF_DENSE_OF = {"bf16": "f16", "int8": "q8_0", "int4": "q4_0", "t2g": "tq2_0"}
 
 
 def gguf_file(folder: Path, manifest: A.Manifest) -> Path:
@@ -88,12 +89,12 @@ def gguf_file(folder: Path, manifest: A.Manifest) -> Path:
     checkpoint's one table takes the head's, since every token reads it as the head."""
     if (own := manifest.artifact("gguf")) is not None:
         return folder / own.file
-    source, options = manifest.source.checkpoint, manifest.options
-    head = GGUF_DENSE_OF[options.head]
+    source, model, options = manifest.source.checkpoint, manifest.model, manifest.options
+    head = GGUF_DENSE_OF[model.head_format or options.head]
+    embedding = head if _tied(source) else GGUF_DENSE_OF[model.embedding_format or options.embedding]
     out = _exported("gguf", source,
                     A.ExportConfig(format="gguf", max_seq_len=options.max_seq_len, gguf_regroup=True,
-                                   gguf_speed_only=True, gguf_head=head,
-                                   gguf_embedding=head if _tied(source) else GGUF_DENSE_OF[options.embedding]))
+                                   gguf_speed_only=True, gguf_head=head, gguf_embedding=embedding))
     return out / A.read_manifest(out).artifact("gguf").file
 
 

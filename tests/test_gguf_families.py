@@ -293,9 +293,33 @@ def test_peer_gguf_says_when_it_is_lossy_or_not_faithful(arch, caveat, folders, 
     peer's file does not compute."""
     monkeypatch.setenv("BONSAI_EXPORT_CACHE", str(tmp_path))
     manifest = SimpleNamespace(artifact=lambda kind: None, source=SimpleNamespace(checkpoint=str(folders[arch])),
-                               options=A.ExportConfig(max_seq_len=128))
+                               options=A.ExportConfig(max_seq_len=128),
+                               model=SimpleNamespace(head_format=None, embedding_format=None))
     summary = peers.gguf_summary(peers.gguf_file(tmp_path, manifest))
     assert summary["caveat"] is None if caveat is None else summary["caveat"].startswith(caveat), summary
+
+
+def test_ternary_table_as_tq2_0(folders, exported, tmp_path, monkeypatch):
+    """A group-ternary table (Ternary-Bonsai's tied embedding and head) as TQ2_0: its folded values exactly where
+    each block holds one magnitude, no output tensor (tied), and the bench peer picks it for a t2g head so that
+    llama.cpp reads as few head bytes as our artifact; a dense table is refused on one line."""
+    ckpt = C.load(folders["qwen3"], progress=False)
+    assert ckpt.args.tie_embeddings
+    out = exported("qwen3", gguf_head="tq2_0", gguf_embedding="tq2_0")
+    tensors = {t.name: t for t in GGUFReader(out / A.GGUF_FILE).tensors}
+    assert "output.weight" not in tensors and tensors["token_embd.weight"].tensor_type == Q.TQ2_0
+    np.testing.assert_array_equal(tensor_values(tensors["token_embd.weight"]),
+                                  fp16_folded(ckpt.ternary["model.embed_tokens"]))
+    with pytest.raises(BonsaiError, match="TQ2_0 is for a group-ternary table") as info:
+        export(folders["llama"], tmp_path / "dense", A.ExportConfig(format="gguf", gguf_head="tq2_0"))
+    assert "\n" not in str(info.value) and not (tmp_path / "dense").exists()
+    monkeypatch.setenv("BONSAI_EXPORT_CACHE", str(tmp_path / "cache"))
+    manifest = SimpleNamespace(artifact=lambda kind: None, source=SimpleNamespace(checkpoint=str(folders["qwen3"])),
+                               options=A.ExportConfig(max_seq_len=128),
+                               model=SimpleNamespace(head_format="t2g", embedding_format="t2g"))
+    summary = peers.gguf_summary(peers.gguf_file(tmp_path, manifest))
+    assert summary["tensor_types"]["head"] == "TQ2_0"
+    assert summary["bytes_per_token"] >= tensors["token_embd.weight"].n_bytes  # the tied table is read per token
 
 
 # ---- llama.cpp itself ----
@@ -365,7 +389,7 @@ def test_llama_cpp_falcon3_greedy_matches_the_eager_model(folders, exported):
     assert worst <= LOGITS_ATOL and len(parted) <= len(PROMPTS) // 2
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "bitnet"])
+@pytest.mark.parametrize("arch", ["qwen3", "bitnet", "qwen3-tq2_0-table"])
 def test_llama_cpp_loads_and_runs(arch, folders, exported):
     """llama.cpp's qwen3 and bitnet loaders accept the file (every tensor name and shape they create, no tensor
     left over) and decode. Qwen3's weights are exact here, so its logits are our eager model's within llama.cpp's
@@ -373,7 +397,9 @@ def test_llama_cpp_loads_and_runs(arch, folders, exported):
     llama_cpp_or_skip()
     from bonsai_export.runners import open_runner
 
-    theirs = peers.LlamaCppRunner(exported(arch, **OPTIONS[arch]) / A.GGUF_FILE, threads=2, n_ctx=128)
+    options = dict(gguf_head="tq2_0", gguf_embedding="tq2_0") if arch == "qwen3-tq2_0-table" else OPTIONS[arch]
+    arch = arch.removesuffix("-tq2_0-table")  # the ternary table exact in TQ2_0 (one magnitude per block)
+    theirs = peers.LlamaCppRunner(exported(arch, **options) / A.GGUF_FILE, threads=2, n_ctx=128)
     ids = torch.tensor([[5, 17, 300, 42, 99, 7]])
     got = theirs(ids, torch.tensor([0]))[0, -1]
     assert torch.isfinite(got).all() and got.shape[-1] == C.load(folders[arch], progress=False).args.vocab_size

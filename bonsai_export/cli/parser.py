@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .. import __version__, bench_kernels
 from .. import options as O
-from ..artifact import (ARTIFACT_FORMATS, EMBEDDINGS, GGUF_DENSE, GGUF_FALLBACKS, GGUF_TERNARY, HEAD_ACT_QUANTS, HEADS,
-                        TERNARY_OPS, ExportConfig)
+from ..artifact import (ARTIFACT_FORMATS, EMBEDDINGS, GGUF_DENSE, GGUF_FALLBACKS, GGUF_TERNARY, HEAD_ACT_QUANTS,
+                        HEADS, TERNARY_OPS, ExportConfig)
 from ..config import PRESETS
 from ..errors import BonsaiError
 from ..formats import ACT_MODES
@@ -142,7 +142,8 @@ EXPORT_CHOICES = {
                                    "slower in llama.cpp); per-channel scales folded in, exact up to fp16 rounding of "
                                    "the scale"),
     "gguf_head": (GGUF_DENSE, "GGUF: output head as f16 (the bf16 values, exact down to 2**-14; default), bf16 "
-                              "(bit-exact), q8_0 or q4_0 (llama.cpp's absmax quantizers)"),
+                              "(bit-exact), q8_0 or q4_0 (llama.cpp's absmax quantizers), or tq2_0 for a "
+                              "group-ternary table (Ternary-Bonsai; with --gguf-regroup where its groups differ)"),
     "gguf_embedding": (GGUF_DENSE, "GGUF: token table, same types as --gguf-head (default f16)"),
     "gguf_fallback": (GGUF_FALLBACKS, "GGUF: a ternary tensor whose K is not a multiple of 256 is refused (none, "
                                       "default), or stored as f16 (exact, 16 bits/weight) or q8_0 (8.5 bits), each "

@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 
 # option value -> ggml type name (gguf.GGMLQuantizationType member)
 TERNARY_TYPES = {"tq2_0": "TQ2_0", "tq1_0": "TQ1_0"}
-DENSE_TYPES = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
+# head and embedding; TQ2_0 keeps a group-ternary table (Ternary-Bonsai) ternary: llama.cpp gathers rows of it
+# and multiplies by it as it does for the layers
+DENSE_TYPES = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0", "tq2_0": "TQ2_0"}
 FALLBACKS = {"none": None, "f16": "F16", "q8_0": "Q8_0"}  # for ternary tensors whose K the type cannot hold
 FILE_TYPES = {"TQ2_0": "MOSTLY_TQ2_0", "TQ1_0": "MOSTLY_TQ1_0"}  # general.file_type: the ternary layers' type
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -206,7 +208,8 @@ def _ternary_type(module: str, shape: tuple[int, int], ternary: str, fallback: s
 
 
 # The largest magnitude each type holds: fp16 values, or fp16 block scales times the largest code.
-TYPE_MAX = {"F32": np.inf, "BF16": np.inf, "F16": FP16_MAX, "Q8_0": 127 * FP16_MAX, "Q4_0": 8 * FP16_MAX}
+TYPE_MAX = {"F32": np.inf, "BF16": np.inf, "F16": FP16_MAX, "Q8_0": 127 * FP16_MAX, "Q4_0": 8 * FP16_MAX,
+            "TQ2_0": FP16_MAX}
 
 
 def _check_values(ckpt: C.Checkpoint, hf_name: str, type_name: str) -> None:
@@ -220,6 +223,9 @@ def _check_values(ckpt: C.Checkpoint, hf_name: str, type_name: str) -> None:
                               f"the type of TQ2_0 / TQ1_0 block scales (and of the F16 / Q8_0 fallbacks); export "
                               f"--format pte or onnx")
         return
+    if type_name in FILE_TYPES and module not in ckpt.ternary:
+        raise BonsaiError(f"{hf_name}: {type_name} is for a group-ternary table (Ternary-Bonsai); this one is dense: "
+                          f"use --gguf-head / --gguf-embedding f16, bf16, q8_0 or q4_0")
     x = _values(ckpt, hf_name)
     _check_k(hf_name, tuple(x.shape), type_name, "--gguf-head / --gguf-embedding f16 or bf16 (any K)")
     if x.abs().max() > TYPE_MAX[type_name]:
