@@ -1,11 +1,12 @@
 // Internal: the dense head with int8 activations (bonsai_dense_linear, act_bits 8), written once over a traits
 // type Q and instantiated by each ISA file with its own target flags (anonymous namespace, as float_kernels.h).
 //
-// Q provides what float_kernels.h's V does (F, W, zero, set1, fma, add, hsum, prefetch, widen<16>, load),
-// scale_batch<Bits>(s, d, out): out[j] = s_j * d[j] for 8 groups' bf16 scales s (int4: the scales of 8 (scale,
-// offset) pairs), and group_dot<Bits>(w, q): the int32 products of one group's 32 weights (int8 codes, or int4 codes 0..15 as the
-// group's 16 nibble bytes) with its 32 int8 activations, summed exactly into W lanes and converted to float
-// (each lane holds at most 32 / W products of |.| <= 128 * 127: exact in float).
+// Q provides what float_kernels.h's V does (F, W, zero, set1, fma, add, hsum, prefetch, widen<16>, load), and
+//   scale_batch<Bits>(s, d, out): out[j] = s_j * d[j] for 8 groups' bf16 scales s (int4: the scales of 8
+//     (scale, offset) pairs);
+//   group_dot<Bits>(w, q): the int32 products of one group's 32 weights (int8 codes, or int4 codes 0..15 as the
+//     group's 16 nibble bytes) with its 32 int8 activations, summed exactly into W lanes and converted to float
+//     (each lane holds at most 32 / W products of |.| <= 128 * 127: exact in float).
 //
 // Per row and group, y += lanes * (s * d_g): the group's weight scale times its activation scale, one broadcast.
 // Against the float kernels this drops the widening of every weight to float (four converts per 8 weights),
@@ -24,8 +25,8 @@ namespace dk {
 
 constexpr int64_t kScaleBatch = 8;  // groups whose s * d_g products are formed together, per row
 
-// R rows of one token: each row two accumulator chains (even and odd groups), the rows' group products sharing
-// each activation load. Whole groups are read in place; a partial last group through a zero-padded copy.
+// R rows of one token: each row two accumulator chains (even and odd groups), all rows reading the same group of
+// activations from L1. Whole groups are read in place; a partial last group through a zero-padded copy.
 template <class Q, int Bits, int R>
 inline void dense_i8_tile(const DenseProblem& p, int64_t m, int64_t n, int64_t row_bytes, float* y) {
   using F = typename Q::F;
