@@ -14,7 +14,6 @@ reused by later runs.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from . import artifact as A
+from .checkpoint_files import read_json
 from .errors import BonsaiError
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,10 @@ def gguf_file(folder: Path, manifest: A.Manifest) -> Path:
 
 
 def _tied(source: str) -> bool:
-    """Whether a local checkpoint folder ties its head to the token table (config.json)."""
-    try:
-        return json.loads((Path(source) / "config.json").read_text()).get("tie_word_embeddings") is True
-    except (OSError, ValueError, AttributeError):
-        return False
+    """Whether a local checkpoint folder ties its head to the token table (its config.json, read as the checkpoint
+    reader reads it: never through a link out of the folder; a malformed file is a BonsaiError)."""
+    folder = Path(source)
+    return folder.is_dir() and read_json(folder / "config.json", required=False).get("tie_word_embeddings") is True
 
 
 def gguf_summary(path: Path) -> dict:

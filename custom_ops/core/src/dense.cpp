@@ -11,7 +11,6 @@
 // dense_i8_kernels.h instantiated per ISA. Decode (M = 1) streams each row once with per-row accumulators;
 // prefill (M > 1) widens a block of rows to scaled fp32 once and reuses it for every token (the weights are read
 // from memory once per call, not once per token); with int8 activations each 4-row tile serves every token.
-#include <math.h>
 #include <string.h>
 
 #include <new>
@@ -154,29 +153,16 @@ void dense_task(void* ctx, int64_t task) {
   else j.table->dense_f32(j.p, m0, m1, n0, n1, j.scratch ? j.scratch + task * j.scratch_per_task : nullptr);
 }
 
-// act_bits 8: each group of each token (zero-padded rows of kp floats) as int8 codes and its scale d_g, in the
-// scalar arithmetic of FORMAT.md ("Dense weights"); with int4 weights also the (0, d_g * sum of codes) pairs of
-// the offsets' term. Once per call, O(M K): no ISA-specific code needed.
+// act_bits 8: each group of each token (zero-padded rows of kp floats) as int8 codes and its scale d_g
+// (quantize_absmax, FORMAT.md "Dense weights"); with int4 weights also the (0, d_g * sum of codes) pairs of the
+// offsets' term. Once per call, O(M K): no ISA-specific code needed.
 void quantize_groups(const float* x, int64_t m, int64_t groups, int8_t* q, float* d, float* sums) {
   for (int64_t i = 0; i < m * groups; ++i) {
-    const float* xg = x + i * kDenseChunk;
     int8_t* qg = q + i * kDenseChunk;
-    float amax = 0.f;
-    for (int64_t j = 0; j < kDenseChunk; ++j) amax = fmaxf(amax, fabsf(xg[j]));
-    int32_t total = 0;
-    if (amax == 0.f) {
-      memset(qg, 0, size_t(kDenseChunk));
-      d[i] = 0.f;
-    } else {
-      const float inv = float(kInt8QMax) / amax;
-      for (int64_t j = 0; j < kDenseChunk; ++j) {
-        const float r = nearbyintf(xg[j] * inv);  // round half to even (the default mode), as numpy's rint
-        qg[j] = int8_t(r < -kInt8QMax ? -kInt8QMax : r > kInt8QMax ? kInt8QMax : r);
-        total += qg[j];
-      }
-      d[i] = amax / float(kInt8QMax);
-    }
+    d[i] = quantize_absmax(x + i * kDenseChunk, kDenseChunk, qg);
     if (sums) {
+      int32_t total = 0;
+      for (int64_t j = 0; j < kDenseChunk; ++j) total += qg[j];
       sums[2 * i] = 0.f;
       sums[2 * i + 1] = d[i] * float(total);
     }
@@ -219,26 +205,26 @@ extern "C" int bonsai_dense_linear(const float* x, int64_t m, int64_t k, const v
     int64_t scratch_rows = kScratchBytes / (kp * int64_t(sizeof(float)));
     scratch_rows = scratch_rows < 8 ? 8 : scratch_rows > 64 ? 64 : scratch_rows;
     const bool grouped = weight_bits != 16;
-    const float* sums = nullptr;
+    float* sums = nullptr;  // int4, once per call: every row's offsets multiply the same group sums
+    if (weight_bits == 4) {
+      if (t_sums.size() < size_t(2 * m * groups)) t_sums.resize(size_t(2 * m * groups));
+      sums = t_sums.data();
+    }
     const int8_t* xq = nullptr;
     const float* xd = nullptr;
     if (act_bits == 8) {
       if (t_xq.size() < size_t(m * kp)) t_xq.resize(size_t(m * kp));
       if (t_xd.size() < size_t(m * groups)) t_xd.resize(size_t(m * groups));
-      if (weight_bits == 4 && t_sums.size() < size_t(2 * m * groups)) t_sums.resize(size_t(2 * m * groups));
-      quantize_groups(xp, m, groups, t_xq.data(), t_xd.data(), weight_bits == 4 ? t_sums.data() : nullptr);
+      quantize_groups(xp, m, groups, t_xq.data(), t_xd.data(), sums);
       xq = t_xq.data();
       xd = t_xd.data();
-      sums = weight_bits == 4 ? t_sums.data() : nullptr;
-    } else if (weight_bits == 4) {  // once per call: every row's offsets multiply the same group sums
-      if (t_sums.size() < size_t(2 * m * groups)) t_sums.resize(size_t(2 * m * groups));
+    } else if (sums) {
       for (int64_t i = 0; i < m * groups; ++i) {
         float sum = 0.f;
         for (int64_t j = 0; j < kDenseChunk; ++j) sum += xp[i * kDenseChunk + j];
-        t_sums[size_t(2 * i)] = 0.f;  // lines up with the group's scale (kernel_table.h, DenseProblem)
-        t_sums[size_t(2 * i + 1)] = sum;
+        sums[2 * i] = 0.f;  // lines up with the group's scale (kernel_table.h, DenseProblem)
+        sums[2 * i + 1] = sum;
       }
-      sums = t_sums.data();
     }
     DenseJob job{table,
                  {xp, kp, k, static_cast<const uint8_t*>(weight), dense_row_bytes(weight_bits, k), weight_bits,

@@ -11,6 +11,7 @@
 #ifndef BONSAI_KERNEL_TABLE_H
 #define BONSAI_KERNEL_TABLE_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -56,6 +57,23 @@ inline float f16_to_f32(uint16_t h) {
   float f;
   memcpy(&f, &bits, sizeof f);
   return f;
+}
+
+// x[0, n) as absmax int8 codes q (FORMAT.md: a token of the ternary layers' activations, a group of 32 of the
+// dense head's); returns their scale d = amax / 127. q = clamp(rint(x * (127 / amax))) in float32, nearbyintf
+// rounding half to even in the default mode like numpy's rint; all zeros give q = 0, d = 0 (no division by zero).
+// The scalar definition: the reference table uses it, and the SIMD quantizers match it bit for bit.
+inline float quantize_absmax(const float* x, int64_t n, int8_t* q) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = fmaxf(amax, fabsf(x[i]));
+  if (amax == 0.0f) {
+    memset(q, 0, size_t(n));
+    return 0.0f;
+  }
+  const float inv = float(kInt8QMax) / amax;
+  for (int64_t i = 0; i < n; ++i)
+    q[i] = int8_t(fminf(fmaxf(nearbyintf(x[i] * inv), -float(kInt8QMax)), float(kInt8QMax)));
+  return amax / float(kInt8QMax);
 }
 
 struct DenseProblem {

@@ -16,22 +16,8 @@ inline int weight_at(const uint8_t* row, int64_t k) {
 }
 
 void quantize_row_i8_ref(const float* x, int64_t k, int8_t* q, float* d) {
-  float amax = 0.0f;
-  for (int64_t i = 0; i < k; ++i) amax = fmaxf(amax, fabsf(x[i]));
-  const int64_t kp = padded_k(k);
-  if (amax == 0.0f) {  // an all-zero token quantizes to zeros with d = 0 (no division by zero)
-    memset(q, 0, size_t(kp));
-    *d = 0.0f;
-    return;
-  }
-  const float inv = float(kInt8QMax) / amax;
-  for (int64_t i = 0; i < k; ++i) {
-    // nearbyintf rounds half to even in the default rounding mode, like numpy's rint.
-    const float r = nearbyintf(x[i] * inv);
-    q[i] = int8_t(fminf(fmaxf(r, -float(kInt8QMax)), float(kInt8QMax)));
-  }
-  memset(q + k, 0, size_t(kp - k));
-  *d = amax / float(kInt8QMax);
+  *d = quantize_absmax(x, k, q);
+  memset(q + k, 0, size_t(padded_k(k) - k));
 }
 
 void gemm_t2_i8_ref(const int8_t* q, int64_t q_stride, int64_t m_count, int64_t nblocks, const uint8_t* w,
