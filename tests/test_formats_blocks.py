@@ -18,8 +18,9 @@ BLOCK = formats.SCALE_LAYOUTS["block"]
 # act_bits=0 sums in float32 in a kernel-specific order: error bound relative to sum_k |x| * |W|.
 FLOAT_REL_TOL = 1e-5
 # (M, N, K): decode and prefill token counts, N off every row tile, K partial / whole / many blocks.
-SHAPES = [(1, 1, 1), (1, 17, 127), (1, 33, 128), (1, 40, 129), (2, 5, 300), (3, 64, 256), (5, 9, 1536),
-          (7, 31, 1000), (64, 18, 384), (66, 35, 517)]
+# (1, 37, 2176): a decode of 17 blocks, two whole groups of 8 block scales and an odd last block.
+SHAPES = [(1, 1, 1), (1, 17, 127), (1, 33, 128), (1, 40, 129), (1, 37, 2176), (2, 5, 300), (3, 64, 256),
+          (5, 9, 1536), (7, 31, 1000), (64, 18, 384), (66, 35, 517)]
 
 pytestmark = pytest.mark.skipif(not K.available(), reason="native kernels not built")
 
@@ -53,7 +54,7 @@ def dense_weights(t: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 def test_case_table():
-    assert len(SHAPES) == 10 and len(SUPPORTED) >= 1
+    assert len(SHAPES) == 11 and len(SUPPORTED) >= 1
 
 
 def test_reference_int8_is_the_stated_order():

@@ -33,7 +33,7 @@ int g_failures = 0;
 // Awkward sizes: below, at and above the 128-weight block and the kernels' row/token tiles.
 const int64_t kTokens[] = {1, 2, 3, 5, 8, 9};
 const int64_t kRows[] = {1, 3, 4, 5, 17, 33};
-const int64_t kDepths[] = {1, 31, 127, 128, 129, 300, 513};
+const int64_t kDepths[] = {1, 31, 127, 128, 129, 300, 513, 1153};  // 1153: a whole group of 8 block scales, then 2
 const int32_t kThreadCounts[] = {1, 3};
 constexpr int64_t kLongK = 257 * bonsai::kBlockK + 77;  // 258 blocks
 // act_bits = 0 sums in float in a kernel-specific order: allow this many ulps of sum_k |x| * scale.

@@ -20,15 +20,13 @@
 //   float:    V (float_kernels.h's vector type) and widen(Codes, V::F*): the 32 weights t of a plane as floats
 //             in K order (only for kStepBlocks == 1);
 //   scales:   the t2g kernels: half(uint16_t) -> float, the exact widening of an fp16 block scale; F4 (4 floats),
-//             f4_zero(), store4(float*, F4): a 4-row tile's running sums, row r in lane r. 4-row tiles of
-//             one-block steps take kScaleGroup blocks at a time: Block4, block4(Part[4][C]) (one block's 4
-//             row sums, reduced as far as the type likes), block4_zero(), GroupScales, group_scales(s, stride,
-//             blocks) (the 4 rows' scales of `blocks` <= kScaleGroup blocks at s, s + stride, ...) and
-//             scale_group(F4 acc, Block4[kScaleGroup], const int32_t* sub, GroupScales, blocks): per block j
-//             in order, per row r, acc_r + float(sum_rj - sub[j]) * scale_rj, a float32 product then a sum,
-//             like the scalar path (sub only with unsigned codes). Two-block steps (kStepBlocks == 2) give
-//             Rows4 (4 int32), hsum4x2(Sum[4], Rows4*, Rows4*) (the two blocks' 4 row sums in lanes),
-//             scales4(s, stride) -> F4 (half(s[r * stride]) in lane r) and scale_rows4(F4, Rows4, sub, F4).
+//             f4_zero(), store4(float*, F4): a 4-row tile's running sums, row r in lane r. 4-row tiles take
+//             kScaleGroup blocks (whole steps) at a time: Block4, block4(Part[4][C]) (one step's 4 row sums,
+//             reduced as far as the type likes), block4_zero(), GroupScales, group_scales(s, stride, blocks) (the
+//             4 rows' scales of `blocks` <= kScaleGroup blocks at s, s + stride, ...) and scale_group(F4 acc,
+//             Block4[kScaleGroup / kStepBlocks], const int32_t* sub, GroupScales, blocks): per block j in order,
+//             per row r, acc_r + float(sum_rj - sub[j]) * scale_rj, a float32 product then a sum, like the scalar
+//             path (sub only with unsigned codes).
 #ifndef BONSAI_TERNARY_KERNELS_H
 #define BONSAI_TERNARY_KERNELS_H
 
@@ -155,15 +153,16 @@ void gemm_i8(const int8_t* q, int64_t q_stride, int64_t m_count, int64_t nblocks
 // block's int32 sum is complete before it is scaled, and the float32 products and sums round exactly as the
 // reference's; the core is built with -ffp-contract=off, so no FMA merges them).
 //
-// 4-row tiles of one-block steps: per block, the reductions and scale loads cost about as many vector ops as
-// the multiplies, so a type may batch them over kScaleGroup blocks (e.g. one load of 8 scales per row and a transpose
-// instead of a gather per block; several blocks' row sums reduced together). Blocks past the row's end are
-// block4_zero() and add nothing.
+// 4-row tiles: per block, the reductions and scale loads cost about as many vector ops as the multiplies, so a
+// type may batch them over kScaleGroup blocks (e.g. one load of 8 scales per row and a transpose instead of a
+// gather per block; several blocks' row sums reduced together). Each step of kStepBlocks blocks gives one Block4;
+// steps past the row's end are block4_zero() and add nothing.
 template <class T, int MR>
 void tile_t2g_i8_rows4(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t nblocks, const uint8_t* w,
                        int64_t w_stride, const uint16_t* scales, float* z, int64_t z_stride) {
   constexpr int C = MR == 1 ? T::kGemvChains : 1;
-  constexpr int64_t G = T::kScaleGroup;
+  constexpr int64_t G = T::kScaleGroup, S = T::kStepBlocks;
+  static_assert(G % S == 0, "a scale group is whole steps");
   typename T::F4 acc4[MR];
   for (int m = 0; m < MR; ++m) acc4[m] = T::f4_zero();
   for (int64_t g = 0; g < nblocks; g += G) {
@@ -171,15 +170,16 @@ void tile_t2g_i8_rows4(const int8_t* q, int64_t q_stride, const int32_t* qsums, 
     // The tile's block scales, widened once for its MR tokens, before the group's multiplies: a cache miss on
     // them (the weights are prefetched, the scales are not) then overlaps those.
     const typename T::GroupScales group = T::group_scales(scales + g, nblocks, blocks);
-    typename T::Block4 blk[MR][G];
+    typename T::Block4 blk[MR][G / S];
 #pragma GCC unroll 16
-    for (int64_t j = 0; j < G; ++j) {
-      if (j < blocks) {
+    for (int64_t j = 0; j < G / S; ++j) {
+      if (j * S < blocks) {
         typename T::Part part[MR][4][C];
         for (int m = 0; m < MR; ++m)
           for (int r = 0; r < 4; ++r)
             for (int c = 0; c < C; ++c) part[m][r][c] = T::part_zero();
-        step_i8<T, MR, 4, C>(q, q_stride, w, w_stride, g + j, 1, part);
+        const int64_t step = blocks - j * S < S ? blocks - j * S : S;
+        step_i8<T, MR, 4, C>(q, q_stride, w, w_stride, g + j * S, step, part);
         for (int m = 0; m < MR; ++m) blk[m][j] = T::block4(part[m]);
       } else {
         for (int m = 0; m < MR; ++m) blk[m][j] = T::block4_zero();
@@ -190,52 +190,28 @@ void tile_t2g_i8_rows4(const int8_t* q, int64_t q_stride, const int32_t* qsums, 
   for (int m = 0; m < MR; ++m) T::store4(z + m * z_stride, acc4[m]);
 }
 
-// Single rows, and 4-row tiles of a type holding two blocks per register (S = 2): those split their sums into
-// the two blocks' (hsum4x2), each reduced over the 4 rows and scaled as one vector, in block order.
+// Tiles of other row counts (and single rows), one block at a time, each row's block sums scaled on their own.
 template <class T, int MR, int NR>
 void tile_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t nblocks, const uint8_t* w,
                  int64_t w_stride, const uint16_t* scales, float* z, int64_t z_stride) {
   constexpr int C = MR == 1 ? T::kGemvChains : 1;
-  constexpr int64_t S = T::kStepBlocks;
-  constexpr bool kRows4 = NR == 4;
-  static_assert(kRows4 == (S == 2), "4-row tiles of one-block steps are tile_t2g_i8_rows4's");
+  static_assert(T::kStepBlocks == 1, "these tiles step one block at a time");
   float acc[MR][NR] = {};
-  typename T::F4 acc4[MR];
-  for (int m = 0; m < MR; ++m) acc4[m] = T::f4_zero();
-  for (int64_t b = 0; b < nblocks; b += S) {
-    const int64_t blocks = nblocks - b < S ? nblocks - b : S;
+  for (int64_t b = 0; b < nblocks; ++b) {
     typename T::Part part[MR][NR][C];
     for (int m = 0; m < MR; ++m)
       for (int r = 0; r < NR; ++r)
         for (int c = 0; c < C; ++c) part[m][r][c] = T::part_zero();
-    step_i8<T, MR, NR, C>(q, q_stride, w, w_stride, b, blocks, part);
-    // The tile's block scales, widened once for its MR tokens.
-    typename T::F4 scale4[S];
-    if constexpr (kRows4)
-      for (int64_t i = 0; i < S; ++i) scale4[i] = T::scales4(scales + b + (i < blocks ? i : 0), nblocks);
+    step_i8<T, MR, NR, C>(q, q_stride, w, w_stride, b, 1, part);
     for (int m = 0; m < MR; ++m) {
-      const int32_t* sub = qsums + m * nblocks + b;  // used only with unsigned codes
-      typename T::Sum sums[NR];
-      for (int r = 0; r < NR; ++r) sums[r] = T::flush(T::sum_zero(), part[m][r]);
-      if constexpr (kRows4) {
-        typename T::Rows4 first, second;
-        T::hsum4x2(sums, &first, &second);
-        acc4[m] = T::scale_rows4(acc4[m], first, T::kUnsignedCodes ? sub[0] : 0, scale4[0]);
-        if (blocks == 2) acc4[m] = T::scale_rows4(acc4[m], second, T::kUnsignedCodes ? sub[1] : 0, scale4[1]);
-      } else {
-        for (int r = 0; r < NR; ++r)
-          acc[m][r] = acc[m][r] + float(T::hsum(sums[r]) - (T::kUnsignedCodes ? sub[0] : 0)) *
-                                      T::half(scales[r * nblocks + b]);
-      }
+      const int32_t sub = T::kUnsignedCodes ? qsums[m * nblocks + b] : 0;
+      for (int r = 0; r < NR; ++r)
+        acc[m][r] = acc[m][r] + float(T::hsum(T::flush(T::sum_zero(), part[m][r])) - sub) *
+                                    T::half(scales[r * nblocks + b]);
     }
   }
-  for (int m = 0; m < MR; ++m) {
-    if constexpr (kRows4) {
-      T::store4(z + m * z_stride, acc4[m]);
-    } else {
-      for (int r = 0; r < NR; ++r) z[m * z_stride + r] = acc[m][r];
-    }
-  }
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r) z[m * z_stride + r] = acc[m][r];
 }
 
 // Rows [n0, n1): NR-row tiles of type T, then single rows of type T1 (the same type, or, where T reads two
@@ -245,7 +221,7 @@ void rows_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_
                  int64_t w_stride, const uint16_t* scales, int64_t n0, int64_t n1, float* z, int64_t z_stride) {
   int64_t n = n0;
   for (; n + NR <= n1; n += NR) {
-    if constexpr (NR == 4 && T::kStepBlocks == 1)
+    if constexpr (NR == 4)
       tile_t2g_i8_rows4<T, MR>(q, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
                                z_stride);
     else

@@ -166,12 +166,10 @@ struct Avx2Ternary : YmmBlocks {
   // t2g 4-row tiles (ternary_kernels.h), 8 blocks at a time: at decode the per-block reductions and scale gathers
   // cost as many vector uops as the block's multiplies. A block's 4 rows are narrowed into one int16 vector
   // (vpmaddwd pair sums repacked by vpackssdw: partial sums of at most 4 lanes, |.| <= 4 * 2032, never
-  // saturate), and the 8 blocks' scales are one 16-byte load per row, transposed once to the sums' layout.
-  static constexpr int64_t kScaleGroup = 8;
+  // saturate), and the 8 blocks' scales are ScaleGroup8's.
+  static constexpr int64_t kScaleGroup = ScaleGroup8::kBlocks;
   using Block4 = __m256i;  // int16: in each 128-bit half, rows 0..3 in lane pairs (each a sum of 4 of its lanes)
-  struct GroupScales {
-    __m256 pair[4];  // blocks 2i (low half) and 2i + 1 (high half), row r in lane r of each half
-  };
+  using GroupScales = ScaleGroup8;
   static Block4 block4_zero() { return _mm256_setzero_si256(); }
   template <int C>
   static Block4 block4(const Part (&part)[4][C]) {
@@ -182,47 +180,17 @@ struct Avx2Ternary : YmmBlocks {
     return _mm256_packs_epi32(_mm256_madd_epi16(r01, ones), _mm256_madd_epi16(r23, ones));
   }
   static GroupScales group_scales(const uint16_t* s, int64_t stride, int64_t blocks) {
-    if (blocks < kScaleGroup) {  // a row's last group: nothing past its end is read (the last row's ends the buffer)
-      alignas(16) uint16_t part[4][kScaleGroup] = {};
-      for (int r = 0; r < 4; ++r) memcpy(part[r], s + r * stride, size_t(blocks) * sizeof(uint16_t));
-      return transpose_scales(part[0], kScaleGroup);
-    }
-    return transpose_scales(s, stride);
-  }
-  // Each row's 8 scales (one 16-byte load), interleaved into the layout of scale_group's pairs of blocks.
-  static GroupScales transpose_scales(const uint16_t* s, int64_t stride) {
-    const __m128i h[4] = {_mm_loadu_si128((const __m128i*)s), _mm_loadu_si128((const __m128i*)(s + stride)),
-                          _mm_loadu_si128((const __m128i*)(s + 2 * stride)),
-                          _mm_loadu_si128((const __m128i*)(s + 3 * stride))};
-    const __m128i r01[2] = {_mm_unpacklo_epi16(h[0], h[1]), _mm_unpackhi_epi16(h[0], h[1])};
-    const __m128i r23[2] = {_mm_unpacklo_epi16(h[2], h[3]), _mm_unpackhi_epi16(h[2], h[3])};
-    GroupScales g;
-    for (int i = 0; i < 2; ++i) {
-      g.pair[2 * i] = _mm256_cvtph_ps(_mm_unpacklo_epi32(r01[i], r23[i]));
-      g.pair[2 * i + 1] = _mm256_cvtph_ps(_mm_unpackhi_epi32(r01[i], r23[i]));
-    }
-    return g;
+    return ScaleGroup8::load(s, stride, blocks);
   }
   static F4 scale_group(F4 acc, const Block4 (&blk)[kScaleGroup], const int32_t* sub, const GroupScales& g,
                         int64_t blocks) {
-    int32_t tail[kScaleGroup];  // absent blocks: sum 0 - 0, scale 0, adding +0 (acc is never -0)
-    if (blocks < kScaleGroup) {
-      memset(tail, 0, sizeof tail);
-      memcpy(tail, sub, size_t(blocks) * sizeof(int32_t));
-      sub = tail;
+    __m256i sums[4];  // blocks 2i and 2i + 1: each block's lane pairs summed, then its two halves added
+    for (int i = 0; i < 4; ++i) {
+      const __m256i lo = _mm256_madd_epi16(blk[2 * i], _mm256_set1_epi16(1));
+      const __m256i hi = _mm256_madd_epi16(blk[2 * i + 1], _mm256_set1_epi16(1));
+      sums[i] = _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
     }
-    for (int b = 0; b < kScaleGroup; b += 2) {
-      // Blocks b (low half) and b + 1 (high half): each block's lane pairs summed, then its two halves added.
-      const __m256i lo = _mm256_madd_epi16(blk[b], _mm256_set1_epi16(1));
-      const __m256i hi = _mm256_madd_epi16(blk[b + 1], _mm256_set1_epi16(1));
-      const __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20),
-                                            _mm256_permute2x128_si256(lo, hi, 0x31));
-      const __m256i sub2 = _mm256_setr_m128i(_mm_set1_epi32(sub[b]), _mm_set1_epi32(sub[b + 1]));
-      const __m256 products = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sums, sub2)), g.pair[b / 2]);
-      acc = _mm_add_ps(acc, _mm256_castps256_ps128(products));  // not fused: -ffp-contract=off
-      acc = _mm_add_ps(acc, _mm256_extractf128_ps(products, 1));
-    }
-    return acc;
+    return g.acc_blocks(acc, sums, sub, blocks);
   }
   // The 32 codes of a plane as floats t = c - 1, 8 at a time.
   static void widen(Codes codes, __m256* t) {

@@ -34,7 +34,8 @@ struct Avx512Ymm : YmmBlocks {
     for (int c = 0; c < C; ++c) sum = _mm256_add_epi32(sum, part[c]);
     return sum;
   }
-  // t2g 4-row tiles: each block's 4 row sums reduced on their own, scaled by YmmBlocks' group of one block.
+  // t2g 4-row tiles: each block's 4 row sums reduced on their own, scaled by YmmBlocks' group of one block (a
+  // prefill tile's 4 tokens would hold 8 blocks' sums in 32 registers: ScaleGroup8 measured slower there).
   using Block4 = Rows4;
   static Block4 block4_zero() { return _mm_setzero_si128(); }
   template <int C>
@@ -100,24 +101,54 @@ struct Avx512Zmm {
     return _mm512_add_epi32(sum, _mm512_srai_epi32(s[3], 6));
   }
   static int32_t hsum(Sum sum) { return _mm512_reduce_add_epi32(sum); }
+};
 
-  // t2g decode (ternary_kernels.h): the 4 rows' sums of block b (the low halves) and of block b + 1 (the high
-  // halves), each row in its lane; the block scales are applied as YmmBlocks does.
-  using Rows4 = YmmBlocks::Rows4;
+// Building blocks of the t2g GEMV (decode with block scales): Avx512Zmm's loads, two blocks per register, but
+// each block's int32 sum must be complete before its scale is applied. Dividing the masked planes' 4^i factors
+// out of every block pair would cost 3 shifts and 3 adds per row; shifting each plane into place (c exactly)
+// costs the 3 shifts only, and lets planes share chains (0 and 2, 1 and 3). A 4-row tile's 8 block sums are
+// then one transposing reduction, and the scales ScaleGroup8's, 8 blocks at a time.
+struct Avx512ZmmBlocks : Avx512Zmm {
+  static constexpr int kGemvChains = 2;
+  static constexpr int64_t kScaleGroup = ScaleGroup8::kBlocks;
+  using Codes = __m512i;   // plane i of two blocks: c = t + 1
+  using Block4 = __m256i;  // int32: block b's 4 row sums (low half, row r in lane r), block b + 1's (high half)
+  using GroupScales = ScaleGroup8;
   using F4 = YmmBlocks::F4;
-  static void hsum4x2(const Sum (&s)[4], Rows4* first, Rows4* second) {
-    const __m256i lo[4] = {_mm512_castsi512_si256(s[0]), _mm512_castsi512_si256(s[1]), _mm512_castsi512_si256(s[2]),
-                           _mm512_castsi512_si256(s[3])};
-    const __m256i hi[4] = {_mm512_extracti64x4_epi64(s[0], 1), _mm512_extracti64x4_epi64(s[1], 1),
-                           _mm512_extracti64x4_epi64(s[2], 1), _mm512_extracti64x4_epi64(s[3], 1)};
-    *first = YmmBlocks::hsum4(lo);
-    *second = YmmBlocks::hsum4(hi);
-  }
   static F4 f4_zero() { return YmmBlocks::f4_zero(); }
   static void store4(float* p, F4 v) { YmmBlocks::store4(p, v); }
-  static F4 scales4(const uint16_t* s, int64_t stride) { return YmmBlocks::scales4(s, stride); }
-  static F4 scale_rows4(F4 acc, Rows4 sums, int32_t sub, F4 scales) {
-    return YmmBlocks::scale_rows4(acc, sums, sub, scales);
+
+  template <int I>
+  static Codes plane(Packed packed) {
+    const __m512i mask = _mm512_set1_epi8(kCodeMask);
+    return I == 0 ? _mm512_and_si512(packed, mask) : _mm512_and_si512(_mm512_srli_epi16(packed, 2 * I), mask);
+  }
+  template <int C>
+  static Sum flush(Sum sum, const Part (&part)[C]) {
+    for (int c = 0; c < C; ++c) sum = _mm512_add_epi32(sum, part[c]);
+    return sum;
+  }
+  static Block4 block4_zero() { return _mm256_setzero_si256(); }
+  // Rows r = 0..3 of a block pair (lanes 0..7: block b, 8..15: block b + 1) to Block4: pairwise adds that
+  // interleave the rows within each 128-bit lane, then the two lanes of each block added (integer: exact).
+  template <int C>
+  static Block4 block4(const Part (&part)[4][C]) {
+    Sum s[4];
+    for (int r = 0; r < 4; ++r) s[r] = flush(sum_zero(), part[r]);
+    const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(s[0], s[1]), _mm512_unpackhi_epi32(s[0], s[1]));
+    const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(s[2], s[3]), _mm512_unpackhi_epi32(s[2], s[3]));
+    // In each 128-bit lane: rows 0..3, each the sum of that lane's 4 int32; lanes 0, 1 are block b, 2, 3 b + 1.
+    const __m512i rows = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+    const __m512i even = _mm512_shuffle_i32x4(rows, rows, _MM_SHUFFLE(3, 1, 2, 0));  // lanes 0, 2 first
+    const __m512i odd = _mm512_shuffle_i32x4(rows, rows, _MM_SHUFFLE(2, 0, 3, 1));   // lanes 1, 3 first
+    return _mm256_add_epi32(_mm512_castsi512_si256(even), _mm512_castsi512_si256(odd));
+  }
+  static GroupScales group_scales(const uint16_t* s, int64_t stride, int64_t blocks) {
+    return ScaleGroup8::load(s, stride, blocks);
+  }
+  static F4 scale_group(F4 acc, const Block4 (&blk)[kScaleGroup / kStepBlocks], const int32_t* sub,
+                        const GroupScales& g, int64_t blocks) {
+    return g.acc_blocks(acc, blk, sub, blocks);
   }
 };
 
@@ -183,7 +214,7 @@ KernelTable avx512_table() {
   table.name = "avx512";
   table.gemv_i8 = tk::gemv_i8<Avx512Zmm>;
   table.gemm_i8 = tk::gemm_i8<Avx512Ymm>;
-  table.gemm_t2g_i8 = tk::gemm_t2g_i8<Avx512Ymm, Avx512Zmm>;
+  table.gemm_t2g_i8 = tk::gemm_t2g_i8<Avx512Ymm, Avx512ZmmBlocks>;
   table.dense_f32 = fk::dense_f32<Avx512Vec>;
   table.attend = fk::attend<Avx512Vec>;
   return table;

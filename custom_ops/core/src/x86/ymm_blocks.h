@@ -10,6 +10,7 @@
 #define BONSAI_X86_YMM_BLOCKS_H
 
 #include <immintrin.h>
+#include <string.h>
 
 #include "../kernel_table.h"
 
@@ -81,6 +82,55 @@ struct YmmBlocks {
   }
   static F4 scale_group(F4 acc, const Rows4 (&sums)[1], const int32_t* sub, F4 scales, int64_t) {
     return scale_rows4(acc, sums[0], sub[0], scales);
+  }
+};
+
+// The block scales of a 4-row tile, 8 blocks at a time (ternary_kernels.h kScaleGroup = 8): one 16-byte load per
+// row, transposed once to the layout of the row sums, instead of a 4-row gather per block.
+struct ScaleGroup8 {
+  static constexpr int64_t kBlocks = 8;
+  __m256 pair[4];  // blocks 2i (low half) and 2i + 1 (high half), row r in lane r of each half
+
+  // Rows s, s + stride, ... of `blocks` <= 8 scales; nothing past a row's last block is read (the last row's ends
+  // the buffer), and absent blocks get scale 0.
+  static ScaleGroup8 load(const uint16_t* s, int64_t stride, int64_t blocks) {
+    if (blocks < kBlocks) {
+      alignas(16) uint16_t part[4][kBlocks] = {};
+      for (int r = 0; r < 4; ++r) memcpy(part[r], s + r * stride, size_t(blocks) * sizeof(uint16_t));
+      return transpose(part[0], kBlocks);
+    }
+    return transpose(s, stride);
+  }
+  static ScaleGroup8 transpose(const uint16_t* s, int64_t stride) {
+    const __m128i h[4] = {_mm_loadu_si128((const __m128i*)s), _mm_loadu_si128((const __m128i*)(s + stride)),
+                          _mm_loadu_si128((const __m128i*)(s + 2 * stride)),
+                          _mm_loadu_si128((const __m128i*)(s + 3 * stride))};
+    const __m128i r01[2] = {_mm_unpacklo_epi16(h[0], h[1]), _mm_unpackhi_epi16(h[0], h[1])};
+    const __m128i r23[2] = {_mm_unpacklo_epi16(h[2], h[3]), _mm_unpackhi_epi16(h[2], h[3])};
+    ScaleGroup8 g;
+    for (int i = 0; i < 2; ++i) {
+      g.pair[2 * i] = _mm256_cvtph_ps(_mm_unpacklo_epi32(r01[i], r23[i]));
+      g.pair[2 * i + 1] = _mm256_cvtph_ps(_mm_unpackhi_epi32(r01[i], r23[i]));
+    }
+    return g;
+  }
+  // acc_r + float(sum_rb - sub[b]) * s_rb for the group's blocks b in order; sums[i] holds blocks 2i (low half)
+  // and 2i + 1 (high half), row r in lane r of each. Absent blocks have sum 0, sub 0 and scale 0 and add +0
+  // (acc is never -0).
+  __m128 acc_blocks(__m128 acc, const __m256i (&sums)[4], const int32_t* sub, int64_t blocks) const {
+    int32_t tail[kBlocks];
+    if (blocks < kBlocks) {
+      memset(tail, 0, sizeof tail);
+      memcpy(tail, sub, size_t(blocks) * sizeof(int32_t));
+      sub = tail;
+    }
+    for (int i = 0; i < 4; ++i) {
+      const __m256i sub2 = _mm256_setr_m128i(_mm_set1_epi32(sub[2 * i]), _mm_set1_epi32(sub[2 * i + 1]));
+      const __m256 products = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sums[i], sub2)), pair[i]);
+      acc = _mm_add_ps(acc, _mm256_castps256_ps128(products));  // not fused: -ffp-contract=off
+      acc = _mm_add_ps(acc, _mm256_extractf128_ps(products, 1));
+    }
+    return acc;
   }
 };
 
