@@ -13,7 +13,9 @@
 //             stream's prefetch, tile_bytes = bytes of one tile of rows (__builtin_prefetch: GCC 12 emitted no
 //             _mm_prefetch reached through these templates); plane<I>(Packed) -> Codes: plane I
 //             (weights [32I, 32I + 32) of each block), as the ISA multiplies it;
-//   int8:     Act, act<I>(qb, blocks): the activations that line up with plane I of `blocks` blocks at qb;
+//   int8:     Act, act<I>(qb, blocks): the activations that line up with plane I of `blocks` blocks at qb (in
+//             the blocks' own layout, or with kPairedActs in pair_acts(q, nblocks, out)'s, which the decode
+//             drivers build once per call into a thread's buffer of paired_bytes(nblocks));
 //             Part, part_zero(), dot(Part, Codes, Act); Sum, sum_zero(), flush(Sum, Part[C]): add a row's C
 //             chains (chain c = the planes c, c + C, ...) to its Sum; hsum(Sum) -> int32; kUnsignedCodes: Codes
 //             hold c = t + 1, so sum_k q is subtracted;
@@ -29,6 +31,8 @@
 //             path (sub only with unsigned codes).
 #ifndef BONSAI_TERNARY_KERNELS_H
 #define BONSAI_TERNARY_KERNELS_H
+
+#include <vector>
 
 #include "kernel_table.h"
 
@@ -47,6 +51,21 @@ inline int32_t sum_q(const int8_t* q, int64_t nblocks) {
   int32_t s = 0;
   for (int64_t i = 0; i < nblocks * kBlockK; ++i) s += q[i];
   return s;
+}
+
+// The decode tiles' activations: q itself, or q rearranged by T::pair_acts into a buffer of the calling thread
+// (reused across calls: no allocation per decode step once it has grown).
+template <class T>
+const int8_t* decode_acts(const int8_t* q, int64_t nblocks) {
+  if constexpr (!T::kPairedActs) {
+    return q;
+  } else {
+    thread_local std::vector<int8_t> buf;
+    const size_t bytes = size_t((nblocks + 1) / 2 * 2 * kBlockK);
+    if (buf.size() < bytes) buf.resize(bytes);
+    T::pair_acts(q, nblocks, buf.data());
+    return buf.data();
+  }
 }
 
 // Plane I of NR rows' steps times MR tokens' activations: each activation vector is loaded once and serves the
@@ -123,12 +142,13 @@ template <class T>
 void gemv_i8(const int8_t* q, int64_t nblocks, const uint8_t* w, int64_t w_stride, int64_t n0, int64_t n1,
              int32_t* acc) {
   const int32_t qsum = T::kUnsignedCodes ? sum_q(q, nblocks) : 0;
-  rows_i8<T, 1, T::kGemvRows>(q, 0, &qsum, nblocks, w, w_stride, n0, n1, acc, 0);
+  rows_i8<T, 1, T::kGemvRows>(decode_acts<T>(q, nblocks), 0, &qsum, nblocks, w, w_stride, n0, n1, acc, 0);
 }
 
 template <class T>
 void gemm_i8(const int8_t* q, int64_t q_stride, int64_t m_count, int64_t nblocks, const uint8_t* w,
              int64_t w_stride, int64_t n0, int64_t n1, int32_t* acc, int64_t acc_stride) {
+  static_assert(!T::kPairedActs, "prefill tiles read the activations in the blocks' layout");
   int32_t qsums[kMaxTokens];
   for (int64_t t0 = 0; t0 < m_count; t0 += kMaxTokens) {
     const int64_t t1 = t0 + kMaxTokens < m_count ? t0 + kMaxTokens : m_count;
@@ -214,18 +234,19 @@ void tile_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_
     for (int r = 0; r < NR; ++r) z[m * z_stride + r] = acc[m][r];
 }
 
-// Rows [n0, n1): NR-row tiles of type T, then single rows of type T1 (the same type, or, where T reads two
-// blocks per step, a one-block type).
+// Rows [n0, n1): NR-row tiles of type T (activations qt, in T's layout), then single rows of type T1 (the same
+// type, or, where T reads two blocks per step, a one-block type; activations q).
 template <class T, class T1, int MR, int NR>
-void rows_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t nblocks, const uint8_t* w,
-                 int64_t w_stride, const uint16_t* scales, int64_t n0, int64_t n1, float* z, int64_t z_stride) {
+void rows_t2g_i8(const int8_t* qt, const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t nblocks,
+                 const uint8_t* w, int64_t w_stride, const uint16_t* scales, int64_t n0, int64_t n1, float* z,
+                 int64_t z_stride) {
   int64_t n = n0;
   for (; n + NR <= n1; n += NR) {
     if constexpr (NR == 4)
-      tile_t2g_i8_rows4<T, MR>(q, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
+      tile_t2g_i8_rows4<T, MR>(qt, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
                                z_stride);
     else
-      tile_t2g_i8<T, MR, NR>(q, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
+      tile_t2g_i8<T, MR, NR>(qt, q_stride, qsums, nblocks, w + n * w_stride, w_stride, scales + n * nblocks, z + n,
                              z_stride);
   }
   for (; n < n1; ++n)
@@ -239,8 +260,10 @@ template <class T, class Tv = T>
 void gemm_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_t m_count, int64_t nblocks,
                  const uint8_t* w, int64_t w_stride, const uint16_t* scales, int64_t n0, int64_t n1, float* z,
                  int64_t z_stride) {
+  static_assert(!T::kPairedActs, "prefill tiles read the activations in the blocks' layout");
   if (m_count == 1) {
-    rows_t2g_i8<Tv, T, 1, Tv::kGemvRows>(q, 0, qsums, nblocks, w, w_stride, scales, n0, n1, z, 0);
+    rows_t2g_i8<Tv, T, 1, Tv::kGemvRows>(decode_acts<Tv>(q, nblocks), q, 0, qsums, nblocks, w, w_stride, scales, n0,
+                                         n1, z, 0);
     return;
   }
   int64_t block_rows = kGemmBlockBytes / w_stride;
@@ -249,11 +272,12 @@ void gemm_t2g_i8(const int8_t* q, int64_t q_stride, const int32_t* qsums, int64_
     const int64_t nb1 = nb + block_rows < n1 ? nb + block_rows : n1;
     int64_t m = 0;
     for (; m + T::kGemmTokens <= m_count; m += T::kGemmTokens)
-      rows_t2g_i8<T, T, T::kGemmTokens, T::kGemmRows>(q + m * q_stride, q_stride, qsums + m * nblocks, nblocks, w,
-                                                      w_stride, scales, nb, nb1, z + m * z_stride, z_stride);
+      rows_t2g_i8<T, T, T::kGemmTokens, T::kGemmRows>(q + m * q_stride, q + m * q_stride, q_stride,
+                                                      qsums + m * nblocks, nblocks, w, w_stride, scales, nb, nb1,
+                                                      z + m * z_stride, z_stride);
     for (; m < m_count; ++m)  // leftover tokens one at a time
-      rows_t2g_i8<T, T, 1, T::kGemvRows>(q + m * q_stride, 0, qsums + m * nblocks, nblocks, w, w_stride, scales,
-                                         nb, nb1, z + m * z_stride, 0);
+      rows_t2g_i8<T, T, 1, T::kGemvRows>(q + m * q_stride, q + m * q_stride, 0, qsums + m * nblocks, nblocks, w,
+                                         w_stride, scales, nb, nb1, z + m * z_stride, 0);
   }
 }
 

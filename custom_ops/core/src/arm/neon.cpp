@@ -137,6 +137,7 @@ struct NeonTernary {
   static constexpr int kGemvRows = 4, kGemmTokens = 4, kGemmRows = 2, kGemvChains = 4;
   static constexpr int kStepBlocks = 1;
   static constexpr bool kUnsignedCodes = false;
+  static constexpr bool kPairedActs = false;
 #if BONSAI_NEON_DOTPROD
   static constexpr int64_t kFlushBlocks = 256;  // int32 sums: flushing only bounds the loop
 #else

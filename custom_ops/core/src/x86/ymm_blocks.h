@@ -34,6 +34,7 @@ inline float hsum_f32(__m256 v) {
 struct YmmBlocks {
   static constexpr int kStepBlocks = 1;
   static constexpr bool kUnsignedCodes = true;
+  static constexpr bool kPairedActs = false;
   // Decode streams the weights from DRAM: prefetch the same block of the rows kPrefetchTiles tiles ahead (rows
   // are contiguous, so this runs a few KiB ahead of the loads; 1-8 tiles measured within noise of each other).
   // Prefetches never fault, so running past the last row is harmless.
