@@ -4,9 +4,11 @@
 // Q provides what float_kernels.h's V does (F, W, zero, set1, fma, add, hsum, prefetch, widen<16>, load), and
 //   scale_batch<Bits>(s, d, out): out[j] = s_j * d[j] for 8 groups' bf16 scales s (int4: the scales of 8
 //     (scale, offset) pairs);
-//   group_dot<Bits>(w, q): the int32 products of one group's 32 weights (int8 codes, or int4 codes 0..15 as the
-//     group's 16 nibble bytes) with its 32 int8 activations, summed exactly into W lanes and converted to float
-//     (each lane holds at most 32 / W products of |.| <= 128 * 127: exact in float).
+//   kGroupsPerDot (G, 1 or 2) and group_dot<Bits>(w, q): the int32 products of G consecutive groups' 32 weights
+//     each (int8 codes, or int4 codes 0..15 as a group's 16 nibble bytes) with their 32 int8 activations each,
+//     summed exactly into W lanes (group i in lanes [i W / G, (i + 1) W / G)) and converted to float (each lane
+//     holds at most 32 G / W products of |.| <= 128 * 127: exact in float);
+//   group_scale(sd): F with sd[i] in group i's lanes.
 //
 // Per row and group, y += lanes * (s * d_g): the group's weight scale times its activation scale, one broadcast.
 // Against the float kernels this drops the widening of every weight to float (four converts per 8 weights),
@@ -30,6 +32,8 @@ constexpr int64_t kScaleBatch = 8;  // groups whose s * d_g products are formed 
 template <class Q, int Bits, int R>
 inline void dense_i8_tile(const DenseProblem& p, int64_t m, int64_t n, int64_t row_bytes, float* y) {
   using F = typename Q::F;
+  constexpr int G = Q::kGroupsPerDot;
+  static_assert(kScaleBatch % G == 0, "a scale batch is whole dots");
   constexpr int64_t cb = fk::chunk_bytes(Bits);
   constexpr int64_t kPrefetchEvery = 64 / cb;  // one prefetch per cache line of each row
   constexpr int64_t kPrefetchAhead = 4;        // tiles ahead (rows are contiguous)
@@ -41,28 +45,37 @@ inline void dense_i8_tile(const DenseProblem& p, int64_t m, int64_t n, int64_t r
   const int64_t full = row_bytes / cb;
   for (int64_t c0 = 0; c0 < p.groups; c0 += kScaleBatch) {
     const int64_t count = c0 + kScaleBatch < p.groups ? kScaleBatch : p.groups - c0;
-    alignas(64) float sd[R][kScaleBatch];
+    alignas(64) float sd[R][kScaleBatch] = {};  // absent groups of a last dot: scale 0 (their products are 0)
     for (int r = 0; r < R; ++r) {
       const uint16_t* sr = p.group_scales + ((n + r) * p.groups + c0) * (Bits == 4 ? 2 : 1);
       if (count == kScaleBatch) Q::template scale_batch<Bits>(sr, d + c0, sd[r]);
       else
         for (int64_t j = 0; j < count; ++j) sd[r][j] = p.scale<Bits>(n + r, c0 + j) * d[c0 + j];
     }
-    for (int64_t j = 0; j < count; ++j) {
+    for (int64_t j = 0; j < count; j += G) {
       const int64_t c = c0 + j;
+      // The row's last G groups: a partial group's weights, and the activations of groups past the row's end
+      // (the next token's, or past the buffer), through zero-padded copies.
+      const bool whole = c + G <= full;
+      alignas(64) int8_t qbuf[G * kDenseChunk];
       const int8_t* qc = q + c * kDenseChunk;
+      if (!whole) {
+        memset(qbuf, 0, sizeof qbuf);
+        memcpy(qbuf, qc, size_t((p.groups - c < G ? p.groups - c : G) * kDenseChunk));
+        qc = qbuf;
+      }
       for (int r = 0; r < R; ++r) {
         const uint8_t* src = w + r * p.w_stride + c * cb;
         F part;
-        if (c < full) {
+        if (whole) {
           if (c % kPrefetchEvery == 0) Q::prefetch(src + kPrefetchAhead * R * p.w_stride);
           part = Q::template group_dot<Bits>(src, qc);
         } else {
-          alignas(64) uint8_t buf[cb] = {};
-          memcpy(buf, src, size_t(row_bytes - full * cb));
+          alignas(64) uint8_t buf[G * cb] = {};
+          memcpy(buf, src, size_t(row_bytes - c * cb));
           part = Q::template group_dot<Bits>(buf, qc);
         }
-        acc[r][c & 1] = Q::fma(part, Q::set1(sd[r][j]), acc[r][c & 1]);
+        acc[r][(j / G) & 1] = Q::fma(part, Q::group_scale(sd[r] + j), acc[r][(j / G) & 1]);
       }
     }
   }

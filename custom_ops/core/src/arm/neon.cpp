@@ -109,6 +109,8 @@ struct NeonVec {
     return vpadalq_s16(vpaddlq_s16(p0), p1);
 #endif
   }
+  static constexpr int kGroupsPerDot = 1;
+  static F group_scale(const float* sd) { return vdupq_n_f32(*sd); }
   template <int Bits>
   static F group_dot(const uint8_t* w, const int8_t* q) {
     if constexpr (Bits == 8) {

@@ -77,6 +77,8 @@ struct Avx2Vec {
   // dense_i8_kernels.h: one group's weight x activation products in 8 int32 lanes, as floats. int8 codes are
   // signed, so vpmaddubsw takes |w| (128 for -128, still an unsigned byte) and the activations with w's sign;
   // int4 codes 0..15 are unsigned already. Pairs sum to at most 2 * 128 * 127 (no int16 saturation).
+  static constexpr int kGroupsPerDot = 1;
+  static F group_scale(const float* sd) { return _mm256_set1_ps(*sd); }
   template <int Bits>
   static F group_dot(const uint8_t* w, const int8_t* q) {
     const __m256i a = _mm256_loadu_si256((const __m256i*)q);
@@ -92,11 +94,7 @@ struct Avx2Vec {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
   }
   template <int Bits>
-  static void scale_batch(const uint16_t* s, const float* d, float* out) {
-    const __m256i bits = Bits == 4 ? _mm256_slli_epi32(_mm256_loadu_si256((const __m256i*)s), 16)  // pair[0]
-                                   : _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)s)), 16);
-    _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_loadu_ps(d)));
-  }
+  static void scale_batch(const uint16_t* s, const float* d, float* out) { scale_batch8<Bits>(s, d, out); }
 };
 
 void quantize_row_i8_avx2(const float* x, int64_t k, int8_t* q, float* d) {

@@ -6,10 +6,12 @@
 // the codes c = t + 1 in {0, 1, 2} feed it directly and sum_k t*q = sum_k c*q - sum_k q. The GEMM uses 256-bit
 // registers: one block plane is exactly 32 bytes, and on current cores ymm vpdpbusd has the same MAC throughput
 // as zmm (two ymm ports vs one zmm port) without pairing blocks; AVX-512VL doubles the register file to 32,
-// which allows the larger GEMM tile. The GEMV, bound by unpacking work rather than MACs, uses zmm (see below). The float path (act_bits = 0) and activation quantization are the AVX2
-// ones: this table copies them from kAvx2Table in avx512_table().
+// which allows the larger GEMM tile. The GEMVs, bound by unpacking work rather than MACs, use zmm (see below), as
+// does the dense head with int8 activations. The ternary float path (act_bits = 0) and activation quantization
+// are the AVX2 ones: this table copies them from kAvx2Table in avx512_table().
 #include <immintrin.h>
 
+#include "../dense_i8_kernels.h"
 #include "../float_kernels.h"
 #include "../kernel_table.h"
 #include "../ternary_kernels.h"
@@ -217,6 +219,37 @@ struct Avx512Vec {
   }
 };
 
+// The dense head with int8 activations (dense_i8_kernels.h): vpdpbusd over two groups per zmm, group c in lanes
+// 0..7 and c + 1 in 8..15, where AVX2 needs vpmaddubsw, vpmaddwd and sign fixes per group. vpdpbusd multiplies
+// unsigned bytes: int8 codes go in as w + 128 (the sign bit flipped), and 128 * (sum of each lane's 4
+// activations), the same for every row, comes back out; int4 codes 0..15 go in as they are.
+struct Avx512Dense : Avx512Vec {
+  static constexpr int kGroupsPerDot = 2;
+  static F group_scale(const float* sd) {
+    return _mm512_mask_broadcastss_ps(_mm512_set1_ps(sd[0]), 0xff00, _mm_load_ss(sd + 1));
+  }
+  template <int Bits>
+  static void scale_batch(const uint16_t* s, const float* d, float* out) { scale_batch8<Bits>(s, d, out); }
+  template <int Bits>
+  static F group_dot(const uint8_t* w, const int8_t* q) {
+    const __m512i a = _mm512_loadu_si512(q), zero = _mm512_setzero_si512();
+    if constexpr (Bits == 8) {
+      const __m512i flip = _mm512_set1_epi8(char(0x80));
+      const __m512i bias = _mm512_dpbusd_epi32(zero, flip, a);
+      const __m512i u = _mm512_xor_si512(_mm512_loadu_si512(w), flip);
+      return _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_dpbusd_epi32(zero, u, a), bias));
+    } else {
+      // 16 nibble bytes per group: low nibbles are columns 0..15, high 16..31. The 128-bit lanes of [b, b >> 4]
+      // are (low c, low c + 1, high c, high c + 1), reordered to the activations' (low c, high c, low c + 1, ...).
+      const __m256i b = _mm256_loadu_si256((const __m256i*)w);
+      const __m512i both = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(b), _mm256_srli_epi16(b, 4), 1),
+                                            _mm512_set1_epi8(15));
+      const __m512i codes = _mm512_shuffle_i64x2(both, both, _MM_SHUFFLE(3, 1, 2, 0));
+      return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, codes, a));
+    }
+  }
+};
+
 }  // namespace
 
 KernelTable avx512_table() {
@@ -226,6 +259,7 @@ KernelTable avx512_table() {
   table.gemm_i8 = tk::gemm_i8<Avx512Ymm>;
   table.gemm_t2g_i8 = tk::gemm_t2g_i8<Avx512Ymm, Avx512ZmmBlocks>;
   table.dense_f32 = fk::dense_f32<Avx512Vec>;
+  table.dense_i8 = dk::dense_i8<Avx512Dense>;
   table.attend = fk::attend<Avx512Vec>;
   return table;
 }

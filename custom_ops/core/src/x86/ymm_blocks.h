@@ -31,6 +31,15 @@ inline float hsum_f32(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// dense_i8_kernels.h's scale_batch: out[j] = s_j * d[j] for 8 groups' bf16 scales s (int4: the scales of 8
+// (scale, offset) pairs), widened by a shift into the high half of an fp32.
+template <int Bits>
+inline void scale_batch8(const uint16_t* s, const float* d, float* out) {
+  const __m256i bits = Bits == 4 ? _mm256_slli_epi32(_mm256_loadu_si256((const __m256i*)s), 16)  // pair[0]
+                                 : _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)s)), 16);
+  _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_loadu_ps(d)));
+}
+
 struct YmmBlocks {
   static constexpr int kStepBlocks = 1;
   static constexpr bool kUnsignedCodes = true;
