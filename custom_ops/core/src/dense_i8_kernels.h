@@ -27,7 +27,7 @@ namespace dk {
 
 constexpr int64_t kScaleBatch = 8;  // groups whose s * d_g products are formed together, per row
 
-// R rows of one token: each row two accumulator chains (even and odd groups), all rows reading the same group of
+// R rows of one token: each row two accumulator chains (even and odd dots), all rows reading the same group of
 // activations from L1. Whole groups are read in place; a partial last group through a zero-padded copy.
 template <class Q, int Bits, int R>
 inline void dense_i8_tile(const DenseProblem& p, int64_t m, int64_t n, int64_t row_bytes, float* y) {
@@ -40,8 +40,10 @@ inline void dense_i8_tile(const DenseProblem& p, int64_t m, int64_t n, int64_t r
   const int8_t* q = p.xq + m * p.x_stride;
   const float* d = p.xd + m * p.groups;
   const uint8_t* w = p.w + n * p.w_stride;
-  F acc[R][2];
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = Q::zero();
+  // Each row's even and odd dots in two chains, indexed at compile time (a runtime chain index kept them on the
+  // stack: one load and store per multiply-add).
+  F even[R], odd[R];
+  for (int r = 0; r < R; ++r) even[r] = odd[r] = Q::zero();
   const int64_t full = row_bytes / cb;
   for (int64_t c0 = 0; c0 < p.groups; c0 += kScaleBatch) {
     const int64_t count = c0 + kScaleBatch < p.groups ? kScaleBatch : p.groups - c0;
@@ -52,7 +54,8 @@ inline void dense_i8_tile(const DenseProblem& p, int64_t m, int64_t n, int64_t r
       else
         for (int64_t j = 0; j < count; ++j) sd[r][j] = p.scale<Bits>(n + r, c0 + j) * d[c0 + j];
     }
-    for (int64_t j = 0; j < count; j += G) {
+    // Dot j: groups c0 + j .. c0 + j + G - 1 of the R rows, into `acc`.
+    auto dot = [&](int64_t j, F (&acc)[R]) {
       const int64_t c = c0 + j;
       // The row's last G groups: a partial group's weights, and the activations of groups past the row's end
       // (the next token's, or past the buffer), through zero-padded copies.
@@ -75,12 +78,16 @@ inline void dense_i8_tile(const DenseProblem& p, int64_t m, int64_t n, int64_t r
           memcpy(buf, src, size_t(row_bytes - c * cb));
           part = Q::template group_dot<Bits>(buf, qc);
         }
-        acc[r][(j / G) & 1] = Q::fma(part, Q::group_scale(sd[r] + j), acc[r][(j / G) & 1]);
+        acc[r] = Q::fma(part, Q::group_scale(sd[r] + j), acc[r]);
       }
+    };
+    for (int64_t j = 0; j < count; j += 2 * G) {
+      dot(j, even);
+      if (j + G < count) dot(j + G, odd);
     }
   }
   for (int r = 0; r < R; ++r) {
-    const float s = Q::hsum(Q::add(acc[r][0], acc[r][1]));
+    const float s = Q::hsum(Q::add(even[r], odd[r]));
     y[n + r] = Bits == 4 ? s + fk::offset_term<Q>(p, n + r) : s;
   }
 }
