@@ -14,8 +14,9 @@
 //             _mm_prefetch reached through these templates); plane<I>(Packed) -> Codes: plane I
 //             (weights [32I, 32I + 32) of each block), as the ISA multiplies it;
 //   int8:     Act, act<I>(qb, blocks): the activations that line up with plane I of `blocks` blocks at qb (in
-//             the blocks' own layout, or with kPairedActs in pair_acts(q, nblocks, out)'s, which the decode
-//             drivers build once per call into a thread's buffer of paired_bytes(nblocks));
+//             the blocks' own layout, or with kPairedActs in pair_acts(q, nblocks, out)'s, which decode_acts
+//             builds into a buffer of the thread once per task: the K bytes of every task of a call, small
+//             beside the task's rows);
 //             Part, part_zero(), dot(Part, Codes, Act); Sum, sum_zero(), flush(Sum, Part[C]): add a row's C
 //             chains (chain c = the planes c, c + C, ...) to its Sum; hsum(Sum) -> int32; kUnsignedCodes: Codes
 //             hold c = t + 1, so sum_k q is subtracted;
@@ -53,8 +54,8 @@ inline int32_t sum_q(const int8_t* q, int64_t nblocks) {
   return s;
 }
 
-// The decode tiles' activations: q itself, or q rearranged by T::pair_acts into a buffer of the calling thread
-// (reused across calls: no allocation per decode step once it has grown).
+// The decode tiles' activations: q itself, or q rearranged by T::pair_acts into a buffer of the thread running
+// the task (reused across calls: no allocation per decode step once it has grown).
 template <class T>
 const int8_t* decode_acts(const int8_t* q, int64_t nblocks) {
   if constexpr (!T::kPairedActs) {

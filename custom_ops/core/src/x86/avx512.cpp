@@ -123,7 +123,6 @@ struct Avx512Zmm {
 struct Avx512ZmmBlocks : Avx512Zmm {
   static constexpr int kGemvChains = 2;
   static constexpr int64_t kScaleGroup = ScaleGroup8::kBlocks;
-  using Codes = __m512i;   // plane i of two blocks: c = t + 1
   using Block4 = __m256i;  // int32: block b's 4 row sums (low half, row r in lane r), block b + 1's (high half)
   using GroupScales = ScaleGroup8;
   using F4 = YmmBlocks::F4;
@@ -131,7 +130,7 @@ struct Avx512ZmmBlocks : Avx512Zmm {
   static void store4(float* p, F4 v) { YmmBlocks::store4(p, v); }
 
   template <int I>
-  static Codes plane(Packed packed) {
+  static Codes plane(Packed packed) {  // plane I of two blocks: c = t + 1, not scaled by 4^I
     const __m512i mask = _mm512_set1_epi8(kCodeMask);
     return I == 0 ? _mm512_and_si512(packed, mask) : _mm512_and_si512(_mm512_srli_epi16(packed, 2 * I), mask);
   }
