@@ -14,6 +14,8 @@
 #include <math.h>
 #include <string.h>
 
+#include <type_traits>
+
 #include "kernel_table.h"
 
 namespace bonsai {
@@ -74,7 +76,8 @@ inline void dense_gemv_tile(const DenseProblem& p, const float* x, int64_t n, in
   F acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V::zero();
   const uint8_t* w = p.w + n * p.w_stride;
-  auto step = [&](int r, int64_t c, const uint8_t* src) {
+  // chain: 0 or 1, a compile-time constant at every call (a runtime index would keep acc on the stack)
+  auto step = [&](int r, int64_t c, const uint8_t* src, auto chain) {
     F wv[NV];
     V::template widen<Bits>(src, wv);
     const float* xc = x + c * kDenseChunk;
@@ -84,24 +87,34 @@ inline void dense_gemv_tile(const DenseProblem& p, const float* x, int64_t n, in
       // int4: the scale from its (scale, offset) pair in one broadcast load (set1_bf16_pair)
       const F s = Bits == 4 ? V::set1_bf16_pair(p.group_scales + ((n + r) * p.groups + c) * 2)
                             : V::set1(p.scale<Bits>(n + r, c));
-      acc[r][c & 1] = V::fma(s, part, acc[r][c & 1]);
+      acc[r][chain()] = V::fma(s, part, acc[r][chain()]);
     } else {
       for (int i = 0; i < NV; ++i) acc[r][i & 1] = V::fma(wv[i], V::load(xc + i * V::W), acc[r][i & 1]);
     }
   };
   const int64_t full = row_bytes / cb;
-  for (int64_t c = 0; c < full; ++c) {
+  auto chunk = [&](int64_t c, auto chain) {
     for (int r = 0; r < R; ++r) {
       const uint8_t* src = w + r * p.w_stride + c * cb;
       if (c % kPrefetchEvery == 0) V::prefetch(src + kPrefetchAhead * R * p.w_stride);
-      step(r, c, src);
+      step(r, c, src, chain);
     }
-  }
+  };
+  using Even = std::integral_constant<int, 0>;
+  using Odd = std::integral_constant<int, 1>;
+  int64_t c = 0;
+  if constexpr (Bits != 16)  // a chunk's scaled sum goes to chain c & 1
+    for (; c + 2 <= full; c += 2) {
+      chunk(c, Even{});
+      chunk(c + 1, Odd{});
+    }
+  for (; c < full; ++c) chunk(c, Even{});  // bf16 alternates chains within a chunk; else one even chunk left
   if (full < chunks) {
     for (int r = 0; r < R; ++r) {
       alignas(64) uint8_t buf[cb] = {};
       memcpy(buf, w + r * p.w_stride + full * cb, size_t(row_bytes - full * cb));
-      step(r, full, buf);
+      if (full & 1) step(r, full, buf, Odd{});
+      else step(r, full, buf, Even{});
     }
   }
   for (int r = 0; r < R; ++r) {
