@@ -24,7 +24,7 @@ namespace {
 #if defined(__x86_64__) || defined(_M_X64)
 struct X86Features {
   bool avx2_fma = false;     // AVX2 + FMA + F16C (the fp16 block scales), with the OS saving the ymm state
-  bool avx512_vnni = false;  // F + BW + VL + VNNI, with the OS saving the zmm/opmask state
+  bool avx512_vnni = false;  // F + BW + VL + VNNI + GFNI, with the OS saving the zmm/opmask state
 };
 
 X86Features detect_x86() {
@@ -38,7 +38,8 @@ X86Features detect_x86() {
   const bool os_ymm = (xcr0_lo & 0x6) == 0x6;     // SSE + AVX state
   const bool os_zmm = (xcr0_lo & 0xe6) == 0xe6;   // + opmask, zmm_hi256, hi16_zmm
   f.avx2_fma = os_ymm && fma && f16c && (b & bit_AVX2);
-  const bool avx512 = (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512VL) && (c & bit_AVX512VNNI);
+  const bool avx512 = (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512VL) && (c & bit_AVX512VNNI) &&
+                      (c & bit_GFNI);
   f.avx512_vnni = f.avx2_fma && os_zmm && avx512;
   return f;
 }
