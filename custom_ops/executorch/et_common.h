@@ -1,27 +1,18 @@
-// What the ExecuTorch op bindings share: the core's parallel-for hook backed by ExecuTorch's threadpool, the
-// tensor descriptions for the core's validators, and the output checks and resize of the linear ops.
+// What the ExecuTorch op bindings share: the core's parallel-for hook (et_parallel.cpp), the tensor descriptions
+// for the core's validators, and the output checks and resize of the linear ops.
 #ifndef BONSAI_ET_COMMON_H
 #define BONSAI_ET_COMMON_H
 
 #include <executorch/runtime/kernel/kernel_includes.h>
-#include <executorch/runtime/kernel/thread_parallel_interface.h>
 
 #include "bonsai/kernels.h"
 #include "bonsai/parallel.h"
-#include "et_threadpool.h"
 
 namespace bonsai_et {
 
-// Each task goes to pthreadpool as one item, which idle threads steal: extension::parallel_for would cut the
-// tasks into one fixed chunk per thread, and a thread slowed by another process would then hold back the loop.
-inline void et_parallel_for(void* /*runtime_ctx*/, int64_t n_tasks, bonsai_task_fn task, void* task_ctx) {
-  executorch::extension::threadpool::get_threadpool()->run(
-      [&](size_t i) { task(task_ctx, static_cast<int64_t>(i)); }, static_cast<size_t>(n_tasks));
-}
-
-inline bonsai_parallel et_parallel() {
-  return {et_parallel_for, nullptr, static_cast<int32_t>(executorch::extension::get_thread_count())};
-}
+// The parallel-for hook of a call over `tokens` tokens (et_parallel.cpp): ExecuTorch's threadpool, except for
+// single-token calls (decode), which run on a pool of the library's own.
+bonsai_parallel et_parallel(int64_t tokens);
 
 // An ExecuTorch tensor as the core's validators (bonsai_check_*) see it. The sizes are copied: ExecuTorch keeps
 // them as int32. A rank above BONSAI_MAX_RANK is passed on as is (the core refuses it before reading dims).

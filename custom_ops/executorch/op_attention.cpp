@@ -27,7 +27,7 @@ Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& 
   ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, q.sizes()) == Error::Ok, InvalidArgument, out,
                       "bonsai::attention: cannot resize out");
   const int64_t pos = input_pos.const_data_ptr<int64_t>()[0];  // any value: bonsai_attention checks the range
-  const bonsai_parallel par = et_parallel();
+  const bonsai_parallel par = et_parallel(q.size(1));
   const int status = bonsai_attention(q.const_data_ptr<float>(), q.size(1), q.size(2), q.size(3),
                                       k_cache.const_data_ptr<float>(), v_cache.const_data_ptr<float>(),
                                       k_cache.size(1), k_cache.size(2), pos, out.mutable_data_ptr<float>(), &par);

@@ -24,7 +24,7 @@ Tensor& dense_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tenso
   ET_KERNEL_CHECK_MSG(ctx, checked == BONSAI_OK, InvalidArgument, out, "%s", bonsai_last_error());
   if (!linear_out_ready(ctx, "bonsai::dense_linear", x, weight, scales, n, out)) return out;
   if (m == 0) return out;  // an empty x: nothing to compute
-  const bonsai_parallel par = et_parallel();
+  const bonsai_parallel par = et_parallel(m);
   const int status = bonsai_dense_linear(x.const_data_ptr<float>(), m, in_features, weight.const_data_ptr(),
                                          static_cast<int32_t>(weight_bits), scales.const_data_ptr(), n,
                                          static_cast<int32_t>(act_bits), out.mutable_data_ptr<float>(), &par);

@@ -64,7 +64,7 @@ Tensor& ternary_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Ten
   if (!linear_out_ready(ctx, "bonsai::ternary_linear", x, packed, scales, n, out)) return out;
   if (m == 0) return out;  // an empty x: nothing to compute
 
-  const bonsai_parallel par = et_parallel();
+  const bonsai_parallel par = et_parallel(m);
   const int status = bonsai_ternary_linear_ex(x.const_data_ptr<float>(), m, in_features,
                                               packed.const_data_ptr<uint8_t>(), packed.size(1),
                                               scales.const_data_ptr(), static_cast<int32_t>(scale_layout), n,
