@@ -4,7 +4,8 @@ This module plans the runs and derives the comparisons; each measurement runs in
 (bench_worker.py, so load time and peak RSS are its own): prefill tokens/s at
 several prompt lengths, time to first token, decode tokens/s over 128 tokens, load time, peak RSS; medians of
 repeated runs, for 1 and 2 threads. In the same run: the machine's memory read bandwidth and each artifact's share
-of its bandwidth roofline (bytes read per decoded token / bandwidth); the peers (peers.py: llama.cpp on the GGUF
+of its bandwidth roofline (bytes read per decoded token / bandwidth: the weights alone, and the weights with the
+KV cache positions each decode step reads at that run's context); the peers (peers.py: llama.cpp on the GGUF
 of the same checkpoint, ONNX Runtime's stock MatMulNBits), with our / llama.cpp ratios and how far llama.cpp's
 greedy tokens agree with ours; the baselines: the eager PyTorch bf16 reference (transformers' Llama with the
 ternary scales folded in, as people run Bonsai today) and an ExecuTorch XNNPACK 8da4w export of the same folded
@@ -28,6 +29,14 @@ PREFILL_LENGTHS = (64, 128, 512)
 DECODE_TOKENS = 128
 GREEDY_PROMPT = "Once upon a time"  # greedy tokens of every backend from this prompt are compared with llama.cpp's
 GREEDY_TOKENS = 16
+# Bytes of one cached K or V value: our exports and ONNX Runtime's stock one keep float32 caches, llama.cpp float16
+# (its default cache type).
+FLOAT32_CACHE, LLAMA_CPP_CACHE = 4, 2
+
+
+def kv_bytes_per_position(model: A.ModelShape, value_bytes: int) -> int:
+    """KV cache bytes a decode step reads per attended position: K and V of every layer."""
+    return model.n_layers * 2 * model.n_kv_heads * model.head_dim * value_bytes
 
 
 def _specs(folder: Path, manifest: A.Manifest, args, base: dict) -> list[dict]:
@@ -38,7 +47,8 @@ def _specs(folder: Path, manifest: A.Manifest, args, base: dict) -> list[dict]:
     for kind in (k for k in manifest.kinds if k in A.RUNNABLE):  # a GGUF in the folder is the llama.cpp peer's
         label = kind if kind == "pte" else f"onnx-{manifest.options.ternary_op}"
         specs.append({**base, "label": label, "group": "ours", "kind": "artifact", "path": str(folder),
-                      "backend": kind, "bytes_per_token": manifest.model.bytes_per_token})
+                      "backend": kind, "bytes_per_token": manifest.model.bytes_per_token,
+                      "kv_bytes_per_position": kv_bytes_per_position(manifest.model, FLOAT32_CACHE)})
         if kind == "pte" and (native_dir() / RUNNER).is_file():
             specs.append({**specs[-1], "label": "pte (C++ runner)", "kind": "pte-runner"})
     if getattr(args, "peers", True):
@@ -53,7 +63,8 @@ def _peer_specs(folder: Path, manifest: A.Manifest, base: dict, ours: set[str]) 
     if P.STOCK not in ours:
         stock = P.stock_onnx(source, manifest.options)
         specs.append({**base, "label": P.STOCK, "group": "peer", "kind": "artifact", "path": str(stock),
-                      "backend": "onnx", "bytes_per_token": A.read_manifest(stock).model.bytes_per_token})
+                      "backend": "onnx", "bytes_per_token": A.read_manifest(stock).model.bytes_per_token,
+                      "kv_bytes_per_position": kv_bytes_per_position(manifest.model, FLOAT32_CACHE)})
     missing = P.llama_cpp_missing()
     if missing is not None:
         log.warning("bench: llama.cpp peer skipped: llama_cpp is not importable (%s); install it with %s",
@@ -65,7 +76,8 @@ def _peer_specs(folder: Path, manifest: A.Manifest, base: dict, ours: set[str]) 
         log.warning("bench: llama.cpp peer skipped: %s", exc)
         return specs
     return specs + [{**base, "label": P.LLAMA_CPP, "group": "peer", "kind": P.LLAMA_CPP, "path": gguf["file"],
-                     "bytes_per_token": gguf["bytes_per_token"], "gguf": gguf}]
+                     "bytes_per_token": gguf["bytes_per_token"], "gguf": gguf,
+                     "kv_bytes_per_position": kv_bytes_per_position(manifest.model, LLAMA_CPP_CACHE)}]
 
 
 def run_bench(folder: Path, args) -> dict:
@@ -98,12 +110,17 @@ def run_bench(folder: Path, args) -> dict:
 
 def _measure(spec: dict, threads: int, bandwidth_gbs: float) -> dict:
     """One backend at one thread count, in its worker; with its share of the bandwidth roofline when its bytes
-    per decoded token are known."""
+    per decoded token are known: of the weights alone, and of the weights and the KV cache its decode steps read
+    (decode_positions: the mean count of cache positions a step attends to in that worker's decode)."""
     log.info("bench %s, %d thread(s)", spec["label"], threads)
     r = {"label": spec["label"], "threads": threads, **bench_worker.run({**spec, "threads": threads})}
     if "bytes_per_token" in spec:
         roofline = bandwidth_gbs * 1e9 / spec["bytes_per_token"]
         r.update(roofline_tps=roofline, roofline_share=r["decode_tps"] / roofline)
+        if "kv_bytes_per_position" in spec and "decode_positions" in r:
+            kv = spec["kv_bytes_per_position"] * r["decode_positions"]
+            r.update(kv_bytes_per_token=kv,
+                     roofline_kv_share=r["decode_tps"] * (spec["bytes_per_token"] + kv) / (bandwidth_gbs * 1e9))
     return r
 
 

@@ -14,6 +14,7 @@ COLUMNS = (
     ("ttft_s", "TTFT, 128-token prompt (ms)", 1e3, "n"),
     ("decode_tps", "decode (tokens/s)", 1, "n"),
     ("roofline_share", "of bandwidth roofline", 1, "%"),
+    ("roofline_kv_share", "of roofline, weights + KV cache", 1, "%"),
     ("load_s", "load (ms)", 1e3, "n"),
     ("peak_rss_mb", "peak RSS (MB)", 1, "n"),
     ("rss_added_mb", "RSS added (MB)", 1, "n"),
@@ -79,9 +80,11 @@ def _heading(results: dict) -> list[str]:
              f"read bandwidth (same run): {bw}.", ""]
     if results.get("repeats"):
         lines += [f"{_repeats(results['repeats'])} after a warm-up; decode: {results.get('decode_tokens')} "
-                  f"greedy tokens after a 16-token prompt. Prefill: one prompt of that many tokens. RSS added: a "
-                  f"Python worker's peak over its resident size after imports; the C++ runner's over the .pte's "
-                  f"size.", ""]
+                  f"greedy tokens after a 16-token prompt (the C++ runner: a 128-token prompt). Prefill: one prompt "
+                  f"of that many tokens. Bandwidth roofline: bandwidth / bytes read per decoded token, of the "
+                  f"weights alone, or with the KV cache positions those decode steps read on average (float32 "
+                  f"caches, llama.cpp's float16). RSS added: a Python worker's peak over its resident size after "
+                  f"imports; the C++ runner's over the .pte's size.", ""]
     return lines
 
 

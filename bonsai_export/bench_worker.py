@@ -66,6 +66,12 @@ def _import_runtime(spec: dict) -> None:
         import onnxruntime  # noqa: F401
 
 
+def decode_positions(prompt: int, steps: int) -> float:
+    """Mean count of cache positions a decode step attends to: `steps` steps after a `prompt`-token prefill, the
+    step at position p reading positions 0..p."""
+    return prompt + (steps - 1) / 2 + 1
+
+
 def worker(spec: dict) -> dict:
     """Measure one backend in this process; returns the figures (printed as JSON by --worker)."""
     torch.set_num_threads(spec["threads"])
@@ -91,6 +97,7 @@ def worker(spec: dict) -> dict:
             logits = runner(logits[:, -1:].argmax(-1), torch.tensor([pos]))
 
     out["decode_tps"] = spec["decode_tokens"] / _median_s(decode, repeats)
+    out["decode_positions"] = decode_positions(16, spec["decode_tokens"])
     peak = _status_mb("VmHWM")
     out["greedy_ids"] = greedy(runner, spec["greedy_prompt_ids"], spec["greedy_tokens"])
     if hasattr(runner, "tokenize"):
@@ -115,6 +122,7 @@ def runner_worker(spec: dict) -> dict:
                                       "--threads", str(threads)], 1)[0]
     return {**out, "greedy_ids": greedy_run["generated_ids"], "ttft_s": statistics.median(r["ttft_s"] for r in runs),
             "decode_tps": statistics.median(r["decode_tps"] for r in runs),
+            "decode_positions": decode_positions(128, spec["decode_tokens"]),
             "load_s": statistics.median(r["load_s"] for r in runs), "peak_rss_mb": peak,
             "peak_rss_over_artifact_mb": peak - (folder / A.PTE_FILE).stat().st_size / 2**20}
 

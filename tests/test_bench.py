@@ -21,7 +21,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _run(label, threads, scale):
     return {"label": label, "threads": threads, "prefill_64_tps": 6770.123 * scale, "prefill_128_tps": 250.4 * scale,
             "prefill_512_tps": 96.04 * scale, "ttft_s": 0.00871 / scale, "decode_tps": 38.72 * scale,
-            "roofline_share": 0.4231, "load_s": 0.1234, "peak_rss_mb": 1234.5, "peak_rss_over_baseline_mb": 59.2,
+            "roofline_share": 0.4231, "roofline_kv_share": 0.4712, "load_s": 0.1234, "peak_rss_mb": 1234.5, "peak_rss_over_baseline_mb": 59.2,
             "greedy_ids": [5, 6, 7, 8], "own_prompt_ids": [1, 2, 3]}
 
 
@@ -51,9 +51,10 @@ def test_markdown_has_units_and_readable_numbers(tmp_path):
     text = markdown(results)
     assert not EXPONENT.search(text), text
     for header in ("| backend | side | threads |", "prefill 128 (tokens/s)", "TTFT, 128-token prompt (ms)",
-                   "decode (tokens/s)", "of bandwidth roofline", "load (ms)", "peak RSS (MB)", "RSS added (MB)"):
+                   "decode (tokens/s)", "of bandwidth roofline", "of roofline, weights + KV cache", "load (ms)",
+                   "peak RSS (MB)", "RSS added (MB)"):
         assert header in text
-    assert "| pte | ours | 1 | 6,770 | 250 | 96.0 | 8.71 | 38.7 | 42% | 123 | 1,234 | 59.2 |\n| pte | ours | 2 |" in text
+    assert "| pte | ours | 1 | 6,770 | 250 | 96.0 | 8.71 | 38.7 | 42% | 47% | 123 | 1,234 | 59.2 |\n| pte | ours | 2 |" in text
     assert "AMD EPYC" in text and "ckpt/bonsai-500m" in text and "threads 1, 2" in text
     # ours / llama.cpp: llama.cpp is 1.25x faster in every figure here
     assert "| pte | 1 | 0.80x | 0.80x | 0.80x | 0.80x |" in text and "TQ2_0" in text
@@ -102,6 +103,18 @@ def test_bench_without_llama_cpp_says_it_skipped_the_peer(small_artifact, short_
     assert bench.P.LLAMA_CPP not in labels and {"pte", bench.P.STOCK} <= labels
     assert results["vs_llama_cpp"] == [] and not EXPONENT.search(out)
     assert (tmp_path / "report.png").read_bytes()[:8] == PNG_MAGIC
+    # The KV cache a decode step reads: float32 K and V of every layer, at the worker's mean context
+    model = A.read_manifest(small_artifact).model
+    per_position = model.n_layers * 2 * model.n_kv_heads * model.head_dim * 4
+    for r in results["runs"]:
+        prompt = 128 if r["label"] == "pte (C++ runner)" else 16
+        assert r["decode_positions"] == prompt + (16 - 1) / 2 + 1  # short_bench: 16 decode steps
+        assert r["kv_bytes_per_token"] == per_position * r["decode_positions"]
+        bytes_read = results["bytes_per_decoded_token"] if r["label"] != bench.P.STOCK else None
+        if bytes_read:
+            bandwidth = results[f"read_bandwidth_gbs_{r['threads']}t"] * 1e9
+            want = r["decode_tps"] * (bytes_read + r["kv_bytes_per_token"]) / bandwidth
+            assert r["roofline_kv_share"] == pytest.approx(want) and r["roofline_kv_share"] > r["roofline_share"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
