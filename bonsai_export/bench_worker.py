@@ -66,6 +66,10 @@ def _import_runtime(spec: dict) -> None:
         import onnxruntime  # noqa: F401
 
 
+# Prompt tokens before the timed decode: the Python workers' and the C++ runner's (bench_report's heading says so).
+DECODE_PROMPT, RUNNER_DECODE_PROMPT = 16, 128
+
+
 def decode_positions(prompt: int, steps: int) -> float:
     """Mean count of cache positions a decode step attends to: `steps` steps after a `prompt`-token prefill, the
     step at position p reading positions 0..p."""
@@ -92,12 +96,12 @@ def worker(spec: dict) -> dict:
     out["ttft_s"] = _median_s(lambda: int(prefill(128)[0, -1].argmax()), repeats)
 
     def decode():
-        logits = prefill(16)
-        for pos in range(16, 16 + spec["decode_tokens"]):
+        logits = prefill(DECODE_PROMPT)
+        for pos in range(DECODE_PROMPT, DECODE_PROMPT + spec["decode_tokens"]):
             logits = runner(logits[:, -1:].argmax(-1), torch.tensor([pos]))
 
     out["decode_tps"] = spec["decode_tokens"] / _median_s(decode, repeats)
-    out["decode_positions"] = decode_positions(16, spec["decode_tokens"])
+    out["decode_positions"] = decode_positions(DECODE_PROMPT, spec["decode_tokens"])
     peak = _status_mb("VmHWM")
     out["greedy_ids"] = greedy(runner, spec["greedy_prompt_ids"], spec["greedy_tokens"])
     if hasattr(runner, "tokenize"):
@@ -115,14 +119,14 @@ def runner_worker(spec: dict) -> dict:
         if n + 2 <= spec["max_seq_len"]:
             runs = run_on_host(folder, runner_args(n, 2, threads), repeats)
             out[f"prefill_{n}_tps"] = statistics.median(r["prefill_tps"] for r in runs)
-    runs = run_on_host(folder, runner_args(128, spec["decode_tokens"] + 1, threads), repeats)
+    runs = run_on_host(folder, runner_args(RUNNER_DECODE_PROMPT, spec["decode_tokens"] + 1, threads), repeats)
     peak = max(r["peak_rss_mib"] for r in runs)
     ids = ",".join(map(str, spec["greedy_prompt_ids"]))
     greedy_run = run_on_host(folder, ["--tokens", ids, "--max-new-tokens", str(spec["greedy_tokens"]),
                                       "--threads", str(threads)], 1)[0]
     return {**out, "greedy_ids": greedy_run["generated_ids"], "ttft_s": statistics.median(r["ttft_s"] for r in runs),
             "decode_tps": statistics.median(r["decode_tps"] for r in runs),
-            "decode_positions": decode_positions(128, spec["decode_tokens"]),
+            "decode_positions": decode_positions(RUNNER_DECODE_PROMPT, spec["decode_tokens"]),
             "load_s": statistics.median(r["load_s"] for r in runs), "peak_rss_mb": peak,
             "peak_rss_over_artifact_mb": peak - (folder / A.PTE_FILE).stat().st_size / 2**20}
 

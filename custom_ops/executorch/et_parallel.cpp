@@ -2,7 +2,7 @@
 // sleep after about 1000 spins (~30 us on the Xeon we measured), so each of those loops paid a futex wake-up (an
 // inter-processor interrupt on a VM) and began on one thread; the core's own pool (threadpool.cpp) spins 200 us
 // first. Single-token calls therefore run on a pool of this library's, as many threads as ExecuTorch's pool:
-// Ternary-Bonsai-1.7B decoded 37.8 -> 41.0 tokens/s at 2 threads, Bonsai-500M 125 -> 137. Longer calls
+// Ternary-Bonsai-1.7B decoded 37.6 -> 40.5 tokens/s at 2 threads, Bonsai-500M 125 -> 138. Longer calls
 // (prefill) stay on ExecuTorch's pool, which XNNPACK's ops share: on ours, prefill ran ~8% slower, its workers
 // spinning while XNNPACK's needed the cores.
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
@@ -32,7 +32,7 @@ struct PoolDeleter {
 struct DecodePool {
   std::mutex mu;
   std::unique_ptr<bonsai_threadpool, PoolDeleter> pool;
-  int32_t threads = 0;
+  int32_t threads() const { return pool ? bonsai_threadpool_parallel(pool.get()).num_threads : 0; }
 };
 
 DecodePool& decode_pool() {
@@ -44,10 +44,7 @@ void decode_parallel_for(void* /*runtime_ctx*/, int64_t n_tasks, bonsai_task_fn 
   DecodePool& p = decode_pool();
   std::unique_lock<std::mutex> lock(p.mu, std::try_to_lock);
   const int32_t threads = static_cast<int32_t>(executorch::extension::get_thread_count());
-  if (lock && p.threads != threads) {
-    p.pool.reset(threads > 1 ? bonsai_threadpool_create(threads) : nullptr);
-    p.threads = p.pool ? threads : 0;
-  }
+  if (lock && p.threads() != threads) p.pool.reset(threads > 1 ? bonsai_threadpool_create(threads) : nullptr);
   if (lock && p.pool) {
     const bonsai_parallel par = bonsai_threadpool_parallel(p.pool.get());
     par.parallel_for(par.runtime_ctx, n_tasks, task, task_ctx);

@@ -50,11 +50,11 @@ struct Avx512Ymm : YmmBlocks {
 
 // Building blocks of the GEMV (decode), in zmm: two blocks per register. GFNI's affine transform (a bit-matrix
 // multiply of every byte) moves plane i's two bits to the bottom of each byte in one instruction, where a shift
-// and a mask take two, so each plane is c exactly and the 4 planes share 2 accumulator chains per row. 2048 x 2048
-// weights (1 MiB, from L2), one thread: 23.6 -> 32 GB/s against masking 4^i * c in place with one chain per plane (16
-// accumulators for 4 rows, the 4^i divided out when the chains were flushed; the GFNI planes with 4 chains ran
-// 25 GB/s). The zmm activation operand pairs the same plane of blocks b and b + 1, built once per block pair and
-// shared by the tile's rows.
+// and a mask take two, so each plane is c exactly and the 4 planes share 2 accumulator chains per row. 2048 x
+// 2048 weights (1 MiB, from L2), one thread: 23.6 -> 32 GB/s against masking 4^i * c in place with one chain per
+// plane (16 accumulators for 4 rows, the 4^i divided out when the chains were flushed; the GFNI planes with 4
+// chains ran 25 GB/s). The zmm activation operand pairs the same plane of blocks b and b + 1, built once per block
+// pair and shared by the tile's rows.
 struct Avx512Zmm {
   // Rows per tile: each activation pair serves 4 rows. With the L2 prefetch below, 4 rows measured ~15-25%
   // faster than 2 and 1 (whole model, 1 and 2 threads, when each plane had its own chain).
@@ -84,7 +84,8 @@ struct Avx512Zmm {
   static void prefetch(const uint8_t* block, int64_t) {
     __builtin_prefetch((const void*)(uintptr_t(block) + kPrefetchBytes), 0, 2);  // T1
   }
-  // Output bit j of each byte is the parity of (matrix byte 7 - j) & input byte: bytes 7 and 6 pick bits 2I, 2I + 1.
+  // Output bit j of each byte is the parity of (matrix byte 7 - j) & input byte: bytes 7 and 6 pick bits 2I and
+  // 2I + 1.
   template <int I>
   static Codes plane(Packed packed) {
     if constexpr (I == 0) return _mm512_and_si512(packed, _mm512_set1_epi8(kCodeMask));
