@@ -34,6 +34,7 @@ EMBEDDINGS = ("bf16", "int8")
 HEADS = ("bf16", "int8", "int4")
 HEAD_ACT_QUANTS = ("none", "int8")  # the dense head's activations: float, or int8 per group of DENSE_GROUP
 TERNARY_OPS = ("custom", "stock")  # ONNX: bonsai::TernaryMatMul (our library) or com.microsoft MatMulNBits bits=2
+KV_CACHES = ("f32", "f16")  # the KV cache's element type (model.CACHE_DTYPES)
 # The packed ternary formats (docs/FORMAT.md): t2, one f32 scale per output channel (Bonsai); t2g, one fp16 scale
 # per block of 128 weights (Ternary-Bonsai). ModelShape records which one an artifact holds.
 TERNARY_FORMATS = ("t2", "t2g")
@@ -61,6 +62,10 @@ class ExportConfig:
     # runtimes agreeing with the eager model to float rounding.
     head_act_quant: str = "none"
     ternary_op: str = "custom"  # ONNX only: custom = bonsai::TernaryMatMul; stock = MatMulNBits (unmodified ORT)
+    # .pte and custom-op .onnx: f16 halves the cache's memory and the bytes each decode step reads from it (at 4096
+    # positions of Ternary-Bonsai-1.7B, 470 MB instead of 940), rounding each cached K and V value to fp16 as
+    # llama.cpp's default cache does.
+    kv_cache: str = "f32"
     # GGUF only. TQ2_0 is what llama.cpp decodes fastest (TQ1_0: 1.69 bits, slower); F16 head and embedding are
     # the checkpoint's bf16 values exactly (down to 2**-14) in the half type every llama.cpp backend runs.
     gguf_ternary: str = "tq2_0"
@@ -78,7 +83,7 @@ class ExportConfig:
     def __post_init__(self):
         for name, allowed in (("format", ARTIFACT_FORMATS), ("act_quant", tuple(formats.ACT_MODES)),
                               ("embedding", EMBEDDINGS), ("head", HEADS), ("head_act_quant", HEAD_ACT_QUANTS),
-                              ("ternary_op", TERNARY_OPS), ("gguf_ternary", GGUF_TERNARY),
+                              ("ternary_op", TERNARY_OPS), ("kv_cache", KV_CACHES), ("gguf_ternary", GGUF_TERNARY),
                               ("gguf_head", GGUF_DENSE), ("gguf_embedding", GGUF_DENSE),
                               ("gguf_fallback", GGUF_FALLBACKS), ("gguf_regroup", (False, True)),
                               ("gguf_speed_only", (False, True))):
@@ -88,14 +93,19 @@ class ExportConfig:
         if self.head_act_quant == "int8" and self.head == "bf16":
             raise BonsaiError("--head-act-quant int8: needs --head int8 or int4 (a bf16 head has no integer codes "
                               "to multiply int8 activations with)")
+        if self.kv_cache != "f32" and (self.format == "gguf" or self.ternary_op == "stock"):
+            raise BonsaiError(f"--kv-cache {self.kv_cache}: the .pte and the custom-op .onnx have it; "
+                              f"{'a GGUF' if self.format == 'gguf' else 'the stock .onnx (--ternary-op stock)'} "
+                              f"keeps its runtime's own cache; leave --kv-cache at f32 for it")
         if self.max_seq_len is not None and (not _is_int(self.max_seq_len) or self.max_seq_len < 2):
             raise BonsaiError(f"--max-seq-len: expected >= 2, got {self.max_seq_len}")
 
     @property
     def exact(self) -> bool:
-        """Float activations and the checkpoint's bf16 embedding and head: the float reference's math up to
-        rounding (a stock MatMulNBits runtime aside, which validate judges from the runner)."""
-        return (self.act_quant, self.embedding, self.head) == ("none", "bf16", "bf16")
+        """Float activations, the checkpoint's bf16 embedding and head and a float32 KV cache: the float
+        reference's math up to rounding (a stock MatMulNBits runtime aside, which validate judges from the
+        runner)."""
+        return (self.act_quant, self.embedding, self.head, self.kv_cache) == ("none", "bf16", "bf16", "f32")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

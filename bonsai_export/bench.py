@@ -29,9 +29,9 @@ PREFILL_LENGTHS = (64, 128, 512)
 DECODE_TOKENS = 128
 GREEDY_PROMPT = "Once upon a time"  # greedy tokens of every backend from this prompt are compared with llama.cpp's
 GREEDY_TOKENS = 16
-# Bytes of one cached K or V value: our exports and ONNX Runtime's stock one keep float32 caches, llama.cpp float16
-# (its default cache type).
-FLOAT32_CACHE, LLAMA_CPP_CACHE = 4, 2
+# Bytes of one cached K or V value: our artifacts' per their --kv-cache, ONNX Runtime's stock export float32,
+# llama.cpp float16 (its default cache type).
+CACHE_BYTES = {"f32": 4, "f16": 2}
 
 
 def kv_bytes_per_position(model: A.ModelShape, value_bytes: int) -> int:
@@ -48,7 +48,8 @@ def _specs(folder: Path, manifest: A.Manifest, args, base: dict) -> list[dict]:
         label = kind if kind == "pte" else f"onnx-{manifest.options.ternary_op}"
         specs.append({**base, "label": label, "group": "ours", "kind": "artifact", "path": str(folder),
                       "backend": kind, "bytes_per_token": manifest.model.bytes_per_token,
-                      "kv_bytes_per_position": kv_bytes_per_position(manifest.model, FLOAT32_CACHE)})
+                      "kv_bytes_per_position": kv_bytes_per_position(manifest.model,
+                                                                      CACHE_BYTES[manifest.options.kv_cache])})
         if kind == "pte" and (native_dir() / RUNNER).is_file():
             specs.append({**specs[-1], "label": "pte (C++ runner)", "kind": "pte-runner"})
     if getattr(args, "peers", True):
@@ -64,7 +65,7 @@ def _peer_specs(folder: Path, manifest: A.Manifest, base: dict, ours: set[str]) 
         stock = P.stock_onnx(source, manifest.options)
         specs.append({**base, "label": P.STOCK, "group": "peer", "kind": "artifact", "path": str(stock),
                       "backend": "onnx", "bytes_per_token": A.read_manifest(stock).model.bytes_per_token,
-                      "kv_bytes_per_position": kv_bytes_per_position(manifest.model, FLOAT32_CACHE)})
+                      "kv_bytes_per_position": kv_bytes_per_position(manifest.model, CACHE_BYTES["f32"])})
     missing = P.llama_cpp_missing()
     if missing is not None:
         log.warning("bench: llama.cpp peer skipped: llama_cpp is not importable (%s); install it with %s",
@@ -77,7 +78,7 @@ def _peer_specs(folder: Path, manifest: A.Manifest, base: dict, ours: set[str]) 
         return specs
     return specs + [{**base, "label": P.LLAMA_CPP, "group": "peer", "kind": P.LLAMA_CPP, "path": gguf["file"],
                      "bytes_per_token": gguf["bytes_per_token"], "gguf": gguf,
-                     "kv_bytes_per_position": kv_bytes_per_position(manifest.model, LLAMA_CPP_CACHE)}]
+                     "kv_bytes_per_position": kv_bytes_per_position(manifest.model, CACHE_BYTES["f16"])}]
 
 
 def run_bench(folder: Path, args) -> dict:

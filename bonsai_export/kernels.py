@@ -61,6 +61,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bonsai_quantize_activations": (ctypes.c_int, [vp, i64, i64, vp, vp]),
         "bonsai_dense_linear": (ctypes.c_int, [vp, i64, i64, vp, i32, vp, i64, i32, vp, par]),
         "bonsai_attention": (ctypes.c_int, [vp, i64, i64, i64, vp, vp, i64, i64, i64, vp, par]),
+        "bonsai_attention_f16": (ctypes.c_int, [vp, i64, i64, i64, vp, vp, i64, i64, i64, vp, par]),
         "bonsai_threadpool_create": (vp, [i32]),
         "bonsai_threadpool_destroy": (None, [vp]),
         "bonsai_threadpool_parallel": (_Parallel, [vp]),
@@ -297,11 +298,13 @@ def dense_linear(
 def attention(
     q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, threads: int | None = None
 ) -> np.ndarray:
-    """Causal GQA of q float32 [T, H, D] (positions pos..pos+T-1) over caches float32 [Hkv, S, D], reading only
-    the prefix [0, pos + T): out float32 [T, H, D] (kernels.h, bonsai_attention)."""
+    """Causal GQA of q float32 [T, H, D] (positions pos..pos+T-1) over caches [Hkv, S, D], both float32 or both
+    float16, reading only the prefix [0, pos + T): out float32 [T, H, D] (kernels.h, bonsai_attention and
+    bonsai_attention_f16)."""
     q = _require(q, "q", np.float32, 3)
-    k_cache = _require(k_cache, "k_cache", np.float32, 3)
-    v_cache = _require(v_cache, "v_cache", np.float32, 3)
+    cache_type = np.float16 if getattr(k_cache, "dtype", None) == np.float16 else np.float32
+    k_cache = _require(k_cache, "k_cache", cache_type, 3)
+    v_cache = _require(v_cache, "v_cache", cache_type, 3)
     t, h, d = q.shape
     hkv, s, dk = k_cache.shape
     if v_cache.shape != k_cache.shape or dk != d:
@@ -315,5 +318,5 @@ def attention(
     out = np.empty_like(q)
     lib = _load()
     args = [q.ctypes.data, t, h, d, k_cache.ctypes.data, v_cache.ctypes.data, hkv, s, int(pos), out.ctypes.data]
-    _call(lib.bonsai_attention, args, threads)
+    _call(lib.bonsai_attention_f16 if cache_type == np.float16 else lib.bonsai_attention, args, threads)
     return out

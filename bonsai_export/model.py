@@ -52,17 +52,22 @@ class RMSNorm(nn.Module):
         return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
 
+# The KV cache's element types (`export --kv-cache`): float32, or float16 at half the bytes per position (rows
+# rounded to nearest fp16 as they are written; bonsai::attention widens them exactly).
+CACHE_DTYPES = {"f32": torch.float32, "f16": torch.float16}
+
+
 class KVCache(nn.Module):
-    def __init__(self, n_kv_heads: int, max_seq_len: int, head_dim: int):
+    def __init__(self, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype = torch.float32):
         super().__init__()
         shape = (1, n_kv_heads, max_seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape), persistent=False)
-        self.register_buffer("v", torch.zeros(shape), persistent=False)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
 
     def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        # pos: [T] absolute positions; k, v: [1, n_kv, T, head_dim]
-        self.k.index_copy_(2, pos, k)
-        self.v.index_copy_(2, pos, v)
+        # pos: [T] absolute positions; k, v: [1, n_kv, T, head_dim] float32, stored in the cache's type
+        self.k.index_copy_(2, pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, pos, v.to(self.v.dtype))
         return self.k, self.v
 
 
@@ -81,7 +86,7 @@ def linear(in_features: int, out_features: int, act_bits: int, group: int | None
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs, make_linear, max_seq_len: int):
+    def __init__(self, args: ModelArgs, make_linear, max_seq_len: int, cache_dtype: torch.dtype):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         q_dim, kv_dim = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
@@ -95,7 +100,7 @@ class Attention(nn.Module):
         if args.sub_norms:  # BitNet: the attention output normalized before o_proj quantizes it
             self.attn_sub_norm = RMSNorm(q_dim, args.norm_eps)
         self.sub_norm = args.sub_norms
-        self.cache = KVCache(args.n_kv_heads, max_seq_len, args.head_dim)
+        self.cache = KVCache(args.n_kv_heads, max_seq_len, args.head_dim, cache_dtype)
 
     def forward(self, x, cos, sin, pos, input_pos):
         b, t, _ = x.shape  # x: [1, T, dim]; cos, sin: [T, 1, hd]; pos: [T] = input_pos + arange(T)
@@ -135,10 +140,10 @@ def relu2(x: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    def __init__(self, args: ModelArgs, make_linear, max_seq_len: int):
+    def __init__(self, args: ModelArgs, make_linear, max_seq_len: int, cache_dtype: torch.dtype):
         super().__init__()
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.self_attn = Attention(args, make_linear, max_seq_len)
+        self.self_attn = Attention(args, make_linear, max_seq_len, cache_dtype)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = FeedForward(args, make_linear)
 
@@ -149,7 +154,7 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     def __init__(self, args: ModelArgs, act_quant: str = "none", max_seq_len: int | None = None,
-                 group: int | None = None, packed: bool = False):
+                 group: int | None = None, packed: bool = False, kv_cache: str = "f32"):
         """`group`: None for per-channel ternary linears (packed, bonsai::ternary_linear), else the group size of
         group-scaled ones: eager fp32 (float activations only), or `packed` as t2g through bonsai::ternary_linear."""
         super().__init__()
@@ -166,7 +171,10 @@ class Transformer(nn.Module):
         act_bits = formats.ACT_MODES[act_quant]
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
         make_linear = partial(linear, act_bits=act_bits, group=group, packed=packed)
-        self.layers = nn.ModuleList(Block(args, make_linear, max_seq_len) for _ in range(args.n_layers))
+        if kv_cache not in CACHE_DTYPES:
+            raise BonsaiError(f"kv_cache: expected one of {', '.join(CACHE_DTYPES)}, got {kv_cache!r}")
+        self.layers = nn.ModuleList(Block(args, make_linear, max_seq_len, CACHE_DTYPES[kv_cache])
+                                    for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, args.head_dim, 2, dtype=torch.float64) / args.head_dim))
@@ -196,12 +204,12 @@ class Transformer(nn.Module):
 
 
 def from_checkpoint(ckpt: Checkpoint, act_quant: str | None = None, max_seq_len: int | None = None,
-                    packed: bool = False) -> Transformer:
+                    packed: bool = False, kv_cache: str = "f32") -> Transformer:
     """Build the model (fp32 dense parts, packed ternary linears) from a canonical checkpoint; `packed`: a
     group-scaled checkpoint's linears, embedding and head as t2g (else they run eagerly in fp32). `act_quant`
     None: the mode the checkpoint's own model computes (ckpt.act_quant: int8 for BitNet formats)."""
     act_quant = ckpt.act_quant if act_quant is None else act_quant
-    model = Transformer(ckpt.args, act_quant, max_seq_len, ckpt.group_size, packed)
+    model = Transformer(ckpt.args, act_quant, max_seq_len, ckpt.group_size, packed, kv_cache)
     dense = ckpt.dense
     with torch.no_grad():
         _load_table(model, ckpt, packed)
@@ -258,9 +266,10 @@ def _load_table(model: Transformer, ckpt: Checkpoint, packed: bool) -> None:
 def build_model(ckpt: Checkpoint, cfg: A.ExportConfig) -> Transformer:
     """The model exactly as the artifact of `cfg` computes it: the export's input, and the tests' reference."""
     if ckpt.group_size is None:
-        model = from_checkpoint(ckpt, act_quant=cfg.act_quant, max_seq_len=cfg.max_seq_len)
+        model = from_checkpoint(ckpt, act_quant=cfg.act_quant, max_seq_len=cfg.max_seq_len, kv_cache=cfg.kv_cache)
         return quantize_dense_(model, cfg.embedding, cfg.head, formats.ACT_MODES[cfg.head_act_quant])
-    model = from_checkpoint(ckpt, act_quant=cfg.act_quant, max_seq_len=cfg.max_seq_len, packed=True)
+    model = from_checkpoint(ckpt, act_quant=cfg.act_quant, max_seq_len=cfg.max_seq_len, packed=True,
+                            kv_cache=cfg.kv_cache)
     return _dense_tables_(model, cfg)
 
 

@@ -15,8 +15,10 @@ formats.DENSE_GROUP weights along K: W[n, k] = code[n, k] * scales[n, k // DENSE
 nibbles 0..15 (per group: low nibbles the first 16 columns, high the last 16), bf16 (scale, offset) pairs
 [N, G, 2]: W = code * scale + offset.
 
-    attention(q[1, T, H, D] f32, k_cache[1, Hkv, S, D] f32, v_cache[1, Hkv, S, D] f32, input_pos[1] i64)
+    attention(q[1, T, H, D] f32, k_cache[1, Hkv, S, D], v_cache[1, Hkv, S, D], input_pos[1] i64)
         -> y[1, T, H, D] f32
+The caches are both f32 or both f16 (`export --kv-cache f16`: half the bytes per attended position; each value
+is widened exactly, then computed as with f32 caches).
 Causal grouped-query attention of the T queries at positions input_pos + t over the cache prefix
 [0, input_pos + t], softmax scale D**-0.5. It reads only the filled prefix of the cache (never the unwritten
 rest), so a runtime needs neither zeroed caches nor a pass over all max_seq_len positions per token.
@@ -203,8 +205,8 @@ def attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     hkv = k_cache.shape[1]
     if pos < 0 or pos + t > k_cache.shape[2]:
         raise ValueError(f"attention: positions [{pos}, {pos + t}) do not fit the cache of {k_cache.shape[2]}")
-    k = k_cache[0, :, : pos + t].repeat_interleave(h // hkv, dim=0)  # [H, L, D]
-    v = v_cache[0, :, : pos + t].repeat_interleave(h // hkv, dim=0)
+    k = k_cache[0, :, : pos + t].to(q.dtype).repeat_interleave(h // hkv, dim=0)  # [H, L, D]; fp16 caches widened
+    v = v_cache[0, :, : pos + t].to(q.dtype).repeat_interleave(h // hkv, dim=0)
     scores = (q[0].transpose(0, 1) @ k.transpose(1, 2)) * d**-0.5  # [H, T, L]
     allowed = torch.arange(pos + t)[None, :] <= (pos + torch.arange(t))[:, None]  # [T, L]
     probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
@@ -218,8 +220,10 @@ def _attention(q, k_cache, v_cache, input_pos):
         return attention_reference(q, k_cache, v_cache, pos)
     if pos < 0 or pos + q.shape[1] > k_cache.shape[2]:  # the reference's message, before the binding's
         return attention_reference(q, k_cache, v_cache, pos)
-    out = native.attention(q[0].detach().float().contiguous().numpy(), k_cache[0].detach().float().contiguous().numpy(),
-                           v_cache[0].detach().float().contiguous().numpy(), pos)
+    cache_type = torch.float16 if k_cache.dtype == torch.float16 else torch.float32  # the kernel reads either
+    out = native.attention(q[0].detach().float().contiguous().numpy(),
+                           k_cache[0].detach().to(cache_type).contiguous().numpy(),
+                           v_cache[0].detach().to(cache_type).contiguous().numpy(), pos)
     return torch.from_numpy(out).unsqueeze(0)
 
 

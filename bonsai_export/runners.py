@@ -165,14 +165,23 @@ def onnx_session(model: Path, op_library: Path | None, threads: int = 0):
         raise BonsaiError(f"{model}: ONNX Runtime cannot load it: {exc}") from None
 
 
-def _check_onnx_io(session, shape: A.ModelShape, model: Path) -> int:
-    """The graph's cache inputs and logits against the manifest's shape (the caches are allocated from the
-    manifest's numbers); returns the graph's vocabulary size."""
+# The ONNX type of a cache input per --kv-cache
+ONNX_CACHE_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)"}
+
+
+def _check_onnx_io(session, manifest: A.Manifest, model: Path) -> int:
+    """The graph's cache inputs and logits against the manifest's shape and cache type (the caches are allocated
+    from the manifest's numbers); returns the graph's vocabulary size."""
+    shape = manifest.model
     past = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
     want = [shape.n_kv_heads, shape.head_dim]
     if len(past) != 2 * shape.n_layers or any([p.shape[1], p.shape[3]] != want for p in past):
         raise BonsaiError(f"{model}: its caches do not have the manifest's shape ({shape.n_layers} layers, "
                           f"[kv heads, head dim] {want}); re-export the folder")
+    cache_type = ONNX_CACHE_TYPES[manifest.options.kv_cache]
+    if any(p.type != cache_type for p in past):
+        raise BonsaiError(f"{model}: its caches are {past[0].type}, the manifest says --kv-cache "
+                          f"{manifest.options.kv_cache} ({cache_type}); re-export the folder")
     vocab = session.get_outputs()[0].shape[-1]
     if not isinstance(vocab, int):
         raise BonsaiError(f"{model}: logits have no fixed vocabulary size; re-export the folder")
@@ -201,7 +210,8 @@ class OnnxRunner(Runner):
         self.session = onnx_session(self.model, library, threads)
         props = self.session.get_modelmeta().custom_metadata_map
         M.check_embedded(M.onnx_options(props, str(self.model)), manifest, str(self.model))
-        self.vocab_size = _check_onnx_io(self.session, shape, self.model)
+        self.vocab_size = _check_onnx_io(self.session, manifest, self.model)
+        self.cache_dtype = {"f32": np.float32, "f16": np.float16}[manifest.options.kv_cache]
         self._np, self.filled = np, 0
         self.binding = self.session.io_binding()
         self.binding.bind_output("logits")  # first: get_outputs() lists outputs in binding order
@@ -213,7 +223,7 @@ class OnnxRunner(Runner):
         caches = []
         for i in range(shape.n_layers):
             for kv in ("key", "value"):
-                cache = self._np.zeros((1, shape.n_kv_heads, self.max_seq_len, shape.head_dim), dtype=self._np.float32)
+                cache = self._np.zeros((1, shape.n_kv_heads, self.max_seq_len, shape.head_dim), dtype=self.cache_dtype)
                 value = ort.OrtValue.ortvalue_from_numpy(cache)
                 self.binding.bind_ortvalue_input(f"past_key_values.{i}.{kv}", value)
                 self.binding.bind_ortvalue_output(f"present.{i}.{kv}", value)

@@ -309,6 +309,37 @@ def test_attention_matches_reference(isa, t, hkv, group, d, extra, threads, seed
     assert_attention_close(out, q, kc, vc, pos)
 
 
+@settings(max_examples=EXAMPLES_PER_ISA, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    t=st.sampled_from((1, 3)),
+    hkv=st.integers(1, 3),
+    group=st.integers(1, 3),
+    d=st.sampled_from((1, 7, 16, 33, 128)),
+    extra=st.integers(0, 40),
+    threads=st.sampled_from((1, 2)),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_attention_f16_caches_equal_f32_caches_of_their_values(isa, t, hkv, group, d, extra, threads, seed):
+    """bonsai_attention_f16 widens each cached fp16 exactly, then computes as bonsai_attention: bit for bit the
+    result on float32 caches holding the same values (and the torch op dispatches on the cache dtype)."""
+    q, kc, vc = attention_problem(seed, t, hkv * group, hkv, d, t + extra + 3)
+    kh, vh = kc.astype(np.float16), vc.astype(np.float16)
+    kh[:, extra + t:] = vh[:, extra + t:] = np.nan  # never read
+    out = K.attention(q, kh, vh, extra, threads=threads)
+    np.testing.assert_array_equal(out, K.attention(q, kh.astype(np.float32), vh.astype(np.float32), extra,
+                                                   threads=threads))
+    assert_attention_close(out, q, kh.astype(np.float32), vh.astype(np.float32), extra)
+    op = torch.ops.bonsai.attention(torch.from_numpy(q)[None], torch.from_numpy(kh)[None], torch.from_numpy(vh)[None],
+                                    torch.tensor([extra]))
+    np.testing.assert_array_equal(op[0].numpy(), out)
+
+
+def test_attention_refuses_mixed_cache_types():
+    q, kc, vc = attention_problem(5, 1, 2, 1, 8, 4)
+    with pytest.raises(ValueError, match="expected v_cache float16"):
+        K.attention(q, kc.astype(np.float16), vc.astype(np.float64), 0)
+
+
 def test_attention_reads_only_the_prefix(isa):
     """NaN beyond pos + T in the caches must not reach the output; Bonsai's shape at a long context."""
     q, kc, vc = attention_problem(1, 1, 16, 8, 96, 600)

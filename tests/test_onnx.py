@@ -356,21 +356,23 @@ def test_attention_in_the_shared_cache_matches_eager_over_calls(tmp_path, tiny_c
         assert float((got - want).abs().max()) <= TOL["custom"] * float(want.std())
 
 
-def _attention_session(folder, op: str, heads: int, kv_heads: int):
-    """One attention node of `op` (our bonsai::Attention or ORT's GroupQueryAttention) as a whole graph."""
+def _attention_session(folder, op: str, heads: int, kv_heads: int, cache=TensorProto.FLOAT):
+    """One attention node of `op` (our bonsai::Attention or ORT's GroupQueryAttention) as a whole graph; `cache`:
+    the type of key, value and the caches."""
     f, i32 = TensorProto.FLOAT, TensorProto.INT32
     names = ["query", "key", "value", "past_key", "past_value", "seqlens_k", "total_seq"]
-    types = [f] * 5 + [i32] * 2
+    types = [f] + [cache] * 4 + [i32] * 2
     shapes = [["b", "t", "hq"], ["b", "t", "hk"], ["b", "t", "hk"], ["b", kv_heads, "p", "d"],
               ["b", kv_heads, "p", "d"], ["b"], []]
     domain, extra = ("bonsai", {}) if op == "Attention" else (N.MS_DOMAIN, {"do_rotary": 0})
     node = helper.make_node(op, names, ["out", "present_key", "present_value"], domain=domain, num_heads=heads,
                             kv_num_heads=kv_heads, **extra)
-    outputs = [helper.make_tensor_value_info(n, f, None) for n in ("out", "present_key", "present_value")]
+    outputs = [helper.make_tensor_value_info(n, t, None)
+               for n, t in (("out", f), ("present_key", cache), ("present_value", cache))]
     graph = helper.make_graph([node], "attn", [helper.make_tensor_value_info(n, t, s)
                                                 for n, t, s in zip(names, types, shapes)], outputs)
     opsets = [helper.make_opsetid("", O.OPSET), helper.make_opsetid(N.MS_DOMAIN, 1), helper.make_opsetid("bonsai", 1)]
-    path = folder / f"{op}.onnx"
+    path = folder / f"{op}-{cache}.onnx"
     onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=O.IR_VERSION), str(path))
     return onnx_session(path, native_dir() / A.ORT_OPS_LIB)
 
@@ -401,6 +403,37 @@ def test_our_attention_node_matches_group_query_attention(tmp_path, shared):
         np.testing.assert_allclose(got["ours"], got["theirs"], rtol=1e-5, atol=1e-5)
         for a, b in zip(caches["ours"], caches["theirs"]):
             np.testing.assert_array_equal(a[:, :, :pos + t], b[:, :, :pos + t])
+        pos += t
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["copied-past", "shared-buffer"])
+def test_our_attention_node_with_f16_caches_equals_f32_on_their_values(tmp_path, shared):
+    """bonsai::Attention over fp16 key, value and caches (--kv-cache f16): presents hold the fp16 rows as given,
+    and the output equals the float32 node's on the same values, bit for bit, over a prompt and two more calls."""
+    heads, kv_heads, d, max_len = 8, 2, 16, 24
+    sessions = {np.float16: _attention_session(tmp_path, "Attention", heads, kv_heads, TensorProto.FLOAT16),
+                np.float32: _attention_session(tmp_path, "Attention", heads, kv_heads)}
+    rng = np.random.default_rng(1)
+    empty = np.zeros((1, kv_heads, max_len if shared else 0, d), np.float16)
+    caches = {np.float16: (empty, empty.copy()), np.float32: (empty.astype(np.float32), empty.astype(np.float32))}
+    pos = 0
+    for t in (5, 1, 3):
+        query = rng.standard_normal((1, t, heads * d), np.float32)
+        key, value = (rng.standard_normal((1, t, kv_heads * d)).astype(np.float16) for _ in range(2))
+        got = {}
+        for dtype, sess in sessions.items():
+            k, v = caches[dtype]
+            got[dtype], pk, pv = sess.run(None, {"query": query, "key": key.astype(dtype), "value": value.astype(dtype),
+                                                 "past_key": k, "past_value": v,
+                                                 "seqlens_k": np.array([pos + t - 1], np.int32),
+                                                 "total_seq": np.array(pos + t, np.int32)})
+            caches[dtype] = (pk, pv)
+        assert caches[np.float16][0].dtype == np.float16
+        np.testing.assert_array_equal(got[np.float16], got[np.float32])
+        for half, wide in zip(caches[np.float16], caches[np.float32]):
+            np.testing.assert_array_equal(half[:, :, :pos + t].astype(np.float32), wide[:, :, :pos + t])
+        np.testing.assert_array_equal(caches[np.float16][0][0, :, pos:pos + t].transpose(1, 0, 2).reshape(key.shape),
+                                      key)
         pos += t
 
 

@@ -38,6 +38,8 @@ LOGIT_ATOL = 1e-4
 STOCK_MAX_REL = 0.25
 STOCK_MEAN_REL = 0.03
 PROMPT = [1024, 5, 77, 300, 12, 999, 401, 8, 1100, 64, 3, 250]
+# An fp16 KV cache rounds every cached K and V value (relative 2**-11): measured 1.6e-3 on the logits here.
+F16_CACHE_ATOL = 1e-2
 
 
 def _group_ternary(shape, gen) -> torch.Tensor:
@@ -213,6 +215,69 @@ def test_int8_activations_run_the_t2g_int8_kernels(folders, tmp_path, references
         ref = references["tied"](torch.tensor([PROMPT])).logits
     torch.testing.assert_close(got, want, rtol=0, atol=LOGIT_ATOL)
     assert_quantization_close(want, ref)
+
+
+def _planned_bytes(pte: Path) -> int:
+    from executorch.exir._serialize._program import deserialize_pte_binary
+    program = deserialize_pte_binary(pte.read_bytes())
+    return sum(getattr(program, "program", program).execution_plan[0].non_const_buffer_sizes)
+
+
+@pytest.fixture(scope="module")
+def f16_cache_folder(folders, tmp_path_factory):
+    """--kv-cache f16, .pte and custom .onnx, float activations."""
+    out = tmp_path_factory.mktemp("f16") / "all"
+    export(folders["tied"], out, A.ExportConfig(format="all", act_quant="none", max_seq_len=MAX_SEQ, kv_cache="f16"))
+    return out
+
+
+@pytest.mark.parametrize("backend", ["pte", "onnx"])
+def test_f16_kv_cache_keeps_transformers_tokens(f16_cache_folder, folders, references, backend):
+    """--kv-cache f16: against transformers only the fp16 rounding of the cached K and V shows (logits within
+    F16_CACHE_ATOL, the same greedy tokens), and the export-ready model computes what the artifact computes."""
+    runner = open_runner(f16_cache_folder, backend=backend)
+    errors = decode_errors(runner, references["tied"], PROMPT, NEW_TOKENS)
+    assert LOGIT_ATOL < max(errors) <= F16_CACHE_ATOL, errors
+    assert greedy(runner, PROMPT, NEW_TOKENS) == hf_greedy(references["tied"], PROMPT, NEW_TOKENS)
+    cfg = A.read_manifest(f16_cache_folder).options
+    assert cfg.kv_cache == "f16" and not cfg.exact
+    model = build_model(checkpoint.load(folders["tied"], progress=False), cfg)
+    assert {b.dtype for n, b in model.named_buffers() if ".cache." in n} == {torch.float16}
+    with torch.no_grad():
+        want = model(torch.tensor([PROMPT]), positions(0, len(PROMPT)))
+    runner.reset()
+    # float rounding before the fp16 one can land a cached value one fp16 step away (2.4e-4 measured)
+    torch.testing.assert_close(runner(torch.tensor([PROMPT]), positions(0, len(PROMPT))), want, rtol=0,
+                               atol=F16_CACHE_ATOL / 10)
+
+
+def _planned_bytes(pte: Path) -> int:
+    from executorch.exir._serialize._program import deserialize_pte_binary
+    program = deserialize_pte_binary(pte.read_bytes())
+    return sum(getattr(program, "program", program).execution_plan[0].non_const_buffer_sizes)
+
+
+def test_f16_kv_cache_halves_the_caches(f16_cache_folder, artifacts):
+    """The .pte plans half the caches' memory (K and V of every layer at 2 bytes instead of 4); the .onnx takes
+    and gives fp16 caches and casts the new K and V rows to fp16 before its attention node."""
+    shape = A.read_manifest(f16_cache_folder).model
+    halved = shape.n_layers * 2 * shape.n_kv_heads * MAX_SEQ * shape.head_dim * 2
+    f32_pte, f16_pte = artifacts["tied"] / "all" / A.PTE_FILE, f16_cache_folder / A.PTE_FILE
+    assert _planned_bytes(f32_pte) - _planned_bytes(f16_pte) == halved
+    graph = onnx.load(f16_cache_folder / A.ONNX_FILE, load_external_data=False).graph
+    caches = [v for v in [*graph.input, *graph.output] if v.name.startswith(("past_key_values.", "present."))]
+    assert len(caches) == 4 * shape.n_layers
+    assert {v.type.tensor_type.elem_type for v in caches} == {onnx.TensorProto.FLOAT16}
+    casts = [n for n in _nodes(f16_cache_folder, "Cast") if "/attn/" in n.name]
+    assert len(casts) == 2 * shape.n_layers
+
+
+def test_f16_kv_cache_is_refused_where_the_runtime_owns_the_cache():
+    for options in ({"format": "gguf"}, {"format": "onnx", "ternary_op": "stock"}, {"format": "all",
+                                                                                   "ternary_op": "stock"}):
+        with pytest.raises(BonsaiError, match="--kv-cache f16: the .pte and the custom-op .onnx have it") as err:
+            A.ExportConfig(kv_cache="f16", **options)
+        assert "\n" not in str(err.value)
 
 
 def test_lossy_table_formats_and_inexact_scales_are_refused(folders, tmp_path):

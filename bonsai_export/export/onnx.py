@@ -10,8 +10,8 @@ directly keeps one choke point per concern and deterministic names, as onnxrunti
 
 I/O (optimum / onnxruntime-genai naming; cache layout [batch, kv_heads, seq, head_dim]):
     input_ids int64 [batch, seq], attention_mask int64 [batch, total_seq], position_ids int64 [batch, seq],
-    past_key_values.{i}.key|value f32 [batch, kv_heads, past_seq, head_dim]
-    -> logits f32 [batch, seq, vocab], present.{i}.key|value f32 [batch, kv_heads, total_seq, head_dim]
+    past_key_values.{i}.key|value f32 [batch, kv_heads, past_seq, head_dim] (f16 with --kv-cache f16)
+    -> logits f32 [batch, seq, vocab], present.{i}.key|value f32 (f16) [batch, kv_heads, total_seq, head_dim]
     (or past and present bound to one [batch, kv_heads, max_seq_len, head_dim] buffer, filled in place)
 
 Ternary variants (TERNARY_OPS): "custom" = one bonsai::TernaryMatMul node over the packed t2 buffers
@@ -27,6 +27,7 @@ import logging
 from pathlib import Path
 
 import onnx
+import torch
 from onnx import TensorProto, helper
 
 from ..artifact import GENAI_CONFIG, ONNX_FILE, ORT_OPS_LIB, ArtifactEntry, ExportConfig
@@ -71,6 +72,9 @@ def make_group_query_attention(g: GraphBuilder, i: int, attn, q: str, k: str, v:
     op, domain, extra = (("Attention", BONSAI_DOMAIN, {}) if g.ternary_op == "custom" else
                          ("GroupQueryAttention", MS_DOMAIN, {"scale": attn.head_dim**-0.5, "do_rotary": 0}))
     name = f"/model/layers.{i}/attn/{op}"
+    if attn.cache.k.dtype == torch.float16:  # --kv-cache f16: the node takes the new rows in the caches' type
+        k = g.op("Cast", [k], f"{name}/CastKey", to=TensorProto.FLOAT16)
+        v = g.op("Cast", [v], f"{name}/CastValue", to=TensorProto.FLOAT16)
     g.nodes.append(helper.make_node(
         op, [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", io["seqlens_k"], io["total_seq"]],
         [f"{name}/output_0", f"present.{i}.key", f"present.{i}.value"], name=name, domain=domain,
@@ -116,7 +120,8 @@ def make_shared_inputs(g: GraphBuilder, model: Transformer) -> dict:
 def io_specs(model: Transformer) -> tuple[list, list]:
     a = model.args
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    cache = lambda n, seq: helper.make_tensor_value_info(n, f32, ["batch", a.n_kv_heads, seq, a.head_dim])  # noqa: E731
+    kv = TensorProto.FLOAT16 if model.layers[0].self_attn.cache.k.dtype == torch.float16 else f32
+    cache = lambda n, seq: helper.make_tensor_value_info(n, kv, ["batch", a.n_kv_heads, seq, a.head_dim])  # noqa: E731
     inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch", "seq"]),
               helper.make_tensor_value_info("attention_mask", i64, ["batch", "total_seq"]),
               helper.make_tensor_value_info("position_ids", i64, ["batch", "seq"])]

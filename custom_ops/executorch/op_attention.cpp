@@ -14,7 +14,7 @@ using executorch::runtime::Error;
 using executorch::runtime::KernelRuntimeContext;
 
 // attention.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos, *, Tensor(a!) out)
-//   q [1, T, H, D], caches [1, Hkv, S, D], input_pos [1] int64, out [1, T, H, D]
+//   q [1, T, H, D], caches [1, Hkv, S, D] (float32 or fp16), input_pos [1] int64, out [1, T, H, D]
 Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                       const Tensor& input_pos, Tensor& out) {
   const TensorDesc qd(q), kd(k_cache), vd(v_cache), pd(input_pos);
@@ -28,9 +28,15 @@ Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& 
                       "bonsai::attention: cannot resize out");
   const int64_t pos = input_pos.const_data_ptr<int64_t>()[0];  // any value: bonsai_attention checks the range
   const bonsai_parallel par = et_parallel(q.size(1));
-  const int status = bonsai_attention(q.const_data_ptr<float>(), q.size(1), q.size(2), q.size(3),
-                                      k_cache.const_data_ptr<float>(), v_cache.const_data_ptr<float>(),
-                                      k_cache.size(1), k_cache.size(2), pos, out.mutable_data_ptr<float>(), &par);
+  const int status =
+      k_cache.scalar_type() == ScalarType::Half  // the checker let through float32 or fp16 caches, both alike
+          ? bonsai_attention_f16(q.const_data_ptr<float>(), q.size(1), q.size(2), q.size(3),
+                                 static_cast<const uint16_t*>(k_cache.const_data_ptr()),
+                                 static_cast<const uint16_t*>(v_cache.const_data_ptr()), k_cache.size(1),
+                                 k_cache.size(2), pos, out.mutable_data_ptr<float>(), &par)
+          : bonsai_attention(q.const_data_ptr<float>(), q.size(1), q.size(2), q.size(3),
+                             k_cache.const_data_ptr<float>(), v_cache.const_data_ptr<float>(), k_cache.size(1),
+                             k_cache.size(2), pos, out.mutable_data_ptr<float>(), &par);
   ET_KERNEL_CHECK_MSG(ctx, status == BONSAI_OK, InvalidArgument, out, "bonsai::attention: %s", bonsai_last_error());
   return out;
 }

@@ -207,6 +207,27 @@ struct DenseMatMul {
 // P + T) and total_sequence_length, data like seqlens_k, may not ask for a longer present than that. Past and present may be one buffer (written in
 // place, as ORT's own node does) or two (the past is copied). ORT's CPU GroupQueryAttention took 6.7 of 28 ms a
 // token at Bonsai's size; this reads only the filled prefix of the cache.
+// The core's cache entry points by element type: float32, or fp16 as raw bits.
+inline int cache_update(const float* rows, int64_t t, int64_t hkv, int64_t d, const float* past, int64_t past_len,
+                        float* cache, int64_t cache_len, int64_t pos) {
+  return bonsai_cache_update(rows, t, hkv, d, past, past_len, cache, cache_len, pos);
+}
+inline int cache_update(const uint16_t* rows, int64_t t, int64_t hkv, int64_t d, const uint16_t* past,
+                        int64_t past_len, uint16_t* cache, int64_t cache_len, int64_t pos) {
+  return bonsai_cache_update_f16(rows, t, hkv, d, past, past_len, cache, cache_len, pos);
+}
+inline int cache_attention(const float* q, int64_t t, int64_t h, int64_t d, const float* k, const float* v,
+                           int64_t hkv, int64_t s, int64_t pos, float* out, const bonsai_parallel* par) {
+  return bonsai_attention(q, t, h, d, k, v, hkv, s, pos, out, par);
+}
+inline int cache_attention(const float* q, int64_t t, int64_t h, int64_t d, const uint16_t* k, const uint16_t* v,
+                           int64_t hkv, int64_t s, int64_t pos, float* out, const bonsai_parallel* par) {
+  return bonsai_attention_f16(q, t, h, d, k, v, hkv, s, pos, out, par);
+}
+
+// C: the cache side's element type (key, value, both pasts and both presents): float, or Ort::Float16_t for the
+// fp16 cache of `export --kv-cache f16` (the graph casts key and value to fp16 before this node).
+template <class C>
 struct Attention {
   static constexpr const char* kName = "bonsai::Attention";
   int64_t n_heads = 0, n_kv_heads = 0;
@@ -217,10 +238,10 @@ struct Attention {
     n_kv_heads = ki.GetAttribute<int64_t>("kv_num_heads");
   }
 
-  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<float>& q, const Tensor<float>& k, const Tensor<float>& v,
-                      const Tensor<float>& past_key, const Tensor<float>& past_value, const Tensor<int32_t>& seqlens_k,
-                      const Tensor<int32_t>& total_seq, Tensor<float>& y, Tensor<float>& present_key,
-                      Tensor<float>& present_value) {
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<float>& q, const Tensor<C>& k, const Tensor<C>& v,
+                      const Tensor<C>& past_key, const Tensor<C>& past_value, const Tensor<int32_t>& seqlens_k,
+                      const Tensor<int32_t>& total_seq, Tensor<float>& y, Tensor<C>& present_key,
+                      Tensor<C>& present_value) {
     const bonsai_tensor qd = describe(q), kd = describe(k), vd = describe(v), pk = describe(past_key),
                         pv = describe(past_value);
     int64_t t = 0, d = 0, past_len = 0;
@@ -238,17 +259,19 @@ struct Attention {
     return guarded(kName, [&] {
       float* out = y.Allocate(q.Shape());
       const std::vector<int64_t> cache_shape{1, n_kv_heads, cache_len, d};
-      float* key_cache = present_key.Allocate(cache_shape);
-      float* value_cache = present_value.Allocate(cache_shape);
+      using E = std::conditional_t<std::is_same_v<C, float>, float, uint16_t>;  // the core's element type
+      const auto raw = [](const C* p) { return reinterpret_cast<const E*>(p); };
+      E* key_cache = reinterpret_cast<E*>(present_key.Allocate(cache_shape));
+      E* value_cache = reinterpret_cast<E*>(present_value.Allocate(cache_shape));
       const int64_t pos = attended - t;
-      for (auto [rows, past, cache] : {std::tuple{k.Data(), past_key.Data(), key_cache},
-                                       std::tuple{v.Data(), past_value.Data(), value_cache}}) {
-        const int status = bonsai_cache_update(rows, t, n_kv_heads, d, past, past_len, cache, cache_len, pos);
+      for (auto [rows, past, cache] : {std::tuple{raw(k.Data()), raw(past_key.Data()), key_cache},
+                                       std::tuple{raw(v.Data()), raw(past_value.Data()), value_cache}}) {
+        const int status = cache_update(rows, t, n_kv_heads, d, past, past_len, cache, cache_len, pos);
         if (status != BONSAI_OK) return core_status(kName, status);
       }
       const bonsai_parallel par = ort_parallel(ctx);
-      return core_status(kName, bonsai_attention(q.Data(), t, n_heads, d, key_cache, value_cache, n_kv_heads,
-                                                 cache_len, pos, out, &par));
+      return core_status(kName, cache_attention(q.Data(), t, n_heads, d, key_cache, value_cache, n_kv_heads,
+                                                cache_len, pos, out, &par));
     });
   }
 };
@@ -279,8 +302,11 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
           bonsai_ort::DenseMatMul<int8_t, BFloat16_t>>("DenseMatMul", "CPUExecutionProvider")},
       std::unique_ptr<Ort::Custom::OrtLiteCustomOp>{Ort::Custom::CreateLiteCustomOp<
           bonsai_ort::DenseMatMul<uint8_t, BFloat16_t>>("DenseMatMul", "CPUExecutionProvider")}};
-  static std::unique_ptr<Ort::Custom::OrtLiteCustomOp> attention{
-      Ort::Custom::CreateLiteCustomOp<bonsai_ort::Attention>("Attention", "CPUExecutionProvider")};
+  static std::unique_ptr<Ort::Custom::OrtLiteCustomOp> attention[] = {
+      std::unique_ptr<Ort::Custom::OrtLiteCustomOp>{
+          Ort::Custom::CreateLiteCustomOp<bonsai_ort::Attention<float>>("Attention", "CPUExecutionProvider")},
+      std::unique_ptr<Ort::Custom::OrtLiteCustomOp>{
+          Ort::Custom::CreateLiteCustomOp<bonsai_ort::Attention<Float16_t>>("Attention", "CPUExecutionProvider")}};
   static std::once_flag once;
   static Ort::CustomOpDomain domain{nullptr};
   try {
@@ -288,7 +314,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
       domain = Ort::CustomOpDomain(bonsai_ort::kDomain);
       for (auto& op : ternary) domain.Add(op.get());
       for (auto& op : dense) domain.Add(op.get());
-      domain.Add(attention.get());
+      for (auto& op : attention) domain.Add(op.get());
     });
     Ort::UnownedSessionOptions(options).Add(domain);
   } catch (const std::exception& e) {

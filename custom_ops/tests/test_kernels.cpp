@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bonsai/kernels.h"
@@ -375,6 +376,39 @@ void check_attention(int64_t t, int64_t h, int64_t hkv, int64_t d, int64_t pos, 
     }
 }
 
+// fp16 caches (bonsai_attention_f16) against float32 caches holding the same values: equal bit for bit, as the
+// kernels widen each fp16 exactly and then compute alike. Values of either sign across 2^-9..2^3, some subnormal
+// and zero; the unwritten positions are fp16 NaN.
+void check_attention_f16(int64_t t, int64_t h, int64_t hkv, int64_t d, int64_t pos, const bonsai_parallel* par,
+                         std::mt19937& rng, const char* isa) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> mant(0, 1023), exp(6, 18), kind(0, 15), sign(0, 1);
+  const int64_t s = pos + t + 3;
+  std::vector<float> q(size_t(t * h * d)), kf(size_t(hkv * s * d)), vf(kf.size());
+  std::vector<uint16_t> kh(kf.size()), vh(kf.size());
+  for (float& v : q) v = 2.0f * normal(rng);
+  for (size_t i = 0; i < kf.size(); ++i) {
+    const bool written = int64_t(i / size_t(d)) % s < pos + t;
+    for (auto [half, wide] : {std::pair{&kh[i], &kf[i]}, std::pair{&vh[i], &vf[i]}}) {
+      const int e = kind(rng) == 0 ? 0 : exp(rng);
+      *half = written ? uint16_t((sign(rng) << 15) | (e << 10) | mant(rng)) : uint16_t(0x7e00);
+      *wide = written ? f16_value(*half) : NAN;
+    }
+  }
+  Unaligned<float> qu(q), ku(kf), vu(vf), want(q.size()), got(q.size());
+  Unaligned<uint16_t> khu(kh), vhu(vh);
+  char where[160];
+  snprintf(where, sizeof where, "attention_f16 %s T=%lld H=%lld Hkv=%lld D=%lld pos=%lld threads=%d", isa,
+           (long long)t, (long long)h, (long long)hkv, (long long)d, (long long)pos, par ? par->num_threads : 1);
+  CHECK(bonsai_attention(qu.ptr, t, h, d, ku.ptr, vu.ptr, hkv, s, pos, want.ptr, par) == BONSAI_OK, "%s: %s", where,
+        bonsai_last_error());
+  CHECK(bonsai_attention_f16(qu.ptr, t, h, d, khu.ptr, vhu.ptr, hkv, s, pos, got.ptr, par) == BONSAI_OK, "%s: %s",
+        where, bonsai_last_error());
+  for (size_t i = 0; i < q.size(); ++i)
+    CHECK(memcmp(&got.ptr[i], &want.ptr[i], sizeof(float)) == 0, "out[%zu] %.9g vs float32 caches %.9g, %s", i,
+          got.ptr[i], want.ptr[i], where);
+}
+
 void run_float_kernels(const char* isa, bonsai_parallel* pools, std::mt19937& rng) {
   const int64_t tokens[] = {1, 2, 5, 7};
   const int64_t rows[] = {1, 3, 7, 33};
@@ -400,6 +434,11 @@ void run_float_kernels(const char* isa, bonsai_parallel* pools, std::mt19937& rn
       check_attention(t, 4, 2, d, t == 1 ? 40 : 5, t == 3 ? &pools[1] : nullptr, rng, isa);
   check_attention(1, 16, 8, 96, 300, &pools[1], rng, isa);  // Bonsai's heads
   check_attention(2, 3, 3, 8, 0, nullptr, rng, isa);         // no GQA, first position
+  for (int64_t d : {1, 7, 16, 33, 128})
+    for (int64_t t : {1, 3})
+      check_attention_f16(t, 4, 2, d, t == 1 ? 40 : 5, t == 3 ? &pools[1] : nullptr, rng, isa);
+  check_attention_f16(1, 16, 8, 128, 300, &pools[1], rng, isa);  // Ternary-Bonsai's heads
+  check_attention_f16(2, 3, 3, 8, 0, nullptr, rng, isa);
 }
 
 int run_isa(const char* isa, bonsai_parallel* pools, std::mt19937& rng) {
@@ -498,7 +537,8 @@ struct Desc {
 // Malformed tensors as a runtime binding hands them over: each is refused with its status and a message naming
 // the problem, before any data is touched (the validators never see data; ASan/UBSan catch any overflow).
 void check_tensor_validation() {
-  constexpr int32_t F = BONSAI_DTYPE_F32, U8 = BONSAI_DTYPE_U8, I8 = BONSAI_DTYPE_I8, BF = BONSAI_DTYPE_BF16;
+  constexpr int32_t F = BONSAI_DTYPE_F32, U8 = BONSAI_DTYPE_U8, I8 = BONSAI_DTYPE_I8, BF = BONSAI_DTYPE_BF16,
+                    H = BONSAI_DTYPE_F16;
   const int64_t big = int64_t(1) << 40;
   struct Linear {
     const char* what;
@@ -558,6 +598,13 @@ void check_tensor_validation() {
       {"pos f32", {F, {1, 2, 4, 8}}, {F, {1, 2, 6, 8}}, {F, {1, 2, 6, 8}}, {F, {1}}, BONSAI_ERR_SHAPE, "input_pos must be int64"},
       {"pos two", {F, {1, 2, 4, 8}}, {F, {1, 2, 6, 8}}, {F, {1, 2, 6, 8}}, {BONSAI_DTYPE_I64, {big, big}}, BONSAI_ERR_SHAPE,
        "exactly one"},
+      {"f16 caches", {F, {1, 2, 4, 8}}, {H, {1, 2, 6, 8}}, {H, {1, 2, 6, 8}}, {BONSAI_DTYPE_I64, {1}}, BONSAI_OK, ""},
+      {"mixed caches", {F, {1, 2, 4, 8}}, {H, {1, 2, 6, 8}}, {F, {1, 2, 6, 8}}, {BONSAI_DTYPE_I64, {1}}, BONSAI_ERR_SHAPE,
+       "v_cache must be float16 [1, Hkv, S, D] (the type of k_cache), got float32"},
+      {"bf16 caches", {F, {1, 2, 4, 8}}, {BF, {1, 2, 6, 8}}, {BF, {1, 2, 6, 8}}, {BONSAI_DTYPE_I64, {1}}, BONSAI_ERR_SHAPE,
+       "k_cache must be float32 [1, Hkv, S, D] (or float16), got bfloat16"},
+      {"f16 q", {H, {1, 2, 4, 8}}, {H, {1, 2, 6, 8}}, {H, {1, 2, 6, 8}}, {BONSAI_DTYPE_I64, {1}}, BONSAI_ERR_SHAPE,
+       "q must be float32"},
   };
   for (const Attn& c : attn) {
     const int got = bonsai_check_attention("op", &c.q.t, &c.k.t, &c.v.t, &c.pos.t);
@@ -569,6 +616,30 @@ void check_tensor_validation() {
 }
 
 }  // namespace
+
+// bonsai_cache_update(_f16): rows [T, Hkv, D] land at positions [pos, pos + T) of each head's cache, after the
+// past's [0, pos) (copied when the cache is another buffer, left alone when it is the past itself).
+template <class E, class Update>
+void check_cache_update(const char* what, Update update) {
+  const int64_t t = 2, hkv = 3, d = 5, past_len = 4, cache_len = 7, pos = 3;
+  std::vector<E> rows(size_t(t * hkv * d)), past(size_t(hkv * past_len * d)), cache(size_t(hkv * cache_len * d));
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = E(1000 + i);
+  for (size_t i = 0; i < past.size(); ++i) past[i] = E(i);
+  CHECK(update(rows.data(), t, hkv, d, past.data(), past_len, cache.data(), cache_len, pos) == BONSAI_OK, "%s: %s",
+        what, bonsai_last_error());
+  for (int64_t h = 0; h < hkv; ++h)
+    for (int64_t j = 0; j < pos + t; ++j)
+      for (int64_t i = 0; i < d; ++i) {
+        const E want = j < pos ? past[size_t((h * past_len + j) * d + i)] : rows[size_t(((j - pos) * hkv + h) * d + i)];
+        CHECK(cache[size_t((h * cache_len + j) * d + i)] == want, "%s: head %lld position %lld", what, (long long)h,
+              (long long)j);
+      }
+  CHECK(update(rows.data(), t, hkv, d, past.data(), past_len, cache.data(), cache_len, past_len + 1) ==
+            BONSAI_ERR_SHAPE && strstr(bonsai_last_error(), what),
+        "%s: a position past the past: %s", what, bonsai_last_error());
+  CHECK(update(nullptr, t, hkv, d, past.data(), past_len, cache.data(), cache_len, pos) == BONSAI_ERR_NULL,
+        "%s: null rows", what);
+}
 
 int main(int argc, char** argv) {
   const char* expect = nullptr;
@@ -594,6 +665,8 @@ int main(int argc, char** argv) {
   }
   CHECK(bonsai_set_isa("auto") == BONSAI_OK && picked == bonsai_isa_name(), "auto is stable");
   check_invalid_arguments();
+  check_cache_update<float>("bonsai_cache_update", bonsai_cache_update);
+  check_cache_update<uint16_t>("bonsai_cache_update_f16", bonsai_cache_update_f16);
   check_tensor_validation();
   printf("tensor validation checked\n");
   bonsai_threadpool_destroy(pool);

@@ -38,12 +38,32 @@ float dot(const float* a, const float* b, int64_t n) {
 
 }  // namespace
 
-// The reference kernel (table "ref"): one query head at a time, softmax(q . k_j / sqrt(D)) over
-// j in [0, pos + token], times v_j.
-void attend_ref(const AttentionProblem& a, int64_t token, int64_t kv, float* scores) {
+namespace {
+
+float value(float x) { return x; }
+float value(uint16_t h) { return f16_to_f32(h); }
+
+float dot(const float* a, const uint16_t* b, int64_t n) {
+  float wide[kRefLanes];
+  float part[kRefLanes] = {};
+  int64_t i = 0;
+  for (; i + kRefLanes <= n; i += kRefLanes) {
+    for (int l = 0; l < kRefLanes; ++l) wide[l] = f16_to_f32(b[i + l]);
+    for (int l = 0; l < kRefLanes; ++l) part[l] += a[i + l] * wide[l];
+  }
+  float acc = 0.f;
+  for (; i < n; ++i) acc += a[i] * f16_to_f32(b[i]);
+  for (int l = 0; l < kRefLanes; ++l) acc += part[l];
+  return acc;
+}
+
+// One query head at a time, softmax(q . k_j / sqrt(D)) over j in [0, pos + token], times v_j.
+template <class E>
+void attend_ref_cache(const AttentionProblem& a, const E* k_cache, const E* v_cache, int64_t token, int64_t kv,
+                      float* scores) {
   const int64_t group = a.h / a.hkv, n_ctx = a.pos + token + 1;
-  const float* k = a.k + kv * a.s * a.d;
-  const float* v = a.v + kv * a.s * a.d;
+  const E* k = k_cache + kv * a.s * a.d;
+  const E* v = v_cache + kv * a.s * a.d;
   const float scale = 1.0f / sqrtf(float(a.d));
   for (int64_t head = kv * group; head < (kv + 1) * group; ++head) {
     const float* q = a.q + (token * a.h + head) * a.d;
@@ -58,10 +78,18 @@ void attend_ref(const AttentionProblem& a, int64_t token, int64_t kv, float* sco
     std::fill(out, out + a.d, 0.f);
     for (int64_t j = 0; j < n_ctx; ++j) {
       const float p = scores[j] / sum;
-      const float* vj = v + j * a.d;
-      for (int64_t i = 0; i < a.d; ++i) out[i] += p * vj[i];
+      const E* vj = v + j * a.d;
+      for (int64_t i = 0; i < a.d; ++i) out[i] += p * value(vj[i]);
     }
   }
+}
+
+}  // namespace
+
+// The reference kernel (table "ref"), over either cache type.
+void attend_ref(const AttentionProblem& a, int64_t token, int64_t kv, float* scores) {
+  if (a.k16) attend_ref_cache(a, a.k16, a.v16, token, kv, scores);
+  else attend_ref_cache(a, a.k, a.v, token, kv, scores);
 }
 
 namespace {
@@ -99,53 +127,96 @@ bool sizes_fit(int64_t t, int64_t h, int64_t d, int64_t hkv, int64_t s) {
 }  // namespace
 }  // namespace bonsai
 
-extern "C" int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int64_t head_dim, const float* k_cache,
-                                const float* v_cache, int64_t n_kv_heads, int64_t cache_len, int64_t pos, float* out,
-                                const bonsai_parallel* parallel) {
-  using namespace bonsai;
-  clear_error();
-  if (!q || !k_cache || !v_cache || !out) return fail(BONSAI_ERR_NULL, "bonsai_attention: null pointer");
+namespace bonsai {
+namespace {
+
+// Both entry points: `name` for the messages; the caches are float32 (k, v) or fp16 (k16, v16).
+int attention(const char* name, const float* q, int64_t t, int64_t n_heads, int64_t head_dim, const float* k,
+              const float* v, const uint16_t* k16, const uint16_t* v16, int64_t n_kv_heads, int64_t cache_len,
+              int64_t pos, float* out, const bonsai_parallel* parallel) {
+  const std::string op = name;
+  if (!q || !(k || k16) || !(v || v16) || !out) return fail(BONSAI_ERR_NULL, op + ": null pointer");
   if (t <= 0 || n_heads <= 0 || head_dim <= 0 || n_kv_heads <= 0 || cache_len <= 0 || n_heads % n_kv_heads)
-    return fail(BONSAI_ERR_SHAPE, "bonsai_attention: expected T, H, D, Hkv, S > 0 and H a multiple of Hkv, got T=" +
+    return fail(BONSAI_ERR_SHAPE, op + ": expected T, H, D, Hkv, S > 0 and H a multiple of Hkv, got T=" +
                                       std::to_string(t) + " H=" + std::to_string(n_heads) + " D=" +
                                       std::to_string(head_dim) + " Hkv=" + std::to_string(n_kv_heads));
   if (!sizes_fit(t, n_heads, head_dim, n_kv_heads, cache_len))
-    return fail(BONSAI_ERR_SHAPE, "bonsai_attention: sizes too large, got T=" + std::to_string(t) + " H=" +
+    return fail(BONSAI_ERR_SHAPE, op + ": sizes too large, got T=" + std::to_string(t) + " H=" +
                                       std::to_string(n_heads) + " D=" + std::to_string(head_dim) + " Hkv=" +
                                       std::to_string(n_kv_heads) + " S=" + std::to_string(cache_len));
   // pos is data (input_pos), any int64: compare without forming pos + t, which could wrap.
   if (pos < 0 || pos > cache_len - t)
-    return fail(BONSAI_ERR_SHAPE, "bonsai_attention: input_pos " + std::to_string(pos) + " with T=" +
-                                      std::to_string(t) + " does not fit the cache of " + std::to_string(cache_len) +
+    return fail(BONSAI_ERR_SHAPE, op + ": input_pos " + std::to_string(pos) + " with T=" + std::to_string(t) +
+                                      " does not fit the cache of " + std::to_string(cache_len) +
                                       " positions (need 0 <= pos <= " + std::to_string(cache_len - t) + ")");
   const KernelTable* table = active_table();
   if (!table) return BONSAI_ERR_ISA;
-  AttentionJob job{table, {q, k_cache, v_cache, out, t, n_heads, head_dim, n_kv_heads, cache_len, pos}};
+  AttentionJob job{table, {q, k, v, k16, v16, out, t, n_heads, head_dim, n_kv_heads, cache_len, pos}};
   run_tasks(parallel, t * n_kv_heads, attention_task, &job);  // one task per (token, KV head)
-  if (job.out_of_memory) return fail(BONSAI_ERR_ALLOC, "bonsai_attention: out of memory for the score buffer");
+  if (job.out_of_memory) return fail(BONSAI_ERR_ALLOC, op + ": out of memory for the score buffer");
   return BONSAI_OK;
 }
 
-extern "C" int bonsai_cache_update(const float* rows, int64_t t, int64_t n_kv_heads, int64_t head_dim,
-                                   const float* past, int64_t past_len, float* cache, int64_t cache_len, int64_t pos) {
-  using namespace bonsai;
-  clear_error();
-  if (!rows || !cache || (!past && pos > 0)) return fail(BONSAI_ERR_NULL, "bonsai_cache_update: null pointer");
+}  // namespace
+}  // namespace bonsai
+
+extern "C" int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int64_t head_dim, const float* k_cache,
+                                const float* v_cache, int64_t n_kv_heads, int64_t cache_len, int64_t pos, float* out,
+                                const bonsai_parallel* parallel) {
+  bonsai::clear_error();
+  return bonsai::attention("bonsai_attention", q, t, n_heads, head_dim, k_cache, v_cache, nullptr, nullptr,
+                           n_kv_heads, cache_len, pos, out, parallel);
+}
+
+extern "C" int bonsai_attention_f16(const float* q, int64_t t, int64_t n_heads, int64_t head_dim,
+                                    const uint16_t* k_cache, const uint16_t* v_cache, int64_t n_kv_heads,
+                                    int64_t cache_len, int64_t pos, float* out, const bonsai_parallel* parallel) {
+  bonsai::clear_error();
+  return bonsai::attention("bonsai_attention_f16", q, t, n_heads, head_dim, nullptr, nullptr, k_cache, v_cache,
+                           n_kv_heads, cache_len, pos, out, parallel);
+}
+
+namespace bonsai {
+namespace {
+
+// Both cache types: the rows are copied as they are (fp16 rows were rounded by whoever made them).
+template <class E>
+int cache_update(const char* name, const E* rows, int64_t t, int64_t n_kv_heads, int64_t head_dim, const E* past,
+                 int64_t past_len, E* cache, int64_t cache_len, int64_t pos) {
+  const std::string op = name;
+  if (!rows || !cache || (!past && pos > 0)) return fail(BONSAI_ERR_NULL, op + ": null pointer");
   if (t <= 0 || n_kv_heads <= 0 || head_dim <= 0 || past_len < 0 ||
       !sizes_fit(t, n_kv_heads, head_dim, n_kv_heads, std::max(cache_len, past_len)))
-    return fail(BONSAI_ERR_SHAPE, "bonsai_cache_update: bad sizes T=" + std::to_string(t) + " Hkv=" +
-                                      std::to_string(n_kv_heads) + " D=" + std::to_string(head_dim) + " S=" +
-                                      std::to_string(cache_len));
+    return fail(BONSAI_ERR_SHAPE, op + ": bad sizes T=" + std::to_string(t) + " Hkv=" + std::to_string(n_kv_heads) +
+                                      " D=" + std::to_string(head_dim) + " S=" + std::to_string(cache_len));
   // pos is data (from the attention mask): compared without forming pos + t, which could wrap.
   if (pos < 0 || pos > past_len || pos > cache_len - t)
-    return fail(BONSAI_ERR_SHAPE, "bonsai_cache_update: " + std::to_string(t) + " new positions from " +
-                                      std::to_string(pos) + " do not follow a past of " + std::to_string(past_len) +
+    return fail(BONSAI_ERR_SHAPE, op + ": " + std::to_string(t) + " new positions from " + std::to_string(pos) +
+                                      " do not follow a past of " + std::to_string(past_len) +
                                       " positions in a cache of " + std::to_string(cache_len));
-  const size_t row = size_t(head_dim) * sizeof(float);
+  const size_t row = size_t(head_dim) * sizeof(E);
   for (int64_t h = 0; h < n_kv_heads; ++h) {
-    float* dst = cache + h * cache_len * head_dim;
+    E* dst = cache + h * cache_len * head_dim;
     if (cache != past && pos > 0) memcpy(dst, past + h * past_len * head_dim, size_t(pos) * row);
     for (int64_t i = 0; i < t; ++i) memcpy(dst + (pos + i) * head_dim, rows + (i * n_kv_heads + h) * head_dim, row);
   }
   return BONSAI_OK;
+}
+
+}  // namespace
+}  // namespace bonsai
+
+extern "C" int bonsai_cache_update(const float* rows, int64_t t, int64_t n_kv_heads, int64_t head_dim,
+                                   const float* past, int64_t past_len, float* cache, int64_t cache_len, int64_t pos) {
+  bonsai::clear_error();
+  return bonsai::cache_update("bonsai_cache_update", rows, t, n_kv_heads, head_dim, past, past_len, cache, cache_len,
+                              pos);
+}
+
+extern "C" int bonsai_cache_update_f16(const uint16_t* rows, int64_t t, int64_t n_kv_heads, int64_t head_dim,
+                                       const uint16_t* past, int64_t past_len, uint16_t* cache, int64_t cache_len,
+                                       int64_t pos) {
+  bonsai::clear_error();
+  return bonsai::cache_update("bonsai_cache_update_f16", rows, t, n_kv_heads, head_dim, past, past_len, cache,
+                              cache_len, pos);
 }

@@ -221,46 +221,55 @@ inline typename V::F exp_neg(typename V::F x) {
   return V::mul(e, V::exp2i(n));
 }
 
-// dot(a, b) over d floats for 4 rows b0..b3 at once (4 independent chains).
+// A cache element as a float, one or a vector of them: float32 as is, fp16 (raw bits) widened exactly, so both
+// cache types run the same arithmetic after the load.
+inline float kv_value(float x) { return x; }
+inline float kv_value(uint16_t h) { return f16_to_f32(h); }
 template <class V>
-inline void dot4(const float* a, const float* b, int64_t b_stride, int64_t d, float* out) {
+inline typename V::F load_kv(const float* p) { return V::load(p); }
+template <class V>
+inline typename V::F load_kv(const uint16_t* p) { return V::load_half(p); }
+
+// dot(a, b) over d floats for 4 cache rows b0..b3 at once (4 independent chains).
+template <class V, class E>
+inline void dot4(const float* a, const E* b, int64_t b_stride, int64_t d, float* out) {
   using F = typename V::F;
   F acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
   int64_t i = 0;
   for (; i + V::W <= d; i += V::W) {
     const F av = V::load(a + i);
-    for (int j = 0; j < 4; ++j) acc[j] = V::fma(av, V::load(b + j * b_stride + i), acc[j]);
+    for (int j = 0; j < 4; ++j) acc[j] = V::fma(av, load_kv<V>(b + j * b_stride + i), acc[j]);
   }
   for (int j = 0; j < 4; ++j) {
     float s = V::hsum(acc[j]);
-    for (int64_t t = i; t < d; ++t) s += a[t] * b[j * b_stride + t];
+    for (int64_t t = i; t < d; ++t) s += a[t] * kv_value(b[j * b_stride + t]);
     out[j] = s;
   }
 }
 
-template <class V>
-inline float dot1(const float* a, const float* b, int64_t d) {
+template <class V, class E>
+inline float dot1(const float* a, const E* b, int64_t d) {
   using F = typename V::F;
   F acc = V::zero();
   int64_t i = 0;
-  for (; i + V::W <= d; i += V::W) acc = V::fma(V::load(a + i), V::load(b + i), acc);
+  for (; i + V::W <= d; i += V::W) acc = V::fma(V::load(a + i), load_kv<V>(b + i), acc);
   float s = V::hsum(acc);
-  for (; i < d; ++i) s += a[i] * b[i];
+  for (; i < d; ++i) s += a[i] * kv_value(b[i]);
   return s;
 }
 
 // out[g] += sum_j p[g][j] * v_j over columns [c0, c0 + NC * W) for G heads, V rows read once for all heads.
-template <class V, int G, int NC>
-inline void accumulate_v(const float* const* probs, const float* v, int64_t d, int64_t n_ctx, int64_t c0,
+template <class V, int G, int NC, class E>
+inline void accumulate_v(const float* const* probs, const E* v, int64_t d, int64_t n_ctx, int64_t c0,
                          float* const* out) {
   using F = typename V::F;
   F acc[G][NC];
   for (int g = 0; g < G; ++g)
     for (int c = 0; c < NC; ++c) acc[g][c] = V::zero();
   for (int64_t j = 0; j < n_ctx; ++j) {
-    const float* vj = v + j * d + c0;
+    const E* vj = v + j * d + c0;
     F vv[NC];
-    for (int c = 0; c < NC; ++c) vv[c] = V::load(vj + c * V::W);
+    for (int c = 0; c < NC; ++c) vv[c] = load_kv<V>(vj + c * V::W);
     for (int g = 0; g < G; ++g) {
       const F pj = V::set1(probs[g][j]);
       for (int c = 0; c < NC; ++c) acc[g][c] = V::fma(pj, vv[c], acc[g][c]);
@@ -270,8 +279,8 @@ inline void accumulate_v(const float* const* probs, const float* v, int64_t d, i
     for (int c = 0; c < NC; ++c) V::store(out[g] + c0 + c * V::W, acc[g][c]);
 }
 
-template <class V, int G>
-inline void weighted_v(const float* const* probs, const float* v, int64_t d, int64_t n_ctx, float* const* out) {
+template <class V, int G, class E>
+inline void weighted_v(const float* const* probs, const E* v, int64_t d, int64_t n_ctx, float* const* out) {
   constexpr int NC = V::kAttnCols / G;
   int64_t c0 = 0;
   for (; c0 + NC * V::W <= d; c0 += NC * V::W) accumulate_v<V, G, NC>(probs, v, d, n_ctx, c0, out);
@@ -279,19 +288,20 @@ inline void weighted_v(const float* const* probs, const float* v, int64_t d, int
   for (; c0 < d; ++c0)  // columns left over when D is not a multiple of W
     for (int g = 0; g < G; ++g) {
       float s = 0.f;
-      for (int64_t j = 0; j < n_ctx; ++j) s += probs[g][j] * v[j * d + c0];
+      for (int64_t j = 0; j < n_ctx; ++j) s += probs[g][j] * kv_value(v[j * d + c0]);
       out[g][c0] = s;
     }
 }
 
-// Query token `token`, the query heads of KV head `kv`: scores, softmax, weighted sum of V.
-// scratch: at least group * (pos + token + 1) floats.
-template <class V>
-void attend(const AttentionProblem& a, int64_t token, int64_t kv, float* scratch) {
+// Query token `token`, the query heads of KV head `kv` over caches of element type E: scores, softmax, weighted
+// sum of V. scratch: at least group * (pos + token + 1) floats.
+template <class V, class E>
+void attend_cache(const AttentionProblem& a, const E* k_cache, const E* v_cache, int64_t token, int64_t kv,
+                  float* scratch) {
   using F = typename V::F;
   const int64_t group = a.h / a.hkv, n_ctx = a.pos + token + 1, d = a.d;
-  const float* k = a.k + kv * a.s * d;
-  const float* v = a.v + kv * a.s * d;
+  const E* k = k_cache + kv * a.s * d;
+  const E* v = v_cache + kv * a.s * d;
   const float scale = 1.0f / sqrtf(float(d));
   for (int64_t g0 = 0; g0 < group; g0 += 2) {
     const int gn = group - g0 >= 2 ? 2 : 1;
@@ -334,6 +344,13 @@ void attend(const AttentionProblem& a, int64_t token, int64_t kv, float* scratch
       for (; i < d; ++i) outs[g][i] *= inv_sum[g];
     }
   }
+}
+
+// The table's attention kernel: float32 or fp16 caches, whichever the problem holds.
+template <class V>
+void attend(const AttentionProblem& a, int64_t token, int64_t kv, float* scratch) {
+  if (a.k16) attend_cache<V>(a, a.k16, a.v16, token, kv, scratch);
+  else attend_cache<V>(a, a.k, a.v, token, kv, scratch);
 }
 
 }  // namespace fk

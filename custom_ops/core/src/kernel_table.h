@@ -107,11 +107,14 @@ struct DenseProblem {
   float offset(int64_t n, int64_t c) const { return bf16_to_f32(group_scales[(n * groups + c) * 2 + 1]); }
 };
 
-// Causal GQA over the cache prefix (bonsai_attention): q/out [T, H, D], caches [Hkv, S, D].
+// Causal GQA over the cache prefix (bonsai_attention): q/out [T, H, D], caches [Hkv, S, D], float32 (k, v) or
+// fp16 (k16, v16: raw bits, bonsai_attention_f16; k and v null).
 struct AttentionProblem {
   const float* q;
   const float* k;
   const float* v;
+  const uint16_t* k16;
+  const uint16_t* v16;
   float* out;
   int64_t t, h, d, hkv, s, pos;
 };

@@ -224,8 +224,11 @@ int bonsai_check_attention(const char* op, const bonsai_tensor* q, const bonsai_
   clear_error();
   const Checker c{op};
   if (int rc = c.typed("q", q, BONSAI_DTYPE_F32, 4, "[1, T, H, D]")) return rc;
-  if (int rc = c.typed("k_cache", k_cache, BONSAI_DTYPE_F32, 4, "[1, Hkv, S, D]")) return rc;
-  if (int rc = c.typed("v_cache", v_cache, BONSAI_DTYPE_F32, 4, "[1, Hkv, S, D]")) return rc;
+  // The caches are float32 or fp16, both the same: k_cache's type is the one v_cache must have.
+  if (int rc = c.present("k_cache", k_cache)) return rc;
+  const int32_t cache_type = k_cache->dtype == BONSAI_DTYPE_F16 ? BONSAI_DTYPE_F16 : BONSAI_DTYPE_F32;
+  if (int rc = c.typed("k_cache", k_cache, cache_type, 4, "[1, Hkv, S, D] (or float16)")) return rc;
+  if (int rc = c.typed("v_cache", v_cache, cache_type, 4, "[1, Hkv, S, D] (the type of k_cache)")) return rc;
   if (int rc = c.typed("input_pos", input_pos, BONSAI_DTYPE_I64, -1, "with one element")) return rc;
   const int64_t* qd = q->dims;
   const int64_t* kd = k_cache->dims;
@@ -260,10 +263,13 @@ int bonsai_check_cache_attention(const char* op, const bonsai_tensor* q, const b
     return c.error(BONSAI_ERR_SHAPE, "num_heads " + std::to_string(n_heads) + " must be a positive multiple of "
                                          "kv_num_heads " + std::to_string(n_kv_heads));
   if (int rc = c.typed("query", q, BONSAI_DTYPE_F32, 3, "[1, T, H * D]")) return rc;
-  if (int rc = c.typed("key", k, BONSAI_DTYPE_F32, 3, "[1, T, Hkv * D]")) return rc;
-  if (int rc = c.typed("value", v, BONSAI_DTYPE_F32, 3, "[1, T, Hkv * D]")) return rc;
-  if (int rc = c.typed("past_key", past_key, BONSAI_DTYPE_F32, 4, "[1, Hkv, P, D]")) return rc;
-  if (int rc = c.typed("past_value", past_value, BONSAI_DTYPE_F32, 4, "[1, Hkv, P, D]")) return rc;
+  // The cache side (key, value and both pasts) is float32 or fp16, all four alike: key's type is the one.
+  if (int rc = c.present("key", k)) return rc;
+  const int32_t cache_type = k->dtype == BONSAI_DTYPE_F16 ? BONSAI_DTYPE_F16 : BONSAI_DTYPE_F32;
+  if (int rc = c.typed("key", k, cache_type, 3, "[1, T, Hkv * D] (or float16)")) return rc;
+  if (int rc = c.typed("value", v, cache_type, 3, "[1, T, Hkv * D] (the type of key)")) return rc;
+  if (int rc = c.typed("past_key", past_key, cache_type, 4, "[1, Hkv, P, D] (the type of key)")) return rc;
+  if (int rc = c.typed("past_value", past_value, cache_type, 4, "[1, Hkv, P, D] (the type of key)")) return rc;
   const int64_t *qd = q->dims, *pd = past_key->dims;
   const int64_t d = qd[2] / n_heads;
   bool same = k->dims[0] == v->dims[0] && k->dims[1] == v->dims[1] && k->dims[2] == v->dims[2];

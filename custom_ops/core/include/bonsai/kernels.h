@@ -97,6 +97,13 @@ BONSAI_API int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int6
                                 const float* v_cache, int64_t n_kv_heads, int64_t cache_len, int64_t pos,
                                 float* out, const bonsai_parallel* parallel);
 
+// bonsai_attention over fp16 caches (IEEE half, raw bits): every cached value is widened exactly to float32 and
+// then computed as bonsai_attention computes it, so the result equals bonsai_attention's on float32 caches that
+// hold the same values, bit for bit. Half the bytes per attended position.
+BONSAI_API int bonsai_attention_f16(const float* q, int64_t t, int64_t n_heads, int64_t head_dim,
+                                    const uint16_t* k_cache, const uint16_t* v_cache, int64_t n_kv_heads,
+                                    int64_t cache_len, int64_t pos, float* out, const bonsai_parallel* parallel);
+
 // The cache step of ONNX Runtime's GroupQueryAttention contract (our bonsai::Attention node): the new rows
 // rows[T, Hkv, D] are written at positions [pos, pos + T) of cache[Hkv, cache_len, D]. When cache is not past (the
 // runtime gave the present output a buffer of its own instead of the past's), positions [0, pos) of
@@ -104,6 +111,10 @@ BONSAI_API int bonsai_attention(const float* q, int64_t t, int64_t n_heads, int6
 // 0 <= pos <= past_len and pos + T <= cache_len.
 BONSAI_API int bonsai_cache_update(const float* rows, int64_t t, int64_t n_kv_heads, int64_t head_dim,
                                    const float* past, int64_t past_len, float* cache, int64_t cache_len, int64_t pos);
+// The same step over fp16 rows and caches (raw bits, copied as they are).
+BONSAI_API int bonsai_cache_update_f16(const uint16_t* rows, int64_t t, int64_t n_kv_heads, int64_t head_dim,
+                                       const uint16_t* past, int64_t past_len, uint16_t* cache, int64_t cache_len,
+                                       int64_t pos);
 
 // Weights per group along K that share one scale (and offset) in bonsai_dense_linear's group-wise formats.
 // Mirrors formats.DENSE_GROUP (bonsai_export/formats.py); tests/test_kernels.py checks both agree.
@@ -168,12 +179,13 @@ BONSAI_API int bonsai_check_dense_linear(const char* op, const bonsai_tensor* x,
 // One pass over the weights: the bindings call it once per constant weight, not per matmul.
 BONSAI_API int bonsai_check_ternary_codes(const char* op, const uint8_t* packed, int64_t n, int64_t packed_row_bytes);
 
-// attention(q f32 [1, T, H, D], k_cache / v_cache f32 [1, Hkv, S, D], input_pos i64 with one element): shapes
-// only; the position itself is data, checked by bonsai_attention.
+// attention(q f32 [1, T, H, D], k_cache / v_cache [1, Hkv, S, D], both f32 or both f16, input_pos i64 with one
+// element): shapes only; the position itself is data, checked by bonsai_attention.
 BONSAI_API int bonsai_check_attention(const char* op, const bonsai_tensor* q, const bonsai_tensor* k_cache,
                                       const bonsai_tensor* v_cache, const bonsai_tensor* input_pos);
 
-// cache_attention(q f32 [1, T, H * D], k / v f32 [1, T, Hkv * D], past_key / past_value f32 [1, Hkv, P, D]) with
+// cache_attention(q f32 [1, T, H * D], k / v [1, T, Hkv * D], past_key / past_value [1, Hkv, P, D], the four of
+// one type, f32 or f16) with
 // H = n_heads and Hkv = n_kv_heads (GroupQueryAttention's layout): shapes only. On success *t = T, *head_dim = D
 // and *past_len = P (0 for an empty past).
 BONSAI_API int bonsai_check_cache_attention(const char* op, const bonsai_tensor* q, const bonsai_tensor* k,

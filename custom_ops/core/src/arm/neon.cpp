@@ -61,6 +61,7 @@ struct NeonVec {
     return vreinterpretq_f32_u32(vshlq_n_u32(vdupq_n_u32(v), 16));
   }
   static F load(const float* p) { return vld1q_f32(p); }
+  static F load_half(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }  // exact
   static void store(float* p, F v) { vst1q_f32(p, v); }
   static F add(F a, F b) { return vaddq_f32(a, b); }
   static F mul(F a, F b) { return vmulq_f32(a, b); }

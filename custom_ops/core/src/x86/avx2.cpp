@@ -32,6 +32,9 @@ struct Avx2Vec {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_set1_epi32(v), 16));
   }
   static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static F load_half(const uint16_t* p) {  // 8 fp16, widened exactly (F16C)
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }

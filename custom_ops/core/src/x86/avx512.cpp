@@ -168,6 +168,9 @@ struct Avx512Vec {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_set1_epi32(v), 16));
   }
   static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static F load_half(const uint16_t* p) {  // 16 fp16, widened exactly
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }

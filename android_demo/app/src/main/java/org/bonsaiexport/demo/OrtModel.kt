@@ -1,11 +1,13 @@
 package org.bonsaiexport.demo
 
+import ai.onnxruntime.OnnxJavaType
 import ai.onnxruntime.OnnxTensor
 import ai.onnxruntime.OnnxTensorLike
 import ai.onnxruntime.OnnxValue
 import ai.onnxruntime.OrtEnvironment
 import ai.onnxruntime.OrtException
 import ai.onnxruntime.OrtSession
+import ai.onnxruntime.TensorInfo
 import android.util.Log
 import java.io.File
 import java.nio.ByteBuffer
@@ -13,11 +15,12 @@ import java.nio.ByteOrder
 import java.nio.LongBuffer
 
 /**
- * model.onnx in an ONNX Runtime session, with its KV cache: one [1, kv heads, maxSeqLen, head dim] float buffer per
+ * model.onnx in an ONNX Runtime session, with its KV cache: one [1, kv heads, maxSeqLen, head dim] buffer per
  * layer and K/V, bound as both `past_key_values.{i}.*` and `present.{i}.*` (GroupQueryAttention's shared-buffer
  * mode, as onnxruntime-genai and our Python runner run it). Each forward() writes only its new positions in place,
  * instead of a new present per layer and token that the next run reads back as its past. The cost: the caches are
- * allocated at full length when the model loads (layers x 2 x kv heads x maxSeqLen x head dim x 4 bytes).
+ * allocated at full length when the model loads (layers x 2 x kv heads x maxSeqLen x head dim x 4 bytes, 2 for fp16
+ * caches).
  * Not thread-safe: call it from one thread.
  */
 class OrtModel private constructor(
@@ -29,6 +32,9 @@ class OrtModel private constructor(
     val customOps: String,
 ) : AutoCloseable {
     private val io = folder.io
+    /** The graph's cache element type: FLOAT, or FLOAT16 for an `export --kv-cache f16` folder (half the memory). */
+    private val cacheType: OnnxJavaType =
+        (session.inputInfo.getValue(io.pastKey(0)).info as TensorInfo).type
     private val caches: Map<String, OnnxTensor> = (0 until folder.nLayers).flatMap {
         listOf(io.pastKey(it) to cacheTensor(), io.pastValue(it) to cacheTensor())
     }.toMap()
@@ -51,10 +57,15 @@ class OrtModel private constructor(
     /** Direct memory: ORT reads and writes it in place, without a copy. */
     private fun cacheTensor(): OnnxTensor {
         val shape = longArrayOf(1, folder.nKvHeads.toLong(), folder.maxSeqLen.toLong(), folder.headDim.toLong())
-        val floats = folder.nKvHeads.toLong() * folder.maxSeqLen * folder.headDim
-        require(floats * 4 <= Int.MAX_VALUE) { "a KV cache of $floats floats per layer is too large" }
-        val buffer = ByteBuffer.allocateDirect((floats * 4).toInt()).order(ByteOrder.nativeOrder()).asFloatBuffer()
-        return OnnxTensor.createTensor(env, buffer, shape)
+        val values = folder.nKvHeads.toLong() * folder.maxSeqLen * folder.headDim
+        val bytes = values * when (cacheType) {
+            OnnxJavaType.FLOAT -> 4
+            OnnxJavaType.FLOAT16 -> 2
+            else -> throw IllegalStateException("model.onnx: KV cache of type $cacheType; re-export the folder")
+        }
+        require(bytes <= Int.MAX_VALUE) { "a KV cache of $values values per layer is too large" }
+        val buffer = ByteBuffer.allocateDirect(bytes.toInt()).order(ByteOrder.nativeOrder())
+        return OnnxTensor.createTensor(env, buffer, shape, cacheType)
     }
 
     /**
