@@ -94,6 +94,7 @@ def run_bench(folder: Path, args) -> dict:
                "environment": environment(), "options": manifest.options.to_dict(), "threads": list(args.threads),
                "repeats": args.repeats, "prefill_lengths": base["prefill_lengths"],
                "decode_tokens": DECODE_TOKENS, "artifact_bytes": manifest.total_bytes,
+               "decode_prompts": {"python": bench_worker.DECODE_PROMPT, "runner": bench_worker.RUNNER_DECODE_PROMPT},
                "bits_per_ternary_weight": manifest.model.bits_per_ternary_weight,
                "bytes_per_decoded_token": manifest.model.bytes_per_token,
                "greedy": {"prompt": GREEDY_PROMPT, "prompt_ids": prompt_ids, "tokens": GREEDY_TOKENS}, "runs": []}

@@ -79,11 +79,14 @@ def _heading(results: dict) -> list[str]:
              f"{number(results['bytes_per_decoded_token'] / 1e6)} MB of weights read per decoded token. Memory "
              f"read bandwidth (same run): {bw}.", ""]
     if results.get("repeats"):
+        prompts = results.get("decode_prompts", {"python": 16, "runner": 128})  # reports of older runs lack them
+        cache = "float16" if results.get("options", {}).get("kv_cache") == "f16" else "float32"
         lines += [f"{_repeats(results['repeats'])} after a warm-up; decode: {results.get('decode_tokens')} "
-                  f"greedy tokens after a 16-token prompt (the C++ runner: a 128-token prompt). Prefill: one prompt "
-                  f"of that many tokens. Bandwidth roofline: bandwidth / bytes read per decoded token, of the "
-                  f"weights alone, or with the KV cache positions those decode steps read on average (float32 "
-                  f"caches, llama.cpp's float16). RSS added: a Python worker's peak over its resident size after "
+                  f"greedy tokens after a {prompts['python']}-token prompt (the C++ runner: a "
+                  f"{prompts['runner']}-token prompt). Prefill: one prompt of that many tokens. Bandwidth roofline: "
+                  f"bandwidth / bytes read per decoded token, of the weights alone, or with the KV cache positions "
+                  f"those decode steps read on average ({cache} caches in our artifact, float32 in the stock "
+                  f".onnx, float16 in llama.cpp). RSS added: a Python worker's peak over its resident size after "
                   f"imports; the C++ runner's over the .pte's size.", ""]
     return lines
 

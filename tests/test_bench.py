@@ -62,6 +62,11 @@ def test_markdown_has_units_and_readable_numbers(tmp_path):
     assert "| pte | 1 | 0.80x | 0.80x | 0.80x | 0.80x |" in text and "TQ2_0" in text
     assert "| pte | 4 / 4 | 4 |" in text and "same prompt ids" in text
 
+    assert "after a 16-token prompt (the C++ runner: a 128-token prompt)" in text and "float32 caches in our" in text
+    results.update(decode_prompts={"python": 8, "runner": 64}, options={"kv_cache": "f16"})
+    assert "after a 8-token prompt (the C++ runner: a 64-token prompt)" in markdown(results)
+    assert "float16 caches in our artifact" in markdown(results)
+
     png = tmp_path / "bench.png"
     chart(results, png)
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
