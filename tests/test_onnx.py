@@ -93,11 +93,21 @@ def test_onnx_matches_eager_over_prefill_and_48_decode_steps(exported, eager, pr
 
 
 def test_onnxruntime_genai_generates_the_same_greedy_tokens(exported):
+    _genai_matches_our_runner(exported[0])
+
+
+def test_onnxruntime_genai_runs_the_f16_cache(tiny_ckpt, tmp_path):
+    """genai takes the caches' type from the graph: an `--kv-cache f16` folder runs as is."""
+    out = tmp_path / "f16"
+    export(tiny_ckpt, out, A.ExportConfig(format="onnx", head=HEAD, kv_cache="f16", max_seq_len=MAX_SEQ))
+    _genai_matches_our_runner(out)
+
+
+def _genai_matches_our_runner(out):
     if importlib.util.find_spec("onnxruntime_genai") is None:
         pytest.skip("onnxruntime-genai is not installed (pip install 'bonsai-export[genai]')")
     import onnxruntime_genai as og
 
-    out, _, _ = exported
     ids, n = PROMPTS["short"], 24
     model = og.Model(str(out))  # genai_config.json names our library relative to the folder
     params = og.GeneratorParams(model)
