@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "../executorch/et_threadpool.h"
+#include "../executorch/et_threads.h"
 #include "artifact_keys.h"
 #include "bpe_tokenizer.h"
 
@@ -258,7 +259,13 @@ int main(int argc, char** argv) {
   const double tokenizer_load_s = now_s() - t_tokenizer;
   if (!o.prompt_text.empty()) o.prompt = encode_prompt(*tokenizer, o.prompt_text);
   if (o.prompt.empty()) die("--prompt: the tokenizer gives no ids for it");
-  if (o.threads > 0) executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(uint32_t(o.threads));
+  // Our ops run on the op library's own pool of --threads threads; ExecuTorch's (XNNPACK's small elementwise ops,
+  // which take the pool when the program loads) stays at one thread, so no second pool's workers wake for them
+  // and compete with ours for the cores (et_parallel.cpp).
+  if (o.threads > 0) {
+    executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(1);
+    bonsai_et_set_threads(int32_t(o.threads));
+  }
   const double t0 = now_s();
   // Declared before the Module, which refers to them until it is destroyed.
   std::unique_ptr<AnonBuffer> program;
