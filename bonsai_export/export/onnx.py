@@ -117,11 +117,14 @@ def make_shared_inputs(g: GraphBuilder, model: Transformer) -> dict:
     return io
 
 
-def io_specs(model: Transformer) -> tuple[list, list]:
+def io_specs(model: Transformer, cache_type: int = TensorProto.FLOAT) -> tuple[list, list]:
+    """The graph's inputs and outputs; `cache_type`: the caches' element type (FLOAT16 with --kv-cache f16)."""
     a = model.args
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    kv = TensorProto.FLOAT16 if model.layers[0].self_attn.cache.k.dtype == torch.float16 else f32
-    cache = lambda n, seq: helper.make_tensor_value_info(n, kv, ["batch", a.n_kv_heads, seq, a.head_dim])  # noqa: E731
+
+    def cache(name: str, seq: str):
+        return helper.make_tensor_value_info(name, cache_type, ["batch", a.n_kv_heads, seq, a.head_dim])
+
     inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch", "seq"]),
               helper.make_tensor_value_info("attention_mask", i64, ["batch", "total_seq"]),
               helper.make_tensor_value_info("position_ids", i64, ["batch", "seq"])]
@@ -145,7 +148,8 @@ def build_graph(model: Transformer, ternary_op: str) -> onnx.ModelProto:
     tied = getattr(model.lm_head, "packed", None) is getattr(model.embed_tokens, "packed", False)
     logits = g.make_head(model.lm_head, g.make_rms_norm("/model/norm", h, model.norm), tied)
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/model/logits/Identity"))
-    inputs, outputs = io_specs(model)
+    half = model.layers[0].self_attn.cache.k.dtype == torch.float16
+    inputs, outputs = io_specs(model, TensorProto.FLOAT16 if half else TensorProto.FLOAT)
     graph = helper.make_graph(g.nodes, "bonsai", inputs, outputs, list(g.inits.values()))
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
     if ternary_op == "custom":
