@@ -138,8 +138,8 @@ EXPORT_CHOICES = {
                                         "per 32, exact integer sums, as llama.cpp's Q8_0 / Q4_0: faster decode)"),
     "ternary_op": (TERNARY_OPS, "ONNX: custom = bonsai::TernaryMatMul (our op library, copied into the folder); "
                                 "stock = com.microsoft MatMulNBits bits=2 (unmodified ONNX Runtime)"),
-    "kv_cache": (KV_CACHES, ".pte: KV cache of f32 (default) or f16 (half the cache memory and the bytes decode "
-                            "reads from it; each cached value rounded to fp16)"),
+    "kv_cache": (KV_CACHES, ".pte and custom-op .onnx: KV cache of f32 (default) or f16 (half the cache memory "
+                            "and the bytes decode reads from it; each cached value rounded to fp16)"),
     "gguf_ternary": (GGUF_TERNARY, "GGUF: ternary layers as TQ2_0 (2.06 bits/weight, default) or TQ1_0 (1.69 bits, "
                                    "slower in llama.cpp); per-channel scales folded in, exact up to fp16 rounding of "
                                    "the scale"),

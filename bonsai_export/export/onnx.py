@@ -72,7 +72,7 @@ def make_group_query_attention(g: GraphBuilder, i: int, attn, q: str, k: str, v:
     op, domain, extra = (("Attention", BONSAI_DOMAIN, {}) if g.ternary_op == "custom" else
                          ("GroupQueryAttention", MS_DOMAIN, {"scale": attn.head_dim**-0.5, "do_rotary": 0}))
     name = f"/model/layers.{i}/attn/{op}"
-    if attn.cache.k.dtype == torch.float16:  # --kv-cache f16: the node takes the new rows in the caches' type
+    if cache_type(attn) == TensorProto.FLOAT16:  # --kv-cache f16: the node takes the new rows in the caches' type
         k = g.op("Cast", [k], f"{name}/CastKey", to=TensorProto.FLOAT16)
         v = g.op("Cast", [v], f"{name}/CastValue", to=TensorProto.FLOAT16)
     g.nodes.append(helper.make_node(
@@ -80,6 +80,11 @@ def make_group_query_attention(g: GraphBuilder, i: int, attn, q: str, k: str, v:
         [f"{name}/output_0", f"present.{i}.key", f"present.{i}.value"], name=name, domain=domain,
         num_heads=attn.n_heads, kv_num_heads=attn.n_kv_heads, **extra))
     return f"{name}/output_0"
+
+
+def cache_type(attn) -> int:
+    """The ONNX element type of an attention layer's KV cache (FLOAT16 with --kv-cache f16)."""
+    return TensorProto.FLOAT16 if attn.cache.k.dtype == torch.float16 else TensorProto.FLOAT
 
 
 def make_mlp(g: GraphBuilder, i: int, mlp, x: str) -> str:
@@ -148,8 +153,7 @@ def build_graph(model: Transformer, ternary_op: str) -> onnx.ModelProto:
     tied = getattr(model.lm_head, "packed", None) is getattr(model.embed_tokens, "packed", False)
     logits = g.make_head(model.lm_head, g.make_rms_norm("/model/norm", h, model.norm), tied)
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/model/logits/Identity"))
-    half = model.layers[0].self_attn.cache.k.dtype == torch.float16
-    inputs, outputs = io_specs(model, TensorProto.FLOAT16 if half else TensorProto.FLOAT)
+    inputs, outputs = io_specs(model, cache_type(model.layers[0].self_attn))
     graph = helper.make_graph(g.nodes, "bonsai", inputs, outputs, list(g.inits.values()))
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
     if ternary_op == "custom":

@@ -25,34 +25,14 @@ namespace {
 // Independent partial sums let the compiler vectorize the reduction without -ffast-math.
 constexpr int kRefLanes = 16;
 
-float dot(const float* a, const float* b, int64_t n) {
+template <class E>
+float dot(const float* a, const E* b, int64_t n) {
   float part[kRefLanes] = {};
   int64_t i = 0;
   for (; i + kRefLanes <= n; i += kRefLanes)
-    for (int l = 0; l < kRefLanes; ++l) part[l] += a[i + l] * b[i + l];
+    for (int l = 0; l < kRefLanes; ++l) part[l] += a[i + l] * cache_value(b[i + l]);
   float acc = 0.f;
-  for (; i < n; ++i) acc += a[i] * b[i];
-  for (int l = 0; l < kRefLanes; ++l) acc += part[l];
-  return acc;
-}
-
-}  // namespace
-
-namespace {
-
-float value(float x) { return x; }
-float value(uint16_t h) { return f16_to_f32(h); }
-
-float dot(const float* a, const uint16_t* b, int64_t n) {
-  float wide[kRefLanes];
-  float part[kRefLanes] = {};
-  int64_t i = 0;
-  for (; i + kRefLanes <= n; i += kRefLanes) {
-    for (int l = 0; l < kRefLanes; ++l) wide[l] = f16_to_f32(b[i + l]);
-    for (int l = 0; l < kRefLanes; ++l) part[l] += a[i + l] * wide[l];
-  }
-  float acc = 0.f;
-  for (; i < n; ++i) acc += a[i] * f16_to_f32(b[i]);
+  for (; i < n; ++i) acc += a[i] * cache_value(b[i]);
   for (int l = 0; l < kRefLanes; ++l) acc += part[l];
   return acc;
 }
@@ -79,7 +59,7 @@ void attend_ref_cache(const AttentionProblem& a, const E* k_cache, const E* v_ca
     for (int64_t j = 0; j < n_ctx; ++j) {
       const float p = scores[j] / sum;
       const E* vj = v + j * a.d;
-      for (int64_t i = 0; i < a.d; ++i) out[i] += p * value(vj[i]);
+      for (int64_t i = 0; i < a.d; ++i) out[i] += p * cache_value(vj[i]);
     }
   }
 }

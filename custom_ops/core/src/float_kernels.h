@@ -221,10 +221,7 @@ inline typename V::F exp_neg(typename V::F x) {
   return V::mul(e, V::exp2i(n));
 }
 
-// A cache element as a float, one or a vector of them: float32 as is, fp16 (raw bits) widened exactly, so both
-// cache types run the same arithmetic after the load.
-inline float kv_value(float x) { return x; }
-inline float kv_value(uint16_t h) { return f16_to_f32(h); }
+// A vector of cache elements as floats (cache_value's vector form).
 template <class V>
 inline typename V::F load_kv(const float* p) { return V::load(p); }
 template <class V>
@@ -242,7 +239,7 @@ inline void dot4(const float* a, const E* b, int64_t b_stride, int64_t d, float*
   }
   for (int j = 0; j < 4; ++j) {
     float s = V::hsum(acc[j]);
-    for (int64_t t = i; t < d; ++t) s += a[t] * kv_value(b[j * b_stride + t]);
+    for (int64_t t = i; t < d; ++t) s += a[t] * cache_value(b[j * b_stride + t]);
     out[j] = s;
   }
 }
@@ -254,7 +251,7 @@ inline float dot1(const float* a, const E* b, int64_t d) {
   int64_t i = 0;
   for (; i + V::W <= d; i += V::W) acc = V::fma(V::load(a + i), load_kv<V>(b + i), acc);
   float s = V::hsum(acc);
-  for (; i < d; ++i) s += a[i] * kv_value(b[i]);
+  for (; i < d; ++i) s += a[i] * cache_value(b[i]);
   return s;
 }
 
@@ -288,7 +285,7 @@ inline void weighted_v(const float* const* probs, const E* v, int64_t d, int64_t
   for (; c0 < d; ++c0)  // columns left over when D is not a multiple of W
     for (int g = 0; g < G; ++g) {
       float s = 0.f;
-      for (int64_t j = 0; j < n_ctx; ++j) s += probs[g][j] * kv_value(v[j * d + c0]);
+      for (int64_t j = 0; j < n_ctx; ++j) s += probs[g][j] * cache_value(v[j * d + c0]);
       out[g][c0] = s;
     }
 }

@@ -59,6 +59,11 @@ inline float f16_to_f32(uint16_t h) {
   return f;
 }
 
+// A KV cache element as a float: float32 as is, fp16 (raw bits) widened exactly, so both cache types run the same
+// arithmetic after the load (bonsai_attention, bonsai_attention_f16).
+inline float cache_value(float x) { return x; }
+inline float cache_value(uint16_t h) { return f16_to_f32(h); }
+
 // x[0, n) as absmax int8 codes q (FORMAT.md: a token of the ternary layers' activations, a group of 32 of the
 // dense head's); returns their scale d = amax / 127. q = clamp(rint(x * (127 / amax))) in float32, nearbyintf
 // rounding half to even in the default mode like numpy's rint; all zeros give q = 0, d = 0 (no division by zero).
