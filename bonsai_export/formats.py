@@ -99,6 +99,14 @@ def unpack(packed: np.ndarray, k: int) -> np.ndarray:
     return (codes.reshape(n, -1)[:, :k].astype(np.int8) - CODE_OFFSET).astype(np.int8)
 
 
+def byte_trits(zero_point: int = CODE_OFFSET) -> np.ndarray:
+    """[256, 4] float32: the four 2-bit fields of a byte (field i at bits 2i) as trits, code - zero_point. t2's
+    fields are its planes (zero point CODE_OFFSET, code 3 never occurs); MatMulNBits' are consecutive elements
+    (NBITS_ZERO_POINT). Graphs that unpack weights with plain gathers read this table."""
+    codes = (np.arange(256)[:, None] >> (2 * np.arange(4))) & 3
+    return (codes - zero_point).astype(np.float32)
+
+
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-token absmax int8: x float32 [M, K] -> (q int8 [M, K], d float32 [M])."""
     x = np.asarray(x, dtype=np.float32)

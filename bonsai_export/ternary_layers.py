@@ -105,12 +105,6 @@ class BlockTernaryLinear(nn.Module):
                                                self.scale_layout)
 
 
-def _byte_trits() -> torch.Tensor:
-    """[256, 4] float32: the trit of each 2-bit plane i of a packed byte, code - 1 (code 3 never occurs)."""
-    b = torch.arange(256, dtype=torch.int32)[:, None]
-    return (((b >> (2 * torch.arange(4, dtype=torch.int32))) & 3) - formats.CODE_OFFSET).float()
-
-
 class BlockTernaryEmbedding(nn.Module):
     """Rows of a t2g table [V, D] (a tied head reads the same two buffers): per token its packed row and its block
     scales are gathered and unpacked in the graph, bytes -> their four planes' trits through a [256, 4] table (plain
@@ -123,7 +117,7 @@ class BlockTernaryEmbedding(nn.Module):
         self.dim = dim
         self.register_buffer("packed", packed)
         self.register_buffer("scales", scales)
-        self.register_buffer("byte_trits", _byte_trits(), persistent=False)
+        self.register_buffer("byte_trits", torch.from_numpy(formats.byte_trits()), persistent=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, t = tokens.shape

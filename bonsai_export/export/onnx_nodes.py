@@ -159,7 +159,8 @@ class GraphBuilder:
         rows = self.op("Cast", [self.op("Gather", [names[0], input_ids], f"{p}/Gather")], f"{p}/CastRows",
                        to=TensorProto.INT32)
         custom = self.ternary_op == "custom"
-        trits = self.op("Gather", [self.weight("model.embed_tokens.byte_trits", _byte_trits(custom)), rows],
+        byte_trits = formats.byte_trits(formats.CODE_OFFSET if custom else formats.NBITS_ZERO_POINT)
+        trits = self.op("Gather", [self.weight("model.embed_tokens.byte_trits", byte_trits), rows],
                         f"{p}/GatherTrits")  # [B, S, row_bytes (or blocks, 32), 4]
         trits = self.op("Reshape", [trits, self.const([0, 0, nb, formats.LANES, 4])], f"{p}/ReshapeTrits")
         if custom:  # t2: byte j holds weight 32 i + j in plane i
@@ -264,13 +265,6 @@ class GraphBuilder:
         w = self.weight(f"{name.strip('/').replace('/', '.')}.weight", f32(norm.weight))
         return self.op("RMSNormalization", [x, w], f"{name}/RMSNormalization", axis=-1, epsilon=norm.eps,
                        stash_type=1)
-
-
-def _byte_trits(planar: bool) -> np.ndarray:
-    """[256, 4] float32: the four trits of a packed byte in element order; planar (t2): plane i (bits 2i) holds
-    code t + 1; else (MatMulNBits) element e (bits 2e) holds code t + 2."""
-    codes = (np.arange(256)[:, None] >> (2 * np.arange(4))) & 3
-    return (codes - (formats.CODE_OFFSET if planar else formats.NBITS_ZERO_POINT)).astype(np.float32)
 
 
 def to_bf16_array(weight: torch.Tensor) -> np.ndarray:
