@@ -113,7 +113,11 @@ def write_gguf(ckpt: C.Checkpoint, path: Path, cfg: A.ExportConfig, max_seq_len:
 
 def _layers(ckpt: C.Checkpoint) -> dict[str, C.TernaryWeight]:
     """The ternary projections (not a group-ternary embedding or head)."""
-    return {m: w for m, w in ckpt.ternary.items() if m not in TABLES}
+    return {m: w for m, w in ckpt.ternary.items() if _is_layer(ckpt, m)}
+
+
+def _is_layer(ckpt: C.Checkpoint, module: str) -> bool:
+    return module in ckpt.ternary and module not in TABLES
 
 
 def _ternary_bits(ckpt: C.Checkpoint, plan: dict) -> float:
@@ -216,7 +220,7 @@ def _check_values(ckpt: C.Checkpoint, hf_name: str, type_name: str) -> None:
     """Refuse, before anything is written, a dense tensor its type cannot hold (K, range) and a ternary scale
     beyond fp16 (the type of every block scale)."""
     module = hf_name.removesuffix(".weight")
-    if module in _layers(ckpt):
+    if _is_layer(ckpt, module):
         scales = ckpt.ternary[module].scales.abs()
         if scales.max() > FP16_MAX:
             raise BonsaiError(f"{hf_name}: a scale of {scales.max():.4g} is beyond fp16's range ({FP16_MAX:.0f}), "
@@ -290,7 +294,7 @@ def _tensor(ckpt: C.Checkpoint, hf_name: str, type_name: str, plan: dict) -> tup
     its scales in fp16 (0 for dense tensors), and ||written - folded|| / ||folded|| of a regrouped one (else 0)."""
     module = hf_name.removesuffix(".weight")
     values = _values(ckpt, hf_name).numpy()
-    err = _scale_error(ckpt.ternary[module].scales.numpy()) if module in _layers(ckpt) else 0.0
+    err = _scale_error(ckpt.ternary[module].scales.numpy()) if _is_layer(ckpt, module) else 0.0
     a = ckpt.args
     if plan["arch"] == gguf.MODEL_ARCH.LLAMA and module.endswith("self_attn.q_proj"):
         values = permute_rope(values, a.n_heads)
