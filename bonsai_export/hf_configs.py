@@ -16,98 +16,54 @@ def llama_config(args: ModelArgs, **overrides):
     return LlamaConfig(**{k: v for k, v in to_hf_config(args).items() if k not in skip}, **overrides)
 
 
-def to_hf_config(args: ModelArgs) -> dict:
-    """config.json in Bonsai's own form: every field of the published config, remote-code auto_map included."""
-    return {
-        "architectures": ["QLlamaForCausalLM"],
-        "auto_map": {"AutoModelForCausalLM": "modeling_qllama.QLlamaForCausalLM"},
+def _config(args: ModelArgs, **family) -> dict:
+    """The fields every family writes alike, with the family's own, in the published files' order: architectures
+    and auto_map first, then the rest sorted."""
+    cfg = {
         "attention_bias": False,
         "attention_dropout": 0.0,
         "bos_token_id": args.bos_id,
         "eos_token_id": args.eos_ids[0] if len(args.eos_ids) == 1 else list(args.eos_ids),
-        "head_dim": args.head_dim,
-        "hidden_act": "silu",
         "hidden_size": args.dim,
         "initializer_range": 0.02,
         "intermediate_size": args.hidden_dim,
         "max_position_embeddings": args.max_seq_len,
-        "mlp_bias": False,
-        "model_type": "llama",
         "num_attention_heads": args.n_heads,
         "num_hidden_layers": args.n_layers,
         "num_key_value_heads": args.n_kv_heads,
-        "pad_token_id": args.pad_id,
-        "pretraining_tp": 1,
         "rms_norm_eps": args.norm_eps,
-        "rope_scaling": None,
         "rope_theta": args.rope_theta,
         "tie_word_embeddings": args.tie_embeddings,
         "torch_dtype": "bfloat16",
-        "transformers_version": "4.48.0",
         "use_cache": True,
         "vocab_size": args.vocab_size,
+        **family,
     }
+    first = ("architectures", "auto_map")
+    return {**{k: cfg[k] for k in first if k in cfg}, **dict(sorted(i for i in cfg.items() if i[0] not in first))}
+
+
+def to_hf_config(args: ModelArgs) -> dict:
+    """config.json in Bonsai's own form: every field of the published config, remote-code auto_map included."""
+    return _config(args, architectures=["QLlamaForCausalLM"],
+                   auto_map={"AutoModelForCausalLM": "modeling_qllama.QLlamaForCausalLM"}, head_dim=args.head_dim,
+                   hidden_act="silu", mlp_bias=False, model_type="llama", pad_token_id=args.pad_id,
+                   pretraining_tp=1, rope_scaling=None, transformers_version="4.48.0")
 
 
 def to_qwen3_config(args: ModelArgs) -> dict:
-    """config.json of a Qwen3 folder as transformers 4.51+ writes it (Qwen3-1.7B's fields, in its order)."""
-    return {
-        "architectures": ["Qwen3ForCausalLM"],
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "bos_token_id": args.bos_id,
-        "eos_token_id": args.eos_ids[0] if len(args.eos_ids) == 1 else list(args.eos_ids),
-        "head_dim": args.head_dim,
-        "hidden_act": "silu",
-        "hidden_size": args.dim,
-        "initializer_range": 0.02,
-        "intermediate_size": args.hidden_dim,
-        "max_position_embeddings": args.max_seq_len,
-        "max_window_layers": args.n_layers,
-        "model_type": "qwen3",
-        "num_attention_heads": args.n_heads,
-        "num_hidden_layers": args.n_layers,
-        "num_key_value_heads": args.n_kv_heads,
-        "rms_norm_eps": args.norm_eps,
-        "rope_scaling": None,
-        "rope_theta": args.rope_theta,
-        "sliding_window": None,
-        "tie_word_embeddings": args.tie_embeddings,
-        "torch_dtype": "bfloat16",
-        "transformers_version": "4.51.0",
-        "use_cache": True,
-        "use_sliding_window": False,
-        "vocab_size": args.vocab_size,
-    }
+    """config.json of a Qwen3 folder as transformers 4.51+ writes it (Qwen3-1.7B's fields)."""
+    return _config(args, architectures=["Qwen3ForCausalLM"], head_dim=args.head_dim, hidden_act="silu",
+                   max_window_layers=args.n_layers, model_type="qwen3", rope_scaling=None, sliding_window=None,
+                   transformers_version="4.51.0", use_sliding_window=False)
 
 
 def to_bitnet_config(args: ModelArgs) -> dict:
     """config.json of microsoft/bitnet-b1.58-2B-4T's packed folder (BitNetForCausalLM, packed uint8 linears with
     one autobitlinear (multiply) scale each)."""
-    return {
-        "architectures": ["BitNetForCausalLM"],
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "bos_token_id": args.bos_id,
-        "eos_token_id": args.eos_ids[0] if len(args.eos_ids) == 1 else list(args.eos_ids),
-        "hidden_act": "relu2",
-        "hidden_size": args.dim,
-        "initializer_range": 0.02,
-        "intermediate_size": args.hidden_dim,
-        "max_position_embeddings": args.max_seq_len,
-        "model_type": "bitnet",
-        "num_attention_heads": args.n_heads,
-        "num_hidden_layers": args.n_layers,
-        "num_key_value_heads": args.n_kv_heads,
-        "quantization_config": {"linear_class": "autobitlinear", "quant_method": "bitnet",
-                                "quantization_mode": "offline"},
-        "rms_norm_eps": args.norm_eps,
-        "rope_theta": args.rope_theta,
-        "tie_word_embeddings": args.tie_embeddings,
-        "torch_dtype": "bfloat16",
-        "use_cache": True,
-        "vocab_size": args.vocab_size,
-    }
+    return _config(args, architectures=["BitNetForCausalLM"], hidden_act="relu2", model_type="bitnet",
+                   quantization_config={"linear_class": "autobitlinear", "quant_method": "bitnet",
+                                        "quantization_mode": "offline"})
 
 
 def to_falcon3_bitnet_config(args: ModelArgs) -> dict:
